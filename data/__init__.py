@@ -1,0 +1,1 @@
+"""Data: tokenizer, transforms, shard/csv/datasets sources and the resumable loader."""

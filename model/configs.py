@@ -1,0 +1,104 @@
+"""Named CLIP model configs (open_clip dimensions) in one registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Vision tower shape: a ViT laid out like OpenAI CLIP's."""
+
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    head_width: int = 64
+    mlp_ratio: float = 4.0
+    in_chans: int = 3
+
+    @property
+    def heads(self) -> int:
+        return self.width // self.head_width
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text tower shape: causal CLIP transformer with EOT pooling."""
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A whole CLIP model: both towers, joint embedding size and activation."""
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    quick_gelu: bool = False
+    init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07)
+
+
+MODEL_CONFIGS: dict[str, CLIPConfig] = {
+    "ViT-B-32": CLIPConfig(
+        embed_dim=512,
+        vision=VisionConfig(patch_size=32, width=768, layers=12),
+        text=TextConfig(width=512, heads=8, layers=12),
+    ),
+    "ViT-B-16": CLIPConfig(
+        embed_dim=512,
+        vision=VisionConfig(patch_size=16, width=768, layers=12),
+        text=TextConfig(width=512, heads=8, layers=12),
+    ),
+    "ViT-L-14": CLIPConfig(
+        embed_dim=768,
+        vision=VisionConfig(patch_size=14, width=1024, layers=24),
+        text=TextConfig(width=768, heads=12, layers=12),
+    ),
+    "ViT-H-14": CLIPConfig(
+        embed_dim=1024,
+        vision=VisionConfig(patch_size=14, width=1280, layers=32, head_width=80),
+        text=TextConfig(width=1024, heads=16, layers=24),
+    ),
+    # Tiny configs for tests and the CPU demo (32 px Fashion-MNIST, patch 4 -> 64 patches).
+    "tiny": CLIPConfig(
+        embed_dim=64,
+        vision=VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+        text=TextConfig(width=64, heads=2, layers=2),
+    ),
+    "demo": CLIPConfig(
+        embed_dim=256,
+        vision=VisionConfig(image_size=32, patch_size=4, width=256, layers=6, head_width=64),
+        text=TextConfig(width=256, heads=4, layers=6),
+    ),
+}
+
+
+def get_model_config(name: str, **overrides: object) -> CLIPConfig:
+    """Look up a named config; `overrides` replace top-level fields or `vision_*`/`text_*` fields."""
+    if name not in MODEL_CONFIGS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_CONFIGS))}")
+    cfg = MODEL_CONFIGS[name]
+    top: dict[str, object] = {}
+    vision: dict[str, object] = {}
+    text: dict[str, object] = {}
+    for key, value in overrides.items():
+        if key.startswith("vision_") and hasattr(cfg.vision, key[7:]):
+            vision[key[7:]] = value
+        elif key.startswith("text_") and hasattr(cfg.text, key[5:]):
+            text[key[5:]] = value
+        elif key in CLIPConfig.__dataclass_fields__ and key not in ("vision", "text"):
+            top[key] = value
+        else:
+            raise KeyError(f"unknown model override {key!r} for model {name!r}")
+    return replace(cfg, vision=replace(cfg.vision, **vision), text=replace(cfg.text, **text), **top)

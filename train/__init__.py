@@ -1,0 +1,1 @@
+"""Training: FastCLIP losses and per-sample state, schedules, backends, checkpoints, loop."""
