@@ -1,0 +1,58 @@
+"""Shared by the train and eval loaders: one record -> pixels, a list of samples -> a batch."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from data.sources import RawSample, SkipSample
+from data.transforms import normalize_batch, stack_pixels
+
+log = logging.getLogger(__name__)
+SKIP_REASONS = ("corrupt_image", "missing_image", "missing_caption", "missing_key", "bad_key", "key_out_of_range")
+MAX_ATTEMPTS = 1000  # substitutes tried for one slot before the data is declared unusable
+
+
+def load_sample(source, shard: int, i: int, transform, rng, num_samples: int, need_caption: bool = True):
+    """(RawSample, uint8 pixels) of one record; raises SkipSample(reason)."""
+    raw: RawSample = source.read(shard, i, need_caption)
+    if raw.key >= num_samples:
+        raise SkipSample("key_out_of_range")
+    image = raw.image
+    try:
+        if isinstance(image, Image.Image):
+            return raw, transform.pixels(image, rng)
+        if isinstance(image, str) and not os.path.isfile(image):
+            raise SkipSample("missing_image")
+        with Image.open(image if isinstance(image, str) else io.BytesIO(image)) as img:
+            return raw, transform.pixels(img, rng)
+    except SkipSample:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        log.debug("skipping key %d: undecodable image (%s)", raw.key, e)
+        raise SkipSample("corrupt_image") from None
+
+
+def collate(pixels, captions, keys, tokenizer, counts, labels=None, image_size=0) -> dict:
+    batch = {
+        "images": normalize_batch(stack_pixels(pixels)) if pixels else torch.zeros(0, 3, image_size, image_size),
+        "tokens": tokenizer(captions) if captions else torch.zeros(0, 77, dtype=torch.long),
+        "index": torch.tensor(keys, dtype=torch.int64),
+        "skipped": dict(counts),
+    }
+    if labels is not None:
+        batch["label"] = torch.tensor(labels, dtype=torch.int64)
+    return batch
+
+
+def make_dataloader(dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int) -> DataLoader:
+    """Each item is a whole batch (batch_size=None); workers persist across epochs."""
+    return DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        persistent_workers=workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
+    )  # fmt: skip

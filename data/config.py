@@ -1,0 +1,98 @@
+"""Typed configuration of the training data stream (one YAML section maps onto DataConfig)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+SOURCES = ("webdataset", "csv", "hf")
+
+
+@dataclass
+class DataConfig:
+    """Where the training pairs come from and how they are batched.
+
+    `path` is, per source: webdataset -> a directory holding shards + manifest.json, a brace
+    pattern or glob of .tar shards (their manifest sits next to them), or a manifest.json;
+    csv -> the csv/tsv file; hf -> a `datasets.save_to_disk` directory or local data files.
+    """
+
+    source: str = "webdataset"
+    path: str = ""
+    batch_size: int = 256  # per rank
+    workers: int = 4  # DataLoader worker processes per rank
+    image_size: int = 224
+    seed: int = 0
+    # Size of the index space (per-sample state length). None: from the manifest (max key + 1)
+    # or the number of rows. Samples whose key is >= this are skipped and counted.
+    num_samples: int | None = None
+    # Samples are shuffled within windows of this many consecutive (shard-shuffled) samples of a
+    # rank's epoch chunk; 0 means one window = the whole chunk.
+    shuffle_window: int = 50_000
+    # False: the epoch is padded by wrapping around to its start so every sample is seen and every
+    # rank gets full batches; True: the tail that does not fill a global batch is left out.
+    drop_last: bool = False
+    train_crop_scale: tuple[float, float] = (0.9, 1.0)
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    csv_image_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = ""  # "" = tab for .tsv files, comma otherwise
+    csv_image_root: str = ""  # relative image paths resolve against this; "" = the csv's folder
+    hf_image_key: str = "image"
+    hf_caption_key: str = "text"
+    hf_split: str = "train"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_crop_scale, list):
+            self.train_crop_scale = tuple(self.train_crop_scale)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending field."""
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError("data.path must be a non-empty string (shard dir/pattern, csv file or datasets dir)")
+        _int(self, "batch_size", 1)
+        _int(self, "workers", 0)
+        _int(self, "image_size", 1)
+        _int(self, "seed", 0)
+        _int(self, "shuffle_window", 0)
+        _int(self, "prefetch_factor", 1)
+        if self.num_samples is not None:
+            _int(self, "num_samples", 1)
+        for name in ("drop_last", "pin_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
+        scale = self.train_crop_scale
+        if (
+            not isinstance(scale, tuple)
+            or len(scale) != 2
+            or not all(isinstance(s, int | float) for s in scale)
+            or not 0 < scale[0] <= scale[1] <= 1
+        ):
+            raise ValueError(f"data.train_crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
+        for name in (
+            "csv_image_key", "csv_caption_key", "csv_separator", "csv_image_root",
+            "hf_image_key", "hf_caption_key", "hf_split",
+        ):  # fmt: skip
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"data.{name} must be a string, got {getattr(self, name)!r}")
+        if len(self.csv_separator) > 1:
+            raise ValueError(f"data.csv_separator must be one character or empty, got {self.csv_separator!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "data config") -> DataConfig:
+        """Build from a YAML mapping; unknown keys are an error that names them and `where`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown data key(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _int(cfg: DataConfig, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"data.{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,254 @@
+"""Random-access sample sources: webdataset shards (via their index), csv, Hugging Face datasets.
+
+Each source exposes `shard_sizes` (records per shard; csv/datasets use virtual shards of
+BLOCK rows so that shard-level shuffling works the same), `num_samples` (index-space size N),
+`classes` and `read(shard, i) -> RawSample`, which raises SkipSample(reason) for a record that
+cannot become a training pair. Reads are cheap (no decoding); decoding happens in the loader.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from data.config import DataConfig
+from data.manifest import resolve_shards
+from data.shards import KEY_MISSING
+
+BLOCK = 1000  # rows per virtual shard for csv / datasets sources
+_MAX_OPEN = 64  # open shard files / cached indices per process
+
+
+class SkipSample(Exception):
+    """A record that is skipped and counted under `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class RawSample:
+    key: int
+    caption: str
+    image: bytes | str | Image.Image  # encoded bytes, a file path, or an already decoded image
+    label: int = -1
+
+
+def _blocks(n: int) -> np.ndarray:
+    sizes = np.full(n // BLOCK, BLOCK, dtype=np.int64)
+    return np.append(sizes, n % BLOCK) if n % BLOCK else sizes
+
+
+class ShardSource:
+    """webdataset shards + sidecar indices; each read is two `pread`s of one shard file."""
+
+    kind = "webdataset"
+
+    def __init__(self, path: str, num_samples: int | None = None) -> None:
+        self.shardset = resolve_shards(path)
+        self.paths = [s.path for s in self.shardset.shards]
+        self._index_paths = [s.index_path for s in self.shardset.shards]
+        self.shard_sizes = np.array([s.count for s in self.shardset.shards], dtype=np.int64)
+        self.num_samples = num_samples or self.shardset.num_samples
+        self.classes = self.shardset.classes
+        self.has_labels = self.classes is not None
+        self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._pid = os.getpid()
+
+    def _index(self, shard: int) -> np.ndarray:
+        idx = self._indices.get(shard)
+        if idx is None:
+            idx = np.load(self._index_paths[shard])
+            if len(idx) != self.shard_sizes[shard]:
+                raise ValueError(f"index of {self.paths[shard]} disagrees with the manifest; rebuild the manifest")
+            self._indices[shard] = idx
+            if len(self._indices) > _MAX_OPEN:
+                self._indices.popitem(last=False)
+        return idx
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():  # forked into a DataLoader worker: open our own files
+            self._fds.clear()
+            self._pid = os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = os.open(self.paths[shard], os.O_RDONLY)
+            self._fds[shard] = fd
+            if len(self._fds) > _MAX_OPEN:
+                os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def key(self, shard: int, i: int) -> int:
+        return int(self._index(shard)["key"][i])
+
+    def read(self, shard: int, i: int, need_caption: bool = True) -> RawSample:
+        rec = self._index(shard)[i]
+        key = int(rec["key"])
+        if key < 0:
+            raise SkipSample("missing_key" if key == KEY_MISSING else "bad_key")
+        if rec["img_len"] < 0:
+            raise SkipSample("missing_image")
+        caption = ""
+        fd = self._fd(shard)
+        if rec["txt_len"] >= 0:
+            caption = os.pread(fd, int(rec["txt_len"]), int(rec["txt_off"])).decode("utf-8", errors="replace")
+        if need_caption and not caption.strip():
+            raise SkipSample("missing_caption")
+        image = os.pread(fd, int(rec["img_len"]), int(rec["img_off"]))
+        if len(image) != rec["img_len"]:
+            raise SkipSample("corrupt_image")  # shard truncated after indexing
+        return RawSample(key, caption, image, int(rec["label"]))
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+
+
+class _Strings:
+    """Many strings in one bytes buffer + offsets: no per-row Python objects for forked workers to touch."""
+
+    def __init__(self, values: list[str]) -> None:
+        encoded = [v.encode("utf-8") for v in values]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __getitem__(self, i: int) -> str:
+        return self._data[self._offsets[i] : self._offsets[i + 1]].tobytes().decode("utf-8")
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+
+class CsvSource:
+    """csv/tsv with an image-path column and a caption column; the data row number is the key."""
+
+    kind = "csv"
+
+    def __init__(self, cfg: DataConfig, label_key: str | None = None) -> None:
+        if not os.path.isfile(cfg.path):
+            raise FileNotFoundError(f"csv file {cfg.path!r} does not exist")
+        sep = cfg.csv_separator or ("\t" if cfg.path.endswith(".tsv") else ",")
+        with open(cfg.path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter=sep)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"csv file {cfg.path!r} is empty")
+            cols = {name: i for i, name in enumerate(header)}
+            for k in (cfg.csv_image_key, cfg.csv_caption_key):
+                if k not in cols:
+                    raise ValueError(
+                        f"column {k!r} not in {cfg.path} (columns: {header}); set csv_image_key/csv_caption_key"
+                    )
+            ii, ci, li = cols[cfg.csv_image_key], cols[cfg.csv_caption_key], cols.get(label_key or "", -1)
+            paths, captions, labels = [], [], []
+            for row in reader:
+                paths.append(row[ii] if len(row) > ii else "")
+                captions.append(row[ci] if len(row) > ci else "")
+                labels.append(int(row[li]) if 0 <= li < len(row) and row[li].strip().lstrip("-").isdigit() else -1)
+        if not paths:
+            raise ValueError(f"csv file {cfg.path!r} has no data rows")
+        self.root = cfg.csv_image_root or os.path.dirname(os.path.abspath(cfg.path))
+        self._paths, self._captions = _Strings(paths), _Strings(captions)
+        self._labels = np.array(labels, dtype=np.int64)
+        self.shard_sizes = _blocks(len(paths))
+        self.num_samples = cfg.num_samples or len(paths)
+        self.classes = None
+        self.has_labels = li >= 0
+
+    def key(self, shard: int, i: int) -> int:
+        return shard * BLOCK + i
+
+    def read(self, shard: int, i: int, need_caption: bool = True) -> RawSample:
+        row = shard * BLOCK + i
+        caption = self._captions[row]
+        if need_caption and not caption.strip():
+            raise SkipSample("missing_caption")
+        path = self._paths[row]
+        if not path:
+            raise SkipSample("missing_image")
+        return RawSample(row, caption, os.path.join(self.root, path), int(self._labels[row]))
+
+
+class HFSource:
+    """A Hugging Face `datasets` table (save_to_disk dir or local data files); the row is the key."""
+
+    kind = "hf"
+
+    def __init__(self, cfg: DataConfig, label_key: str | None = None) -> None:
+        import datasets  # heavy import, only when used
+
+        ds = _load_hf(cfg.path, cfg.hf_split)
+        for k in (cfg.hf_image_key, cfg.hf_caption_key):
+            if k not in ds.column_names:
+                raise ValueError(
+                    f"column {k!r} not in {cfg.path} (columns: {ds.column_names}); set hf_image_key/hf_caption_key"
+                )
+        if isinstance(ds.features[cfg.hf_image_key], datasets.Image):
+            ds = ds.cast_column(cfg.hf_image_key, datasets.Image(decode=False))  # we decode (and count failures)
+        cols = [cfg.hf_image_key, cfg.hf_caption_key]
+        self.has_labels = bool(label_key) and label_key in ds.column_names
+        if self.has_labels:
+            cols.append(label_key)
+        feature = ds.features.get(label_key) if self.has_labels else None
+        self.classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        self.ds, self.image_key, self.caption_key, self.label_key = ds.select_columns(cols), *cols[:2], label_key
+        self.shard_sizes = _blocks(len(ds))
+        self.num_samples = cfg.num_samples or len(ds)
+        if len(ds) == 0:
+            raise ValueError(f"dataset at {cfg.path!r} has no rows")
+
+    def key(self, shard: int, i: int) -> int:
+        return shard * BLOCK + i
+
+    def read(self, shard: int, i: int, need_caption: bool = True) -> RawSample:
+        row = shard * BLOCK + i
+        rec = self.ds[row]
+        caption = rec[self.caption_key] or ""
+        if need_caption and not (isinstance(caption, str) and caption.strip()):
+            raise SkipSample("missing_caption")
+        image = rec[self.image_key]
+        if isinstance(image, dict):
+            image = image.get("bytes") or image.get("path")
+        if not image:
+            raise SkipSample("missing_image")
+        label = rec[self.label_key] if self.has_labels else -1
+        return RawSample(row, str(caption), image, int(label) if isinstance(label, int) else -1)
+
+
+def _load_hf(path: str, split: str):
+    import datasets
+
+    saved = ("dataset_info.json", "dataset_dict.json", "state.json")
+    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in saved):
+        ds = datasets.load_from_disk(path)
+    elif os.path.isdir(path) and glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True):
+        ds = datasets.load_dataset("parquet", data_dir=path, split=split)
+    else:
+        ext = os.path.splitext(path)[1].lstrip(".").lower()
+        builder = {"jsonl": "json", "tsv": "csv"}.get(ext, ext)
+        if builder not in ("parquet", "json", "csv", "arrow") or not os.path.exists(path):
+            raise ValueError(f"{path!r} is neither a datasets.save_to_disk directory nor a parquet/json/csv/arrow file")
+        ds = datasets.load_dataset(builder, data_files=path, split="train")
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ValueError(f"split {split!r} not in {path} (splits: {list(ds)}); set hf_split")
+        ds = ds[split]
+    return ds
+
+
+def open_source(cfg: DataConfig, label_key: str | None = None):
+    if cfg.source == "webdataset":
+        return ShardSource(cfg.path, cfg.num_samples)
+    if cfg.source == "csv":
+        return CsvSource(cfg, label_key)
+    return HFSource(cfg, label_key)

@@ -1,0 +1,143 @@
+"""CLIP image preprocessing.
+
+Training: RandomResizedCrop(scale 0.9-1.0, ratio 3/4-4/3, bicubic) -> RGB -> normalize.
+Evaluation: exactly OpenAI CLIP's `_transform`: Resize(shortest side, bicubic) -> CenterCrop ->
+RGB -> ToTensor -> Normalize.
+
+The per-sample stage stops at a uint8 array (PIL work only); normalisation is done once per
+batch in `normalize_batch`, which is what keeps the loader fast. Calling a transform on a single
+image still returns the usual normalised float tensor [3, H, W].
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_SCALE = torch.tensor([255.0 * s for s in OPENAI_CLIP_STD]).reciprocal_().view(1, 3, 1, 1)
+_SHIFT = torch.tensor([255.0 * m for m in OPENAI_CLIP_MEAN]).view(1, 3, 1, 1)
+
+
+def normalize_batch(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] (or [B, H, W] grey) -> float32 [B, 3, H, W] with CLIP mean/std."""
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = pixels.copy()
+    x = torch.as_tensor(pixels)
+    if x.dim() == 3:
+        x = x.unsqueeze(-1)
+    x = x.permute(0, 3, 1, 2).expand(-1, 3, -1, -1).contiguous().float()
+    return x.sub_(_SHIFT).mul_(_SCALE)
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """PIL image -> uint8 [H, W, 3]; grey images stay [H, W] (expanded to 3 channels per batch)."""
+    if img.mode == "L":
+        return np.asarray(img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: random.Random,
+    scale: tuple[float, float] = (0.9, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a crop drawn like torchvision's RandomResizedCrop.get_params."""
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = rng.randint(0, height - h)
+            left = rng.randint(0, width - w)
+            return left, top, left + w, top + h
+    in_ratio = width / height  # fallback: central crop with the aspect ratio clamped
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return left, top, left + w, top + h
+
+
+class TrainTransform:
+    """RandomResizedCrop (bicubic) to `size`; `rng` makes the crop reproducible."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        self._rng = random.Random()
+
+    def pixels(self, img: Image.Image, rng: random.Random | None = None) -> np.ndarray:
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")  # palette / alpha / CMYK: convert before resampling
+        box = random_resized_crop_box(img.width, img.height, rng or self._rng, self.scale, self.ratio)
+        # resize with a source box = crop + resize in one pass; grey stays one channel (same result).
+        img = img.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box)
+        return to_rgb_array(img)
+
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        return normalize_batch(self.pixels(img, rng)[None])[0]
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(size={self.size}, scale={self.scale}, ratio={self.ratio}, bicubic, CLIP mean/std)"
+
+
+class EvalTransform:
+    """OpenAI CLIP's eval preprocessing: shortest side -> size (bicubic), center crop, RGB, normalize."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def pixels(self, img: Image.Image, rng: random.Random | None = None) -> np.ndarray:
+        n, (w, h) = self.size, img.size
+        # torchvision Resize(int): short side -> n, long side -> int(n * long / short)
+        new_w, new_h = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        if new_w < n or new_h < n:  # only for degenerate sizes (long side rounding); pad like torchvision
+            canvas = Image.new(img.mode, (max(n, new_w), max(n, new_h)))
+            canvas.paste(img, ((max(n, new_w) - new_w) // 2, (max(n, new_h) - new_h) // 2))
+            img, new_w, new_h = canvas, canvas.width, canvas.height
+        top, left = int(round((new_h - n) / 2.0)), int(round((new_w - n) / 2.0))
+        img = img.crop((left, top, left + n, top + n))
+        return to_rgb_array(img)  # OpenAI converts to RGB after resize + crop
+
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        return normalize_batch(self.pixels(img)[None])[0]
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size}, resize shortest side bicubic + center crop, CLIP mean/std)"
+
+
+def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0)) -> TrainTransform:
+    return TrainTransform(image_size, scale)
+
+
+def eval_transform(image_size: int) -> EvalTransform:
+    return EvalTransform(image_size)
+
+
+def stack_pixels(arrays: list[np.ndarray]) -> np.ndarray:
+    """Stack per-sample uint8 arrays; all-grey batches stay [B, H, W] (normalize_batch expands them)."""
+    if all(a.ndim == 2 for a in arrays):
+        return np.stack(arrays)
+    h, w = arrays[0].shape[:2]
+    out = np.empty((len(arrays), h, w, 3), dtype=np.uint8)
+    for i, a in enumerate(arrays):
+        out[i] = a if a.ndim == 3 else a[..., None]
+    return out

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Build webdataset shards (img2dataset layout) + manifest.json, or a manifest for existing shards.
+
+  python tools/make_shards.py fashion-mnist --out DIR        # DIR/train and DIR/test (labelled)
+  python tools/make_shards.py folder --src IMAGES --out DIR  # image files with same-stem .txt captions
+  python tools/make_shards.py csv --src FILE.csv --out DIR   # image path + caption columns
+  python tools/make_shards.py manifest --shards DIR          # index + manifest for e.g. img2dataset output
+
+Every sample gets json {"key": int} (the index into per-sample training state): the row of
+the source (Fashion-MNIST / csv) or the position in the sorted file list (folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import os
+import random
+import struct
+import sys
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data.config import DataConfig  # noqa: E402
+from data.manifest import build_manifest, expand_pattern  # noqa: E402
+from data.shards import IMAGE_EXTS, ShardWriter  # noqa: E402
+from data.sources import CsvSource, SkipSample  # noqa: E402
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = [
+    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]  # fmt: skip
+CAPTION_TEMPLATES = [
+    "a photo of {article} {name}.",
+    "a black and white picture of {article} {name}.",
+    "a grayscale photo of {article} {name}.",
+    "a low resolution photo of {article} {name}.",
+    "a small picture of {article} {name}.",
+    "a product photo of {article} {name}.",
+    "a close-up photo of {article} {name}.",
+    "{article} {name} on a dark background.",
+]
+
+
+def _article(name: str) -> str:
+    return "an" if name[0] in "aeiou" else "a"
+
+
+def caption(template: str, name: str) -> str:
+    text = template.format(article=_article(name), name=name)
+    return text[0].upper() + text[1:] if template.startswith("{") else text
+
+
+def _read_idx(path: str) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic, n = struct.unpack(">II", data[:8])
+    if magic == 2051:
+        rows, cols = struct.unpack(">II", data[8:16])
+        return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+    if magic == 2049:
+        return np.frombuffer(data, dtype=np.uint8, offset=8)
+    raise ValueError(f"{path}: not an idx image/label file (magic {magic})")
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _finish(out: str, paths: list[str], extra: dict | None, skipped: Counter, workers: int = 1) -> dict:
+    manifest = build_manifest(paths, out, extra, workers=workers, progress=lambda it: tqdm(it, total=len(paths),
+                              desc=f"indexing {out}", unit="shard"))  # fmt: skip
+    print(f"{out}: {manifest['total']} samples in {len(paths)} shards, index space {manifest['num_samples']}"
+          + (f", skipped while building: {dict(skipped)}" if skipped else ""))  # fmt: skip
+    return manifest
+
+
+def fashion_mnist(args) -> None:
+    prompts = {name: [caption(t, name) for t in CAPTION_TEMPLATES] for name in FASHION_CLASSES}
+    extra = {"classes": FASHION_CLASSES, "templates": CAPTION_TEMPLATES, "class_prompts": prompts,
+             "description": "Fashion-MNIST (28x28 grey PNG); json carries the class label"}  # fmt: skip
+    files = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}  # fmt: skip
+    for split in args.splits.split(","):
+        if split not in files:
+            raise SystemExit(f"unknown split {split!r}; choose from {list(files)}")
+        img_file, lab_file = (os.path.join(args.src, f) for f in files[split])
+        if not os.path.exists(img_file):
+            raise SystemExit(f"{img_file} not found: install Debian's dataset-fashion-mnist (make fashion-mnist)")
+        images, labels = _read_idx(img_file), _read_idx(lab_file)
+        n = len(images) if args.limit is None else min(args.limit, len(images))
+        rng = random.Random(f"{args.seed}/{split}")
+        out = os.path.join(args.out, split)
+        with ShardWriter(out, args.shard_size) as w:
+            for key in tqdm(range(n), desc=f"fashion-mnist {split}", unit="img"):
+                name = FASHION_CLASSES[int(labels[key])]
+                w.write(key, _png(images[key]), "png", caption(rng.choice(CAPTION_TEMPLATES), name),
+                        label=int(labels[key]))  # fmt: skip
+        _finish(out, w.paths, extra, Counter())
+
+
+def folder(args) -> None:
+    found = []
+    for root, _, names in os.walk(args.src):
+        found += [os.path.join(root, f) for f in names if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
+    found.sort()
+    if not found:
+        raise SystemExit(f"no {'/'.join(IMAGE_EXTS)} images under {args.src}")
+    classes = sorted({os.path.relpath(os.path.dirname(p), args.src) for p in found}) if args.labels_from_dirs else None
+    skipped: Counter = Counter()
+    with ShardWriter(args.out, args.shard_size) as w:
+        for key, path in enumerate(tqdm(found, desc="folder", unit="img")):
+            txt = os.path.splitext(path)[0] + ".txt"
+            text = open(txt, encoding="utf-8").read().strip() if os.path.exists(txt) else ""
+            if not text:
+                skipped["missing_caption"] += 1
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+            meta = {"label": classes.index(os.path.relpath(os.path.dirname(path), args.src))} if classes else {}
+            w.write(key, data, path.rsplit(".", 1)[-1], text, **meta)
+    _finish(args.out, w.paths, {"classes": classes} if classes else None, skipped)
+
+
+def from_csv(args) -> None:
+    cfg = DataConfig(source="csv", path=args.src, csv_image_key=args.image_key, csv_caption_key=args.caption_key,
+                     csv_separator=args.sep, csv_image_root=args.image_root)  # fmt: skip
+    src = CsvSource(cfg)
+    skipped: Counter = Counter()
+    with ShardWriter(args.out, args.shard_size) as w:
+        for row in tqdm(range(int(src.shard_sizes.sum())), desc="csv", unit="row"):
+            try:
+                raw = src.read(*divmod(row, 1000))
+                if not os.path.isfile(raw.image):
+                    raise SkipSample("missing_image")
+            except SkipSample as e:
+                skipped[e.reason] += 1
+                continue
+            with open(raw.image, "rb") as f:
+                data = f.read()
+            ext = raw.image.rsplit(".", 1)[-1].lower()
+            w.write(raw.key, data, ext if ext in IMAGE_EXTS else "jpg", raw.caption)
+    if not w.paths:
+        raise SystemExit(f"no usable rows in {args.src}: {dict(skipped)}")
+    _finish(args.out, w.paths, None, skipped)
+
+
+def manifest(args) -> None:
+    if os.path.isdir(args.shards):
+        directory = args.shards
+        paths = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".tar"))
+    else:
+        paths = [p for p in expand_pattern(args.shards) if p.endswith(".tar")]
+        directory = os.path.dirname(paths[0]) if paths else args.shards
+    if not paths:
+        raise SystemExit(f"no .tar shards found at {args.shards!r}")
+    _finish(directory, paths, None, Counter(), workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    fm = sub.add_parser("fashion-mnist", help="Fashion-MNIST idx files -> train/ and test/ shards")
+    fm.add_argument("--src", default=FASHION_MNIST_DIR)
+    fm.add_argument("--splits", default="train,test")
+    fm.add_argument("--limit", type=int, default=None, help="first N images per split (for quick tests)")
+    fm.add_argument("--seed", type=int, default=0, help="seed of the caption template choice")
+    fo = sub.add_parser("folder", help="image folder with same-stem .txt captions")
+    fo.add_argument("--src", required=True)
+    fo.add_argument("--labels-from-dirs", action="store_true", help="label = index of the sorted sub-folder name")
+    cs = sub.add_parser("csv", help="csv with an image path and a caption column (row number = key)")
+    cs.add_argument("--src", required=True)
+    cs.add_argument("--image-key", default="filepath")
+    cs.add_argument("--caption-key", default="title")
+    cs.add_argument("--sep", default="", help="column separator; default tab for .tsv, comma otherwise")
+    cs.add_argument("--image-root", default="", help="relative image paths resolve here (default: the csv's folder)")
+    for q in (fm, fo, cs):
+        q.add_argument("--out", required=True)
+        q.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
+    ma = sub.add_parser("manifest", help="index existing shards (e.g. img2dataset output) and write manifest.json")
+    ma.add_argument("--shards", required=True, help="directory of .tar shards, or a brace pattern / glob")
+    ma.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+    {"fashion-mnist": fashion_mnist, "folder": folder, "csv": from_csv, "manifest": manifest}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
