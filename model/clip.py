@@ -36,10 +36,11 @@ class CLIP(nn.Module):
     def forward(
         self, images: torch.Tensor, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # A copy made inside forward: under ZeRO-3 the parameter itself is released after forward.
         return (
             self.encode_image(images, normalize=True),
             self.encode_text(tokens, normalize=True),
-            self.logit_scale,
+            self.logit_scale.clone(),
         )
 
     @property

@@ -50,7 +50,7 @@ def test_forward_shapes_and_normalisation(tiny: torch.nn.Module) -> None:
     torch.testing.assert_close(txt.norm(dim=-1), torch.ones(4), rtol=0, atol=1e-5)
     raw = tiny.encode_image(images)
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(4))
-    assert scale is tiny.logit_scale
+    assert torch.equal(scale, tiny.logit_scale) and scale.requires_grad
 
 
 def test_logit_scale_shape_and_init(tiny: torch.nn.Module) -> None:

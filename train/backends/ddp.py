@@ -1,0 +1,85 @@
+"""DDP through accelerate (MULTI_GPU, or MULTI_CPU with gloo); parameters replicated on every rank."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, eval_mode, named_parameter
+
+
+class DDPBackend(Backend):
+    """Gradients are all-reduced (averaged) by DDP; rank 0 writes the replicated model/optimizer."""
+
+    name = "ddp"
+
+    def __init__(self, precision: str) -> None:
+        super().__init__(precision)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.device = self.accelerator.device
+        if precision == "fp16":
+            self.scaler = torch.amp.GradScaler(self.device.type)
+
+    def setup(self, model_fn: ModelFn, groups_fn: GroupsFn, optimizer_fn: OptimizerFn) -> None:
+        self.model_fn = model_fn
+        model = model_fn().to(self.device)
+        optimizer = optimizer_fn(groups_fn(model))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    @property
+    def raw_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, grad_clip: float) -> float | None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer.optimizer)
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        if self.scaler:
+            self.scaler.step(self.optimizer.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def clamp_parameter(self, name: str, low: float, high: float) -> None:
+        with torch.no_grad():
+            named_parameter(self.raw_model, name).clamp_(low, high)
+
+    def read_parameter(self, name: str) -> torch.Tensor:
+        return named_parameter(self.raw_model, name).detach().clone()
+
+    def save(self, directory: Path) -> None:
+        if self.is_main:
+            torch.save(self.raw_model.state_dict(), directory / "model.pt")
+            state = {"optimizer": self.optimizer.optimizer.state_dict()}
+            if self.scaler:
+                state["scaler"] = self.scaler.state_dict()
+            torch.save(state, directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        self.raw_model.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
+        state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=False)
+        self.optimizer.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    @contextlib.contextmanager
+    def full_model(self) -> Iterator[nn.Module]:
+        """Parameters are replicated: evaluate the training model itself."""
+        with eval_mode(self.raw_model) as model:
+            yield model
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu() for k, v in self.raw_model.state_dict().items()}

@@ -1,0 +1,144 @@
+"""DeepSpeed ZeRO-1/2/3 (optionally CPU offload) through accelerate's DeepSpeedPlugin.
+
+The JSON in `ds_configs/` is the user's; "auto" values are filled here from the training
+config (micro batch, clipping, precision, bucket sizes) because this model is not a
+transformers model and accelerate cannot infer them. A JSON that contradicts the training
+config is an error before any step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.utils import InitProcessGroupKwargs
+from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+from torch import nn
+
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, named_parameter
+
+BUCKET_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size")
+
+
+def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
+    """Load a DeepSpeed JSON and fill its "auto" values; reject settings this trainer owns."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"backend.ds_config: {path} does not exist (see ds_configs/ for zero1/2/3 examples)")
+    try:
+        cfg = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    for key in ("optimizer", "scheduler"):
+        if key in cfg:
+            raise ValueError(
+                f"{path}: remove the {key!r} section; the optimizer and LR schedules come from the training "
+                "config (optim.*, flip.*) so every backend trains identically"
+            )
+    zero = cfg.get("zero_optimization", {})
+    if zero.get("stage", 0) not in (1, 2, 3):
+        raise ValueError(f"{path}: zero_optimization.stage must be 1, 2 or 3, got {zero.get('stage')!r}")
+    fills = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip,
+    }
+    for key, value in fills.items():
+        if cfg.get(key, "auto") == "auto":
+            cfg[key] = value
+        elif cfg[key] != value:
+            raise ValueError(f"{path}: {key} = {cfg[key]!r} contradicts the training config ({value!r}); use \"auto\"")
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x world size
+    for dtype in ("bf16", "fp16"):
+        section = cfg.setdefault(dtype, {})
+        wanted = precision == dtype
+        if section.get("enabled", "auto") == "auto":
+            section["enabled"] = wanted
+        elif bool(section["enabled"]) != wanted:
+            raise ValueError(f"{path}: {dtype}.enabled contradicts backend.precision = {precision!r}; use \"auto\"")
+    buckets = {
+        "reduce_bucket_size": hidden * hidden,
+        "allgather_bucket_size": hidden * hidden,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "stage3_param_persistence_threshold": 10 * hidden,
+    }
+    for key, value in buckets.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+    return cfg
+
+
+class DeepSpeedBackend(Backend):
+    """The DeepSpeed engine owns gradients, (sharded) fp32 master weights and optimizer state."""
+
+    name = "deepspeed"
+
+    def __init__(self, precision: str, ds_config: dict[str, Any]) -> None:
+        super().__init__(precision)
+        self.ds_config = ds_config
+        plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
+        handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+        self.accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers)
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self.stage = ds_config["zero_optimization"]["stage"]
+
+    def setup(self, model_fn: ModelFn, groups_fn: GroupsFn, optimizer_fn: OptimizerFn) -> None:
+        self.model_fn = model_fn
+        model = model_fn()
+        optimizer = optimizer_fn(groups_fn(model))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.engine: deepspeed.DeepSpeedEngine = self.model
+
+    @property
+    def raw_model(self) -> nn.Module:
+        return self.engine.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self, grad_clip: float) -> float | None:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def set_group_lrs(self, lrs: dict[str, float]) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lrs[group.get("name", "decay")]
+
+    def clamp_parameter(self, name: str, low: float, high: float) -> None:
+        """Clamp the fp32 master copy (the engine would overwrite a clamp of the model weight)."""
+        param = named_parameter(self.raw_model, name)
+        master = safe_get_full_fp32_param(param)
+        safe_set_full_fp32_param(param, master.clamp(low, high))
+
+    def read_parameter(self, name: str) -> torch.Tensor:
+        return self._full_value(named_parameter(self.raw_model, name))
+
+    def _full_value(self, param: nn.Parameter) -> torch.Tensor:
+        """fp32 master value of a trained parameter, or the (gathered) weight of a frozen one."""
+        master = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if master is not None:
+            return master.detach().float().cpu().clone()
+        gather = deepspeed.zero.GatheredParameters([param]) if self.stage == 3 else contextlib.nullcontext()
+        with gather:
+            return param.detach().float().cpu().clone()
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(
+            str(directory / "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory / 'deepspeed'}")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: self._full_value(param) for name, param in self.raw_model.named_parameters()}

@@ -1,0 +1,112 @@
+"""FSDP2 applied by us: `fully_shard` per transformer block, then the root (torchtitan style).
+
+accelerate's FSDP plugin silently becomes DDP on CPU, so accelerate only starts the process
+group here; sharding, mixed precision and DCP checkpoints are ours. Checkpoints are DCP
+directories that load on a different number of ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from accelerate import PartialState
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
+
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, named_parameter
+
+# Methods that run the model outside `forward` (evaluation) and must unshard the root's parameters.
+FORWARD_METHODS = ("encode_image", "encode_text")
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every repeated block of every tower: the unit of sharding (and of activation checkpointing)."""
+    blocks: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList | nn.Sequential) and module is not model:
+            children = list(module.children())
+            if len(children) > 1 and len({type(c) for c in children}) == 1 and hasattr(children[0], "attn"):
+                blocks.extend(children)
+    return blocks
+
+
+class FSDP2Backend(Backend):
+    """Parameters, gradients and optimizer state sharded over a 1-d device mesh of all ranks."""
+
+    name = "fsdp2"
+
+    def __init__(self, precision: str) -> None:
+        super().__init__(precision)
+        state = PartialState(cpu=not torch.cuda.is_available())
+        self.device = state.device
+        if not dist.is_initialized():  # a single process still needs a (trivial) group for DTensor
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the MixedPrecisionPolicy casts parameters itself
+
+    def setup(self, model_fn: ModelFn, groups_fn: GroupsFn, optimizer_fn: OptimizerFn) -> None:
+        self.model_fn = model_fn
+        model = model_fn().to(self.device)
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if self.precision == "bf16" else None, reduce_dtype=torch.float32
+        )
+        for block in transformer_blocks(model):
+            fully_shard(block, mesh=self.mesh, mp_policy=policy)
+        fully_shard(model, mesh=self.mesh, mp_policy=policy)
+        for method in FORWARD_METHODS:
+            if hasattr(model, method):
+                register_fsdp_forward_method(model, method)
+        self.model = model
+        self.optimizer = optimizer_fn(groups_fn(model))
+
+    @property
+    def raw_model(self) -> nn.Module:
+        return self.model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, grad_clip: float) -> float | None:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def clamp_parameter(self, name: str, low: float, high: float) -> None:
+        with torch.no_grad():
+            named_parameter(self.model, name).clamp_(low, high)
+
+    def read_parameter(self, name: str) -> torch.Tensor:
+        param = named_parameter(self.model, name).detach()
+        return param.full_tensor() if isinstance(param, DTensor) else param.clone()
+
+    def save(self, directory: Path) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory / "dcp"))
+
+    def load(self, directory: Path) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(directory / "dcp"))
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        options = StateDictOptions(full_state_dict=True)
+        model_sd, _ = get_state_dict(self.model, [], options=options)
+        return {k: v.detach().float().cpu() for k, v in model_sd.items()}

@@ -1,0 +1,168 @@
+"""The typed training config: one dataclass per YAML section, validated before any step runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data.config import DataConfig
+from model import MODEL_CONFIGS
+from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml
+from train.losses import LossConfig
+
+BACKENDS = ("ddp", "deepspeed", "fsdp2")
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "lamb")
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+
+
+@dataclass
+class ModelSection:
+    """Which named CLIP to build (see model.MODEL_CONFIGS) and per-field overrides."""
+
+    name: str = "ViT-B-32"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grad_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.name not in MODEL_CONFIGS:
+            raise ValueError(f"model.name {self.name!r} is unknown; choose one of {sorted(MODEL_CONFIGS)}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and the pre-training LR schedule (linear warmup, cosine to lr_min)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    lr_min: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+
+    def validate(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
+            raise ValueError(f"optim needs 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+
+
+@dataclass
+class FlipConfig:
+    """FLIP phase plan: masked pre-training, then unmasked tuning with its own LR schedule."""
+
+    mask_ratio: float = 0.0
+    tuning_samples: int = 0  # samples of unmasked tuning after pre-training; 0 = no tuning phase
+    tuning_lr: float = 0.0
+    tuning_lr_min: float = 0.0
+    tuning_warmup_steps: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"flip.mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.tuning_samples < 0:
+            raise ValueError(f"flip.tuning_samples must be >= 0, got {self.tuning_samples}")
+        if self.tuning_samples and not 0 <= self.tuning_lr_min <= self.tuning_lr:
+            raise ValueError("flip.tuning_lr must be > 0 and >= flip.tuning_lr_min when flip.tuning_samples > 0")
+        if self.tuning_samples and self.tuning_lr <= 0:
+            raise ValueError("flip.tuning_lr must be > 0 when flip.tuning_samples > 0")
+
+
+@dataclass
+class BackendConfig:
+    """Distributed backend and numeric precision."""
+
+    name: str = "ddp"
+    precision: str = "fp32"
+    ds_config: str = ""  # DeepSpeed JSON (backend deepspeed only)
+
+    def validate(self) -> None:
+        if self.name not in BACKENDS:
+            raise ValueError(f"backend.name must be one of {BACKENDS}, got {self.name!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"backend.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.name == "deepspeed" and not self.ds_config:
+            raise ValueError("backend.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
+        if self.name != "deepspeed" and self.ds_config:
+            raise ValueError(f"backend.ds_config is only used by backend deepspeed, not {self.name!r}; remove it")
+
+
+@dataclass
+class CheckpointConfig:
+    """When to save, how many to keep, and what to resume from (None, 'latest' or a path)."""
+
+    every_steps: int = 1000
+    keep_last: int = 3
+    resume: str | None = None
+
+    def validate(self) -> None:
+        if self.every_steps < 0 or self.keep_last < 1:
+            raise ValueError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Zero-shot / retrieval evaluation in the loop (paths empty = off)."""
+
+    every_steps: int = 0  # 0 = only at the end
+    zeroshot: str = ""  # labelled webdataset shards
+    classnames: str = ""  # registry name ("imagenet", "fashion-mnist"); "" = from the shards' manifest
+    templates: str = ""  # registry name; "" = same as classnames
+    retrieval: str = ""  # caption shards or csv
+    batch_size: int = 256
+    max_samples: int = 0  # 0 = all
+
+
+@dataclass
+class TrainConfig:
+    """A whole run. `epochs` counts pre-training epochs; FLIP tuning follows them."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="unset"))
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    flip: FlipConfig = field(default_factory=FlipConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    epochs: int = 1
+    max_steps: int = 0  # stop pre-training early after this many steps; 0 = full epochs
+
+    def validate(self) -> None:
+        for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint):
+            section.validate()
+        self.loss.validate()
+        if self.epochs < 1 or self.max_steps < 0:
+            raise ValueError("epochs must be >= 1 and max_steps >= 0")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file + `key.path=value` overrides -> validated TrainConfig (errors name file and key)."""
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    cfg = from_dict(TrainConfig, raw, str(path))
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return cfg

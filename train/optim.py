@@ -1,0 +1,94 @@
+"""Optimizers: parameter groups (weight decay, temperature group) and AdamW / LAMB."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+TAU_GROUP = "tau"
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Gains, biases, 1-d embeddings (timm's [1,1,C] class token) and logit_scale are not decayed."""
+    return param.squeeze().ndim < 2 or name.endswith(".bias") or "logit_scale" in name
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, tau_lr: float | None = None
+) -> list[dict[str, object]]:
+    """Groups `decay`, `no_decay` and (when `tau_lr` is given) `tau` holding logit_scale alone.
+
+    Each group carries a `name` and a `base_lr` scale so schedules can set every group's LR.
+    Frozen parameters are left out.
+    """
+    decay, plain, tau = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if tau_lr is not None and "logit_scale" in name:
+            tau.append(param)
+        elif no_weight_decay(name, param):
+            plain.append(param)
+        else:
+            decay.append(param)
+    groups: list[dict[str, object]] = [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": plain, "weight_decay": 0.0},
+    ]
+    if tau_lr is not None:
+        groups.append({"name": TAU_GROUP, "params": tau, "weight_decay": 0.0, "lr": tau_lr})
+    return [g for g in groups if g["params"]]
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al. 2019): Adam direction with decoupled weight decay, scaled per tensor by a trust ratio."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch.optim signature
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(p.grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m_hat = exp_avg / (1 - beta1 ** state["step"])
+                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if group["weight_decay"]:
+                    update.add_(p, alpha=group["weight_decay"])
+                w_norm, u_norm = p.norm(), update.norm()
+                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                p.add_(update * trust * -group["lr"])
+        return loss
+
+
+def build_optimizer(
+    name: str, groups: list[dict[str, object]], lr: float, betas: tuple[float, float], eps: float
+) -> torch.optim.Optimizer:
+    """AdamW (torch, fused/foreach as available) or LAMB over the given groups."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    if name == "lamb":
+        return Lamb(groups, lr=lr, betas=betas, eps=eps)
+    raise ValueError(f"optim.name must be adamw or lamb, got {name!r}")

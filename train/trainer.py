@@ -1,0 +1,250 @@
+"""The training loop: read top to bottom. Config in, checkpoints and logs out."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from data.loader import build_train_loader
+from model import CLIP, create_model
+from train.backends import make_backend
+from train.checkpoint import CheckpointWriter, read_meta, resolve_resume, rng_state, set_rng_state
+from train.config import TrainConfig
+from train.config_io import to_dict
+from train.losses import build_loss, repartition_loss_states
+from train.metrics import MetricsLogger, setup_console_logging
+from train.optim import build_optimizer, param_groups
+from train.schedules import PhasePlan, build_phase_plan
+from train.temperature import tau_spec
+
+logger = logging.getLogger("fastflip")
+
+
+class Trainer:
+    """Owns one run: backend, data stream, loss state, schedules, checkpoints.
+
+    `loader` may be given (any iterable with the TrainLoader interface) to train on fixed batches.
+    """
+
+    def __init__(self, cfg: TrainConfig, loader: Any = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.loss_cfg = cfg.loss.resolved()
+        self.tau = tau_spec(self.loss_cfg)
+        self.backend = make_backend(cfg.backend.name, cfg.backend.precision, self._ds_config())
+        setup_console_logging(self.backend.is_main)
+        rank, world = self.backend.rank, self.backend.world_size
+        self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world)
+        self.global_batch = cfg.data.batch_size * world
+        self.plan = self._phase_plan()
+
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        self.backend.setup(self._build_model, self._param_groups, self._optimizer)
+        self.mask_generator = torch.Generator(device=self.backend.device).manual_seed(cfg.run.seed * 1000 + rank + 1)
+        self.loss = build_loss(self.loss_cfg, self.loader.num_samples)
+
+        self.step, self.epoch = 0, 0
+        self.out = Path(cfg.run.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.writer = CheckpointWriter(self.ckpt_root, cfg.checkpoint.keep_last, rank, self.backend.barrier)
+        resume_from = resolve_resume(self.ckpt_root, cfg.checkpoint.resume)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        self.logit_scale = float(self.backend.read_parameter("logit_scale"))
+        if self.backend.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.metrics = MetricsLogger(
+            self.out / "tensorboard", self.backend.is_main, cfg.logging.tensorboard, cfg.logging.every_steps,
+            self.plan.total_steps,
+        )  # fmt: skip
+
+    # ----- construction -------------------------------------------------------------------
+    def _ds_config(self) -> dict | None:
+        if self.cfg.backend.name != "deepspeed":
+            return None
+        from train.backends.deepspeed import resolve_ds_config
+
+        hidden = create_model(self.cfg.model.name, **self.cfg.model.overrides).config.vision.width
+        return resolve_ds_config(
+            self.cfg.backend.ds_config, self.cfg.data.batch_size, self.cfg.optim.grad_clip,
+            self.cfg.backend.precision, hidden,
+        )  # fmt: skip
+
+    def _build_model(self) -> CLIP:
+        cfg = self.cfg.model
+        model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
+        model.logit_scale.requires_grad_(self.tau.trainable)
+        model.set_grad_checkpointing(cfg.grad_checkpointing)
+        return model
+
+    def _param_groups(self, model: torch.nn.Module) -> list[dict[str, object]]:
+        tau_lr = self.cfg.optim.lr if self.tau.trainable else None
+        return param_groups(model, self.cfg.optim.weight_decay, tau_lr)
+
+    def _optimizer(self, groups: list[dict[str, object]]) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        return build_optimizer(o.name, groups, o.lr, o.betas, o.eps)
+
+    def _phase_plan(self) -> PhasePlan:
+        cfg = self.cfg
+        pretrain = cfg.epochs * self.loader.steps_per_epoch
+        if cfg.max_steps:
+            pretrain = min(pretrain, cfg.max_steps)
+        tuning = math.ceil(cfg.flip.tuning_samples / self.global_batch)
+        f = cfg.flip
+        return build_phase_plan(
+            pretrain, f.mask_ratio, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps,
+            tuning, f.tuning_lr, f.tuning_lr_min, f.tuning_warmup_steps,
+        )  # fmt: skip
+
+    # ----- one step -----------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Forward, FastCLIP/OpenCLIP loss, backward, optimizer step, clamp; returns scalars to log."""
+        phase = self.plan.phase_at(self.step)
+        lr = self.plan.lr_at(self.step)
+        lrs = {"decay": lr, "no_decay": lr}
+        if self.tau.trainable:
+            lrs["tau"] = self.tau.lr_at(math.exp(-self.logit_scale), lr, phase.lr)
+        self.backend.set_group_lrs(lrs)
+        self.backend.raw_model.set_mask_ratio(phase.mask_ratio, generator=self.mask_generator)
+
+        device = self.backend.device
+        images = batch["images"].to(device, non_blocking=True)
+        tokens = batch["tokens"].to(device, non_blocking=True)
+        index = batch["index"].to(device, non_blocking=True)
+        with self.backend.autocast():
+            image_features, text_features, logit_scale = self.backend.model(images, tokens)
+        out = self.loss(image_features.float(), text_features.float(), index, logit_scale.float())
+        self.backend.backward(out.loss)
+        grad_norm = self.backend.step(self.cfg.optim.grad_clip)
+        if self.tau.trainable:
+            self.backend.clamp_parameter("logit_scale", self.tau.min_logit_scale, self.tau.max_logit_scale)
+        self.logit_scale = float(self.backend.read_parameter("logit_scale"))
+        self.step += 1
+
+        scalars = {
+            "train/loss": float(out.value),
+            "train/epoch": float(self.epoch),
+            "schedule/lr": lr,
+            "schedule/mask_ratio": phase.mask_ratio,
+            "schedule/logit_scale": self.logit_scale,
+        }
+        if self.tau.trainable:
+            scalars["schedule/lr_tau"] = lrs["tau"]
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = grad_norm
+        for key, value in out.stats.items():
+            scalars[key if "/" in key else f"loss/{key}"] = float(value)
+        if "loss/tau" in scalars:
+            scalars["schedule/tau"] = scalars.pop("loss/tau")
+        elif self.tau.trainable or self.loss_cfg.name == "openclip":
+            scalars["schedule/tau"] = math.exp(-self.logit_scale)
+        if "loss/gamma" in scalars:
+            scalars["schedule/gamma"] = scalars.pop("loss/gamma")
+        return scalars
+
+    # ----- the loop -----------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to the end of the phase plan; checkpoint every N steps and at the end."""
+        cfg, total = self.cfg, self.plan.total_steps
+        if self.backend.is_main:
+            logger.info("phase plan: %s", "; ".join(self.plan.milestones()))
+            logger.info(
+                "global batch %d (%d ranks x %d), %d steps/epoch, %d steps in all, backend %s, precision %s",
+                self.global_batch, self.backend.world_size, cfg.data.batch_size, self.loader.steps_per_epoch, total,
+                cfg.backend.name, cfg.backend.precision,
+            )  # fmt: skip
+        losses: list[float] = []
+        started, samples = time.perf_counter(), 0
+        while self.step < total:
+            self.loader.set_epoch(self.epoch)
+            self.loss.set_epoch(self.epoch)
+            tick = time.perf_counter()
+            for batch in self.loader:
+                scalars = self.train_step(batch)
+                now = time.perf_counter()
+                scalars["perf/samples_per_s"] = self.global_batch / max(now - tick, 1e-9)
+                tick = now
+                samples += self.global_batch
+                for reason, count in self.loader.skipped_counts().items():
+                    scalars[f"data/skipped_{reason}"] = float(count)
+                self.metrics.log(self.step, scalars)
+                losses.append(scalars["train/loss"])
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
+                    self.save_checkpoint()
+                if self.step >= total:
+                    break
+            else:
+                self.epoch += 1
+        self.save_checkpoint()
+        wall = time.perf_counter() - started
+        self.metrics.close()
+        return {"losses": losses, "steps": self.step, "train_seconds": wall, "samples": samples}
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        rank = self.backend.rank
+
+        def write(directory: Path) -> None:
+            self.backend.save(directory)
+            torch.save(
+                {"rng": rng_state(), "mask_generator": self.mask_generator.get_state(),
+                 "data": self.loader.state_dict()},
+                directory / f"rank{rank}.pt",
+            )  # fmt: skip
+            torch.save(self.loss.state_dict(), directory / f"loss_rank{rank}.pt")
+
+        meta = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "world_size": self.backend.world_size,
+            "backend": self.cfg.backend.name,
+            "config": to_dict(self.cfg),
+        }
+        path = self.writer.save(self.step, write, meta)
+        if self.backend.is_main:
+            logger.info("saved checkpoint %s", path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything `save_checkpoint` wrote; a different world size re-partitions the state."""
+        meta = read_meta(path)
+        if meta["backend"] != self.cfg.backend.name:
+            raise ValueError(
+                f"{path} was written by backend {meta['backend']!r}, this run uses {self.cfg.backend.name!r}"
+            )
+        rank, world, saved_world = self.backend.rank, self.backend.world_size, meta["world_size"]
+        if saved_world != world and self.cfg.backend.name == "deepspeed":
+            raise ValueError(f"{path}: resuming DeepSpeed on {world} ranks from {saved_world} is not supported")
+        self.backend.load(path)
+        if saved_world == world:
+            loss_state = torch.load(path / f"loss_rank{rank}.pt", weights_only=False)
+        else:
+            shards = [torch.load(path / f"loss_rank{r}.pt", weights_only=False) for r in range(saved_world)]
+            loss_state = repartition_loss_states(shards, world)[rank]
+        self.loss.load_state_dict(loss_state)
+        own = path / f"rank{rank}.pt"
+        rank_state = torch.load(own if own.exists() else path / "rank0.pt", weights_only=False)
+        if saved_world == world:
+            set_rng_state(rank_state["rng"])
+            self.mask_generator.set_state(rank_state["mask_generator"])
+        self.loader.load_state_dict(rank_state["data"], strict=saved_world == world)
+        self.step, self.epoch = int(meta["step"]), int(self.loader.state_dict()["epoch"])
+        if self.backend.is_main:
+            logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
+                        saved_world)  # fmt: skip
+
+
+def run(cfg: TrainConfig, loader: Any = None) -> dict[str, Any]:
+    """Train one run end to end (what `recipes/*.py` call)."""
+    return Trainer(cfg, loader).fit()
+
+
+__all__ = ["Trainer", "run"]
