@@ -1,0 +1,120 @@
+"""Loss config validation, gamma schedules, temperature rules, loss state round trip (1 process)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from train.gamma import gamma_for_epoch
+from train.losses import LossConfig, build_loss, repartition_loss_states, tau_spec
+from train.temperature import per_sample_adam, step_thresh_lr
+
+
+def test_gamma_schedules() -> None:
+    assert gamma_for_epoch(0, "cosine", 0.2, 18) == 1.0
+    assert gamma_for_epoch(9, "cosine", 0.2, 18) == pytest.approx(0.6)  # half way: cos = 0
+    assert gamma_for_epoch(1, "cosine", 0.2, 18) == pytest.approx(0.5 * (1 + math.cos(math.pi / 18)) * 0.8 + 0.2)
+    assert gamma_for_epoch(18, "cosine", 0.2, 18) == 0.2
+    assert gamma_for_epoch(30, "cosine", 0.2, 18) == 0.2
+    assert gamma_for_epoch(0, "constant", 0.8, 10) == 1.0
+    assert gamma_for_epoch(1, "constant", 0.8, 10) == 0.8
+    with pytest.raises(ValueError, match="gamma_schedule"):
+        gamma_for_epoch(1, "linear", 0.8, 10)
+
+
+def test_step_thresh_lr_is_re_evaluated_each_step() -> None:
+    assert step_thresh_lr(3e-4, 0.07) == 3e-4
+    assert step_thresh_lr(3e-4, 0.03) == pytest.approx(1e-4)
+    assert step_thresh_lr(3e-4, 0.01) == pytest.approx(1e-4)
+    assert step_thresh_lr(3e-4, 0.031) == 3e-4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "clip"}, "name"),
+        ({"version": "v4"}, "version"),
+        ({"tau_grad": "paper"}, "tau_grad"),
+        ({"state_layout": "striped"}, "state_layout"),
+        ({"name": "sogclr", "version": "v3"}, "version"),
+        ({"name": "sogclr", "gamma_schedule": "cosine"}, "gamma_schedule"),
+        ({"name": "isogclr"}, "lr_tau"),
+        ({"version": "v2", "lr_tau": 0.01, "lr_tau_schedule": "step_thresh"}, "lr_tau_schedule"),
+        ({"name": "openclip", "version": "v1"}, "version"),
+        ({"tau_init": 0.001}, "tau_init"),
+        ({"gamma_min": 0.0}, "gamma_min"),
+        ({"eps": 0.0}, "eps"),
+        ({"tau_betas": (0.9,)}, "tau_betas"),
+    ],
+)
+def test_validate_names_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"LossConfig.{field}"):
+        LossConfig(**kwargs).validate()
+
+
+def test_aliases_and_defaults_resolve() -> None:
+    assert (LossConfig().resolved().version, LossConfig().resolved().gamma_schedule) == ("v3", "cosine")
+    sog = LossConfig(name="sogclr").resolved()
+    assert (sog.name, sog.version, sog.gamma_schedule) == ("fastclip", "v1", "constant")
+    iso = LossConfig(name="isogclr", lr_tau=0.0133).resolved()
+    assert (iso.name, iso.version, iso.gamma_schedule, iso.lr_tau_schedule) == ("fastclip", "v2", "constant", "const")
+
+
+def test_tau_spec_per_version() -> None:
+    ln100 = math.log(100)
+    v3 = tau_spec(LossConfig(version="v3", lr_tau=2e-4))
+    assert v3.trainable and v3.schedule == "step_thresh"
+    assert (v3.min_logit_scale, v3.max_logit_scale) == pytest.approx((0.0, ln100))
+    assert v3.init_logit_scale == pytest.approx(math.log(1 / 0.07))
+    assert v3.lr_at(tau=0.05, model_lr=1e-4, model_base_lr=1e-3) == 2e-4
+    assert v3.lr_at(tau=0.02, model_lr=1e-4, model_base_lr=1e-3) == pytest.approx(2e-4 / 3)
+    v0 = tau_spec(LossConfig(version="v0"))
+    assert v0.trainable and v0.schedule == "model" and v0.lr is None
+    assert v0.lr_at(tau=0.05, model_lr=1e-4, model_base_lr=1e-3) == pytest.approx(1e-4)
+    assert tau_spec(LossConfig(name="openclip")).trainable
+    for frozen in (LossConfig(version="v1"), LossConfig(version="v2", lr_tau=0.0133, tau_init=0.03)):
+        spec = tau_spec(frozen)
+        assert not spec.trainable and spec.schedule == "frozen"
+        with pytest.raises(ValueError, match="frozen"):
+            spec.lr_at(tau=0.03, model_lr=1e-4, model_base_lr=1e-3)
+    param = torch.nn.Parameter(torch.tensor([5.0]))
+    v3.clamp_(param)
+    assert param.item() == pytest.approx(ln100)
+    tight = tau_spec(LossConfig(version="v3", lr_tau=2e-4, tau_min=0.02))
+    assert tight.max_logit_scale == pytest.approx(math.log(50))
+
+
+def test_per_sample_adam_first_step_is_signed_lr_and_clamped() -> None:
+    zeros = torch.zeros(3, dtype=torch.float64)
+    tau, m, v, count = per_sample_adam(torch.tensor([0.5, 0.5, 0.011], dtype=torch.float64), zeros, zeros, zeros,
+                                       torch.tensor([2.0, -30.0, 1.0], dtype=torch.float64), lr=0.01,
+                                       betas=(0.9, 0.999), eps=1e-12, bounds=(0.01, 1.0), grad_clamp=5.0)
+    assert tau.tolist() == pytest.approx([0.49, 0.51, 0.01])
+    assert m.tolist() == pytest.approx([0.2, -0.5, 0.1])  # gradient clamped to +-5
+    assert count.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("version", ["v0", "v2", "v3"])
+def test_loss_state_dict_resumes_exactly(version: str) -> None:
+    cfg = LossConfig(version=version, lr_tau=0.01, gamma_schedule="constant", gamma_min=0.5, state_dtype="float64")
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=1),
+                torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=1),
+                torch.randperm(10, generator=gen)[:6]) for _ in range(3)]
+    ls = torch.tensor([2.5], dtype=torch.float64)
+    first = build_loss(cfg, 10)
+    for epoch, (e1, e2, keys) in enumerate(batches[:2]):
+        first.set_epoch(epoch)
+        first(e1, e2, keys, ls)
+    saved = repartition_loss_states([first.state_dict()], 1)[0]
+    resumed = build_loss(cfg, 10)
+    resumed.load_state_dict(saved)
+    assert resumed.gamma == first.gamma == 0.5
+    e1, e2, keys = batches[2]
+    a, b = first(e1, e2, keys, ls), resumed(e1, e2, keys, ls)
+    assert torch.equal(a.loss, b.loss)
+    assert torch.equal(first.state.table, resumed.state.table)
+    with pytest.raises(ValueError, match="this run uses"):
+        build_loss(LossConfig(version="v1"), 10).load_state_dict(saved)

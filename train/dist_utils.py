@@ -1,0 +1,95 @@
+"""Collectives the losses need, each issued once per call on the default process group.
+
+Every helper degrades to the identity when torch.distributed is not initialised, so the same
+loss code runs in one process. All ranks must pass tensors of the same shape (the data loader
+gives every rank the same local batch size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size) of the default group, or (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_rows(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Gather row-aligned tensors of any dtypes from all ranks in ONE collective, without autograd.
+
+    The tensors are reinterpreted as bytes and packed side by side, so features and int64
+    sample keys travel together bit-exactly. Row r*B + i of each result is row i of rank r.
+    """
+    rows = tensors[0].shape[0]
+    if any(t.shape[0] != rows for t in tensors):
+        raise ValueError("all_gather_rows needs tensors with the same number of rows")
+    _, world_size = world()
+    if world_size == 1:
+        return [t.detach() for t in tensors]
+    packed = torch.cat([_as_bytes(t.detach()) for t in tensors], dim=1)
+    out = packed.new_empty((world_size * rows, packed.shape[1]))
+    dist.all_gather_single(out, packed)
+    results: list[torch.Tensor] = []
+    col = 0
+    for t in tensors:
+        width = t[:1].numel() * t.element_size()
+        part = out[:, col : col + width].contiguous().view(t.dtype)
+        results.append(part.reshape(world_size * rows, *t.shape[1:]))
+        col += width
+    return results
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """[rows, ...] -> [rows, nbytes] uint8 view of the same memory (copy if not contiguous)."""
+    return t.reshape(t.shape[0], -1).contiguous().view(torch.uint8)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient for our rows (reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        _, world_size = world()
+        out = x.new_empty((world_size * x.shape[0], *x.shape[1:]))
+        dist.all_gather_single(out, x.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        _, world_size = world()
+        out = grad.new_empty((grad.shape[0] // world_size, *grad.shape[1:]))
+        dist.reduce_scatter_single(out, grad.contiguous())
+        return out
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable all_gather of [B, ...] -> [K*B, ...] (OpenCLIP's gather-with-grad)."""
+    if world()[1] == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a (small) tensor, e.g. a loss value for logging; no autograd."""
+    _, world_size = world()
+    if world_size == 1:
+        return x.detach()
+    out = x.detach().clone()
+    dist.all_reduce(out)
+    return out / world_size
+
+
+def reduce_scatter_rows(x: torch.Tensor) -> torch.Tensor:
+    """Sum [K*B, ...] over ranks and keep this rank's [B, ...] block (no autograd)."""
+    _, world_size = world()
+    if world_size == 1:
+        return x
+    out = x.new_empty((x.shape[0] // world_size, *x.shape[1:]))
+    dist.reduce_scatter_single(out, x.contiguous())
+    return out

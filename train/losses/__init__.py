@@ -1,0 +1,56 @@
+"""Contrastive losses: OpenCLIP baseline and FastCLIP v0-v3 with sharded per-sample state.
+
+The trainer calls::
+
+    loss = build_loss(cfg, num_samples)      # num_samples = size of the sample-key space
+    loss.set_epoch(epoch)                    # every epoch (gamma), also after resuming
+    out = loss(img_f, txt_f, index, model.logit_scale)
+    out.loss.backward()                      # backend then AVERAGES parameter gradients
+    tau_spec(cfg).clamp_(model.logit_scale)  # after the optimizer step (train.temperature)
+
+and saves `loss.state_dict()` per rank; to resume on another world size it loads all saved
+rank states and calls `repartition_loss_states(states, new_world_size)[rank]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from train.losses.base import ContrastiveLoss, LossOutput
+from train.losses.config import LossConfig
+from train.losses.fastclip import FastCLIPLoss
+from train.losses.openclip import OpenCLIPLoss
+from train.sample_state import repartition_shards
+from train.temperature import TauSpec, tau_spec
+
+
+def build_loss(cfg: LossConfig, num_samples: int) -> ContrastiveLoss:
+    """The configured loss; uses torch.distributed's default group if it is initialised."""
+    cfg = cfg.resolved()
+    if cfg.name == "openclip":
+        return OpenCLIPLoss()
+    return FastCLIPLoss(cfg, num_samples)
+
+
+def repartition_loss_states(states: Sequence[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
+    """Turn the K per-rank loss states of one checkpoint into `world_size` per-rank states."""
+    if not states:
+        raise ValueError("no loss states given")
+    if "sample_state" not in states[0]:
+        return [dict(states[0]) for _ in range(world_size)]
+    shards = repartition_shards([s["sample_state"] for s in states], world_size)
+    return [{**states[0], "sample_state": shard} for shard in shards]
+
+
+__all__ = [
+    "ContrastiveLoss",
+    "FastCLIPLoss",
+    "LossConfig",
+    "LossOutput",
+    "OpenCLIPLoss",
+    "TauSpec",
+    "build_loss",
+    "repartition_loss_states",
+    "tau_spec",
+]

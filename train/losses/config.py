@@ -1,0 +1,136 @@
+"""Typed configuration of the contrastive losses (the `loss:` section of a recipe)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from train.gamma import GAMMA_SCHEDULES
+from train.sample_state import LAYOUTS
+
+NAMES = ("openclip", "fastclip", "sogclr", "isogclr")
+VERSIONS = ("v0", "v1", "v2", "v3")
+TAU_GRADS = ("exact", "reference")
+LR_TAU_SCHEDULES = ("model", "const", "step_thresh")
+STATE_DTYPES = ("float32", "float64")
+STATE_DEVICES = ("cpu", "features")
+
+# What the aliases mean: (version, gamma schedule).
+_ALIASES = {"sogclr": ("v1", "constant"), "isogclr": ("v2", "constant")}
+_DEFAULT_LR_TAU_SCHEDULE = {"v0": "model", "v1": "const", "v2": "const", "v3": "step_thresh"}
+
+
+@dataclass
+class LossConfig:
+    """Loss choice and its hyper-parameters; fields left None take the per-version default.
+
+    name: openclip (mini-batch InfoNCE), fastclip, or the aliases sogclr (= fastclip v1 with
+      constant gamma) and isogclr (= fastclip v2 with constant gamma).
+    version: v0 global tau learned through the GCL surrogate; v1 constant tau = tau_init;
+      v2 per-sample taus (RGCL, per-sample Adam inside the loss); v3 RGCL-g (global tau >=
+      tau_min, own optimizer group with lr_tau). Default: v3 (v1 / v2 for the aliases).
+    tau_grad: exact = gradients of the written objective; reference = the fast_clip code's
+      gradients (see `train.losses.fastclip`). Paper-reproducing recipes use reference.
+    eps: the epsilon in log(eps + g); 1e-14 (fast_clip default), 1e-6 in the LAION recipe.
+    tau_init: initial tau (logit_scale = ln(1/tau_init)); v1's constant tau; v2's initial
+      per-sample tau (fast_clip uses 0.03 for v2).
+    tau_min, tau_max: tau bounds: logit_scale is clamped to [ln(1/tau_max), ln(1/tau_min)]
+      after every step (= [0, ln 100] by default); v2's per-sample taus are clamped to them.
+      tau_min is the tau0 of RGCL / RGCL-g.
+    rho: the RGCL / RGCL-g robustness constant (v2, v3).
+    gamma_schedule, gamma_min, gamma_decay_epochs: see `train.gamma` (default cosine; constant
+      for the aliases).
+    lr_tau, lr_tau_schedule: v0 / v3 / openclip: base lr of logit_scale's optimizer group
+      (None = the model's lr) and its schedule: model (follow the model lr schedule; v0,
+      openclip default), const, step_thresh (lr_tau / 3 while tau <= 0.03; v3 default).
+      v2: the per-sample Adam lr (required, const).
+    tau_betas, tau_adam_eps, tau_grad_clamp: v2's per-sample Adam (fast_clip uses the model
+      optimizer's betas and eps) and the clamp of the per-sample tau gradient.
+    state_layout: sharded (rank r stores 1/K of the keys) or replicated (every rank all).
+    state_dtype, state_device: per-sample table dtype, and where it lives (cpu, or the
+      features' device).
+    """
+
+    name: str = "fastclip"
+    version: str | None = None
+    tau_grad: str = "exact"
+    eps: float = 1e-14
+    tau_init: float = 0.07
+    tau_min: float = 0.01
+    tau_max: float = 1.0
+    rho: float = 8.0
+    gamma_schedule: str | None = None
+    gamma_min: float = 0.8
+    gamma_decay_epochs: int = 10
+    lr_tau: float | None = None
+    lr_tau_schedule: str | None = None
+    tau_betas: tuple[float, float] = (0.9, 0.999)
+    tau_adam_eps: float = 1e-8
+    tau_grad_clamp: float = 5.0
+    state_layout: str = "sharded"
+    state_dtype: str = "float32"
+    state_device: str = "cpu"
+
+    def resolved(self) -> LossConfig:
+        """A validated copy with aliases and per-version defaults filled in (name openclip or fastclip)."""
+        self.validate()
+        if self.name == "openclip":
+            return dataclasses.replace(self, lr_tau_schedule=self.lr_tau_schedule or "model")
+        version, schedule = _ALIASES.get(self.name, ("v3", "cosine"))
+        version = self.version or version
+        return dataclasses.replace(
+            self,
+            name="fastclip",
+            version=version,
+            gamma_schedule=self.gamma_schedule or schedule,
+            lr_tau_schedule=self.lr_tau_schedule or _DEFAULT_LR_TAU_SCHEDULE[version],
+        )
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first offending field."""
+        _choice("name", self.name, NAMES)
+        _choice("tau_grad", self.tau_grad, TAU_GRADS)
+        _choice("state_layout", self.state_layout, LAYOUTS)
+        _choice("state_dtype", self.state_dtype, STATE_DTYPES)
+        _choice("state_device", self.state_device, STATE_DEVICES)
+        if self.version is not None:
+            _choice("version", self.version, VERSIONS)
+        if self.gamma_schedule is not None:
+            _choice("gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
+        if self.lr_tau_schedule is not None:
+            _choice("lr_tau_schedule", self.lr_tau_schedule, LR_TAU_SCHEDULES)
+        if self.name == "openclip" and self.version is not None:
+            raise ValueError("LossConfig.version: openclip has no version (FastCLIP only)")
+        if self.name in _ALIASES:
+            version, schedule = _ALIASES[self.name]
+            if self.version not in (None, version):
+                raise ValueError(f"LossConfig.version: {self.name} is FastCLIP {version}, got {self.version!r}")
+            if self.gamma_schedule not in (None, schedule):
+                raise ValueError(f"LossConfig.gamma_schedule: {self.name} uses a {schedule} gamma")
+        if not self.eps > 0:
+            raise ValueError(f"LossConfig.eps must be > 0, got {self.eps}")
+        if not 0 < self.tau_min <= self.tau_max:
+            raise ValueError(f"LossConfig.tau_min must satisfy 0 < tau_min <= tau_max, got {self.tau_min}")
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ValueError(f"LossConfig.tau_init must lie in [tau_min, tau_max], got {self.tau_init}")
+        if self.rho < 0:
+            raise ValueError(f"LossConfig.rho must be >= 0, got {self.rho}")
+        if not 0 < self.gamma_min <= 1:
+            raise ValueError(f"LossConfig.gamma_min must lie in (0, 1], got {self.gamma_min}")
+        if self.gamma_decay_epochs < 1:
+            raise ValueError(f"LossConfig.gamma_decay_epochs must be >= 1, got {self.gamma_decay_epochs}")
+        if self.lr_tau is not None and self.lr_tau < 0:
+            raise ValueError(f"LossConfig.lr_tau must be >= 0, got {self.lr_tau}")
+        if len(self.tau_betas) != 2 or not all(0 <= b < 1 for b in self.tau_betas):
+            raise ValueError(f"LossConfig.tau_betas must be two numbers in [0, 1), got {self.tau_betas}")
+        if not self.tau_adam_eps > 0 or not self.tau_grad_clamp > 0:
+            raise ValueError("LossConfig.tau_adam_eps and LossConfig.tau_grad_clamp must be > 0")
+        if (self.version == "v2" or self.name == "isogclr") and self.lr_tau is None:
+            raise ValueError("LossConfig.lr_tau: v2 needs the per-sample tau learning rate (fast_clip: 0.0133)")
+        if (self.version == "v2" or self.name == "isogclr") and self.lr_tau_schedule not in (None, "const"):
+            raise ValueError("LossConfig.lr_tau_schedule: v2's per-sample tau lr is constant ('const')")
+
+
+def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"LossConfig.{field} must be one of {allowed}, got {value!r}")
