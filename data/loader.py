@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import weakref
 from collections import Counter, OrderedDict
 
 from torch.utils.data import Dataset, Sampler
@@ -91,14 +92,15 @@ class _Positions(Sampler):
     """Yields (epoch, batch) from the owner's position at the time iteration starts."""
 
     def __init__(self, owner: TrainLoader) -> None:
-        self.owner = owner
+        self._owner = weakref.ref(owner)  # no reference cycle: dropping the loader stops its workers at once
 
     def __iter__(self):
-        epoch, start = self.owner.epoch, self.owner.position
-        return iter([(epoch, b) for b in range(start, self.owner.steps_per_epoch)])
+        owner = self._owner()
+        return iter([(owner.epoch, b) for b in range(owner.position, owner.steps_per_epoch)])
 
     def __len__(self) -> int:
-        return self.owner.steps_per_epoch - self.owner.position
+        owner = self._owner()
+        return owner.steps_per_epoch - owner.position
 
 
 class TrainLoader:
@@ -115,6 +117,8 @@ class TrainLoader:
         self.source = open_source(cfg)
         self.num_samples = int(self.source.num_samples)
         self.total = int(self.source.shard_sizes.sum())
+        if self.total == 0:
+            raise ValueError(f"the {cfg.source} data at {cfg.path!r} has no samples")
         self.steps_per_epoch = steps_per_epoch(self.total, cfg.batch_size, world_size, cfg.drop_last)
         self.epoch, self.position = 0, 0
         self._skipped: Counter = Counter()
@@ -149,6 +153,13 @@ class TrainLoader:
         self._skipped.update(counts)
         if new:
             log.warning("data: skipping unusable samples (%s); totals so far %s", new, dict(self._skipped))
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the loader is garbage collected)."""
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader._iterator = None
 
     def skipped_counts(self) -> dict[str, int]:
         """Skips by reason over all batches handed out (restored by load_state_dict); every reason listed."""
