@@ -58,7 +58,7 @@ def batches() -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     return out
 
 
-def train(rank: int, world_size: int, names: list[str], steps: range, states: dict | None = None) -> dict:
+def run_steps(rank: int, world_size: int, names: list[str], steps: range, states: dict | None = None) -> dict:
     """Run `steps` of every named config; per step: value, averaged grads, stats; then the state."""
     results = {}
     for name in names:
@@ -90,8 +90,8 @@ def assert_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-6)
 @pytest.fixture(scope="module")
 def runs() -> dict:
     names = list(CONFIGS)
-    single = train(0, 1, names, range(STEPS + 1))
-    head = train(0, 1, ["v2", "v3"], range(3))  # 1-process state after 3 steps, resumed on 2 ranks
+    single = run_steps(0, 1, names, range(STEPS + 1))
+    head = run_steps(0, 1, ["v2", "v3"], range(3))  # 1-process state after 3 steps, resumed on 2 ranks
     resume_states = [
         {name: repartition_loss_states([head[name]["state"]], K)[rank] for name in head} for rank in range(K)
     ]
@@ -101,8 +101,8 @@ def runs() -> dict:
 
 def _two_rank_job(rank: int, world_size: int, names: list[str], resume_states: list[dict]) -> dict:
     return {
-        "full": train(rank, world_size, names, range(STEPS)),
-        "resumed": train(rank, world_size, ["v2", "v3"], range(3, STEPS), resume_states[rank]),
+        "full": run_steps(rank, world_size, names, range(STEPS)),
+        "resumed": run_steps(rank, world_size, ["v2", "v3"], range(3, STEPS), resume_states[rank]),
     }
 
 
@@ -130,7 +130,7 @@ def test_two_ranks_equal_one_process(runs: dict, name: str) -> None:
 
 def _single_table_after(runs: dict, name: str, steps: int) -> torch.Tensor:
     """The 1-process table after `steps` steps (rerun, since the fixture ran STEPS + 1)."""
-    return merge_shards([train(0, 1, [name], range(steps))[name]["state"]["sample_state"]])
+    return merge_shards([run_steps(0, 1, [name], range(steps))[name]["state"]["sample_state"]])
 
 
 @pytest.mark.parametrize("version", ["v2", "v3"])
@@ -155,7 +155,7 @@ def test_resume_across_world_sizes(runs: dict, version: str) -> None:
     # K=2 -> 1: the 2-rank state, re-partitioned, continues in one process.
     states = [r["full"][version]["state"] for r in runs["ranks"]]
     (merged,) = repartition_loss_states(states, 1)
-    rec = train(0, 1, [version], range(STEPS, STEPS + 1), {version: merged})[version]["records"][0]
+    rec = run_steps(0, 1, [version], range(STEPS, STEPS + 1), {version: merged})[version]["records"][0]
     assert_rel(rec["value"], single[STEPS]["value"])
     assert_rel(rec["grads"], single[STEPS]["grads"])
 

@@ -36,8 +36,8 @@ sg(tau) * S_r + rho * tau + tau * mean_local[log(eps + u1) + log(eps + u2)] / 2.
 - ``reference``: what the fast_clip code (src/fast_clip/loss.py) computes. Both halves of S_r
   carry logit_scale, so the g-path term of the tau gradient is counted twice: in v0 the
   logit_scale gradient is 2x the exact one; in v3 it is exact + tau * d/dlogit_scale of
-  mean_i [g1_i/(eps+u1_i) + g2_i/(eps+u2_i)] / 2 (in a float64 check this can even flip the
-  sign of the exact gradient). v2's model gradient omits the tau_i weight (w_i = 1), i.e. it
+  mean_i [g1_i/(eps+u1_i) + g2_i/(eps+u2_i)] / 2 (so near the tau where the exact gradient
+  vanishes, the reference one can have the opposite sign). v2's model gradient omits the tau_i weight (w_i = 1), i.e. it
   is grad of mean_i [g1_i/(eps+u1_i) + g2_i/(eps+u2_i)] / 2, about 1/tau larger and reweighting
   samples by 1/tau_i. Model gradients of v0, v1, v3 and v2's tau gradients are the same in
   both modes. The paper's recipes use ``reference`` because their rho and lr_tau were tuned
@@ -206,6 +206,9 @@ class FastCLIPLoss(ContrastiveLoss):
             if self.version == "v3":
                 value = tau * value + cfg.rho * tau
         numbers = [torch.tensor(self.gamma, dtype=torch.float64), tau.to(post.device)]
+        if self.version == "v2":  # the per-sample Adam lr (v0 / v3: the trainer logs its tau group's lr)
+            numbers.append(torch.tensor(cfg.lr_tau, dtype=torch.float64))
+            names.append("lr_tau")
         tracked = ["log_u1", "log_u2"] + (["tau1", "tau2"] if self.version == "v2" else [])
         for name in tracked:
             column = post[:, col(name)]
