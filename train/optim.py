@@ -12,7 +12,8 @@ TAU_GROUP = "tau"
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     """Gains, biases, 1-d embeddings (timm's [1,1,C] class token) and logit_scale are not decayed."""
-    return param.squeeze().ndim < 2 or name.endswith(".bias") or "logit_scale" in name
+    effective_ndim = sum(size > 1 for size in param.shape)  # shape only: works on sharded DTensors
+    return effective_ndim < 2 or name.endswith(".bias") or "logit_scale" in name
 
 
 def param_groups(

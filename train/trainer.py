@@ -61,7 +61,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.metrics = MetricsLogger(
-            self.out / "tensorboard", self.backend.is_main, cfg.logging.tensorboard, cfg.logging.every_steps,
+            self.out, self.backend.is_main, cfg.logging.tensorboard, cfg.logging.every_steps,
             self.plan.total_steps,
         )  # fmt: skip
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import deepspeed
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.utils import InitProcessGroupKwargs
-from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_full_fp32_param
 from torch import nn
 
 from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, named_parameter
@@ -81,6 +82,10 @@ class DeepSpeedBackend(Backend):
     def __init__(self, precision: str, ds_config: dict[str, Any]) -> None:
         super().__init__(precision)
         self.ds_config = ds_config
+        # accelerate picks its distributed type from the launcher's environment; make it DeepSpeed even
+        # when launched like the other backends (`accelerate launch --multi_gpu`, ACCELERATE_USE_CPU=1).
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        os.environ.pop("ACCELERATE_USE_CPU", None)
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
         handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
         self.accelerator = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers)
@@ -113,10 +118,23 @@ class DeepSpeedBackend(Backend):
             group["lr"] = lrs[group.get("name", "decay")]
 
     def clamp_parameter(self, name: str, low: float, high: float) -> None:
-        """Clamp the fp32 master copy (the engine would overwrite a clamp of the model weight)."""
+        """Clamp the model weight and the optimizer's fp32 master copy (else the next step undoes it).
+
+        ZeRO-3 holds both as per-rank partitions (a [1] parameter is padded on other ranks), so each
+        rank clamps its own fragments in place; ZeRO-1/2 hold the full weight on every rank.
+        """
         param = named_parameter(self.raw_model, name)
-        master = safe_get_full_fp32_param(param)
-        safe_set_full_fp32_param(param, master.clamp(low, high))
+        with torch.no_grad():
+            if self.stage == 3:
+                param.ds_tensor.clamp_(low, high)
+                master = safe_get_local_fp32_param(param)
+                if master is not None:
+                    master.clamp_(low, high)
+            else:
+                param.data.clamp_(low, high)
+                master = safe_get_full_fp32_param(param)
+                if master is not None:
+                    safe_set_full_fp32_param(param, master.clamp(low, high))
 
     def read_parameter(self, name: str) -> torch.Tensor:
         return self._full_value(named_parameter(self.raw_model, name))
