@@ -8,7 +8,7 @@ import os
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from data.sources import RawSample, SkipSample
 from data.transforms import normalize_batch, stack_pixels
@@ -39,8 +39,10 @@ def load_sample(source, shard: int, i: int, transform, rng, num_samples: int, ne
 
 
 def collate(pixels, captions, keys, tokenizer, counts, labels=None, image_size=0) -> dict:
+    """The worker's half of a batch: uint8 "pixels" (see `finish`), tokens, index, skip counts."""
+    shared = get_worker_info() is not None
     batch = {
-        "images": normalize_batch(stack_pixels(pixels)) if pixels else torch.zeros(0, 3, image_size, image_size),
+        "pixels": stack_pixels(pixels, shared) if pixels else torch.zeros(0, image_size, image_size, dtype=torch.uint8),
         "tokens": tokenizer(captions) if captions else torch.zeros(0, 77, dtype=torch.long),
         "index": torch.tensor(keys, dtype=torch.int64),
         "skipped": dict(counts),
@@ -48,6 +50,11 @@ def collate(pixels, captions, keys, tokenizer, counts, labels=None, image_size=0
     if labels is not None:
         batch["label"] = torch.tensor(labels, dtype=torch.int64)
     return batch
+
+
+def finish(batch: dict) -> dict:
+    """Consumer side: uint8 pixels -> normalised float32 "images" [B,3,H,W] first in the dict."""
+    return {"images": normalize_batch(batch.pop("pixels")), **batch}
 
 
 def make_dataloader(dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int) -> DataLoader:

@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 from torch.utils.data import Dataset
 
-from data.batching import SKIP_REASONS, collate, load_sample, make_dataloader
+from data.batching import SKIP_REASONS, collate, finish, load_sample, make_dataloader
 from data.config import DataConfig
 from data.sources import SkipSample, open_source
 from data.tokenizer import get_tokenizer
@@ -82,7 +82,7 @@ class EvalLoader:
         for batch in self._loader:
             self._skipped.update(batch.pop("skipped"))
             if len(batch["index"]):
-                yield batch
+                yield finish(batch)
 
     def skipped_counts(self) -> dict[str, int]:
         """Skips by reason during the current (or last) pass."""

@@ -27,7 +27,7 @@ from collections import Counter, OrderedDict
 
 from torch.utils.data import Dataset, Sampler
 
-from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, load_sample, make_dataloader
+from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, finish, load_sample, make_dataloader
 from data.config import DataConfig
 from data.eval_loader import EvalLoader, build_eval_loader
 from data.plan import EpochPlan, steps_per_epoch
@@ -146,7 +146,7 @@ class TrainLoader:
         for batch in self._loader:
             self._count(batch.pop("skipped"))
             self.position += 1
-            yield batch
+            yield finish(batch)
 
     def _count(self, counts: dict) -> None:
         new = [r for r in counts if r not in self._skipped]

@@ -122,6 +122,22 @@ def test_resume_mid_epoch_with_workers(tmp_path):
     assert all(torch.equal(x["tokens"], y["tokens"]) for x, y in zip(got, reference, strict=True))
 
 
+def test_break_and_continue_same_loader(tmp_path):
+    """A consumer may stop iterating (e.g. to evaluate) and iterate again: it continues, with workers too."""
+    write_shards(tmp_path, [20])
+    c = cfg(tmp_path, workers=2)
+    reference = keys_of(epoch(build_train_loader(c, 0, 1)))
+    loader = build_train_loader(c, 0, 1)
+    got = []
+    while loader.position < loader.steps_per_epoch:
+        for b in loader:
+            got += b["index"].tolist()
+            break
+    assert got == reference
+    assert list(loader) == []  # the epoch is used up until set_epoch moves on
+    loader.close()
+
+
 def test_resume_with_other_world_size(tmp_path):
     write_shards(tmp_path, [24])
     one = build_train_loader(cfg(tmp_path), 0, 1)
