@@ -21,8 +21,9 @@ from PIL import Image
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_SCALE = torch.tensor([255.0 * s for s in OPENAI_CLIP_STD]).reciprocal_().view(1, 3, 1, 1)
-_SHIFT = torch.tensor([255.0 * m for m in OPENAI_CLIP_MEAN]).view(1, 3, 1, 1)
+# normalised = pixel * _SCALE + _OFFSET  ==  (pixel / 255 - mean) / std
+_SCALE = torch.tensor([1.0 / (255.0 * s) for s in OPENAI_CLIP_STD]).view(1, 3, 1, 1)
+_OFFSET = torch.tensor([-m / s for m, s in zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, strict=True)]).view(1, 3, 1, 1)
 
 
 def normalize_batch(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -30,10 +31,10 @@ def normalize_batch(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
         pixels = pixels.copy()
     x = torch.as_tensor(pixels)
-    if x.dim() == 3:
-        x = x.unsqueeze(-1)
-    x = x.permute(0, 3, 1, 2).expand(-1, 3, -1, -1).contiguous().float()
-    return x.sub_(_SHIFT).mul_(_SCALE)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # grey: one channel broadcast to three
+    out = torch.empty((x.shape[0], 3, x.shape[2], x.shape[3]), dtype=torch.float32)
+    out.copy_(x.expand(-1, 3, -1, -1))  # one strided uint8 -> float32 pass straight into NCHW
+    return out.mul_(_SCALE).add_(_OFFSET)
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:

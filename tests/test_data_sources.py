@@ -103,6 +103,23 @@ def test_hf_datasets_source(tmp_path):
     assert labels.tolist() == [k % 3 for k in range(n) if k != 4]
 
 
+def test_hf_source_from_local_parquet(tmp_path, monkeypatch):
+    import datasets
+    from PIL import Image
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    features = datasets.Features({"jpg": datasets.Image(), "caption": datasets.Value("string")})
+    images = [Image.new("RGB", (8, 8), key_color(k)) for k in range(6)]
+    ds = datasets.Dataset.from_dict({"jpg": images, "caption": [caption_of(k) for k in range(6)]}, features)
+    ds.to_parquet(str(tmp_path / "pairs.parquet"))
+    ev = build_eval_loader(str(tmp_path / "pairs.parquet"), 8, 4, source="hf", hf_image_key="jpg",
+                           hf_caption_key="caption")  # fmt: skip
+    batches = list(ev)
+    assert keys_of(batches) == list(range(6)) and "label" not in batches[0]
+    colors = decode_colors(torch.cat([b["images"] for b in batches]), MEAN, STD)
+    assert [tuple(c) for c in colors] == [key_color(k) for k in range(6)]
+
+
 def test_eval_loader_fixed_order_with_labels(tmp_path):
     keys = write_shards(tmp_path, [5, 4, 6], keys=[10 + 2 * i for i in range(15)])
     ev = build_eval_loader(str(tmp_path), image_size=8, batch_size=4, workers=2)
