@@ -37,7 +37,7 @@ def from_dict(cls: type[T], raw: dict[str, Any], source: str, prefix: str = "") 
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
-    """Check `value` against the annotation; ints are accepted where floats are expected."""
+    """Check `value` against the annotation; ints and numeric strings are accepted where floats are expected."""
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, source, f"{key}.")
@@ -70,6 +70,11 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: key {key!r} must be float, got {value!r}") from None
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

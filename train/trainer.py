@@ -12,11 +12,13 @@ import torch
 import yaml
 
 from data.loader import build_train_loader
-from model import CLIP, create_model
+from data.tokenizer import get_tokenizer
+from model import CLIP, create_model, get_model_config
 from train.backends import make_backend
 from train.checkpoint import CheckpointWriter, read_meta, resolve_resume, rng_state, set_rng_state
 from train.config import TrainConfig
 from train.config_io import to_dict
+from train.evaluator import Evaluator
 from train.losses import build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, setup_console_logging
 from train.optim import build_optimizer, param_groups
@@ -40,7 +42,9 @@ class Trainer:
         self.backend = make_backend(cfg.backend.name, cfg.backend.precision, self._ds_config())
         setup_console_logging(self.backend.is_main)
         rank, world = self.backend.rank, self.backend.world_size
-        self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world)
+        self.model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
+        self.tokenizer = get_tokenizer(self.model_config.text.context_length)
+        self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
         self.global_batch = cfg.data.batch_size * world
         self.plan = self._phase_plan()
 
@@ -60,6 +64,7 @@ class Trainer:
         if self.backend.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.evaluator = Evaluator(cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer)
         self.metrics = MetricsLogger(
             self.out, self.backend.is_main, cfg.logging.tensorboard, cfg.logging.every_steps,
             self.plan.total_steps,
@@ -71,7 +76,7 @@ class Trainer:
             return None
         from train.backends.deepspeed import resolve_ds_config
 
-        hidden = create_model(self.cfg.model.name, **self.cfg.model.overrides).config.vision.width
+        hidden = get_model_config(self.cfg.model.name, **self.cfg.model.overrides).vision.width
         return resolve_ds_config(
             self.cfg.backend.ds_config, self.cfg.data.batch_size, self.cfg.optim.grad_clip,
             self.cfg.backend.precision, hidden,
@@ -179,14 +184,29 @@ class Trainer:
                 losses.append(scalars["train/loss"])
                 if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
                     self.save_checkpoint()
+                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < total:
+                    self.evaluate()
                 if self.step >= total:
                     break
             else:
                 self.epoch += 1
-        self.save_checkpoint()
         wall = time.perf_counter() - started
+        self.save_checkpoint()
+        results = self.evaluate()
         self.metrics.close()
-        return {"losses": losses, "steps": self.step, "train_seconds": wall, "samples": samples}
+        return {"losses": losses, "steps": self.step, "train_seconds": wall, "samples": samples, "eval": results}
+
+    def evaluate(self) -> dict[str, Any]:
+        """All ranks build the full-parameter model (a collective for sharded backends); rank 0 evaluates."""
+        if not self.evaluator.enabled:
+            return {}
+        results: dict[str, Any] = {}
+        with self.backend.full_model() as model:
+            if self.backend.is_main:
+                results = self.evaluator(model)
+                self.metrics.log_eval(self.step, results)
+        self.backend.barrier()
+        return results
 
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

@@ -1,0 +1,42 @@
+"""ddp, DeepSpeed ZeRO-1/2/3 and fsdp2 on 2 gloo ranks train like one process on the same global batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.trainer_utils import FixedBatches, spawn, tiny_config
+
+GLOBAL_BATCH, STEPS = 8, 5
+# fp32; the runs differ only in reduction order (all-reduce vs one process, bucketing): 1e-5 relative
+# on the per-step loss, 2e-5 absolute on parameters after 5 AdamW steps of lr 1e-3.
+LOSS_RTOL, PARAM_ATOL = 1e-5, 2e-5
+
+
+def _train(rank: int, world_size: int, out_dir: str, backend: str) -> dict:
+    from train.trainer import Trainer
+
+    cfg = tiny_config(f"{out_dir}/{backend}-{world_size}", backend, batch_size=GLOBAL_BATCH // world_size)
+    trainer = Trainer(cfg, FixedBatches(GLOBAL_BATCH, rank, world_size, STEPS))
+    result = trainer.fit()
+    return {"losses": result["losses"], "params": trainer.backend.full_state_dict()}
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return spawn(_train, 1, (str(tmp_path_factory.mktemp("ref")), "ddp"))[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ddp", "fsdp2", "deepspeed:zero1", "deepspeed:zero2", "deepspeed:zero3"])
+def test_two_ranks_match_one_process(backend: str, single_process: dict, tmp_path) -> None:
+    ranks = spawn(_train, 2, (str(tmp_path), backend))
+    for result in ranks:
+        torch.testing.assert_close(
+            torch.tensor(result["losses"]), torch.tensor(single_process["losses"]), rtol=LOSS_RTOL, atol=0
+        )
+        assert result["params"].keys() == single_process["params"].keys()
+        for name, value in result["params"].items():
+            torch.testing.assert_close(value, single_process["params"][name], rtol=0, atol=PARAM_ATOL, msg=name)
+    assert len(single_process["losses"]) == STEPS
+    assert single_process["losses"][0] != single_process["losses"][-1]  # it trained

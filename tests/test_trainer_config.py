@@ -1,0 +1,121 @@
+"""Bad configs fail before any training step, naming the file and key; schedules and groups behave."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from model import create_model
+from train.backends.deepspeed import resolve_ds_config
+from train.config import load_config
+from train.config_io import ConfigError
+from train.optim import Lamb, param_groups
+from train.schedules import build_phase_plan
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_demo_recipe_loads_and_overrides_apply() -> None:
+    cfg = load_config(DEMO, ["optim.lr=5e-4", "loss.rho=7"])
+    assert cfg.optim.lr == 5e-4 and cfg.loss.rho == 7.0 and cfg.model.name == "demo"
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"optim": {"lrr": 1e-3}})
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: unknown key 'optim\.lrr'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": {"path": "x", "batch_size": "sixty-four"}})
+    with pytest.raises(ConfigError, match=r"'data\.batch_size' must be int"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"'checkpoint\.every_steps' must be int"):
+        load_config(_write(tmp_path, {"checkpoint": {"every_steps": True}}))
+
+
+def test_invalid_value_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backend.name must be one of"):
+        load_config(_write(tmp_path, {"backend": {"name": "horovod"}}))
+    with pytest.raises(ConfigError, match="ds_config is only used by backend deepspeed"):
+        load_config(_write(tmp_path, {"backend": {"name": "ddp", "ds_config": "ds_configs/zero2.json"}}))
+    with pytest.raises(ConfigError, match="LossConfig.version"):
+        load_config(_write(tmp_path, {"loss": {"version": "v9"}}))
+
+
+def test_missing_shards_fail_before_training(tmp_path: Path) -> None:
+    from train.trainer import Trainer
+
+    cfg = load_config(DEMO, [f"data.path={tmp_path}/no-such-shards", f"run.output_dir={tmp_path}/run"])
+    with pytest.raises((FileNotFoundError, ValueError), match="no-such-shards"):
+        Trainer(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ds_config_incompatible_with_training_config(tmp_path: Path) -> None:
+    good = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+    resolved = resolve_ds_config(str(REPO / "ds_configs" / "zero2.json"), 16, 1.0, "bf16", 64)
+    assert resolved["train_micro_batch_size_per_gpu"] == 16 and resolved["bf16"]["enabled"] is True
+    assert resolved["fp16"]["enabled"] is False and resolved["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    cases = {
+        "optimizer": ({**good, "optimizer": {"type": "AdamW"}}, "remove the 'optimizer' section"),
+        "micro": ({**good, "train_micro_batch_size_per_gpu": 32}, "train_micro_batch_size_per_gpu = 32 contradicts"),
+        "fp16": ({**good, "fp16": {"enabled": True}}, "fp16.enabled contradicts backend.precision"),
+        "stage": ({**good, "zero_optimization": {"stage": 0}}, "stage must be 1, 2 or 3"),
+    }
+    for name, (raw, message) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(raw))
+        with pytest.raises(ValueError, match=message):
+            resolve_ds_config(str(path), 16, 1.0, "bf16", 64)
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_ds_config(str(tmp_path / "none.json"), 16, 1.0, "fp32", 64)
+
+
+def test_phase_plan_masks_then_tunes_unmasked() -> None:
+    plan = build_phase_plan(100, 0.75, 1e-3, 1e-5, 10, tuning_steps=20, tuning_lr=1e-4, tuning_warmup_steps=5)
+    assert plan.total_steps == 120
+    assert plan.mask_ratio_at(0) == plan.mask_ratio_at(99) == 0.75 and plan.mask_ratio_at(100) == 0.0
+    assert plan.lr_at(0) == pytest.approx(1e-4) and plan.lr_at(9) == pytest.approx(1e-3)
+    assert plan.lr_at(99) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 89 / 90)))
+    assert plan.lr_at(100 - 1) < 1.1e-5
+    assert plan.lr_at(100) == pytest.approx(1e-4 / 5) and plan.lr_at(104) == pytest.approx(1e-4)
+    mid = 10 + 45
+    assert plan.lr_at(mid) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_param_groups_exclude_gains_biases_and_logit_scale() -> None:
+    model = create_model("tiny")
+    groups = {g["name"]: g for g in param_groups(model, 0.1, tau_lr=1e-4)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for p in groups["decay"]["params"]}
+    plain = {names[id(p)] for p in groups["no_decay"]["params"]}
+    assert [names[id(p)] for p in groups["tau"]["params"]] == ["logit_scale"]
+    assert "visual.cls_token" in plain and "text.ln_final.weight" in plain and "visual.blocks.0.attn.qkv.bias" in plain
+    assert "visual.blocks.0.attn.qkv.weight" in decay and "text.token_embedding.weight" in decay
+    assert groups["no_decay"]["weight_decay"] == 0.0 and groups["decay"]["weight_decay"] == 0.1
+    model.logit_scale.requires_grad_(False)
+    assert "tau" not in {g["name"] for g in param_groups(model, 0.1)}
+
+
+def test_lamb_trust_ratio_scales_update() -> None:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 4) * 3)
+    weight.grad = torch.randn(4, 4)
+    before = weight.detach().clone()
+    Lamb([weight], lr=0.1, weight_decay=0.0).step()
+    step = (weight.detach() - before).norm()
+    # first Adam step is lr * sign(grad)-like with norm ~ lr * 4; LAMB rescales it to lr * ||w||
+    assert float(step) == pytest.approx(0.1 * float(before.norm()), rel=1e-3)
