@@ -69,8 +69,8 @@ class DDPBackend(Backend):
             torch.save(state, directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
-        self.raw_model.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
-        state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=False)
+        self.raw_model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
+        state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=False)
         self.optimizer.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
