@@ -20,13 +20,23 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, description: str = "Train a CLIP recipe.") -> int:
-    """Load and validate the config (errors name the file and key), then dry-run or train."""
+def main(argv: list[str] | None = None, description: str = "Train a CLIP recipe.", model_family: str = "") -> int:
+    """Load and validate the config (errors name the file and key), then dry-run or train.
+
+    `model_family` (e.g. "ViT-L-14") is what a named recipe script trains; another model is an error.
+    """
     args = parse_args(argv, description)
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if model_family and cfg.model.name != model_family:
+        print(
+            f"config error: {args.config}: model.name is {cfg.model.name!r} but this script trains {model_family}; "
+            "use the matching recipes/fastclip_*.py or recipes/run_recipe.py",
+            file=sys.stderr,
+        )
         return 2
     if args.dry_run:
         from train.dry_run import dry_run

@@ -23,6 +23,7 @@ class RunConfig:
     name: str = "run"
     output_dir: str = "runs/run"
     seed: int = 0
+    world_size: int = 0  # ranks the recipe was written for (its global batch); 0 = any. Used by --dry-run.
 
 
 @dataclass
@@ -148,13 +149,16 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: int = 1
     max_steps: int = 0  # stop pre-training early after this many steps; 0 = full epochs
+    dataset_samples: int = 0  # training pairs, for --dry-run planning without data (0 = unknown)
 
     def validate(self) -> None:
         for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint):
             section.validate()
         self.loss.validate()
-        if self.epochs < 1 or self.max_steps < 0:
-            raise ValueError("epochs must be >= 1 and max_steps >= 0")
+        if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
+            raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
+        if self.backend.name == "fsdp2" and self.backend.precision == "fp16":
+            raise ValueError("backend fsdp2 supports precision fp32 or bf16 (fp16 needs a sharded grad scaler)")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

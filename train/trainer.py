@@ -46,6 +46,11 @@ class Trainer:
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
         self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
         self.global_batch = cfg.data.batch_size * world
+        if cfg.run.world_size and cfg.run.world_size != world and self.backend.is_main:
+            logger.warning(
+                "recipe %s was written for %d ranks (global batch %d) but runs on %d (global batch %d)",
+                cfg.run.name, cfg.run.world_size, cfg.run.world_size * cfg.data.batch_size, world, self.global_batch,
+            )  # fmt: skip
         self.plan = self._phase_plan()
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank

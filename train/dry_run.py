@@ -1,0 +1,89 @@
+"""`--dry-run`: resolve a recipe and print its plan (batch, steps, milestones, size, memory) without data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from model import create_model, get_model_config
+from model.masking import num_kept
+from train.config import TrainConfig
+from train.schedules import build_phase_plan
+
+GIB = 1024**3
+
+
+def state_bytes_per_gpu(params: int, backend: str, zero_stage: int, precision: str, world: int) -> dict[str, float]:
+    """Weights, gradients and AdamW state per GPU (mixed precision keeps an fp32 master copy)."""
+    low = precision in ("bf16", "fp16")
+    if backend == "ddp":  # autocast: fp32 weights, fp32 grads, fp32 Adam moments, all replicated
+        weights, grads, optim = 4 * params, 4 * params, 8 * params
+    elif backend == "fsdp2" or zero_stage == 3:
+        weights, grads, optim = 4 * params / world, 4 * params / world, 8 * params / world
+    else:  # ZeRO-1/2: full (low-precision) weights; fp32 master + Adam sharded; ZeRO-2 also shards grads
+        weights = (2 if low else 4) * params
+        grads = (2 if low else 4) * params / (world if zero_stage == 2 else 1)
+        optim = ((12 if low else 8) * params) / world
+    return {"weights": weights, "grads": grads, "optimizer": optim}
+
+
+def activation_bytes_per_gpu(cfg: TrainConfig) -> float:
+    """Rough activation memory for one local batch: ~34 bytes per (token, channel, layer) at 16 bit
+    (Korthikanti et al.), doubled for fp32; with checkpointing only each block's input is kept."""
+    mcfg = get_model_config(cfg.model.name, **cfg.model.overrides)
+    per_value = 2 if cfg.backend.precision in ("bf16", "fp16") else 4
+    kept = 1 + num_kept(mcfg.vision.num_patches, cfg.flip.mask_ratio)
+    towers = (
+        (kept, mcfg.vision.width, mcfg.vision.layers),
+        (mcfg.text.context_length, mcfg.text.width, mcfg.text.layers),
+    )
+    factor = per_value if cfg.model.grad_checkpointing else 17 * per_value
+    return sum(cfg.data.batch_size * t * w * n * factor for t, w, n in towers)
+
+
+def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int = 4) -> str:
+    """The resolved plan as text; `world_size` defaults to the recipe's run.world_size, then WORLD_SIZE, then 1."""
+    world = world_size or cfg.run.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    with torch.device("meta"):
+        params = sum(p.numel() for p in create_model(cfg.model.name, **cfg.model.overrides).parameters())
+    global_batch = cfg.data.batch_size * world
+    lines = [
+        f"recipe: {cfg.run.name}  model {cfg.model.name} ({params / 1e6:.2f}M parameters)",
+        f"ranks: {world} ({math.ceil(world / gpus_per_node)} node(s) of {gpus_per_node})  backend {cfg.backend.name}"
+        f"  precision {cfg.backend.precision}  grad checkpointing {cfg.model.grad_checkpointing}",
+        f"global batch: {global_batch} = {world} x {cfg.data.batch_size}",
+        f"loss: {cfg.loss.resolved()}",
+    ]
+    if cfg.dataset_samples:
+        steps_per_epoch = math.ceil(cfg.dataset_samples / global_batch)
+        pretrain = cfg.epochs * steps_per_epoch
+        if cfg.max_steps:
+            pretrain = min(pretrain, cfg.max_steps)
+        tuning = math.ceil(cfg.flip.tuning_samples / global_batch)
+        f = cfg.flip
+        plan = build_phase_plan(
+            pretrain, f.mask_ratio, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps,
+            tuning, f.tuning_lr, f.tuning_lr_min, f.tuning_warmup_steps,
+        )  # fmt: skip
+        lines.append(
+            f"data: {cfg.dataset_samples:,} pairs, {steps_per_epoch:,} steps/epoch, {cfg.epochs} epochs, "
+            f"{plan.total_steps:,} steps, {plan.total_steps * global_batch / 1e6:.1f}M samples seen"
+        )
+        lines += [f"  {m}" for m in plan.milestones()]
+    else:
+        lines.append("data: dataset_samples not set: steps come from the shard manifest at launch")
+    stage = 0
+    if cfg.backend.name == "deepspeed":
+        stage = json.loads(Path(cfg.backend.ds_config).read_text())["zero_optimization"]["stage"]
+    state = state_bytes_per_gpu(params, cfg.backend.name, stage, cfg.backend.precision, world)
+    acts = activation_bytes_per_gpu(cfg)
+    detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in state.items())
+    lines.append(
+        f"memory per GPU (estimate, GiB): {(sum(state.values()) + acts) / GIB:.1f} = {detail}, "
+        f"activations {acts / GIB:.2f}" + (f" (ZeRO-{stage})" if stage else "")
+    )
+    return "\n".join(lines)
