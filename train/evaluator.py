@@ -39,7 +39,7 @@ class Evaluator:
     @cached_property
     def retrieval_loader(self) -> EvalLoader:
         return build_eval_loader(
-            self.cfg.retrieval, self.image_size, self.cfg.batch_size, tokenizer=self.tokenizer, label_key=None
+            self.cfg.retrieval, self.image_size, self.cfg.batch_size, tokenizer=self.tokenizer, label_key="image_id"
         )
 
     def classnames(self) -> list[str]:
@@ -63,6 +63,8 @@ class Evaluator:
             )  # fmt: skip
             results.update({f"zeroshot_{k}": v for k, v in zs.items()})
         if self.cfg.retrieval:
-            batches = ({**b, "image_id": b["index"]} for b in self.retrieval_loader)
+            # Several captions of one image share an `image_id` column (csv / datasets); otherwise each
+            # sample is its own image.
+            batches = ({**b, "image_id": b.get("label", b["index"])} for b in self.retrieval_loader)
             results.update(evaluate_retrieval(model, batches, self.device, distributed=False))
         return results
