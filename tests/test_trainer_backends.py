@@ -40,3 +40,27 @@ def test_two_ranks_match_one_process(backend: str, single_process: dict, tmp_pat
             torch.testing.assert_close(value, single_process["params"][name], rtol=0, atol=PARAM_ATOL, msg=name)
     assert len(single_process["losses"]) == STEPS
     assert single_process["losses"][0] != single_process["losses"][-1]  # it trained
+
+
+def _train_variant(rank: int, world_size: int, out_dir: str, precision: str, optim: str, loss: dict) -> list:
+    from train.trainer import Trainer
+
+    cfg = tiny_config(out_dir, "ddp", batch_size=GLOBAL_BATCH, **loss)
+    cfg.backend.precision, cfg.optim.name, cfg.optim.lr = precision, optim, 3e-3
+    cfg.model.grad_checkpointing = True
+    return Trainer(cfg, FixedBatches(GLOBAL_BATCH, rank, world_size, 8)).fit()["losses"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "precision,optim,loss",
+    [
+        ("bf16", "lamb", {"version": "v2", "lr_tau": 1e-2}),
+        ("fp16", "adamw", {"version": "v0", "lr_tau": None}),
+        ("fp32", "adamw", {"name": "openclip", "version": None, "lr_tau": None}),
+    ],
+)
+def test_precisions_optimizers_and_losses_train(precision: str, optim: str, loss: dict, tmp_path) -> None:
+    losses = spawn(_train_variant, 1, (str(tmp_path), precision, optim, loss))[0]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
