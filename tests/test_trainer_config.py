@@ -51,6 +51,10 @@ def test_invalid_value_is_an_error(tmp_path: Path) -> None:
         load_config(_write(tmp_path, {"backend": {"name": "horovod"}}))
     with pytest.raises(ConfigError, match="ds_config is only used by backend deepspeed"):
         load_config(_write(tmp_path, {"backend": {"name": "ddp", "ds_config": "ds_configs/zero2.json"}}))
+    with pytest.raises(ConfigError, match="data.image_size 224 differs from model demo's image size 28"):
+        load_config(DEMO, ["data.image_size=224"])
+    with pytest.raises(ConfigError, match="model.overrides: .*vision_depth"):
+        load_config(DEMO, ["model.overrides.vision_depth=3"])
     with pytest.raises(ConfigError, match="LossConfig.version"):
         load_config(_write(tmp_path, {"loss": {"version": "v9"}}))
 

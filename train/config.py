@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from data.config import DataConfig
-from model import MODEL_CONFIGS
+from model import MODEL_CONFIGS, get_model_config
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml
 from train.losses import LossConfig
 
@@ -37,6 +37,10 @@ class ModelSection:
     def validate(self) -> None:
         if self.name not in MODEL_CONFIGS:
             raise ValueError(f"model.name {self.name!r} is unknown; choose one of {sorted(MODEL_CONFIGS)}")
+        try:
+            get_model_config(self.name, **self.overrides)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"model.overrides: {err}") from err
 
 
 @dataclass
@@ -157,6 +161,12 @@ class TrainConfig:
         self.loss.validate()
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
+        vision = get_model_config(self.model.name, **self.model.overrides).vision
+        if self.data.image_size != vision.image_size:
+            raise ValueError(
+                f"data.image_size {self.data.image_size} differs from model {self.model.name}'s image size "
+                f"{vision.image_size}; set data.image_size: {vision.image_size} (or model.overrides.vision_image_size)"
+            )
         if self.backend.name == "fsdp2" and self.backend.precision == "fp16":
             raise ValueError("backend fsdp2 supports precision fp32 or bf16 (fp16 needs a sharded grad scaler)")
 
