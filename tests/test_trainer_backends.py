@@ -42,10 +42,12 @@ def test_two_ranks_match_one_process(backend: str, single_process: dict, tmp_pat
     assert single_process["losses"][0] != single_process["losses"][-1]  # it trained
 
 
-def _train_variant(rank: int, world_size: int, out_dir: str, precision: str, optim: str, loss: dict) -> list:
+def _train_variant(
+    rank: int, world_size: int, out_dir: str, backend: str, precision: str, optim: str, loss: dict
+) -> list:
     from train.trainer import Trainer
 
-    cfg = tiny_config(out_dir, "ddp", batch_size=GLOBAL_BATCH, **loss)
+    cfg = tiny_config(out_dir, backend, batch_size=GLOBAL_BATCH // world_size, **loss)
     cfg.backend.precision, cfg.optim.name, cfg.optim.lr = precision, optim, 3e-3
     cfg.model.grad_checkpointing = True
     return Trainer(cfg, FixedBatches(GLOBAL_BATCH, rank, world_size, 8)).fit()["losses"]
@@ -53,14 +55,19 @@ def _train_variant(rank: int, world_size: int, out_dir: str, precision: str, opt
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "precision,optim,loss",
+    "backend,world_size,precision,optim,loss",
     [
-        ("bf16", "lamb", {"version": "v2", "lr_tau": 1e-2}),
-        ("fp16", "adamw", {"version": "v0", "lr_tau": None}),
-        ("fp32", "adamw", {"name": "openclip", "version": None, "lr_tau": None}),
+        ("ddp", 1, "bf16", "lamb", {"version": "v2", "lr_tau": 1e-2}),
+        ("ddp", 1, "fp16", "adamw", {"version": "v0", "lr_tau": None}),
+        ("ddp", 1, "fp32", "adamw", {"name": "openclip", "version": None, "lr_tau": None}),
+        ("fsdp2", 2, "bf16", "adamw", {}),
+        ("deepspeed:zero3", 2, "bf16", "adamw", {}),
     ],
 )
-def test_precisions_optimizers_and_losses_train(precision: str, optim: str, loss: dict, tmp_path) -> None:
-    losses = spawn(_train_variant, 1, (str(tmp_path), precision, optim, loss))[0]
+def test_precisions_optimizers_and_losses_train(
+    backend: str, world_size: int, precision: str, optim: str, loss: dict, tmp_path
+) -> None:
+    """Each runs with activation checkpointing; the loss must stay finite and go down on repeated batches."""
+    losses = spawn(_train_variant, world_size, (str(tmp_path), backend, precision, optim, loss))[0]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
