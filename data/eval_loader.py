@@ -64,9 +64,15 @@ class EvalLoader:
             self.source, cfg.batch_size, cfg.image_size, tokenizer or get_tokenizer(), self.num_samples, need_caption
         )
         self.total = self._batches.total
-        self._loader = make_dataloader(self._batches, range(len(self._batches)), cfg.workers, cfg.pin_memory,
-                                       cfg.prefetch_factor)  # fmt: skip
         self._skipped: Counter = Counter()
+        self.shard(0, 1)
+
+    def shard(self, rank: int, world_size: int) -> EvalLoader:
+        """Iterate only batches rank, rank + K, ... (sharded evaluation gathers and re-orders by index)."""
+        batches = range(rank, len(self._batches), world_size)
+        self._loader = make_dataloader(self._batches, batches, self.cfg.workers, self.cfg.pin_memory,
+                                       self.cfg.prefetch_factor)  # fmt: skip
+        return self
 
     @property
     def manifest(self) -> dict:

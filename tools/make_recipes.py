@@ -1,7 +1,8 @@
 """Write the paper-scale recipe YAMLs in recipes/configs/ from the settings tables below.
 
 FastCLIP (arXiv 2407.01445) CC3M / CC12M / LAION-315M settings at 1, 2, 4 and 8 nodes of 4 GPUs with the
-per-GPU batch of the paper fixed (so the global batch grows with nodes), each with an OpenCLIP-loss twin;
+per-GPU batch of the paper fixed (so the global batch grows with nodes; warmup is rescaled to the same number
+of samples as the paper's), each with an OpenCLIP-loss twin;
 FLIP (mask 0.5 / 0.75 + unmasked tuning) recipes for ViT-B/16, ViT-L/14 and ViT-H/14. Edit a table and
 rerun `python tools/make_recipes.py` to regenerate; the YAMLs are the source users launch and edit.
 """
@@ -16,8 +17,8 @@ import yaml
 GPUS_PER_NODE = 4
 NODES = (1, 2, 4, 8)
 
-# name: (model, per-GPU batch, epochs, lr, lr_min, warmup, wd, lr_tau, rho, gamma_min, gamma_epochs, eps,
-#        key space N, dataset pairs)
+# name: (model, per-GPU batch, epochs, lr, lr_min, warmup steps at the paper's global batch, wd, lr_tau, rho,
+#        gamma_min, gamma_epochs, eps, key space N, dataset pairs)
 FASTCLIP = {
     "cc3m": ("ViT-B-32", 128, 37, 1e-3, 0.0, 10_000, 0.1, 2e-4, 6.5, 0.2, 18, 1e-14, 3_318_333, 2_700_000),
     "cc12m": ("ViT-B-32", 256, 33, 4e-4, 0.0, 10_000, 0.1, 1e-4, 8.5, 0.2, 16, 1e-14, 12_423_374, 9_100_000),
@@ -25,6 +26,8 @@ FASTCLIP = {
 }
 
 # FLIP on LAION-315M with FastCLIP-v3: model -> (per-GPU batch, nodes, backend, ds_config)
+PAPER_GLOBAL_BATCH = {"cc3m": 1024, "cc12m": 2048, "laion315m": 5120}
+
 FLIP = {
     "ViT-B-16": (320, 4, "ddp", ""),
     "ViT-L-14": (256, 4, "fsdp2", ""),
@@ -39,6 +42,7 @@ def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
         data
     ]
     world = nodes * GPUS_PER_NODE
+    warmup = round(warmup * PAPER_GLOBAL_BATCH[data] / (batch * world))  # same warmup in samples at every scale
     name = f"{loss}_{data}_{model.lower().replace('-', '')}_{nodes}node"
     loss_section = (
         {"name": "openclip", "lr_tau_schedule": "model"}
@@ -79,7 +83,10 @@ def flip_recipe(model: str, mask: float) -> dict:
     base["run"].update({"name": name, "output_dir": f"runs/{name}"})
     base["model"] = {"name": model, "grad_checkpointing": model != "ViT-B-16"}
     base["data"]["batch_size"] = batch
-    base["optim"].update({"lr": FLIP_LR_PER_256 * global_batch / 256, "lr_min": 0.0, "betas": [0.9, 0.95]})
+    warmup = round(FASTCLIP["laion315m"][5] * PAPER_GLOBAL_BATCH["laion315m"] / global_batch)
+    base["optim"].update({
+        "lr": FLIP_LR_PER_256 * global_batch / 256, "lr_min": 0.0, "betas": [0.9, 0.95], "warmup_steps": warmup,
+    })  # fmt: skip
     base["flip"] = {
         "mask_ratio": mask, "tuning_samples": FLIP_TUNING_SAMPLES,
         "tuning_lr": FLIP_TUNING_LR_PER_256 * global_batch / 256, "tuning_lr_min": 0.0, "tuning_warmup_steps": 500,

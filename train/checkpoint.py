@@ -41,13 +41,15 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def resolve_resume(root: Path, resume: str | None) -> Path | None:
-    """`None` -> no resume; `latest` -> the newest complete checkpoint (or None on a fresh run); else a path."""
+    """`None` -> no resume; `latest` -> the checkpoint `latest` names (without a pointer: the newest complete
+    one, or None on a fresh run); else a path."""
     if resume is None:
         return None
     if resume == LATEST:
         pointer = root / LATEST
-        if not pointer.is_file():
-            return None
+        if not pointer.is_file():  # e.g. killed between rename and pointer update: newest complete one
+            done = sorted(p for p in root.glob("step_*") if is_complete(p))
+            return done[-1] if done else None
         path = root / pointer.read_text().strip()
         if not is_complete(path):
             raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint ({META} missing)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class OptimConfig:
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if not all(math.isfinite(v) for v in (self.lr, self.lr_min, self.weight_decay, self.eps, self.grad_clip)):
+            raise ValueError("optim.lr, lr_min, weight_decay, eps and grad_clip must be finite numbers")
         if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
             raise ValueError(f"optim needs 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
@@ -120,8 +123,14 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
+    """Console progress every `every_steps` steps; every step goes to TensorBoard and metrics.jsonl."""
+
     every_steps: int = 10
     tensorboard: bool = True
+
+    def validate(self) -> None:
+        if self.every_steps < 1:
+            raise ValueError("logging.every_steps must be >= 1")
 
 
 @dataclass
@@ -134,7 +143,12 @@ class EvalConfig:
     templates: str = ""  # registry name; "" = same as classnames
     retrieval: str = ""  # caption shards or csv
     batch_size: int = 256
-    max_samples: int = 0  # 0 = all
+
+    def validate(self) -> None:
+        if self.every_steps < 0 or self.batch_size < 1:
+            raise ValueError("eval.every_steps must be >= 0 and eval.batch_size >= 1")
+        if self.every_steps and not (self.zeroshot or self.retrieval):
+            raise ValueError("eval.every_steps is set but neither eval.zeroshot nor eval.retrieval is")
 
 
 @dataclass
@@ -156,7 +170,7 @@ class TrainConfig:
     dataset_samples: int = 0  # training pairs, for --dry-run planning without data (0 = unknown)
 
     def validate(self) -> None:
-        for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint):
+        for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint, self.logging, self.eval):
             section.validate()
         self.loss.validate()
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
@@ -167,6 +181,9 @@ class TrainConfig:
                 f"data.image_size {self.data.image_size} differs from model {self.model.name}'s image size "
                 f"{vision.image_size}; set data.image_size: {vision.image_size} (or model.overrides.vision_image_size)"
             )
+        if self.backend.name == "deepspeed" and self.optim.name == "lamb":
+            raise ValueError("optim.name lamb is not supported with backend deepspeed (ZeRO flattens the tensors "
+                             "LAMB's trust ratio is computed on); use adamw, or lamb with ddp / fsdp2")
         if self.backend.name == "fsdp2" and self.backend.precision == "fp16":
             raise ValueError("backend fsdp2 supports precision fp32 or bf16 (fp16 needs a sharded grad scaler)")
 

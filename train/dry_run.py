@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from data.plan import steps_per_epoch as steps_per_epoch_for
 from model import create_model, get_model_config
 from model.masking import num_kept
 from train.config import TrainConfig
-from train.schedules import build_phase_plan
+from train.schedules import phase_plan_for
 
 GIB = 1024**3
 
@@ -59,16 +60,8 @@ def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int 
         f"loss: {cfg.loss.resolved()}",
     ]
     if cfg.dataset_samples:
-        steps_per_epoch = math.ceil(cfg.dataset_samples / global_batch)
-        pretrain = cfg.epochs * steps_per_epoch
-        if cfg.max_steps:
-            pretrain = min(pretrain, cfg.max_steps)
-        tuning = math.ceil(cfg.flip.tuning_samples / global_batch)
-        f = cfg.flip
-        plan = build_phase_plan(
-            pretrain, f.mask_ratio, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps,
-            tuning, f.tuning_lr, f.tuning_lr_min, f.tuning_warmup_steps,
-        )  # fmt: skip
+        steps_per_epoch = steps_per_epoch_for(cfg.dataset_samples, cfg.data.batch_size, world, cfg.data.drop_last)
+        plan = phase_plan_for(cfg, steps_per_epoch, global_batch)
         lines.append(
             f"data: {cfg.dataset_samples:,} pairs, {steps_per_epoch:,} steps/epoch, {cfg.epochs} epochs, "
             f"{plan.total_steps:,} steps, {plan.total_steps * global_batch / 1e6:.1f}M samples seen"

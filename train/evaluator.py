@@ -1,9 +1,9 @@
-"""In-loop evaluation: zero-shot classification and retrieval on a full-parameter model, on rank 0."""
+"""In-loop evaluation: zero-shot classification and retrieval on full-parameter models, sharded over ranks."""
 
 from __future__ import annotations
 
 import logging
-from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,31 +18,45 @@ logger = logging.getLogger("fastflip")
 
 
 class Evaluator:
-    """Builds its loaders once; `__call__(model)` returns flat metrics ({} when nothing is configured)."""
+    """Opens its eval sets at construction (a wrong path fails before training) and shards them over ranks.
 
-    def __init__(self, cfg: EvalConfig, image_size: int, device: torch.device, tokenizer: Tokenizer) -> None:
+    `__call__(model)` must run on every rank with a full-parameter model; every rank gets the same metrics.
+    """
+
+    def __init__(
+        self, cfg: EvalConfig, image_size: int, device: torch.device, tokenizer: Tokenizer,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.image_size = image_size
         self.device = device
+        self.tokenizer = tokenizer
+        self.distributed = world_size > 1
+        self.zeroshot_loader: EvalLoader | None = None
+        self.retrieval_loader: EvalLoader | None = None
+        if cfg.zeroshot:
+            self.zeroshot_loader = self._open("eval.zeroshot", cfg.zeroshot, image_size, "label", rank, world_size)
+            self.classnames = self._classnames()
+            self.templates = get_templates(cfg.templates or cfg.classnames or "generic")
+        if cfg.retrieval:
+            self.retrieval_loader = self._open(
+                "eval.retrieval", cfg.retrieval, image_size, "image_id", rank, world_size
+            )
 
     @property
     def enabled(self) -> bool:
-        return bool(self.cfg.zeroshot or self.cfg.retrieval)
+        return self.zeroshot_loader is not None or self.retrieval_loader is not None
 
-    @cached_property
-    def zeroshot_loader(self) -> EvalLoader:
-        return build_eval_loader(
-            self.cfg.zeroshot, self.image_size, self.cfg.batch_size, tokenizer=self.tokenizer, need_caption=False
-        )
+    def _open(self, key: str, path: str, image_size: int, label_key: str, rank: int, world: int) -> EvalLoader:
+        if not Path(path).exists() and not any(c in path for c in "*{"):
+            raise FileNotFoundError(f"{key}: {path} does not exist (labelled shards or a caption csv)")
+        need_caption = key == "eval.retrieval"
+        loader = build_eval_loader(
+            path, image_size, self.cfg.batch_size, tokenizer=self.tokenizer, label_key=label_key,
+            need_caption=need_caption,
+        )  # fmt: skip
+        return loader.shard(rank, world)
 
-    @cached_property
-    def retrieval_loader(self) -> EvalLoader:
-        return build_eval_loader(
-            self.cfg.retrieval, self.image_size, self.cfg.batch_size, tokenizer=self.tokenizer, label_key="image_id"
-        )
-
-    def classnames(self) -> list[str]:
+    def _classnames(self) -> list[str]:
         if self.cfg.classnames:
             return list(get_classnames(self.cfg.classnames))
         names = self.zeroshot_loader.class_names
@@ -53,18 +67,16 @@ class Evaluator:
         return list(names)
 
     def __call__(self, model: nn.Module) -> dict[str, Any]:
-        """Evaluate on this process alone (`distributed=False`): the caller runs it on rank 0 only."""
         results: dict[str, Any] = {}
-        if self.cfg.zeroshot:
-            templates = get_templates(self.cfg.templates or self.cfg.classnames or "generic")
+        if self.zeroshot_loader is not None:
             zs = evaluate_zeroshot(
-                model, self.tokenizer, self.classnames(), templates, self.zeroshot_loader, self.device,
-                batch_size=self.cfg.batch_size, distributed=False,
+                model, self.tokenizer, self.classnames, self.templates, self.zeroshot_loader, self.device,
+                batch_size=self.cfg.batch_size, distributed=self.distributed,
             )  # fmt: skip
             results.update({f"zeroshot_{k}": v for k, v in zs.items()})
-        if self.cfg.retrieval:
+        if self.retrieval_loader is not None:
             # Several captions of one image share an `image_id` column (csv / datasets); otherwise each
             # sample is its own image.
             batches = ({**b, "image_id": b.get("label", b["index"])} for b in self.retrieval_loader)
-            results.update(evaluate_retrieval(model, batches, self.device, distributed=False))
+            results.update(evaluate_retrieval(model, batches, self.device, distributed=self.distributed))
         return results

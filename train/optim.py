@@ -21,8 +21,7 @@ def param_groups(
 ) -> list[dict[str, object]]:
     """Groups `decay`, `no_decay` and (when `tau_lr` is given) `tau` holding logit_scale alone.
 
-    Each group carries a `name` and a `base_lr` scale so schedules can set every group's LR.
-    Frozen parameters are left out.
+    Each group carries a `name` so the loop can set every group's LR each step. Frozen parameters are left out.
     """
     decay, plain, tau = [], [], []
     for name, param in model.named_parameters():
@@ -87,7 +86,7 @@ class Lamb(torch.optim.Optimizer):
 def build_optimizer(
     name: str, groups: list[dict[str, object]], lr: float, betas: tuple[float, float], eps: float
 ) -> torch.optim.Optimizer:
-    """AdamW (torch, fused/foreach as available) or LAMB over the given groups."""
+    """AdamW (torch's default implementation) or LAMB over the given groups."""
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     if name == "lamb":

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
 
 def warmup_cosine(step: int, total: int, peak: float, floor: float, warmup: int) -> float:
@@ -82,3 +86,16 @@ def build_phase_plan(
         end = pretrain_steps + tuning_steps
         phases.append(Phase("unmasked_tuning", pretrain_steps, end, 0.0, tuning_lr, tuning_lr_min, tuning_warmup_steps))
     return PhasePlan(tuple(phases))
+
+
+def phase_plan_for(cfg: TrainConfig, steps_per_epoch: int, global_batch: int) -> PhasePlan:
+    """The plan of a run: `epochs` of pre-training (capped by `max_steps`), then `flip.tuning_samples`."""
+    pretrain = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        pretrain = min(pretrain, cfg.max_steps)
+    tuning = math.ceil(cfg.flip.tuning_samples / global_batch)
+    o, f = cfg.optim, cfg.flip
+    return build_phase_plan(
+        pretrain, f.mask_ratio, o.lr, o.lr_min, o.warmup_steps, tuning, f.tuning_lr, f.tuning_lr_min,
+        f.tuning_warmup_steps,
+    )  # fmt: skip

@@ -15,14 +15,22 @@ from data.loader import build_train_loader
 from data.tokenizer import get_tokenizer
 from model import CLIP, create_model, get_model_config
 from train.backends import make_backend
-from train.checkpoint import CheckpointWriter, read_meta, resolve_resume, rng_state, set_rng_state
+from train.checkpoint import (
+    CheckpointWriter,
+    checkpoint_name,
+    is_complete,
+    read_meta,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
 from train.config import TrainConfig
 from train.config_io import to_dict
 from train.evaluator import Evaluator
 from train.losses import build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, setup_console_logging
-from train.optim import build_optimizer, param_groups
-from train.schedules import PhasePlan, build_phase_plan
+from train.optim import TAU_GROUP, build_optimizer, param_groups
+from train.schedules import PhasePlan, phase_plan_for
 from train.temperature import tau_spec
 
 logger = logging.getLogger("fastflip")
@@ -65,11 +73,18 @@ class Trainer:
         resume_from = resolve_resume(self.ckpt_root, cfg.checkpoint.resume)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+        elif any(is_complete(p) for p in self.ckpt_root.glob("step_*")):
+            raise FileExistsError(
+                f"{self.ckpt_root} already holds checkpoints of an earlier run: set checkpoint.resume=latest to "
+                "continue it, or choose another run.output_dir"
+            )
         self.logit_scale = float(self.backend.read_parameter("logit_scale"))
         if self.backend.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        self.evaluator = Evaluator(cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer)
+        self.evaluator = Evaluator(
+            cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world,
+        )  # fmt: skip
         self.metrics = MetricsLogger(
             self.out, self.backend.is_main, cfg.logging.tensorboard, cfg.logging.every_steps,
             self.plan.total_steps,
@@ -103,16 +118,7 @@ class Trainer:
         return build_optimizer(o.name, groups, o.lr, o.betas, o.eps)
 
     def _phase_plan(self) -> PhasePlan:
-        cfg = self.cfg
-        pretrain = cfg.epochs * self.loader.steps_per_epoch
-        if cfg.max_steps:
-            pretrain = min(pretrain, cfg.max_steps)
-        tuning = math.ceil(cfg.flip.tuning_samples / self.global_batch)
-        f = cfg.flip
-        return build_phase_plan(
-            pretrain, f.mask_ratio, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps,
-            tuning, f.tuning_lr, f.tuning_lr_min, f.tuning_warmup_steps,
-        )  # fmt: skip
+        return phase_plan_for(self.cfg, self.loader.steps_per_epoch, self.global_batch)
 
     # ----- one step -----------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -121,22 +127,22 @@ class Trainer:
         lr = self.plan.lr_at(self.step)
         lrs = {"decay": lr, "no_decay": lr}
         if self.tau.trainable:
-            lrs["tau"] = self.tau.lr_at(math.exp(-self.logit_scale), lr, phase.lr)
+            lrs[TAU_GROUP] = self.tau.lr_at(math.exp(-self.logit_scale), lr, phase.lr)
         self.backend.set_group_lrs(lrs)
         self.backend.raw_model.set_mask_ratio(phase.mask_ratio, generator=self.mask_generator)
 
         device = self.backend.device
-        images = batch["images"].to(device, non_blocking=True)
+        images = self.backend.cast_inputs(batch["images"].to(device, non_blocking=True))
         tokens = batch["tokens"].to(device, non_blocking=True)
         index = batch["index"].to(device, non_blocking=True)
-        with self.backend.autocast():
+        with self.backend.train_autocast():
             image_features, text_features, logit_scale = self.backend.model(images, tokens)
         out = self.loss(image_features.float(), text_features.float(), index, logit_scale.float())
         self.backend.backward(out.loss)
         grad_norm = self.backend.step(self.cfg.optim.grad_clip)
         if self.tau.trainable:
             self.backend.clamp_parameter("logit_scale", self.tau.min_logit_scale, self.tau.max_logit_scale)
-        self.logit_scale = float(self.backend.read_parameter("logit_scale"))
+            self.logit_scale = float(self.backend.read_parameter("logit_scale"))
         self.step += 1
 
         scalars = {
@@ -147,7 +153,7 @@ class Trainer:
             "schedule/logit_scale": self.logit_scale,
         }
         if self.tau.trainable:
-            scalars["schedule/lr_tau"] = lrs["tau"]
+            scalars["schedule/lr_tau"] = lrs[TAU_GROUP]
         if grad_norm is not None:
             scalars["train/grad_norm"] = grad_norm
         for key, value in out.stats.items():
@@ -196,21 +202,19 @@ class Trainer:
             else:
                 self.epoch += 1
         wall = time.perf_counter() - started
-        self.save_checkpoint()
+        if not is_complete(self.ckpt_root / checkpoint_name(self.step)):  # resuming a finished run saves nothing
+            self.save_checkpoint()
         results = self.evaluate()
         self.metrics.close()
         return {"losses": losses, "steps": self.step, "train_seconds": wall, "samples": samples, "eval": results}
 
     def evaluate(self) -> dict[str, Any]:
-        """All ranks build the full-parameter model (a collective for sharded backends); rank 0 evaluates."""
+        """Every rank holds a full-parameter model and evaluates its share of the eval sets; rank 0 logs."""
         if not self.evaluator.enabled:
             return {}
-        results: dict[str, Any] = {}
-        with self.backend.full_model() as model:
-            if self.backend.is_main:
-                results = self.evaluator(model)
-                self.metrics.log_eval(self.step, results)
-        self.backend.barrier()
+        with self.backend.full_model() as model, self.backend.autocast():
+            results = self.evaluator(model)
+        self.metrics.log_eval(self.step, results)
         return results
 
     # ----- checkpoints ----------------------------------------------------------------------
@@ -261,6 +265,12 @@ class Trainer:
             set_rng_state(rank_state["rng"])
             self.mask_generator.set_state(rank_state["mask_generator"])
         self.loader.load_state_dict(rank_state["data"], strict=saved_world == world)
+        if saved_world != world and self.backend.is_main:
+            logger.warning(
+                "resuming a %d-rank checkpoint on %d ranks: the step counter continues, but the phase plan (steps "
+                "per epoch, LR milestones) is rebuilt for the new global batch and the data stream restarts at "
+                "the next epoch", saved_world, world,
+            )  # fmt: skip
         self.step, self.epoch = int(meta["step"]), int(self.loader.state_dict()["epoch"])
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,

@@ -50,12 +50,22 @@ class Backend(ABC):
     def raw_model(self) -> nn.Module:
         """The user's module (its methods: set_mask_ratio...); parameters may be sharded."""
 
+    @property
+    def low_precision_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast for the forward pass (a no-op for fp32 and for backends that cast themselves)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        """Autocast at the run's precision (a no-op for fp32); evaluation uses it on every backend."""
+        dtype = self.low_precision_dtype
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def train_autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast for training forwards; backends whose weights are already low precision override it."""
+        return self.autocast()
+
+    def cast_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as the training forward expects them (fp32 unless the backend holds low-precision weights)."""
+        return images
 
     @abstractmethod
     def backward(self, loss: torch.Tensor) -> None:
@@ -67,7 +77,7 @@ class Backend(ABC):
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lrs[group.get("name", "decay")]
+            group["lr"] = lrs[group["name"]]
 
     @abstractmethod
     def clamp_parameter(self, name: str, low: float, high: float) -> None:

@@ -20,7 +20,8 @@ class DDPBackend(Backend):
 
     def __init__(self, precision: str) -> None:
         super().__init__(precision)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # Precision comes from the recipe (our autocast / GradScaler), never from the launcher's accelerate config.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.device = self.accelerator.device

@@ -18,12 +18,15 @@ import deepspeed
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.utils import InitProcessGroupKwargs
-from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_full_fp32_param
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_local_fp32_param,
+    safe_set_full_fp32_param,
+    safe_set_local_fp32_param,
+)
 from torch import nn
 
 from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, named_parameter
-
-BUCKET_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size")
 
 
 def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
@@ -94,6 +97,14 @@ class DeepSpeedBackend(Backend):
         self.device = self.accelerator.device
         self.stage = ds_config["zero_optimization"]["stage"]
 
+    def train_autocast(self) -> contextlib.AbstractContextManager:
+        """DeepSpeed's engine holds bf16/fp16 weights and switches an outer CUDA autocast off itself."""
+        return contextlib.nullcontext()
+
+    def cast_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        dtype = self.low_precision_dtype
+        return images if dtype is None else images.to(dtype)
+
     def setup(self, model_fn: ModelFn, groups_fn: GroupsFn, optimizer_fn: OptimizerFn) -> None:
         self.model_fn = model_fn
         model = model_fn()
@@ -115,23 +126,26 @@ class DeepSpeedBackend(Backend):
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.engine.optimizer.param_groups:
-            group["lr"] = lrs[group.get("name", "decay")]
+            group["lr"] = lrs[group["name"]]
 
     def clamp_parameter(self, name: str, low: float, high: float) -> None:
         """Clamp the model weight and the optimizer's fp32 master copy (else the next step undoes it).
 
-        ZeRO-3 holds both as per-rank partitions (a [1] parameter is padded on other ranks), so each
-        rank clamps its own fragments in place; ZeRO-1/2 hold the full weight on every rank.
+        ZeRO-3 holds both as per-rank partitions (a [1] parameter is padded on the other ranks, and
+        DeepSpeed's full-parameter setter cannot narrow it), so each rank clamps its own fragments
+        through the local getter/setter, which also reach an offloaded master. The gathered weight of
+        a persistent parameter is clamped too.
         """
         param = named_parameter(self.raw_model, name)
         with torch.no_grad():
+            if param.data.numel():
+                param.data.clamp_(low, high)
             if self.stage == 3:
                 param.ds_tensor.clamp_(low, high)
                 master = safe_get_local_fp32_param(param)
                 if master is not None:
-                    master.clamp_(low, high)
+                    safe_set_local_fp32_param(param, master.clamp(low, high))
             else:
-                param.data.clamp_(low, high)
                 master = safe_get_full_fp32_param(param)
                 if master is not None:
                     safe_set_full_fp32_param(param, master.clamp(low, high))

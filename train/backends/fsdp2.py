@@ -17,13 +17,10 @@ from accelerate import PartialState
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, named_parameter
-
-# Methods that run the model outside `forward` (evaluation) and must unshard the root's parameters.
-FORWARD_METHODS = ("encode_image", "encode_text")
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -47,26 +44,26 @@ class FSDP2Backend(Backend):
         state = PartialState(cpu=not torch.cuda.is_available())
         self.device = state.device
         if not dist.is_initialized():  # a single process still needs a (trivial) group for DTensor
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # the MixedPrecisionPolicy casts parameters itself
+    def train_autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the MixedPrecisionPolicy casts the blocks' parameters itself
 
     def setup(self, model_fn: ModelFn, groups_fn: GroupsFn, optimizer_fn: OptimizerFn) -> None:
+        """Blocks compute in bf16 (when asked) and hand fp32 back; the root (embeddings, norms, projections,
+        logit_scale) stays fp32 so tau is not quantised to bf16 steps."""
         self.model_fn = model_fn
         model = model_fn().to(self.device)
-        policy = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16 if self.precision == "bf16" else None, reduce_dtype=torch.float32
+        block_policy = MixedPrecisionPolicy(
+            param_dtype=self.low_precision_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32
         )
         for block in transformer_blocks(model):
-            fully_shard(block, mesh=self.mesh, mp_policy=policy)
-        fully_shard(model, mesh=self.mesh, mp_policy=policy)
-        for method in FORWARD_METHODS:
-            if hasattr(model, method):
-                register_fsdp_forward_method(model, method)
+            fully_shard(block, mesh=self.mesh, mp_policy=block_policy)
+        fully_shard(model, mesh=self.mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
         self.model = model
         self.optimizer = optimizer_fn(groups_fn(model))
 
@@ -107,6 +104,6 @@ class FSDP2Backend(Backend):
         )
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        options = StateDictOptions(full_state_dict=True)
+        options = StateDictOptions(full_state_dict=True)  # every rank gets every tensor (sharded eval needs it)
         model_sd, _ = get_state_dict(self.model, [], options=options)
         return {k: v.detach().float().cpu() for k, v in model_sd.items()}
