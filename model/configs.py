@@ -70,7 +70,8 @@ MODEL_CONFIGS: dict[str, CLIPConfig] = {
         vision=VisionConfig(patch_size=14, width=1280, layers=32, head_width=80),
         text=TextConfig(width=1024, heads=16, layers=24),
     ),
-    # Tiny configs for tests and the CPU demo (Fashion-MNIST at its native 28 px, patch 4 -> 49 patches).
+    # Tiny configs for tests and the CPU demo (Fashion-MNIST at its native 28 px, patch 7 -> 16 patches;
+    # captions are short, so the demo's text context is 16 tokens).
     "tiny": CLIPConfig(
         embed_dim=64,
         vision=VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
@@ -78,8 +79,8 @@ MODEL_CONFIGS: dict[str, CLIPConfig] = {
     ),
     "demo": CLIPConfig(
         embed_dim=128,
-        vision=VisionConfig(image_size=28, patch_size=4, width=128, layers=4, head_width=32),
-        text=TextConfig(context_length=20, width=128, heads=4, layers=4),
+        vision=VisionConfig(image_size=28, patch_size=7, width=128, layers=4, head_width=32),
+        text=TextConfig(context_length=16, width=128, heads=4, layers=2),
     ),
 }
 
