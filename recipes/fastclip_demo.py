@@ -17,7 +17,10 @@ from train.trainer import Trainer  # noqa: E402
 def main() -> int:
     args = parse_args(None, __doc__)
     trainer = Trainer(load_config(args.config, args.overrides))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
     if trainer.backend.is_main:
         top1, n = result["eval"]["zeroshot_top1"], result["eval"]["zeroshot_n"]
         print(

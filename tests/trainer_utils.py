@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from data.config import DataConfig
@@ -38,6 +39,9 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_d
     torch.set_num_threads(1)
     result = fn(rank, world_size, *args)
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    if dist.is_initialized():  # leave no gloo threads running at interpreter exit
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def spawn(fn: Callable[..., Any], world_size: int, args: tuple = (), timeout: float = 300.0) -> list[Any]:

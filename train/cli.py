@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None, description: str = "Train a CLIP recipe.
 
         print(dry_run(cfg))
         return 0
-    from train.trainer import Trainer
+    from train.trainer import run
 
-    result = Trainer(cfg).fit()
+    result = run(cfg)
     logger.info("done: %d steps, %.0f s of training", result["steps"], result["train_seconds"])
     return 0

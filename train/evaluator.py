@@ -75,8 +75,9 @@ class Evaluator:
             )  # fmt: skip
             results.update({f"zeroshot_{k}": v for k, v in zs.items()})
         if self.retrieval_loader is not None:
-            # Several captions of one image share an `image_id` column (csv / datasets); otherwise each
-            # sample is its own image.
-            batches = ({**b, "image_id": b.get("label", b["index"])} for b in self.retrieval_loader)
+            # Several captions of one image share an `image_id` column (csv / datasets); otherwise (and in
+            # webdataset shards, whose "label" is a class) each sample is its own image.
+            ids_from_column = self.retrieval_loader.has_labels and self.retrieval_loader.source.kind != "webdataset"
+            batches = ({**b, "image_id": b["label"] if ids_from_column else b["index"]} for b in self.retrieval_loader)
             results.update(evaluate_retrieval(model, batches, self.device, distributed=self.distributed))
         return results

@@ -217,6 +217,11 @@ class Trainer:
         self.metrics.log_eval(self.step, results)
         return results
 
+    def close(self) -> None:
+        """Leave the process group so no communication thread outlives the run."""
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         rank = self.backend.rank
@@ -279,7 +284,11 @@ class Trainer:
 
 def run(cfg: TrainConfig, loader: Any = None) -> dict[str, Any]:
     """Train one run end to end (what `recipes/*.py` call)."""
-    return Trainer(cfg, loader).fit()
+    trainer = Trainer(cfg, loader)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 __all__ = ["Trainer", "run"]
