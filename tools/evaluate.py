@@ -17,19 +17,20 @@ import torch
 
 from data.tokenizer import get_tokenizer
 from evaluation import format_table, write_json
+from train.checkpoint import LATEST, is_complete, resolve_resume
 from train.config import EvalConfig
 from train.consolidate import load_model
 from train.evaluator import Evaluator
 
 
 def resolve_checkpoint(path: str) -> Path:
-    """A step_* directory, or a run's checkpoints dir / its `latest` pointer."""
+    """A step_* directory, or a run's checkpoints dir / its `latest` pointer (resolved as resume does)."""
     p = Path(path)
-    if p.name == "latest" and p.is_file():
-        return p.parent / p.read_text().strip()
-    if (p / "latest").is_file():
-        return p / (p / "latest").read_text().strip()
-    return p
+    if p.name == LATEST and p.is_file():
+        p = p.parent
+    if is_complete(p):
+        return p
+    return resolve_resume(p, LATEST) or p
 
 
 def main() -> int:

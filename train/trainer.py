@@ -47,10 +47,10 @@ class Trainer:
         self.cfg = cfg
         self.loss_cfg = cfg.loss.resolved()
         self.tau = tau_spec(self.loss_cfg)
+        self.model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
         self.backend = make_backend(cfg.backend.name, cfg.backend.precision, self._ds_config())
         setup_console_logging(self.backend.is_main)
         rank, world = self.backend.rank, self.backend.world_size
-        self.model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
         self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
         self.global_batch = cfg.data.batch_size * world
@@ -96,10 +96,9 @@ class Trainer:
             return None
         from train.backends.deepspeed import resolve_ds_config
 
-        hidden = get_model_config(self.cfg.model.name, **self.cfg.model.overrides).vision.width
         return resolve_ds_config(
             self.cfg.backend.ds_config, self.cfg.data.batch_size, self.cfg.optim.grad_clip,
-            self.cfg.backend.precision, hidden,
+            self.cfg.backend.precision, self.model_config.vision.width,
         )  # fmt: skip
 
     def _build_model(self) -> CLIP:

@@ -6,7 +6,8 @@ The trainer calls::
     loss.set_epoch(epoch)                    # every epoch (gamma), also after resuming
     out = loss(img_f, txt_f, index, model.logit_scale)
     out.loss.backward()                      # backend then AVERAGES parameter gradients
-    tau_spec(cfg).clamp_(model.logit_scale)  # after the optimizer step (train.temperature)
+    # after the optimizer step, clamp logit_scale to tau_spec(cfg)'s bounds (the trainer does it through
+    # its backend, which also reaches ZeRO's master copies; TauSpec.clamp_ for a plain parameter)
 
 and saves `loss.state_dict()` per rank; to resume on another world size it loads all saved
 rank states and calls `repartition_loss_states(states, new_world_size)[rank]`.
