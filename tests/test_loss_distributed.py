@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed_utils import run_on_ranks
+from tests.conftest import run_on_ranks
 from train.losses import LossConfig, build_loss, repartition_loss_states
 from train.sample_state import merge_shards
 
@@ -95,7 +95,7 @@ def runs() -> dict:
     resume_states = [
         {name: repartition_loss_states([head[name]["state"]], K)[rank] for name in head} for rank in range(K)
     ]
-    ranks = run_on_ranks(_two_rank_job, K, args=(names, resume_states))
+    ranks = run_on_ranks(_two_rank_job, K, args=(names, resume_states), init_group=True)
     return {"single": single, "ranks": ranks}
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import run_on_ranks
 from tests.data_fixtures import write_shards
-from tests.trainer_utils import FixedBatches, spawn, tiny_config
+from tests.trainer_utils import FixedBatches, tiny_config
 from train.cli import main as cli_main
 from train.config import EvalConfig, load_config
 from train.dry_run import dry_run
@@ -70,7 +71,7 @@ def test_in_loop_eval_equals_single_process_eval(backend: str, tmp_path: Path) -
 
     shards = str(tmp_path / "shards")
     write_shards(shards, [11, 9])
-    in_loop = spawn(_train_and_eval, 2, (str(tmp_path / "run"), shards, backend))[0]
+    in_loop = run_on_ranks(_train_and_eval, 2, (str(tmp_path / "run"), shards, backend))[0]
     ckpt = tmp_path / "run" / "checkpoints"
     model, _ = load_model(ckpt / (ckpt / "latest").read_text())
     from data.tokenizer import get_tokenizer

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainer_utils import FixedBatches, spawn, tiny_config
+from tests.conftest import run_on_ranks
+from tests.trainer_utils import FixedBatches, tiny_config
 
 GLOBAL_BATCH, STEPS = 8, 5
 # fp32; the runs differ only in reduction order (all-reduce vs one process, bucketing): 1e-5 relative
@@ -24,13 +25,13 @@ def _train(rank: int, world_size: int, out_dir: str, backend: str) -> dict:
 
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return spawn(_train, 1, (str(tmp_path_factory.mktemp("ref")), "ddp"))[0]
+    return run_on_ranks(_train, 1, (str(tmp_path_factory.mktemp("ref")), "ddp"))[0]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "fsdp2", "deepspeed:zero1", "deepspeed:zero2", "deepspeed:zero3"])
 def test_two_ranks_match_one_process(backend: str, single_process: dict, tmp_path) -> None:
-    ranks = spawn(_train, 2, (str(tmp_path), backend))
+    ranks = run_on_ranks(_train, 2, (str(tmp_path), backend))
     for result in ranks:
         torch.testing.assert_close(
             torch.tensor(result["losses"]), torch.tensor(single_process["losses"]), rtol=LOSS_RTOL, atol=0
@@ -68,6 +69,6 @@ def test_precisions_optimizers_and_losses_train(
     backend: str, world_size: int, precision: str, optim: str, loss: dict, tmp_path
 ) -> None:
     """Each runs with activation checkpointing; the loss must stay finite and go down on repeated batches."""
-    losses = spawn(_train_variant, world_size, (str(tmp_path), backend, precision, optim, loss))[0]
+    losses = run_on_ranks(_train_variant, world_size, (str(tmp_path), backend, precision, optim, loss))[0]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]

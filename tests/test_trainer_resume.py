@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import KILLED_EXIT_CODE, run_on_ranks
 from tests.data_fixtures import write_shards
-from tests.trainer_utils import KILLED_EXIT_CODE, spawn, tiny_config
+from tests.trainer_utils import tiny_config
 from train.checkpoint import CheckpointWriter, is_complete, resolve_resume
 from train.sample_state import merge_shards
 
@@ -63,12 +64,12 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "fsdp2", "deepspeed:zero2"])
 def test_killed_run_resumes_exactly(backend: str, shards: str, tmp_path: Path) -> None:
-    full = spawn(_run, WORLD, (str(tmp_path / "full"), shards, backend, 0, None))[0]
-    killed = spawn(_run, WORLD, (str(tmp_path / "cut"), shards, backend, KILL_AT, None))
+    full = run_on_ranks(_run, WORLD, (str(tmp_path / "full"), shards, backend, 0, None))[0]
+    killed = run_on_ranks(_run, WORLD, (str(tmp_path / "cut"), shards, backend, KILL_AT, None))
     assert killed == [None, None]
     latest = resolve_resume(tmp_path / "cut" / "checkpoints", "latest")
     assert latest is not None and latest.name == f"step_{KILL_AT - KILL_AT % EVERY:08d}"
-    resumed = spawn(_run, WORLD, (str(tmp_path / "cut"), shards, backend, 0, "latest"))[0]
+    resumed = run_on_ranks(_run, WORLD, (str(tmp_path / "cut"), shards, backend, 0, "latest"))[0]
     assert resumed["first_step"] == KILL_AT - KILL_AT % EVERY
     expected = torch.tensor(full["losses"][resumed["first_step"] :])
     got = torch.tensor(resumed["losses"])
@@ -82,10 +83,10 @@ def test_killed_run_resumes_exactly(backend: str, shards: str, tmp_path: Path) -
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "fsdp2"])
 def test_resume_on_fewer_ranks(backend: str, shards: str, tmp_path: Path) -> None:
-    spawn(_run, WORLD, (str(tmp_path), shards, backend, 0, None))
+    run_on_ranks(_run, WORLD, (str(tmp_path), shards, backend, 0, None))
     ckpt = resolve_resume(tmp_path / "checkpoints", "latest")
-    saved = spawn(_state, WORLD, (str(tmp_path), shards, backend, str(ckpt)))
-    one = spawn(_state, 1, (str(tmp_path / "k1"), shards, backend, str(ckpt)))[0]
+    saved = run_on_ranks(_state, WORLD, (str(tmp_path), shards, backend, str(ckpt)))
+    one = run_on_ranks(_state, 1, (str(tmp_path / "k1"), shards, backend, str(ckpt)))[0]
     assert one["step"] == saved[0]["step"] == 8
     for name, value in saved[0]["params"].items():
         assert torch.equal(one["params"][name], value), name

@@ -1,20 +1,13 @@
-"""Helpers for trainer tests: launch Trainer on K spawned CPU ranks, fixed synthetic batches, tiny configs."""
+"""Helpers for trainer tests: fixed synthetic batches and tiny configs (spawn ranks with tests.conftest)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from data.config import DataConfig
-from tests.distributed_utils import free_port
 from train.config import (
     BackendConfig,
     CheckpointConfig,
@@ -27,51 +20,6 @@ from train.config import (
 from train.losses import LossConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, args: tuple) -> None:
-    """Set the environment a launcher (torchrun / accelerate launch) would set; the backend joins the group."""
-    os.environ.update({
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size), "OMP_NUM_THREADS": "1",
-        "ACCELERATE_USE_CPU": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
-    })  # fmt: skip
-    torch.set_num_threads(1)
-    result = fn(rank, world_size, *args)
-    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    if dist.is_initialized():  # leave no gloo threads running at interpreter exit
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def spawn(fn: Callable[..., Any], world_size: int, args: tuple = (), timeout: float = 300.0) -> list[Any]:
-    """Per-rank results of `fn(rank, world_size, *args)`.
-
-    A rank's exception is re-raised here with its traceback. A rank that exits with
-    KILLED_EXIT_CODE (a test's deliberate kill) stops the others and every result is None.
-    """
-    with tempfile.TemporaryDirectory() as out_dir:
-        context = mp.start_processes(
-            _worker, args=(fn, world_size, free_port(), out_dir, args), nprocs=world_size, join=False,
-            start_method="spawn",
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        try:
-            while not context.join(timeout=1.0):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{fn.__name__} on {world_size} ranks ran over {timeout:.0f} s")
-        except mp.ProcessExitedException as err:
-            if err.exit_code != KILLED_EXIT_CODE:
-                raise
-            return [None] * world_size
-        finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
-
-
-KILLED_EXIT_CODE = 17  # what a rank "killed" on purpose by a test exits with (os._exit: no cleanup)
 
 
 class FixedBatches:
