@@ -5,7 +5,9 @@ Layout of one checkpoint `step_00001234/`:
   model / optimizer      in the backend's own format (model.pt + optimizer.pt, dcp/, deepspeed/)
   rank{r}.pt             per rank: RNG states, data-stream position
   loss_rank{r}.pt        per rank: the loss's per-sample state shard (re-partitioned on a new K)
-A crash while writing leaves only a `.tmp-*` directory: `latest` still names the previous one.
+A crash while writing leaves only a `.tmp-*` directory: `latest` still names the previous one. A failed
+write (full disk) removes its `.tmp-*` and raises CheckpointWriteError naming the directory and its free
+space; weights with NaN / inf are never published; pruning keeps the newest finite checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from train.rank_sync import all_ranks, distributed, from_main
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +67,37 @@ def resolve_resume(root: Path, resume: str | None) -> Path | None:
     return path
 
 
+def resolve_resume_on_main(root: Path, resume: str | None) -> Path | None:
+    """`resolve_resume` decided by rank 0 and broadcast: ranks that read a shared filesystem at slightly
+    different moments (a save in flight, NFS attribute caching) could otherwise resume different steps."""
+    answer: tuple[str | None, str | None] = (None, None)
+    if not distributed() or torch.distributed.get_rank() == 0:
+        try:
+            path = resolve_resume(root, resume)
+            answer = (None if path is None else str(path), None)
+        except FileNotFoundError as err:
+            answer = (None, str(err))
+    path, error = from_main(answer)
+    if error is not None:
+        raise FileNotFoundError(error)
+    return None if path is None else Path(path)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, quota, I/O error); the previous one is intact."""
+
+
+class NonFiniteCheckpointError(RuntimeError):
+    """The weights hold NaN or inf: publishing them would let `latest` resume a diverged run."""
+
+
 class CheckpointWriter:
-    """Collective save: every rank writes its parts into the temporary directory, rank 0 publishes it."""
+    """Collective save: every rank writes its parts into a temporary directory; rank 0 publishes it.
+
+    Publishing is fsync (every rank, its node's dirty pages) + one rename + the `latest` pointer, so
+    a crash or a full disk at any point leaves `latest` on a complete checkpoint. Ranks agree on
+    every outcome (`train.rank_sync`), so a failure on one rank raises on all of them.
+    """
 
     def __init__(self, root: Path, keep_last: int, rank: int, barrier: Callable[[], None]) -> None:
         self.root = root
@@ -72,33 +105,127 @@ class CheckpointWriter:
         self.rank = rank
         self.barrier = barrier
 
-    def save(self, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
+    def save(
+        self,
+        step: int,
+        write: Callable[[Path], None],
+        meta: dict[str, Any],
+        weights_finite: Callable[[], bool] = lambda: True,
+    ) -> Path:
+        """`weights_finite` is a collective check run before anything is written (the publish hook)."""
+        if not weights_finite():
+            raise NonFiniteCheckpointError(
+                f"refusing to save checkpoint {checkpoint_name(step)}: the weights hold NaN or inf; "
+                f"`latest` still names {self._latest_name()}"
+            )
         final = self.root / checkpoint_name(step)
         tmp = self.root / f".tmp-{checkpoint_name(step)}"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.barrier()
-        write(tmp)
-        self.barrier()
+        error = self._attempt(lambda: (write(tmp), fsync_tree(tmp)))
+        if not all_ranks(error is None):
+            self._fail(step, tmp, error)
         if self.rank == 0:
-            (tmp / META).write_text(json.dumps(meta, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            pointer_tmp = self.root / f".{LATEST}.tmp"
-            pointer_tmp.write_text(final.name)
-            os.replace(pointer_tmp, self.root / LATEST)
+            error = self._attempt(lambda: self._publish(tmp, final, meta | {"weights_finite": True}))
+        if not all_ranks(error is None):
+            self._fail(step, tmp, error)
+        if self.rank == 0:
             self._prune(final)
-        self.barrier()
         return final
 
+    @staticmethod
+    def _attempt(action: Callable[[], object]) -> Exception | None:
+        """Run one phase of the save; its error is returned so that the ranks can agree on it first."""
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - any write error; the ranks agree, then all raise
+            return err
+        return None
+
+    def _publish(self, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+        write_synced(tmp / META, json.dumps(meta, indent=2))
+        fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = self.root / f".{LATEST}.tmp"
+        write_synced(pointer_tmp, final.name)
+        os.replace(pointer_tmp, self.root / LATEST)
+        fsync_dir(self.root)
+
+    def _fail(self, step: int, tmp: Path, error: Exception | None) -> None:
+        """Remove the partial directory (it would fill the disk further) and raise one readable error."""
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if error is None:
+            reason = "another rank failed to write its part (its error names the cause)"
+        elif isinstance(error, OSError) and error.errno is not None:
+            reason = f"{os.strerror(error.errno)}: {error.filename or tmp}"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        raise CheckpointWriteError(
+            f"checkpoint {checkpoint_name(step)} could not be written under {self.root} ({reason}); "
+            f"{describe_free_space(self.root)}. The partial directory was removed and `latest` still names "
+            f"{self._latest_name()}. Free space (or lower checkpoint.keep_last, or move run.output_dir) and "
+            "resume with checkpoint.resume=latest"
+        ) from error
+
+    def _latest_name(self) -> str:
+        pointer = self.root / LATEST
+        return pointer.read_text().strip() if pointer.is_file() else "no checkpoint"
+
     def _prune(self, newest: Path) -> None:
+        """Keep the newest `keep_last`, and never the newest checkpoint with finite weights."""
         done = sorted(p for p in self.root.glob("step_*") if is_complete(p))
+        finite = [p for p in done if read_meta(p).get("weights_finite", True)]
+        protected = {newest, *finite[-1:]}
         for old in done[: max(0, len(done) - self.keep_last)]:
-            if old != newest:
+            if old not in protected:
                 shutil.rmtree(old)
                 logger.info("removed old checkpoint %s (keep_last=%d)", old, self.keep_last)
+
+
+def describe_free_space(path: Path) -> str:
+    """'1.2 GiB free of 100 GiB on /x' for the filesystem holding `path` (or its nearest existing parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    full = " (the disk is full)" if usage.free < max(64 << 20, usage.total // 1000) else ""
+    return f"{_gib(usage.free)} free of {_gib(usage.total)} on {probe}{full}"
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
+def fsync_tree(directory: Path) -> None:
+    """fsync every file and folder below `directory`, so the rename that publishes it publishes data."""
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: Path, text: str) -> None:
+    with path.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,0 +1,47 @@
+"""Host-side agreement between ranks: every rank reaches the same decision, or none does.
+
+Checkpoint writing, resume resolution and the run's stop conditions must not diverge between
+ranks (one rank raising while the others wait in a collective is a hang). These helpers issue
+one small collective each and are no-ops in a single process without a process group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def comm_device() -> torch.device:
+    """NCCL moves only CUDA tensors; gloo moves CPU tensors without a device synchronisation."""
+    if "nccl" in str(dist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_ranks(flag: bool) -> bool:
+    """True when `flag` is true on every rank (a logical AND; doubles as a barrier)."""
+    if not distributed():
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """True when `flag` is true on at least one rank (a logical OR)."""
+    return not all_ranks(not flag)
+
+
+def from_main(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (what rank 0 decided, so ranks on a shared filesystem cannot disagree)."""
+    if not distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=comm_device())
+    return box[0]
