@@ -39,11 +39,14 @@ def load_sample(source, shard: int, i: int, transform, rng, num_samples: int, ne
 
 
 def collate(pixels, captions, keys, tokenizer, counts, labels=None, image_size=0) -> dict:
-    """The worker's half of a batch: uint8 "pixels" (see `finish`), tokens, index, skip counts."""
+    """The worker's half of a batch: uint8 "pixels" (see `finish`), tokens [B, context_length], index, skip counts.
+
+    An empty batch keeps the token width, so code that concatenates batches never sees a ragged shape.
+    """
     shared = get_worker_info() is not None
     batch = {
         "pixels": stack_pixels(pixels, shared) if pixels else torch.zeros(0, image_size, image_size, dtype=torch.uint8),
-        "tokens": tokenizer(captions) if captions else torch.zeros(0, 77, dtype=torch.long),
+        "tokens": tokenizer(captions) if captions else torch.zeros(0, tokenizer.context_length, dtype=torch.long),
         "index": torch.tensor(keys, dtype=torch.int64),
         "skipped": dict(counts),
     }

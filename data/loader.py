@@ -1,8 +1,9 @@
 """Training and evaluation loaders: one batch format for every source.
 
-Batches are `{"images": float32 [B,3,H,W], "tokens": int64 [B,77], "index": int64 [B]}`
-(plus `"label"` from the eval loader when the data is labelled). `index` is the sample's
-stable key, i.e. its row in the per-sample state.
+Batches are `{"images": float32 [B,3,H,W], "tokens": int64 [B,C], "index": int64 [B]}`
+(plus `"label"` from the eval loader when the data is labelled); C is the tokenizer's context
+length (77 for the CLIP configs, the model config's `context_length` in general). `index` is the
+sample's stable key, i.e. its row in the per-sample state.
 
 Each DataLoader item is a whole batch, built by whichever worker gets it from (epoch, batch
 number) alone (see data/plan.py), so the order never depends on the worker count and a
