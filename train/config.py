@@ -9,8 +9,9 @@ from typing import Any
 
 from data.config import DataConfig
 from model import MODEL_CONFIGS, get_model_config
-from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml
+from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
+from train.resume_config import check_allow_changes
 
 BACKENDS = ("ddp", "deepspeed", "fsdp2")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -56,6 +57,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     grad_clip: float = 0.0  # max global grad norm; 0 = off
+    max_nonfinite_steps: int = 5  # stop after this many skipped (NaN / inf loss or grad norm) steps in a row
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -66,6 +68,8 @@ class OptimConfig:
             raise ValueError(f"optim needs 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"optim.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
 
 @dataclass
@@ -96,6 +100,8 @@ class BackendConfig:
     name: str = "ddp"
     precision: str = "fp32"
     ds_config: str = ""  # DeepSpeed JSON (backend deepspeed only)
+    timeout_s: float = 1800.0  # collectives during setup, checkpointing and evaluation
+    step_timeout_s: float = 600.0  # collectives of one training step: a hung rank ends the job after this
 
     def validate(self) -> None:
         if self.name not in BACKENDS:
@@ -106,6 +112,8 @@ class BackendConfig:
             raise ValueError("backend.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
         if self.name != "deepspeed" and self.ds_config:
             raise ValueError(f"backend.ds_config is only used by backend deepspeed, not {self.name!r}; remove it")
+        if not (0 < self.timeout_s < math.inf and 0 < self.step_timeout_s < math.inf):
+            raise ValueError("backend.timeout_s and backend.step_timeout_s must be positive numbers of seconds")
 
 
 @dataclass
@@ -115,6 +123,9 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep_last: int = 3
     resume: str | None = None
+    # Keys (or sections) that may differ from the checkpoint's config on resume although they change what is
+    # trained or how the run is planned (see train.resume_config.REFUSED), e.g. [data.batch_size].
+    allow_changes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.every_steps < 0 or self.keep_last < 1:
@@ -186,6 +197,14 @@ class TrainConfig:
                              "LAMB's trust ratio is computed on); use adamw, or lamb with ddp / fsdp2")
         if self.backend.name == "fsdp2" and self.backend.precision == "fp16":
             raise ValueError("backend fsdp2 supports precision fp32 or bf16 (fp16 needs a sharded grad scaler)")
+        check_allow_changes(self.checkpoint.allow_changes, to_dict(self))
+        if self.backend.name == "deepspeed":  # the JSON is checked here, before any process group exists
+            from train.backends.deepspeed import resolve_ds_config
+
+            resolve_ds_config(
+                self.backend.ds_config, self.data.batch_size, self.optim.grad_clip, self.backend.precision,
+                vision.width,
+            )  # fmt: skip
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
