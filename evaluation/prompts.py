@@ -19,8 +19,10 @@ GENERIC_TEMPLATES: tuple[str, ...] = (
     "a low resolution photo of a {}.",
 )
 
+# The one Fashion-MNIST class list, in label order: tools/make_shards.py writes it into the shards'
+# manifests and captions, so training captions and zero-shot prompts name the classes alike.
 FASHION_MNIST_CLASSNAMES: tuple[str, ...] = (
-    "t-shirt",
+    "t-shirt/top",
     "trouser",
     "pullover",
     "dress",
@@ -41,6 +43,36 @@ FASHION_MNIST_TEMPLATES: tuple[str, ...] = (
 )
 
 
+# Fashion-MNIST mosaics (tools/make_shards.py fashion-mosaic): a 2x2 grid captioned cell by cell, in this
+# order; each cell has two wordings so captions vary a little.
+MOSAIC_POSITIONS: tuple[tuple[str, str], ...] = (
+    ("top left", "upper left"),
+    ("top right", "upper right"),
+    ("bottom left", "lower left"),
+    ("bottom right", "lower right"),
+)
+
+
+def with_article(name: str) -> str:
+    """'a bag', 'an ankle boot'."""
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def mosaic_caption(names: tuple[str, str, str, str] | list[str], wording: tuple[int, int, int, int]) -> str:
+    """Caption of a 2x2 mosaic: the four cells' class names (row-major) with one wording index per cell."""
+    if len(names) != len(MOSAIC_POSITIONS) or len(wording) != len(MOSAIC_POSITIONS):
+        raise ValueError(f"a mosaic has {len(MOSAIC_POSITIONS)} cells, got {len(names)} names, {len(wording)} wordings")
+    return ", ".join(f"{pos[w]} {with_article(n)}" for pos, w, n in zip(MOSAIC_POSITIONS, wording, names, strict=True))
+
+
+def _mosaic_template(wording: int) -> Template:
+    """Zero-shot prompt for one item shown in all four cells of a mosaic (the single-item test set)."""
+    return lambda name: mosaic_caption([name] * len(MOSAIC_POSITIONS), (wording,) * len(MOSAIC_POSITIONS))
+
+
+FASHION_MOSAIC_TEMPLATES: tuple[Template, ...] = (_mosaic_template(0), _mosaic_template(1))
+
+
 def _imagenet_classnames() -> tuple[str, ...]:
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
@@ -56,11 +88,13 @@ def _imagenet_templates() -> tuple[Template, ...]:
 _CLASSNAMES: dict[str, Callable[[], tuple[str, ...]]] = {
     "imagenet": _imagenet_classnames,
     "fashion-mnist": lambda: FASHION_MNIST_CLASSNAMES,
+    "fashion-mosaic": lambda: FASHION_MNIST_CLASSNAMES,
 }
 
 _TEMPLATES: dict[str, Callable[[], tuple[Template, ...]]] = {
     "imagenet": _imagenet_templates,
     "fashion-mnist": lambda: FASHION_MNIST_TEMPLATES,
+    "fashion-mosaic": lambda: FASHION_MOSAIC_TEMPLATES,
     "generic": lambda: GENERIC_TEMPLATES,
 }
 
@@ -73,12 +107,12 @@ def _lookup(registry: dict[str, Callable[[], tuple]], name: str, what: str) -> t
 
 
 def get_classnames(name: str) -> tuple[str, ...]:
-    """Class names of a known dataset (`imagenet`, `fashion-mnist`), in label order."""
+    """Class names of a known dataset (`imagenet`, `fashion-mnist`, `fashion-mosaic`), in label order."""
     return _lookup(_CLASSNAMES, name, "class names")
 
 
 def get_templates(name: str) -> tuple[Template, ...]:
-    """Prompt templates of a known dataset (`imagenet`, `fashion-mnist`) or the `generic` set."""
+    """Prompt templates of a known dataset (`imagenet`, `fashion-mnist`, `fashion-mosaic`) or the `generic` set."""
     return _lookup(_TEMPLATES, name, "templates")
 
 

@@ -2,6 +2,7 @@
 """Build webdataset shards (img2dataset layout) + manifest.json, or a manifest for existing shards.
 
   python tools/make_shards.py fashion-mnist --out DIR        # DIR/train and DIR/test (labelled)
+  python tools/make_shards.py fashion-mosaic --out DIR       # 2x2 mosaics: train/, test/ (+ test.csv), zeroshot/
   python tools/make_shards.py folder --src IMAGES --out DIR  # image files with same-stem .txt captions
   python tools/make_shards.py csv --src FILE.csv --out DIR   # image path + caption columns
   python tools/make_shards.py manifest --shards DIR          # index + manifest for e.g. img2dataset output
@@ -13,6 +14,7 @@ the source (Fashion-MNIST / csv) or the position in the sorted file list (folder
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import io
 import os
@@ -31,11 +33,12 @@ from data.config import DataConfig  # noqa: E402
 from data.manifest import build_manifest, expand_pattern  # noqa: E402
 from data.shards import IMAGE_EXTS, ShardWriter  # noqa: E402
 from data.sources import CsvSource, SkipSample  # noqa: E402
+from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES  # noqa: E402
+from tools.mosaic import distinct_mosaics, random_mosaics, tiled_items  # noqa: E402
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_CLASSES = [
-    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
-]  # fmt: skip
+FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}  # fmt: skip
 CAPTION_TEMPLATES = [
     "a photo of {article} {name}.",
     "a black and white picture of {article} {name}.",
@@ -83,19 +86,22 @@ def _finish(out: str, paths: list[str], extra: dict | None, skipped: Counter, wo
     return manifest
 
 
+def _read_fashion(src: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, 28, 28] and labels [N] of one Fashion-MNIST split."""
+    img_file, lab_file = (os.path.join(src, f) for f in FASHION_FILES[split])
+    if not os.path.exists(img_file):
+        raise SystemExit(f"{img_file} not found: install Debian's dataset-fashion-mnist (make fashion-mnist)")
+    return _read_idx(img_file), _read_idx(lab_file)
+
+
 def fashion_mnist(args) -> None:
     prompts = {name: [caption(t, name) for t in CAPTION_TEMPLATES] for name in FASHION_CLASSES}
-    extra = {"classes": FASHION_CLASSES, "templates": CAPTION_TEMPLATES, "class_prompts": prompts,
+    extra = {"classes": list(FASHION_CLASSES), "templates": CAPTION_TEMPLATES, "class_prompts": prompts,
              "description": "Fashion-MNIST (28x28 grey PNG); json carries the class label"}  # fmt: skip
-    files = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}  # fmt: skip
     for split in args.splits.split(","):
-        if split not in files:
-            raise SystemExit(f"unknown split {split!r}; choose from {list(files)}")
-        img_file, lab_file = (os.path.join(args.src, f) for f in files[split])
-        if not os.path.exists(img_file):
-            raise SystemExit(f"{img_file} not found: install Debian's dataset-fashion-mnist (make fashion-mnist)")
-        images, labels = _read_idx(img_file), _read_idx(lab_file)
+        if split not in FASHION_FILES:
+            raise SystemExit(f"unknown split {split!r}; choose from {list(FASHION_FILES)}")
+        images, labels = _read_fashion(args.src, split)
         n = len(images) if args.limit is None else min(args.limit, len(images))
         rng = random.Random(f"{args.seed}/{split}")
         out = os.path.join(args.out, split)
@@ -105,6 +111,51 @@ def fashion_mnist(args) -> None:
                 w.write(key, _png(images[key]), "png", caption(rng.choice(CAPTION_TEMPLATES), name),
                         label=int(labels[key]))  # fmt: skip
         _finish(out, w.paths, extra, Counter())
+
+
+def fashion_mosaic(args) -> None:
+    """2x2 mosaics (56 px grey) with positional captions; see tools/mosaic.py for the splits."""
+    train_images, train_labels = _read_fashion(args.src, "train")
+    test_images, test_labels = _read_fashion(args.src, "test")
+    base = {"classes": list(FASHION_CLASSES), "seed": args.seed}
+    splits = {
+        "train": random_mosaics(train_images, train_labels, args.train_size, f"{args.seed}/train"),
+        "test": distinct_mosaics(test_images, test_labels, args.test_size, f"{args.seed}/test"),
+    }
+    test_rows: list[tuple[int, bytes, str]] = []
+    for split, mosaics in splits.items():
+        out = os.path.join(args.out, split)
+        extra = base | {"description": f"Fashion-MNIST 2x2 mosaics ({split} images), json carries cell labels"}
+        with ShardWriter(out, args.shard_size) as w:
+            for key, m in enumerate(tqdm(mosaics, desc=f"mosaic {split}", unit="img")):
+                data = _png(m.pixels)
+                w.write(key, data, "png", m.caption, cells=list(m.labels))
+                if split == "test":
+                    test_rows.append((key, data, m.caption))
+        _finish(out, w.paths, extra, Counter())
+    _write_csv(test_rows, os.path.join(args.out, "test.csv"))
+    out = os.path.join(args.out, "zeroshot")
+    extra = base | {"description": "single Fashion-MNIST test items shown in all four cells; json carries the class"}
+    with ShardWriter(out, args.shard_size) as w:
+        items = tiled_items(test_images, test_labels, args.zeroshot_size)
+        for key, (pixels, label, text) in enumerate(tqdm(items, desc="mosaic zeroshot", unit="img")):
+            w.write(key, _png(pixels), "png", text, label=label)
+    _finish(out, w.paths, extra, Counter())
+
+
+def _write_csv(rows: list[tuple[int, bytes, str]], csv_path: str) -> None:
+    """A caption set as csv (filepath, title) of PNG files next to it: the same pairs for csv readers."""
+    image_dir = os.path.splitext(csv_path)[0] + "_images"
+    os.makedirs(image_dir, exist_ok=True)
+    lines = [("filepath", "title")]
+    for key, data, text in rows:
+        name = os.path.join(os.path.basename(image_dir), f"{key:09d}.png")
+        with open(os.path.join(os.path.dirname(csv_path), name), "wb") as f:
+            f.write(data)
+        lines.append((name, text))
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(lines)
+    print(f"{csv_path}: {len(rows)} image-caption rows")
 
 
 def folder(args) -> None:
@@ -173,6 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     fm.add_argument("--splits", default="train,test")
     fm.add_argument("--limit", type=int, default=None, help="first N images per split (for quick tests)")
     fm.add_argument("--seed", type=int, default=0, help="seed of the caption template choice")
+    mo = sub.add_parser("fashion-mosaic", help="Fashion-MNIST 2x2 mosaics with positional captions")
+    mo.add_argument("--src", default=FASHION_MNIST_DIR)
+    mo.add_argument("--train-size", type=int, default=20_000, help="training mosaics (from the train images)")
+    mo.add_argument("--test-size", type=int, default=1000, help="retrieval mosaics with distinct captions")
+    mo.add_argument("--zeroshot-size", type=int, default=10_000, help="single test items for zero-shot")
+    mo.add_argument("--seed", type=int, default=0, help="seed of the item, tuple and wording choices")
     fo = sub.add_parser("folder", help="image folder with same-stem .txt captions")
     fo.add_argument("--src", required=True)
     fo.add_argument("--labels-from-dirs", action="store_true", help="label = index of the sorted sub-folder name")
@@ -182,14 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     cs.add_argument("--caption-key", default="title")
     cs.add_argument("--sep", default="", help="column separator; default tab for .tsv, comma otherwise")
     cs.add_argument("--image-root", default="", help="relative image paths resolve here (default: the csv's folder)")
-    for q in (fm, fo, cs):
+    for q in (fm, mo, fo, cs):
         q.add_argument("--out", required=True)
         q.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     ma = sub.add_parser("manifest", help="index existing shards (e.g. img2dataset output) and write manifest.json")
     ma.add_argument("--shards", required=True, help="directory of .tar shards, or a brace pattern / glob")
     ma.add_argument("--workers", type=int, default=1)
     args = p.parse_args(argv)
-    {"fashion-mnist": fashion_mnist, "folder": folder, "csv": from_csv, "manifest": manifest}[args.cmd](args)
+    commands = {"fashion-mnist": fashion_mnist, "fashion-mosaic": fashion_mosaic, "folder": folder, "csv": from_csv,
+                "manifest": manifest}  # fmt: skip
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

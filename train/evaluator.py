@@ -16,6 +16,13 @@ from train.config import EvalConfig
 
 logger = logging.getLogger("fastflip")
 
+CSV_SUFFIXES = (".csv", ".tsv")
+
+
+def eval_source(path: str) -> str:
+    """The data source of an eval set: a .csv / .tsv file is a caption csv, anything else webdataset shards."""
+    return "csv" if path.lower().endswith(CSV_SUFFIXES) else "webdataset"
+
 
 class Evaluator:
     """Opens its eval sets at construction (a wrong path fails before training) and shards them over ranks.
@@ -51,8 +58,8 @@ class Evaluator:
             raise FileNotFoundError(f"{key}: {path} does not exist (labelled shards or a caption csv)")
         need_caption = key == "eval.retrieval"
         loader = build_eval_loader(
-            path, image_size, self.cfg.batch_size, tokenizer=self.tokenizer, label_key=label_key,
-            need_caption=need_caption,
+            path, image_size, self.cfg.batch_size, source=eval_source(path), tokenizer=self.tokenizer,
+            label_key=label_key, need_caption=need_caption,
         )  # fmt: skip
         return loader.shard(rank, world)
 
