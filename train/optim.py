@@ -43,7 +43,14 @@ def param_groups(
 
 
 class Lamb(torch.optim.Optimizer):
-    """LAMB (You et al. 2019): Adam direction with decoupled weight decay, scaled per tensor by a trust ratio."""
+    """LAMB (You et al. 2019): Adam direction plus L2 weight decay, scaled per tensor by a trust ratio.
+
+    As in NVIDIA's NVLAMB and timm's `Lamb` (tested equal to `timm.optim.Lamb(max_grad_norm=None)`), the
+    trust ratio only rescales groups with weight decay: gains, biases and the temperature (`no_decay`, `tau`)
+    take plain Adam steps, so the lr and lr_tau schedules mean what they say. Written with per-tensor ops
+    only, so one code path serves plain tensors and FSDP2's sharded DTensors (whose norms are global).
+    The trainer clips gradients itself; there is no global-norm clipping here.
+    """
 
     def __init__(
         self,
@@ -77,9 +84,10 @@ class Lamb(torch.optim.Optimizer):
                 update = m_hat / (v_hat.sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_(update * trust * -group["lr"])
+                    w_norm, u_norm = p.norm(), update.norm()
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                    update.mul_(trust)
+                p.add_(update, alpha=-group["lr"])
         return loss
 
 
