@@ -23,7 +23,16 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def unit_float(features: torch.Tensor) -> torch.Tensor:
-    """Normalise in float32: under bf16 autocast the towers' own normalisation is only ~3 digits exact."""
+    """Normalise in float32: under bf16 autocast the towers' own normalisation is only ~3 digits exact.
+
+    Non-finite features (a diverged checkpoint) are an error: they would otherwise score a plausible-looking 0%.
+    """
+    if not bool(torch.isfinite(features).all()):
+        bad = int((~torch.isfinite(features)).any(dim=-1).sum())
+        raise ValueError(
+            f"the model produced NaN / inf features for {bad} of {features.shape[0]} inputs: its weights have "
+            "diverged; evaluate an earlier checkpoint"
+        )
     return F.normalize(features.float(), dim=-1)
 
 

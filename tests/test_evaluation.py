@@ -90,15 +90,15 @@ def test_zeroshot_top5_boundary() -> None:
     assert result == {"top1": 2 / 8, "top5": 5 / 8, "n": 8}
 
 
-def test_zeroshot_collapsed_or_nan_features_score_zero() -> None:
+def test_zeroshot_collapsed_features_score_zero_and_nan_features_are_refused() -> None:
     classifier = F.normalize(torch.ones(8, 6), dim=0)  # every class the same vector: all scores tie
     labels = torch.arange(6)
     constant = zeroshot_accuracy(LookupModel(), classifier, batched(6, images=torch.ones(6, 8), label=labels), "cpu")
-    nan = zeroshot_accuracy(
-        LookupModel(), classifier, batched(6, images=torch.full((6, 8), torch.nan), label=labels), "cpu"
-    )
-    assert constant["top1"] == nan["top1"] == 0.0
-    assert constant["top5"] == nan["top5"] == 0.0
+    assert constant["top1"] == constant["top5"] == 0.0
+    images = torch.ones(6, 8)
+    images[2, 0] = torch.nan  # one diverged row is enough: a diverged checkpoint must not report a score
+    with pytest.raises(ValueError, match="NaN / inf features for 1 of 6 inputs"):
+        zeroshot_accuracy(LookupModel(), classifier, batched(6, images=images, label=labels), "cpu")
 
 
 def test_zeroshot_index_drops_duplicates_and_rejects_bad_labels() -> None:

@@ -1,43 +1,111 @@
-"""Command line of every recipe: `--config FILE.yaml [key.path=value ...] [--dry-run]`."""
+"""Command line of every recipe: `[--config FILE.yaml] [key.path=value ...] [--dry-run]`.
+
+A named entry point (recipes/fastclip_vitl.py, ...) runs its model's flagship recipe when --config is left out.
+
+Exit codes (what a cluster script can act on):
+  0   finished
+  1   an unexpected error (its traceback is printed and recorded for the launcher)
+  2   config error: the YAML, an override, or a resume whose checkpoint config differs (nothing ran)
+  3   diverged: too many non-finite steps in a row, or non-finite weights at a checkpoint
+  4   a checkpoint could not be written (full disk, quota): the previous one is intact
+  5   a rank stopped answering: a collective timed out (backend.timeout_s / backend.step_timeout_s)
+  75  preempted (SIGTERM / SIGUSR1): the current step was saved; requeue with checkpoint.resume=latest
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
+
+from train.checkpoint import CheckpointWriteError, NonFiniteCheckpointError
 from train.config import load_config
 from train.config_io import ConfigError
+from train.nonfinite import TrainingDiverged
+from train.preemption import die_with_parent
+from train.timeouts import CollectiveTimeout
 
 logger = logging.getLogger("fastflip")
 
+EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_HUNG, EXIT_PREEMPTED = 1, 2, 3, 4, 5, 75
+# Known failures: exit code, label, and whether every rank raises the same error (then rank 0 alone reports).
+KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
+    (ConfigError, EXIT_CONFIG, "config error", True),
+    (FileNotFoundError, EXIT_CONFIG, "missing file", False),
+    (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
+    (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
+    (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),
+    (CollectiveTimeout, EXIT_HUNG, "hung rank", False),
+)
 
-def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+
+FASTCLIP_LOSSES = ("fastclip", "sogclr", "isogclr")  # what the fastclip_*.py entry points train
+
+
+def parse_args(argv: list[str] | None, description: str, default_config: Path | None = None) -> argparse.Namespace:
+    """`default_config`: the recipe run when --config is left out (said on stderr); None makes --config required."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="recipe YAML (recipes/configs/*.yaml)")
+    parser.add_argument(
+        "--config", required=default_config is None, default=None,
+        help="recipe YAML (recipes/configs/*.yaml)" + (f"; default: {default_config}" if default_config else ""),
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="resolve the recipe and print its plan; no data")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=5e-4")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = str(default_config)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"no --config given: running {_shown(default_config)}", file=sys.stderr, flush=True)
+    return args
 
 
-def main(argv: list[str] | None = None, description: str = "Train a CLIP recipe.", model_family: str = "") -> int:
+def _shown(path: Path) -> str:
+    """The path as a user in the repository would type it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@record
+def main(
+    argv: list[str] | None = None, description: str = "Train a CLIP recipe.", model_family: str = "",
+    flagship: Path | None = None,
+) -> int:  # fmt: skip
     """Load and validate the config (errors name the file and key), then dry-run or train.
 
-    `model_family` (e.g. "ViT-L-14") is what a named recipe script trains; another model is an error.
+    `model_family` (e.g. "ViT-L-14") is what a named FastCLIP recipe script trains; another model or a loss
+    outside FASTCLIP_LOSSES is an error. `flagship` is the recipe it runs when --config is left out.
+    Known failures end with one readable message and an exit code from the table above.
     """
-    args = parse_args(argv, description)
+    if "LOCAL_RANK" in os.environ:  # started by a launcher: do not outlive it
+        die_with_parent()
+    args = parse_args(argv, description, flagship)
     try:
-        cfg = load_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+        return _main(args, model_family)
+    except Exception as err:
+        for kind, code, label, agreed in KNOWN_ERRORS:
+            if isinstance(err, kind):
+                return _report(err, code, label, agreed)
+        raise
+
+
+def _main(args: argparse.Namespace, model_family: str) -> int:
+    cfg = load_config(args.config, args.overrides)
     if model_family and cfg.model.name != model_family:
-        print(
-            f"config error: {args.config}: model.name is {cfg.model.name!r} but this script trains {model_family}; "
-            "use the matching recipes/fastclip_*.py or recipes/run_recipe.py",
-            file=sys.stderr,
+        raise ConfigError(
+            f"{args.config}: model.name is {cfg.model.name!r} but this script trains {model_family}; "
+            "use the matching recipes/fastclip_*.py or recipes/run_recipe.py"
         )
-        return 2
+    if model_family and cfg.loss.name not in FASTCLIP_LOSSES:
+        raise ConfigError(
+            f"{args.config}: loss.name is {cfg.loss.name!r} but this script trains FastCLIP "
+            f"({', '.join(FASTCLIP_LOSSES)}); launch other losses (the openclip_* twins) with recipes/run_recipe.py"
+        )
     if args.dry_run:
         from train.dry_run import dry_run
 
@@ -46,5 +114,18 @@ def main(argv: list[str] | None = None, description: str = "Train a CLIP recipe.
     from train.trainer import run
 
     result = run(cfg)
+    if result.get("preempted"):
+        logger.info("preempted at step %d: checkpoint saved; resume with checkpoint.resume=latest", result["steps"])
+        return EXIT_PREEMPTED
     logger.info("done: %d steps, %.0f s of training", result["steps"], result["train_seconds"])
     return 0
+
+
+def _report(err: Exception, code: int, label: str, agreed: bool) -> int:
+    """One line per failure (not a traceback per rank); the launcher's summary shows it from the error file."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 or not agreed:
+        prefix = "" if rank == 0 else f"[rank {rank}] "
+        print(f"{prefix}{label}: {err}", file=sys.stderr, flush=True)
+    ErrorHandler().record_exception(err)
+    return code
