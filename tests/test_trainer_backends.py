@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -14,33 +16,48 @@ GLOBAL_BATCH, STEPS = 8, 5
 LOSS_RTOL, PARAM_ATOL = 1e-5, 2e-5
 
 
-def _train(rank: int, world_size: int, out_dir: str, backend: str) -> dict:
+def _train(rank: int, world_size: int, out_dir: str, backend: str, optim: str) -> dict:
     from train.trainer import Trainer
 
     cfg = tiny_config(f"{out_dir}/{backend}-{world_size}", backend, batch_size=GLOBAL_BATCH // world_size)
+    cfg.optim.name = optim
     trainer = Trainer(cfg, FixedBatches(GLOBAL_BATCH, rank, world_size, STEPS))
     result = trainer.fit()
     return {"losses": result["losses"], "params": trainer.backend.full_state_dict()}
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_on_ranks(_train, 1, (str(tmp_path_factory.mktemp("ref")), "ddp"))[0]
+def single_process(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict]:
+    """The 1-process run per optimizer, computed once for the module."""
+    runs: dict[str, dict] = {}
+
+    def run(optim: str) -> dict:
+        if optim not in runs:
+            runs[optim] = run_on_ranks(_train, 1, (str(tmp_path_factory.mktemp("ref")), "ddp", optim))[0]
+        return runs[optim]
+
+    return run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["ddp", "fsdp2", "deepspeed:zero1", "deepspeed:zero2", "deepspeed:zero3"])
-def test_two_ranks_match_one_process(backend: str, single_process: dict, tmp_path) -> None:
-    ranks = run_on_ranks(_train, 2, (str(tmp_path), backend))
+@pytest.mark.parametrize(
+    "backend,optim",
+    [("ddp", "adamw"), ("fsdp2", "adamw"), ("deepspeed:zero1", "adamw"), ("deepspeed:zero2", "adamw"),
+     ("deepspeed:zero3", "adamw"), ("fsdp2", "lamb")],
+)  # fmt: skip
+def test_two_ranks_match_one_process(backend: str, optim: str, single_process: Callable, tmp_path) -> None:
+    """fsdp2 + LAMB: the trust ratio's norms of sharded parameters must be global, not per shard."""
+    reference = single_process(optim)
+    ranks = run_on_ranks(_train, 2, (str(tmp_path), backend, optim))
     for result in ranks:
         torch.testing.assert_close(
-            torch.tensor(result["losses"]), torch.tensor(single_process["losses"]), rtol=LOSS_RTOL, atol=0
+            torch.tensor(result["losses"]), torch.tensor(reference["losses"]), rtol=LOSS_RTOL, atol=0
         )
-        assert result["params"].keys() == single_process["params"].keys()
+        assert result["params"].keys() == reference["params"].keys()
         for name, value in result["params"].items():
-            torch.testing.assert_close(value, single_process["params"][name], rtol=0, atol=PARAM_ATOL, msg=name)
-    assert len(single_process["losses"]) == STEPS
-    assert single_process["losses"][0] != single_process["losses"][-1]  # it trained
+            torch.testing.assert_close(value, reference["params"][name], rtol=0, atol=PARAM_ATOL, msg=name)
+    assert len(reference["losses"]) == STEPS
+    assert reference["losses"][0] != reference["losses"][-1]  # it trained
 
 
 def _train_variant(
