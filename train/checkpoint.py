@@ -7,7 +7,7 @@ Layout of one checkpoint `step_00001234/`:
   loss_rank{r}.pt        per rank: the loss's per-sample state shard (re-partitioned on a new K)
 A crash while writing leaves only a `.tmp-*` directory: `latest` still names the previous one. A failed
 write (full disk) removes its `.tmp-*` and raises CheckpointWriteError naming the directory and its free
-space; weights with NaN / inf are never published; pruning keeps the newest finite checkpoint.
+space; weights with NaN / inf are never published, so pruning cannot leave only diverged checkpoints.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class CheckpointWriter:
         if not all_ranks(error is None):
             self._fail(step, tmp, error)
         if self.rank == 0:
-            error = self._attempt(lambda: self._publish(tmp, final, meta | {"weights_finite": True}))
+            error = self._attempt(lambda: self._publish(tmp, final, meta))
         if not all_ranks(error is None):
             self._fail(step, tmp, error)
         if self.rank == 0:
@@ -177,12 +177,10 @@ class CheckpointWriter:
         return pointer.read_text().strip() if pointer.is_file() else "no checkpoint"
 
     def _prune(self, newest: Path) -> None:
-        """Keep the newest `keep_last`, and never the newest checkpoint with finite weights."""
+        """Keep the newest `keep_last`. Only finite weights are published, so the newest finite one stays."""
         done = sorted(p for p in self.root.glob("step_*") if is_complete(p))
-        finite = [p for p in done if read_meta(p).get("weights_finite", True)]
-        protected = {newest, *finite[-1:]}
         for old in done[: max(0, len(done) - self.keep_last)]:
-            if old not in protected:
+            if old != newest:
                 shutil.rmtree(old)
                 logger.info("removed old checkpoint %s (keep_last=%d)", old, self.keep_last)
 
