@@ -15,7 +15,8 @@ from train.config_io import ConfigError
 # Dotted keys (a key refuses all keys below it). `dataset` holds facts measured from the data
 # (the index-space size), so editing shards in place under the same path is caught too.
 REFUSED = (
-    "model",
+    "model.name",
+    "model.overrides",
     "loss.name",
     "loss.version",
     "data.source",
