@@ -1,11 +1,17 @@
-"""Train a ViT-B-16 recipe.
+"""Train a ViT-B-16 FastCLIP recipe; without --config, this model's flagship recipe.
 
-    accelerate launch recipes/fastclip_vitb16.py --config recipes/configs/<recipe>.yaml [key=value ...]
+    accelerate launch recipes/fastclip_vitb16.py [--config recipes/configs/<recipe>.yaml] [key=value ...]
+
+The flagship, recipes/configs/fastclip_laion315m_vitb16_4node.yaml: FastCLIP-v3 on LAION-315M,
+global batch 5120 as in the paper, ddp, 4 nodes x 4 GPUs. OpenCLIP-loss recipes run with recipes/run_recipe.py.
 """
 
 import sys
+from pathlib import Path
 
 from train.cli import main
 
+FLAGSHIP = Path(__file__).resolve().parent / "configs" / "fastclip_laion315m_vitb16_4node.yaml"
+
 if __name__ == "__main__":
-    sys.exit(main(description=__doc__, model_family="ViT-B-16"))
+    sys.exit(main(description=__doc__, model_family="ViT-B-16", flagship=FLAGSHIP))

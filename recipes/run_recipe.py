@@ -1,4 +1,7 @@
-"""Train any recipe: `accelerate launch recipes/run_recipe.py --config recipes/configs/X.yaml [key=value ...]`."""
+"""Train any recipe, whatever its model or loss (the openclip_* baselines too).
+
+    accelerate launch recipes/run_recipe.py --config recipes/configs/<recipe>.yaml [key=value ...]
+"""
 
 import sys
 
