@@ -1,8 +1,7 @@
-"""Typed configuration of the training data stream (one YAML section maps onto DataConfig)."""
+"""Typed configuration of the training data stream (the `data:` YAML section, parsed by train.config_io)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 SOURCES = ("webdataset", "csv", "hf")
@@ -81,15 +80,6 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be a string, got {getattr(self, name)!r}")
         if len(self.csv_separator) > 1:
             raise ValueError(f"data.csv_separator must be one character or empty, got {self.csv_separator!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "data config") -> DataConfig:
-        """Build from a YAML mapping; unknown keys are an error that names them and `where`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown data key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def _int(cfg: DataConfig, name: str, minimum: int) -> None:

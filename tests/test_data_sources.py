@@ -17,6 +17,7 @@ from data.shards import ShardWriter
 from data.tokenizer import get_tokenizer
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from tests.data_fixtures import caption_of, decode_colors, key_color, png, write_shards
+from train.config_io import ConfigError, from_dict
 
 MEAN, STD = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float64), torch.tensor(OPENAI_CLIP_STD, dtype=torch.float64)
 
@@ -218,8 +219,9 @@ def test_config_validation(kw, match):
         DataConfig(**{"path": "x", **kw})
 
 
-def test_config_from_dict():
-    cfg = DataConfig.from_dict({"path": "shards/", "batch_size": 8, "train_crop_scale": [0.9, 1.0]})
+def test_config_from_yaml_mapping():
+    """The data section goes through the one config parser: lists become tuples, typos name key and file."""
+    cfg = from_dict(DataConfig, {"path": "shards/", "batch_size": 8, "train_crop_scale": [0.9, 1.0]}, "r.yaml", "data.")
     assert cfg.batch_size == 8 and cfg.train_crop_scale == (0.9, 1.0)
-    with pytest.raises(ValueError, match=r"recipe.yaml: unknown data key\(s\) \['batchsize'\]"):
-        DataConfig.from_dict({"path": "x", "batchsize": 8}, where="recipe.yaml")
+    with pytest.raises(ConfigError, match=r"recipe.yaml: unknown key 'data.batchsize'"):
+        from_dict(DataConfig, {"path": "x", "batchsize": 8}, "recipe.yaml", "data.")

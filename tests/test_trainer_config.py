@@ -16,6 +16,7 @@ from train.schedules import build_phase_plan
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
+DATA = {"data": {"path": "shards/"}}  # the one required section
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:
@@ -35,6 +36,13 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_missing_data_section_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: missing required key\(s\) data$"):
+        load_config(_write(tmp_path, {"optim": {"lr": 1e-3}}))
+    with pytest.raises(ConfigError, match="data.path must be a non-empty string"):
+        load_config(_write(tmp_path, {"data": {"batch_size": 8}}))
+
+
 def test_wrong_type_names_key(tmp_path: Path) -> None:
     path = _write(tmp_path, {"data": {"path": "x", "batch_size": "sixty-four"}})
     with pytest.raises(ConfigError, match=r"'data\.batch_size' must be int"):
@@ -45,15 +53,15 @@ def test_wrong_type_names_key(tmp_path: Path) -> None:
 
 def test_invalid_value_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="backend.name must be one of"):
-        load_config(_write(tmp_path, {"backend": {"name": "horovod"}}))
+        load_config(_write(tmp_path, {**DATA, "backend": {"name": "horovod"}}))
     with pytest.raises(ConfigError, match="ds_config is only used by backend deepspeed"):
-        load_config(_write(tmp_path, {"backend": {"name": "ddp", "ds_config": "ds_configs/zero2.json"}}))
+        load_config(_write(tmp_path, {**DATA, "backend": {"name": "ddp", "ds_config": "ds_configs/zero2.json"}}))
     with pytest.raises(ConfigError, match="data.image_size 224 differs from model demo's image size 28"):
         load_config(DEMO, ["data.image_size=224"])
     with pytest.raises(ConfigError, match="model.overrides: .*vision_depth"):
         load_config(DEMO, ["model.overrides.vision_depth=3"])
     with pytest.raises(ConfigError, match="LossConfig.version"):
-        load_config(_write(tmp_path, {"loss": {"version": "v9"}}))
+        load_config(_write(tmp_path, {**DATA, "loss": {"version": "v9"}}))
 
 
 def test_missing_shards_fail_before_training(tmp_path: Path) -> None:

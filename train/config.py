@@ -168,7 +168,7 @@ class TrainConfig:
 
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=lambda: DataConfig(path="unset"))
+    data: DataConfig = field(kw_only=True)  # required: no run without a data.path
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     flip: FlipConfig = field(default_factory=FlipConfig)

@@ -30,10 +30,17 @@ def from_dict(cls: type[T], raw: dict[str, Any], source: str, prefix: str = "") 
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown key {dotted!r}; known keys at this level: {known}")
         kwargs[key] = _coerce(hints[key], value, source, dotted)
+    missing = [f"{prefix}{name}" for name, f in fields.items() if name not in raw and _required(f)]
+    if missing:
+        raise ConfigError(f"{source}: missing required key(s) {', '.join(missing)}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: invalid {prefix.rstrip('.') or 'config'}: {err}") from err
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
