@@ -1,0 +1,112 @@
+"""Launch real training jobs the way a cluster does (`accelerate launch`, 2 CPU ranks) and poke them.
+
+Each job is a tiny-model recipe YAML on real shards; tests send signals to the launcher or a worker,
+stop a rank, or launch two "nodes" on localhost, then read exit codes, stderr and the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO, free_port
+
+ACCELERATE = str(REPO / ".venv" / "bin" / "accelerate")
+CPU_CONFIG = str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml")
+
+
+def write_recipe(directory: Path, shards: str, **sections: dict) -> Path:
+    """A tiny ddp recipe (5 steps per epoch on 2 ranks x 4) with `sections` merged in; returns its path."""
+    raw = {
+        "run": {"name": "cluster", "output_dir": str(directory / "run"), "seed": 0},
+        "model": {"name": "tiny"},
+        "data": {"path": shards, "batch_size": 4, "workers": 0, "image_size": 32, "shuffle_window": 16},
+        "loss": {"name": "fastclip", "version": "v3", "lr_tau": 1e-3, "rho": 6.5},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "grad_clip": 1.0},
+        "backend": {"name": "ddp"},
+        "checkpoint": {"every_steps": 2, "keep_last": 3},
+        "logging": {"every_steps": 1, "tensorboard": False},
+        "epochs": 2,
+    }
+    for key, values in sections.items():
+        raw[key] = raw.get(key, {}) | values if isinstance(values, dict) else values
+    path = directory / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    return os.environ | {
+        "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO),
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5", "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
+    } | extra  # fmt: skip
+
+
+def launch_args(port: int, *extra: str) -> list[str]:
+    return [ACCELERATE, "launch", "--config_file", CPU_CONFIG, "--main_process_port", str(port), *extra]
+
+
+def start(recipe: Path, *overrides: str, launcher: tuple[str, ...] = (), env: dict | None = None) -> subprocess.Popen:
+    """`accelerate launch ... recipes/run_recipe.py --config recipe overrides` in its own process group."""
+    cmd = [*launch_args(free_port(), *launcher), str(REPO / "recipes" / "run_recipe.py"), "--config", str(recipe)]
+    return subprocess.Popen(
+        [*cmd, *overrides], cwd=REPO, env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(job: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    """Exit code and output; a job still running after `timeout` s is killed (with its workers) and fails."""
+    try:
+        out, _ = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        out, _ = job.communicate()
+        raise AssertionError(f"job ran over {timeout:.0f} s:\n{out[-4000:]}") from None
+    return job.returncode, out
+
+
+def run(recipe: Path, *overrides: str, timeout: float = 240) -> tuple[int, str]:
+    return finish(start(recipe, *overrides), timeout)
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    """Training steps in metrics.jsonl, in file order (evaluation lines left out)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row["step"] for row in rows if "train/loss" in row]
+
+
+def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(s >= step for s in logged_steps(run_dir)):
+        if job.poll() is not None:
+            raise AssertionError(f"job ended (exit {job.returncode}) before step {step}:\n{job.stdout.read()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"step {step} not reached in {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def workers(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the launcher's worker processes (read from their environment)."""
+    found = {}
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((child / "stat").read_text().rsplit(")", 1)[1].split()[1]) != launcher_pid:
+                continue
+            environ = dict(
+                item.split("=", 1) for item in (child / "environ").read_text().split("\0") if "=" in item
+            )
+        except (OSError, ValueError, IndexError):
+            continue
+        if "RANK" in environ:
+            found[int(environ["RANK"])] = int(child.name)
+    return found

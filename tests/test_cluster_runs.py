@@ -1,0 +1,159 @@
+"""Whole jobs under `accelerate launch` (2 CPU ranks): preemption, crashes, divergence, hung ranks, two nodes.
+
+Each test plays one probe of a cluster's day: a signal before the time limit, SIGKILL, NaN from a far
+too large lr, a stopped rank, a multi-node launch, and checks what the job leaves behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cluster_utils import (
+    finish,
+    job_env,
+    logged_steps,
+    run,
+    start,
+    wait_for_step,
+    workers,
+    write_recipe,
+)
+from tests.conftest import REPO, free_port
+from tests.data_fixtures import write_shards
+from train.checkpoint import resolve_resume
+from train.cli import EXIT_PREEMPTED
+from train.consolidate import consolidated_state_dict
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = tmp_path_factory.mktemp("shards")
+    write_shards(str(directory), [14, 9, 17])  # 40 pairs: 5 steps per epoch at 2 ranks x 4
+    return str(directory)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_saves_the_current_step_and_exits_preempted(shards: str, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, shards, epochs=40, checkpoint={"every_steps": 0})
+    job = start(recipe)
+    wait_for_step(tmp_path / "run", 3, job)
+    os.killpg(job.pid, signal.SIGTERM)  # what SLURM does at the time limit: every process of the job
+    code, out = finish(job)
+    assert code != 0 and f"exitcode  : {EXIT_PREEMPTED}" in out, out[-3000:]
+    saved = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
+    assert saved is not None and f"preempted at step {int(saved.name[5:])}" in out
+    assert int(saved.name[5:]) == logged_steps(tmp_path / "run")[-1] >= 3  # nothing trained is lost
+
+
+def test_killed_run_resumes_without_repeating_logged_steps(shards: str, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, shards, checkpoint={"every_steps": 4})
+    job = start(recipe)
+    wait_for_step(tmp_path / "run", 6, job)
+    for pid in workers(job.pid).values():
+        os.kill(pid, signal.SIGKILL)
+    finish(job)
+    assert max(logged_steps(tmp_path / "run")) >= 6  # steps 5.. were logged, then lost with the crash
+    code, out = run(recipe, "checkpoint.resume=latest")
+    assert code == 0, out[-3000:]
+    assert logged_steps(tmp_path / "run") == list(range(1, 11))
+
+
+def test_divergence_stops_with_a_message_and_no_nan_checkpoint(shards: str, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, shards, optim={"lr": 1e3, "warmup_steps": 0, "grad_clip": 0.0})
+    code, out = run(recipe)
+    assert code != 0 and "exitcode  : 3" in out, out[-3000:]
+    assert "diverged: 5 non-finite steps in a row" in out and "grad norm" in out and "lr 1000" in out
+    rows = [r for r in _metrics(tmp_path / "run") if "train/nonfinite_steps" in r]
+    assert rows and rows[-1]["train/nonfinite_steps"] >= 5
+    latest = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
+    if latest is not None:  # whatever was published holds finite weights
+        assert all(torch.isfinite(v).all() for v in consolidated_state_dict(latest).values())
+
+
+def test_a_stopped_rank_ends_the_job_naming_rank_and_operation(shards: str, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, shards, epochs=40, backend={"name": "ddp", "step_timeout_s": 4.0})
+    job = start(recipe)
+    wait_for_step(tmp_path / "run", 3, job)
+    stopped = workers(job.pid)[1]
+    os.kill(stopped, signal.SIGSTOP)  # a hung GPU or an NFS stall looks like this
+    began = time.monotonic()
+    try:
+        code, out = finish(job, timeout=120)
+    finally:
+        with_stopped_gone(stopped)
+    assert code != 0 and time.monotonic() - began < 60, out[-3000:]
+    assert "hung rank: rank 0: a collective during training step" in out and "rank(s) 1 did not answer" in out
+
+
+def with_stopped_gone(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_two_nodes_train_and_resume_as_one_node(shards: str, tmp_path: Path) -> None:
+    """2 "nodes" of 1 process on localhost (the README's multi-node launch), then 1 node of 2 processes."""
+    recipe = write_recipe(tmp_path, shards)
+    port = free_port()
+    nodes = [
+        start(recipe, launcher=("--num_machines", "2", "--machine_rank", str(node), "--num_processes", "2",
+                                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)))
+        for node in (0, 1)
+    ]  # fmt: skip
+    results = [finish(job) for job in nodes]
+    assert all(code == 0 for code, _ in results), results[0][1][-3000:] + results[1][1][-3000:]
+    two_nodes = {r["step"]: r["train/loss"] for r in _metrics(tmp_path / "run") if "train/loss" in r}
+    assert sorted(two_nodes) == list(range(1, 11))
+    step4 = tmp_path / "run" / "checkpoints" / "step_00000004"
+    code, out = run(recipe, f"run.output_dir={tmp_path / 'one_node'}", f"checkpoint.resume={step4}")
+    assert code == 0, out[-3000:]
+    one_node = {r["step"]: r["train/loss"] for r in _metrics(tmp_path / "one_node") if "train/loss" in r}
+    assert one_node == {step: two_nodes[step] for step in range(5, 11)}  # bitwise: same ranks, same data
+
+
+def test_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_finishes(shards: str, tmp_path: Path) -> None:
+    """tools/slurm_train.sbatch (the README's) with `srun` and `scontrol` stand-ins on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; else echo "$@" >> "$REQUEUE_LOG"; fi\n'
+    )
+    (bin_dir / "accelerate").symlink_to(REPO / ".venv" / "bin" / "accelerate")
+    for stub in ("srun", "scontrol"):
+        (bin_dir / stub).chmod(0o755)
+    recipe = write_recipe(tmp_path, shards, epochs=40, checkpoint={"every_steps": 0})
+    env = job_env(
+        PATH=f"{bin_dir}:{os.environ['PATH']}", REQUEUE_LOG=str(tmp_path / "requeued"), SLURM_JOB_ID="42",
+        SLURM_JOB_NODELIST="localhost", SLURM_NNODES="1", SLURM_NODEID="0", GPUS_PER_NODE="2",
+        ACCELERATE_CONFIG=str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml"), MASTER_PORT=str(free_port()),
+    )  # fmt: skip
+    script = [str(REPO / "tools" / "slurm_train.sbatch"), str(recipe)]
+    job = subprocess.Popen(["bash", *script], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)  # fmt: skip
+    wait_for_step(tmp_path / "run", 3, job)
+    job.send_signal(signal.SIGUSR1)  # `#SBATCH --signal=B:USR1@300`: the batch script alone is signalled
+    code, out = finish(job)
+    assert code == 0 and (tmp_path / "requeued").read_text().split() == ["requeue", "42"], out[-3000:]
+    saved = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
+    assert saved is not None and int(saved.name[5:]) == logged_steps(tmp_path / "run")[-1] >= 3
+    # The requeued job: same script, resumes from latest and finishes the plan.
+    env["MASTER_PORT"] = str(free_port())
+    code, out = finish(subprocess.Popen(["bash", *script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, start_new_session=True))  # fmt: skip
+    assert code == 0, out[-3000:]
+    assert logged_steps(tmp_path / "run") == list(range(1, 201))
