@@ -13,7 +13,7 @@ DEMO_RUN := runs/demo_fashion_mnist
 LAUNCH := OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 $(VENV)/bin/accelerate launch \
 	--config_file ds_configs/accelerate_cpu_2proc.yaml
 
-.PHONY: setup demo test lint fashion-mnist
+.PHONY: setup demo test test-fast lint fashion-mnist
 
 setup: $(STAMP) fashion-mnist
 
@@ -37,9 +37,15 @@ demo: setup $(DEMO_DATA)/train/manifest.json
 	rm -rf $(DEMO_RUN)
 	$(LAUNCH) recipes/fastclip_demo.py --config recipes/configs/demo_fashion_mnist.yaml
 
+# Every test: ruff, then the whole suite (multi-rank gloo tests included).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
+
+# The tier without spawned ranks or subprocesses (tests marked slow are left out): under 90 s.
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: setup
 	$(VENV)/bin/ruff check .
