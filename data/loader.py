@@ -1,7 +1,9 @@
 """Training and evaluation loaders: one batch format for every source.
 
-Batches are `{"images": float32 [B,3,H,W], "tokens": int64 [B,C], "index": int64 [B]}`
-(plus `"label"` from the eval loader when the data is labelled); C is the tokenizer's context
+Training batches are `{"pixels": uint8 [B,H,W,3] (grey: [B,H,W]), "tokens": int64 [B,C], "index":
+int64 [B]}`, pinned when `pin_memory`; the trainer normalises the pixels on its device
+(`data.transforms.normalize_pixels`). Evaluation batches carry normalised float32 `"images"`
+[B,3,H,W] instead (plus `"label"` when the data is labelled). C is the tokenizer's context
 length (77 for the CLIP configs, the model config's `context_length` in general). `index` is the
 sample's stable key, i.e. its row in the per-sample state.
 
@@ -28,7 +30,7 @@ from collections import Counter, OrderedDict
 
 from torch.utils.data import Dataset, Sampler
 
-from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, finish, load_sample, make_dataloader
+from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, load_sample, make_dataloader
 from data.config import DataConfig
 from data.eval_loader import EvalLoader, build_eval_loader
 from data.plan import EpochPlan, steps_per_epoch
@@ -147,7 +149,7 @@ class TrainLoader:
         for batch in self._loader:
             self._count(batch.pop("skipped"))
             self.position += 1
-            yield finish(batch)
+            yield batch
 
     def _count(self, counts: dict) -> None:
         new = [r for r in counts if r not in self._skipped]

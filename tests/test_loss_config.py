@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from train.gamma import gamma_for_epoch
+from train.losses.gamma import gamma_for_epoch
 from train.losses import LossConfig, build_loss, repartition_loss_states, tau_spec
-from train.temperature import per_sample_adam, step_thresh_lr
+from train.losses.temperature import GlobalTemperature, per_sample_adam, step_thresh_lr
 
 
 def test_gamma_schedules() -> None:
@@ -68,22 +68,53 @@ def test_tau_spec_per_version() -> None:
     assert v3.trainable and v3.schedule == "step_thresh"
     assert (v3.min_logit_scale, v3.max_logit_scale) == pytest.approx((0.0, ln100))
     assert v3.init_logit_scale == pytest.approx(math.log(1 / 0.07))
-    assert v3.lr_at(tau=0.05, model_lr=1e-4, model_base_lr=1e-3) == 2e-4
-    assert v3.lr_at(tau=0.02, model_lr=1e-4, model_base_lr=1e-3) == pytest.approx(2e-4 / 3)
     v0 = tau_spec(LossConfig(version="v0"))
     assert v0.trainable and v0.schedule == "model" and v0.lr is None
-    assert v0.lr_at(tau=0.05, model_lr=1e-4, model_base_lr=1e-3) == pytest.approx(1e-4)
     assert tau_spec(LossConfig(name="openclip")).trainable
     for frozen in (LossConfig(version="v1"), LossConfig(version="v2", lr_tau=0.0133, tau_init=0.03)):
         spec = tau_spec(frozen)
         assert not spec.trainable and spec.schedule == "frozen"
-        with pytest.raises(ValueError, match="frozen"):
-            spec.lr_at(tau=0.03, model_lr=1e-4, model_base_lr=1e-3)
-    param = torch.nn.Parameter(torch.tensor([5.0]))
-    v3.clamp_(param)
-    assert param.item() == pytest.approx(ln100)
     tight = tau_spec(LossConfig(version="v3", lr_tau=2e-4, tau_min=0.02))
     assert tight.max_logit_scale == pytest.approx(math.log(50))
+
+
+def _temperature(loss_cfg: LossConfig, tau: float) -> GlobalTemperature:
+    temperature = GlobalTemperature(tau_spec(loss_cfg), (0.9, 0.98), 1e-6, torch.device("cpu"))
+    with torch.no_grad():
+        temperature.logit_scale.fill_(math.log(1 / tau))
+    return temperature
+
+
+def test_temperature_lr_rules_on_device() -> None:
+    v3 = LossConfig(version="v3", lr_tau=2e-4)
+    assert _temperature(v3, 0.05).lr(model_lr=1e-4, model_base_lr=1e-3).item() == pytest.approx(2e-4)
+    assert _temperature(v3, 0.02).lr(model_lr=1e-4, model_base_lr=1e-3).item() == pytest.approx(2e-4 / 3)
+    assert step_thresh_lr(2e-4, 0.03) == pytest.approx(2e-4 / 3) and step_thresh_lr(2e-4, 0.031) == 2e-4
+    v0 = _temperature(LossConfig(version="v0"), 0.05)  # follows the model schedule from the model's base lr
+    assert v0.lr(model_lr=1e-4, model_base_lr=1e-3).item() == pytest.approx(1e-4)
+
+
+def test_temperature_step_is_adamw_without_decay_then_clamp() -> None:
+    """Several steps equal torch AdamW (weight decay 0) on the same gradients; the clamp bounds tau."""
+    cfg = LossConfig(version="v3", lr_tau=0.05, lr_tau_schedule="const")
+    temperature = _temperature(cfg, 0.07)
+    reference = torch.nn.Parameter(temperature.logit_scale.detach().clone())
+    adamw = torch.optim.AdamW([reference], lr=0.05, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    for grad in (0.3, -1.2, 0.7, 2.0, -0.1):
+        temperature.logit_scale.grad = torch.tensor([grad])
+        reference.grad = torch.tensor([grad])
+        temperature.step(model_lr=1.0, model_base_lr=1.0)
+        adamw.step()
+        assert temperature.logit_scale.item() == pytest.approx(reference.item(), abs=1e-6)
+        assert temperature.logit_scale.grad is None
+    temperature.logit_scale.grad = torch.tensor([-1e6])
+    for _ in range(200):  # pushes logit_scale up: clamped at ln(1/tau_min) = ln 100
+        temperature.logit_scale.grad = torch.tensor([-1.0])
+        temperature.step(model_lr=1.0, model_base_lr=1.0)
+    assert temperature.logit_scale.item() == pytest.approx(math.log(100), abs=1e-6)
+    restored = _temperature(cfg, 0.07)
+    restored.load_state_dict(temperature.state_dict())
+    assert torch.equal(restored.exp_avg, temperature.exp_avg) and torch.equal(restored.steps, temperature.steps)
 
 
 def test_per_sample_adam_first_step_is_signed_lr_and_clamped() -> None:

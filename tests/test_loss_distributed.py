@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import run_on_ranks
 from train.losses import LossConfig, build_loss, repartition_loss_states
-from train.sample_state import merge_shards
+from train.losses.sample_state import merge_shards
 
 pytestmark = pytest.mark.slow
 

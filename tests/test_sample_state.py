@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.sample_state import (
+from train.losses.sample_state import (
     SampleState,
     last_occurrence,
     merge_shards,

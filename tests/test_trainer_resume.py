@@ -12,7 +12,7 @@ from tests.conftest import KILLED_EXIT_CODE, run_on_ranks
 from tests.data_fixtures import write_shards
 from tests.trainer_utils import tiny_config
 from train.checkpoint import CheckpointWriter, is_complete, resolve_resume
-from train.sample_state import merge_shards
+from train.losses.sample_state import merge_shards
 
 WORLD, LOCAL_BATCH, KILL_AT, EVERY = 2, 4, 5, 2
 

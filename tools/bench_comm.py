@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model import create_model
 from tools.bench_common import machine_description, write_json
 from train.losses import LossConfig, build_loss, tau_spec
-from train.sample_state import state_bytes_per_rank
+from train.losses.sample_state import state_bytes_per_rank
 
 LOSSES = {
     "openclip": LossConfig(name="openclip"),

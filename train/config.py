@@ -9,6 +9,7 @@ from typing import Any
 
 from data.config import DataConfig
 from model import MODEL_CONFIGS, get_model_config
+from model.init_from import parse_init_from
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.resume_config import check_allow_changes
@@ -35,6 +36,7 @@ class ModelSection:
     name: str = "ViT-B-32"
     overrides: dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False
+    init_from: str = ""  # start from pretrained towers: "open_clip:PATH" or "hf:PATH" (model/init_from.py)
 
     def validate(self) -> None:
         if self.name not in MODEL_CONFIGS:
@@ -43,6 +45,8 @@ class ModelSection:
             get_model_config(self.name, **self.overrides)
         except (KeyError, TypeError) as err:
             raise ValueError(f"model.overrides: {err}") from err
+        if self.init_from:
+            parse_init_from(self.init_from)
 
 
 @dataclass
@@ -134,14 +138,21 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    """Console progress every `every_steps` steps; every step goes to TensorBoard and metrics.jsonl."""
+    """Every `every_steps` steps (and the last) the step's scalars are read from the device and go to the
+    console, TensorBoard and metrics.jsonl; no other step waits for the device.
+
+    peak_tflops: one device's peak for `perf/mfu` (default: H100/H200 dense bf16).
+    """
 
     every_steps: int = 10
     tensorboard: bool = True
+    peak_tflops: float = 989.0
 
     def validate(self) -> None:
         if self.every_steps < 1:
             raise ValueError("logging.every_steps must be >= 1")
+        if not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
+            raise ValueError(f"logging.peak_tflops must be a positive number, got {self.peak_tflops}")
 
 
 @dataclass

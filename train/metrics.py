@@ -8,13 +8,26 @@ from pathlib import Path
 
 logger = logging.getLogger("fastflip")
 
+# (scalar, console label, format) of the progress line
+_CONSOLE = (
+    ("train/loss", "loss", ".4f"),
+    ("schedule/lr", "lr", ".3g"),
+    ("schedule/tau", "tau", ".4f"),
+    ("schedule/gamma", "gamma", ".3f"),
+    ("schedule/mask_ratio", "mask", ".2f"),
+    ("perf/samples_per_s", "samples/s", ".1f"),
+    ("perf/data_s", "data_s", ".3f"),
+)
+
 
 class MetricsLogger:
-    """Writes every scalar to TensorBoard and `metrics.jsonl`; prints a progress line every `every` steps."""
+    """Writes scalars to TensorBoard and `metrics.jsonl` and prints a progress line (rank 0 only).
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, every: int, total_steps: int) -> None:
+    The trainer calls `log` on logging steps only, with values already read from the device.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int) -> None:
         self.enabled = enabled
-        self.every = max(1, every)
         self.total_steps = total_steps
         self.writer = None
         self.jsonl = None
@@ -34,14 +47,11 @@ class MetricsLogger:
                 self.writer.add_scalar(key, value, step)
         self.jsonl.write(json.dumps({"step": step} | scalars) + "\n")
         self.jsonl.flush()
-        if step % self.every == 0 or step == self.total_steps:
-            logger.info(
-                "step %d/%d  epoch %d  loss %.4f  lr %.3g  tau %.4f  gamma %.3f  mask %.2f  %.1f samples/s",
-                step, self.total_steps, int(scalars.get("train/epoch", 0)), scalars["train/loss"],
-                scalars["schedule/lr"], scalars.get("schedule/tau", float("nan")),
-                scalars.get("schedule/gamma", float("nan")), scalars["schedule/mask_ratio"],
-                scalars.get("perf/samples_per_s", float("nan")),
-            )  # fmt: skip
+        line = f"step {step}/{self.total_steps}  epoch {int(scalars.get('train/epoch', 0))}"
+        for key, label, fmt in _CONSOLE:  # only what this run has (no "gamma nan" for OpenCLIP)
+            if key in scalars:
+                line += f"  {label} {scalars[key]:{fmt}}"
+        logger.info("%s", line)
 
     def log_eval(self, step: int, results: dict[str, float]) -> None:
         if not self.enabled:

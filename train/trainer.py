@@ -1,10 +1,15 @@
-"""The training loop: read top to bottom. Config in, checkpoints and logs out."""
+"""The training loop: read top to bottom. Config in, checkpoints and logs out.
+
+A step never waits for the device: the loss, grad norm, temperature and loss statistics stay
+device tensors and are read (one transfer) only on logging steps, so the host runs ahead and
+queues the next step while the device works.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,10 @@ import yaml
 
 from data.loader import build_train_loader
 from data.tokenizer import get_tokenizer
+from data.transforms import normalize_pixels
 from model import CLIP, create_model, get_model_config
+from model.flops import train_flops_per_sample
+from model.init_from import load_pretrained
 from train.backends import make_backend
 from train.checkpoint import (
     CheckpointWriter,
@@ -27,17 +35,22 @@ from train.checkpoint import (
 from train.config import TrainConfig
 from train.config_io import to_dict
 from train.evaluator import Evaluator
-from train.losses import build_loss, repartition_loss_states
+from train.losses import GlobalTemperature, build_loss, repartition_loss_states, tau_spec
 from train.metrics import MetricsLogger, setup_console_logging
-from train.optim import TAU_GROUP, build_optimizer, param_groups
+from train.optim import build_optimizer, param_groups
 from train.schedules import PhasePlan, phase_plan_for
-from train.temperature import tau_spec
 
 logger = logging.getLogger("fastflip")
 
+Probe = Callable[[str], None]
+
+
+def _no_probe(_: str) -> None:
+    return None
+
 
 class Trainer:
-    """Owns one run: backend, data stream, loss state, schedules, checkpoints.
+    """Owns one run: backend, data stream, loss state, temperature, schedules, checkpoints.
 
     `loader` may be given (any iterable with the TrainLoader interface) to train on fixed batches.
     """
@@ -63,10 +76,13 @@ class Trainer:
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.backend.setup(self._build_model, self._param_groups, self._optimizer)
-        self.mask_generator = torch.Generator(device=self.backend.device).manual_seed(cfg.run.seed * 1000 + rank + 1)
+        device = self.backend.device
+        self.mask_generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank + 1)
+        self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device)
         self.loss = build_loss(self.loss_cfg, self.loader.num_samples)
 
         self.step, self.epoch = 0, 0
+        self._batches: Iterator[dict] | None = None
         self.out = Path(cfg.run.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         self.writer = CheckpointWriter(self.ckpt_root, cfg.checkpoint.keep_last, rank, self.backend.barrier)
@@ -78,17 +94,16 @@ class Trainer:
                 f"{self.ckpt_root} already holds checkpoints of an earlier run: set checkpoint.resume=latest to "
                 "continue it, or choose another run.output_dir"
             )
-        self.logit_scale = float(self.backend.read_parameter("logit_scale"))
         if self.backend.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.evaluator = Evaluator(
             cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world,
         )  # fmt: skip
-        self.metrics = MetricsLogger(
-            self.out, self.backend.is_main, cfg.logging.tensorboard, cfg.logging.every_steps,
-            self.plan.total_steps,
-        )  # fmt: skip
+        self.metrics = MetricsLogger(self.out, self.backend.is_main, cfg.logging.tensorboard, self.plan.total_steps)
+        self.losses = torch.full((self.plan.total_steps,), float("nan"), dtype=torch.float64, device=device)
+        self._flops: dict[float, float] = {}  # train FLOPs per sample, by mask ratio (counted once)
+        self._window = _Window()
 
     # ----- construction -------------------------------------------------------------------
     def _ds_config(self) -> dict | None:
@@ -104,13 +119,14 @@ class Trainer:
     def _build_model(self) -> CLIP:
         cfg = self.cfg.model
         model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
-        model.logit_scale.requires_grad_(self.tau.trainable)
+        model.logit_scale.requires_grad_(False)  # trained by self.temperature in fp32, outside the backend
         model.set_grad_checkpointing(cfg.grad_checkpointing)
+        if cfg.init_from and not model.logit_scale.is_meta:  # full_model() rebuilds on meta: nothing to load
+            load_pretrained(model, cfg.init_from)
         return model
 
     def _param_groups(self, model: torch.nn.Module) -> list[dict[str, object]]:
-        tau_lr = self.cfg.optim.lr if self.tau.trainable else None
-        return param_groups(model, self.cfg.optim.weight_decay, tau_lr)
+        return param_groups(model, self.cfg.optim.weight_decay)
 
     def _optimizer(self, groups: list[dict[str, object]]) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -120,50 +136,52 @@ class Trainer:
         return phase_plan_for(self.cfg, self.loader.steps_per_epoch, self.global_batch)
 
     # ----- one step -----------------------------------------------------------------------
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Forward, FastCLIP/OpenCLIP loss, backward, optimizer step, clamp; returns scalars to log."""
-        phase = self.plan.phase_at(self.step)
-        lr = self.plan.lr_at(self.step)
-        lrs = {"decay": lr, "no_decay": lr}
-        if self.tau.trainable:
-            lrs[TAU_GROUP] = self.tau.lr_at(math.exp(-self.logit_scale), lr, phase.lr)
-        self.backend.set_group_lrs(lrs)
-        self.backend.raw_model.set_mask_ratio(phase.mask_ratio, generator=self.mask_generator)
-
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, tokens, index) on the device; uint8 "pixels" are normalised there (float "images" pass)."""
         device = self.backend.device
-        images = self.backend.cast_inputs(batch["images"].to(device, non_blocking=True))
+        if "pixels" in batch:
+            images = normalize_pixels(batch["pixels"].to(device, non_blocking=True))
+        else:
+            images = batch["images"].to(device, non_blocking=True)
         tokens = batch["tokens"].to(device, non_blocking=True)
         index = batch["index"].to(device, non_blocking=True)
+        return self.backend.cast_inputs(images), tokens, index
+
+    def train_step(self, batch: dict[str, torch.Tensor], probe: Probe = _no_probe) -> dict[str, Any]:
+        """Forward, loss, backward, optimizer and temperature steps. Returns device tensors (and host
+        floats) to log; reads nothing back from the device. `probe(phase)` is called after each phase
+        (tools/bench_train.py times them)."""
+        phase = self.plan.phase_at(self.step)
+        lr = self.plan.lr_at(self.step)
+        self.backend.set_group_lrs({"decay": lr, "no_decay": lr})
+        self.backend.raw_model.set_mask_ratio(phase.mask_ratio, generator=self.mask_generator)
+        images, tokens, index = self.inputs(batch)
+        probe("host_to_device")
         with self.backend.train_autocast():
-            image_features, text_features, logit_scale = self.backend.model(images, tokens)
-        out = self.loss(image_features.float(), text_features.float(), index, logit_scale.float())
+            image_features, text_features, _ = self.backend.model(images, tokens)
+        probe("forward")
+        out = self.loss(image_features.float(), text_features.float(), index, self.temperature.logit_scale)
+        probe("loss_and_state")
         self.backend.backward(out.loss)
+        probe("backward")
         grad_norm = self.backend.step(self.cfg.optim.grad_clip)
-        if self.tau.trainable:
-            self.backend.clamp_parameter("logit_scale", self.tau.min_logit_scale, self.tau.max_logit_scale)
-            self.logit_scale = float(self.backend.read_parameter("logit_scale"))
+        self.temperature.step(lr, phase.lr)
+        probe("optimizer")
+        self.losses[self.step] = out.value
         self.step += 1
 
-        scalars = {
-            "train/loss": float(out.value),
+        scalars: dict[str, Any] = {
+            "train/loss": out.value,
             "train/epoch": float(self.epoch),
             "schedule/lr": lr,
             "schedule/mask_ratio": phase.mask_ratio,
-            "schedule/logit_scale": self.logit_scale,
+            "schedule/logit_scale": self.temperature.logit_scale.detach()[0],
         }
         if self.tau.trainable:
-            scalars["schedule/lr_tau"] = lrs[TAU_GROUP]
+            scalars |= {"schedule/tau": self.temperature.tau[0], "schedule/lr_tau": self.temperature.last_lr[0]}
         if grad_norm is not None:
             scalars["train/grad_norm"] = grad_norm
-        for key, value in out.stats.items():
-            scalars[key if "/" in key else f"loss/{key}"] = float(value)
-        if "loss/tau" in scalars:
-            scalars["schedule/tau"] = scalars.pop("loss/tau")
-        elif self.tau.trainable or self.loss_cfg.name == "openclip":
-            scalars["schedule/tau"] = math.exp(-self.logit_scale)
-        if "loss/gamma" in scalars:
-            scalars["schedule/gamma"] = scalars.pop("loss/gamma")
-        return scalars
+        return scalars | out.stats
 
     # ----- the loop -----------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -176,36 +194,71 @@ class Trainer:
                 self.global_batch, self.backend.world_size, cfg.data.batch_size, self.loader.steps_per_epoch, total,
                 cfg.backend.name, cfg.backend.precision,
             )  # fmt: skip
-        losses: list[float] = []
-        started, samples = time.perf_counter(), 0
-        while self.step < total:
-            self.loader.set_epoch(self.epoch)
-            self.loss.set_epoch(self.epoch)
-            tick = time.perf_counter()
-            for batch in self.loader:
-                scalars = self.train_step(batch)
-                now = time.perf_counter()
-                scalars["perf/samples_per_s"] = self.global_batch / max(now - tick, 1e-9)
-                tick = now
-                samples += self.global_batch
-                for reason, count in self.loader.skipped_counts().items():
-                    scalars[f"data/skipped_{reason}"] = float(count)
-                self.metrics.log(self.step, scalars)
-                losses.append(scalars["train/loss"])
-                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
-                    self.save_checkpoint()
-                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < total:
-                    self.evaluate()
-                if self.step >= total:
-                    break
-            else:
-                self.epoch += 1
+        first_step, started = self.step, time.perf_counter()
+        self.train_steps(total)
         wall = time.perf_counter() - started
         if not is_complete(self.ckpt_root / checkpoint_name(self.step)):  # resuming a finished run saves nothing
             self.save_checkpoint()
         results = self.evaluate()
         self.metrics.close()
-        return {"losses": losses, "steps": self.step, "train_seconds": wall, "samples": samples, "eval": results}
+        return {
+            "losses": self.losses[first_step : self.step].tolist(),
+            "steps": self.step,
+            "train_seconds": wall,
+            "samples": (self.step - first_step) * self.global_batch,
+            "eval": results,
+        }
+
+    def train_steps(self, until: int) -> None:
+        """Train up to step `until` (across epochs), logging, checkpointing and evaluating as configured."""
+        cfg, total = self.cfg, self.plan.total_steps
+        self._window.restart(self.step)
+        while self.step < min(until, total):
+            waited = time.perf_counter()
+            batch = self._next_batch()
+            if batch is None:  # the epoch is over
+                continue
+            self._window.data_s += time.perf_counter() - waited
+            scalars = self.train_step(batch)
+            if self.step % cfg.logging.every_steps == 0 or self.step == total:
+                self.log(scalars)
+            if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
+                self.save_checkpoint()
+                self._window.restart(self.step)
+            if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < total:
+                self.evaluate()
+                self._window.restart(self.step)
+
+    def _next_batch(self) -> dict | None:
+        """The next batch of the current epoch, or None (and the epoch advanced) at its end."""
+        if self._batches is None:
+            self.loader.set_epoch(self.epoch)
+            self.loss.set_epoch(self.epoch)
+            self._batches = iter(self.loader)
+        batch = next(self._batches, None)
+        if batch is None:
+            self._batches = None
+            self.epoch += 1
+        return batch
+
+    def log(self, scalars: dict[str, Any]) -> None:
+        """Read the step's device scalars in one transfer and log them with the window's throughput."""
+        names = [k for k, v in scalars.items() if isinstance(v, torch.Tensor)]
+        if names:
+            values = torch.stack([scalars[k].detach().reshape(()).double() for k in names]).tolist()
+            scalars = scalars | dict(zip(names, values, strict=True))
+        peak = self.cfg.logging.peak_tflops * 1e12 * self.backend.world_size
+        scalars |= self._window.perf(self.step, self.global_batch, self._flops_per_sample(scalars), peak)
+        for reason, count in self.loader.skipped_counts().items():
+            scalars[f"data/skipped_{reason}"] = float(count)
+        self.metrics.log(self.step, scalars)
+        self._window.restart(self.step)
+
+    def _flops_per_sample(self, scalars: dict[str, Any]) -> float:
+        ratio = float(scalars["schedule/mask_ratio"])
+        if ratio not in self._flops:
+            self._flops[ratio] = train_flops_per_sample(self.model_config, ratio)
+        return self._flops[ratio]
 
     def evaluate(self) -> dict[str, Any]:
         """Every rank holds a full-parameter model and evaluates its share of the eval sets; rank 0 logs."""
@@ -233,6 +286,8 @@ class Trainer:
                 directory / f"rank{rank}.pt",
             )  # fmt: skip
             torch.save(self.loss.state_dict(), directory / f"loss_rank{rank}.pt")
+            if self.backend.is_main:  # replicated: rank 0 writes it
+                torch.save(self.temperature.state_dict(), directory / "temperature.pt")
 
         meta = {
             "step": self.step,
@@ -263,6 +318,7 @@ class Trainer:
             shards = [torch.load(path / f"loss_rank{r}.pt", weights_only=False) for r in range(saved_world)]
             loss_state = repartition_loss_states(shards, world)[rank]
         self.loss.load_state_dict(loss_state)
+        self.temperature.load_state_dict(torch.load(path / "temperature.pt", map_location="cpu"))
         own = path / f"rank{rank}.pt"
         rank_state = torch.load(own if own.exists() else path / "rank0.pt", weights_only=False)
         if saved_world == world:
@@ -279,6 +335,28 @@ class Trainer:
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
                         saved_world)  # fmt: skip
+
+
+class _Window:
+    """Throughput of the steps since the last log: wall time, the part spent waiting for data, FLOPs."""
+
+    def __init__(self) -> None:
+        self.restart(0)
+
+    def restart(self, step: int) -> None:
+        self.step, self.started, self.data_s = step, time.perf_counter(), 0.0
+
+    def perf(self, step: int, global_batch: int, flops_per_sample: float, peak_flops: float) -> dict[str, float]:
+        """`peak_flops`: of all ranks together (peak per device x world size)."""
+        steps = max(step - self.step, 1)
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        samples_per_s = steps * global_batch / wall
+        return {
+            "perf/samples_per_s": samples_per_s,
+            "perf/data_s": self.data_s / steps,
+            "perf/step_s": (wall - self.data_s) / steps,
+            "perf/mfu": samples_per_s * flops_per_sample / peak_flops,
+        }
 
 
 def run(cfg: TrainConfig, loader: Any = None) -> dict[str, Any]:

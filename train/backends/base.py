@@ -72,20 +72,13 @@ class Backend(ABC):
         """Backward; the backend averages parameter gradients over ranks."""
 
     @abstractmethod
-    def step(self, grad_clip: float) -> float | None:
-        """Clip (if > 0), step and zero gradients; returns the pre-clip global grad norm when known."""
+    def step(self, grad_clip: float) -> torch.Tensor | float | None:
+        """Clip (if > 0), step and zero gradients; returns the pre-clip global grad norm when known,
+        as a device tensor (reading it is the caller's choice: it waits for the device)."""
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lrs[group["name"]]
-
-    @abstractmethod
-    def clamp_parameter(self, name: str, low: float, high: float) -> None:
-        """Clamp one named parameter in place (including any master copy the optimizer keeps)."""
-
-    @abstractmethod
-    def read_parameter(self, name: str) -> torch.Tensor:
-        """Full value of one named parameter on every rank (for logging)."""
 
     @abstractmethod
     def save(self, directory: Path) -> None:
@@ -97,7 +90,7 @@ class Backend(ABC):
 
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:
-        """An unsharded copy of the model on every rank, in eval mode (for evaluation); all ranks call it.
+        """An unsharded model on every rank, in eval mode (for evaluation); all ranks call it.
 
         Sharded backends gather a consolidated state dict and load it into a fresh model built by
         `model_fn`, so evaluation code can run any number of forwards on any rank.
@@ -115,13 +108,6 @@ class Backend(ABC):
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
-
-
-def named_parameter(model: nn.Module, name: str) -> nn.Parameter:
-    params = dict(model.named_parameters())
-    if name not in params:
-        raise KeyError(f"model has no parameter {name!r}")
-    return params[name]
 
 
 @contextlib.contextmanager

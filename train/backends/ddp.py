@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, eval_mode, named_parameter
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, eval_mode
 
 
 class DDPBackend(Backend):
@@ -41,7 +41,7 @@ class DDPBackend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, grad_clip: float) -> float | None:
+    def step(self, grad_clip: float) -> torch.Tensor:
         if self.scaler:
             self.scaler.unscale_(self.optimizer.optimizer)
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
@@ -52,14 +52,7 @@ class DDPBackend(Backend):
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
-
-    def clamp_parameter(self, name: str, low: float, high: float) -> None:
-        with torch.no_grad():
-            named_parameter(self.raw_model, name).clamp_(low, high)
-
-    def read_parameter(self, name: str) -> torch.Tensor:
-        return named_parameter(self.raw_model, name).detach().clone()
+        return norm
 
     def save(self, directory: Path) -> None:
         if self.is_main:
@@ -78,7 +71,7 @@ class DDPBackend(Backend):
 
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:
-        """Parameters are replicated: evaluate the training model itself."""
+        """Parameters are replicated: evaluate the training model itself (no copy)."""
         with eval_mode(self.raw_model) as model:
             yield model
 

@@ -18,15 +18,10 @@ import deepspeed
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.utils import InitProcessGroupKwargs
-from deepspeed.utils import (
-    safe_get_full_fp32_param,
-    safe_get_local_fp32_param,
-    safe_set_full_fp32_param,
-    safe_set_local_fp32_param,
-)
+from deepspeed.utils import safe_get_full_fp32_param
 from torch import nn
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, named_parameter
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn
 
 
 def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
@@ -119,39 +114,13 @@ class DeepSpeedBackend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self, grad_clip: float) -> float | None:
+    def step(self, grad_clip: float) -> torch.Tensor | float | None:
         self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
+        return self.engine.get_global_grad_norm()  # the engine's own type; not read here
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lrs[group["name"]]
-
-    def clamp_parameter(self, name: str, low: float, high: float) -> None:
-        """Clamp the model weight and the optimizer's fp32 master copy (else the next step undoes it).
-
-        ZeRO-3 holds both as per-rank partitions (a [1] parameter is padded on the other ranks, and
-        DeepSpeed's full-parameter setter cannot narrow it), so each rank clamps its own fragments
-        through the local getter/setter, which also reach an offloaded master. The gathered weight of
-        a persistent parameter is clamped too.
-        """
-        param = named_parameter(self.raw_model, name)
-        with torch.no_grad():
-            if param.data.numel():
-                param.data.clamp_(low, high)
-            if self.stage == 3:
-                param.ds_tensor.clamp_(low, high)
-                master = safe_get_local_fp32_param(param)
-                if master is not None:
-                    safe_set_local_fp32_param(param, master.clamp(low, high))
-            else:
-                master = safe_get_full_fp32_param(param)
-                if master is not None:
-                    safe_set_full_fp32_param(param, master.clamp(low, high))
-
-    def read_parameter(self, name: str) -> torch.Tensor:
-        return self._full_value(named_parameter(self.raw_model, name))
 
     def _full_value(self, param: nn.Parameter) -> torch.Tensor:
         """fp32 master value of a trained parameter, or the (gathered) weight of a frozen one."""

@@ -20,7 +20,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, named_parameter
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -74,22 +74,12 @@ class FSDP2Backend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self, grad_clip: float) -> float | None:
+    def step(self, grad_clip: float) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
-
-    def clamp_parameter(self, name: str, low: float, high: float) -> None:
-        with torch.no_grad():
-            named_parameter(self.model, name).clamp_(low, high)
-
-    def read_parameter(self, name: str) -> torch.Tensor:
-        param = named_parameter(self.model, name).detach()
-        return param.full_tensor() if isinstance(param, DTensor) else param.clone()
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def save(self, directory: Path) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)

@@ -4,10 +4,10 @@ The trainer calls::
 
     loss = build_loss(cfg, num_samples)      # num_samples = size of the sample-key space
     loss.set_epoch(epoch)                    # every epoch (gamma), also after resuming
-    out = loss(img_f, txt_f, index, model.logit_scale)
+    temperature = GlobalTemperature(tau_spec(cfg), betas, eps, device)   # fp32 logit_scale, every rank
+    out = loss(img_f, txt_f, index, temperature.logit_scale)
     out.loss.backward()                      # backend then AVERAGES parameter gradients
-    # after the optimizer step, clamp logit_scale to tau_spec(cfg)'s bounds (the trainer does it through
-    # its backend, which also reaches ZeRO's master copies; TauSpec.clamp_ for a plain parameter)
+    temperature.step(lr, base_lr)            # averages its gradient over ranks, Adam step, clamp
 
 and saves `loss.state_dict()` per rank; to resume on another world size it loads all saved
 rank states and calls `repartition_loss_states(states, new_world_size)[rank]`.
@@ -22,8 +22,8 @@ from train.losses.base import ContrastiveLoss, LossOutput
 from train.losses.config import LossConfig
 from train.losses.fastclip import FastCLIPLoss
 from train.losses.openclip import OpenCLIPLoss
-from train.sample_state import repartition_shards
-from train.temperature import TauSpec, tau_spec
+from train.losses.sample_state import repartition_shards
+from train.losses.temperature import GlobalTemperature, TauSpec, tau_spec
 
 
 def build_loss(cfg: LossConfig, num_samples: int) -> ContrastiveLoss:
@@ -47,6 +47,7 @@ def repartition_loss_states(states: Sequence[dict[str, Any]], world_size: int) -
 __all__ = [
     "ContrastiveLoss",
     "FastCLIPLoss",
+    "GlobalTemperature",
     "LossConfig",
     "LossOutput",
     "OpenCLIPLoss",

@@ -14,12 +14,13 @@ class LossOutput:
     """loss: scalar to call backward on (per rank; after the backend AVERAGES parameter
     gradients over ranks they equal the exact gradient of the global objective).
     value: detached objective value on the global batch, identical on all ranks (logging).
-    stats: floats for TensorBoard (tau, gamma, u statistics, ...), identical on all ranks.
+    stats: metrics under their final names (schedule/gamma, state/log_u1_mean, ...), identical on
+    all ranks: host floats, or device tensors that the trainer reads only on logging steps.
     """
 
     loss: torch.Tensor
     value: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class ContrastiveLoss(ABC):

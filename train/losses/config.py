@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from train.gamma import GAMMA_SCHEDULES
-from train.sample_state import LAYOUTS
+from train.losses.gamma import GAMMA_SCHEDULES
+from train.losses.sample_state import LAYOUTS
 
 NAMES = ("openclip", "fastclip", "sogclr", "isogclr")
 VERSIONS = ("v0", "v1", "v2", "v3")
 TAU_GRADS = ("exact", "reference")
 LR_TAU_SCHEDULES = ("model", "const", "step_thresh")
 STATE_DTYPES = ("float32", "float64")
-STATE_DEVICES = ("cpu", "features")
+STATE_DEVICES = ("auto", "cpu", "features")
 
 # What the aliases mean: (version, gamma schedule).
 _ALIASES = {"sogclr": ("v1", "constant"), "isogclr": ("v2", "constant")}
@@ -38,7 +38,7 @@ class LossConfig:
       after every step (= [0, ln 100] by default); v2's per-sample taus are clamped to them.
       tau_min is the tau0 of RGCL / RGCL-g.
     rho: the RGCL / RGCL-g robustness constant (v2, v3).
-    gamma_schedule, gamma_min, gamma_decay_epochs: see `train.gamma` (default cosine; constant
+    gamma_schedule, gamma_min, gamma_decay_epochs: see `train.losses.gamma` (default cosine; constant
       for the aliases).
     lr_tau, lr_tau_schedule: v0 / v3 / openclip: base lr of logit_scale's optimizer group
       (None = the model's lr) and its schedule: model (follow the model lr schedule; v0,
@@ -47,8 +47,8 @@ class LossConfig:
     tau_betas, tau_adam_eps, tau_grad_clamp: v2's per-sample Adam (fast_clip uses the model
       optimizer's betas and eps) and the clamp of the per-sample tau gradient.
     state_layout: sharded (rank r stores 1/K of the keys) or replicated (every rank all).
-    state_dtype, state_device: per-sample table dtype, and where it lives (cpu, or the
-      features' device).
+    state_dtype, state_device: per-sample table dtype, and where it lives: auto (the features'
+      device when that is CUDA, else cpu), cpu, or features (always the features' device).
     """
 
     name: str = "fastclip"
@@ -69,7 +69,7 @@ class LossConfig:
     tau_grad_clamp: float = 5.0
     state_layout: str = "sharded"
     state_dtype: str = "float32"
-    state_device: str = "cpu"
+    state_device: str = "auto"
 
     def resolved(self) -> LossConfig:
         """A validated copy with aliases and per-version defaults filled in (name openclip or fastclip)."""

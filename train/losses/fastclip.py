@@ -46,7 +46,7 @@ sg(tau) * S_r + rho * tau + tau * mean_local[log(eps + u1) + log(eps + u2)] / 2.
 
 Both modes use log(eps + u) where fast_clip's v3 uses log u, and eps in unscaled units where
 fast_clip's v2 adds it to u scaled by exp(-bound); the differences are below eps / u.
-v2's per-sample tau update is Adam with per-sample bias correction (`train.temperature`).
+v2's per-sample tau update is Adam with per-sample bias correction (`train.losses.temperature`).
 u is stored as log u, which also replaces fast_clip's per-sample log-sum-exp bound table.
 """
 
@@ -57,10 +57,10 @@ from typing import Any
 
 import torch
 
-from train.dist_utils import all_gather_rows, world
-from train.gamma import gamma_for_epoch
 from train.losses.base import ContrastiveLoss, LossOutput
 from train.losses.config import LossConfig
+from train.losses.dist_utils import all_gather_rows, world
+from train.losses.gamma import gamma_for_epoch
 from train.losses.gcl import (
     anchor_positives,
     individual_tau_grad,
@@ -69,8 +69,8 @@ from train.losses.gcl import (
     moving_average_log,
     weighted_exp_sum,
 )
-from train.sample_state import SampleState
-from train.temperature import per_sample_adam
+from train.losses.sample_state import SampleState
+from train.losses.temperature import per_sample_adam
 
 _V2_COLUMNS = {"tau1": None, "tau2": None, "m1": 0.0, "m2": 0.0, "v1": 0.0, "v2": 0.0, "count": 0.0}
 
@@ -109,8 +109,8 @@ class FastCLIPLoss(ContrastiveLoss):
         cfg, col = self.cfg, self.state.col
         dtype = torch.promote_types(img.dtype, torch.float32)
         e1, e2 = img.to(dtype), txt.to(dtype)
-        if cfg.state_device == "features":
-            self.state.to(e1.device)
+        if cfg.state_device == "features" or (cfg.state_device == "auto" and e1.is_cuda):
+            self.state.to(e1.device)  # no-op after the first step
         all1, all2, keys = all_gather_rows([e1, e2, index.to(device=e1.device, dtype=torch.int64)])
         batch, n = e1.shape[0], all1.shape[0]
         if n < 2:
@@ -128,20 +128,20 @@ class FastCLIPLoss(ContrastiveLoss):
         if self.version == "v2":
             scale1, scale2 = 1.0 / old[:, col("tau1"), None], 1.0 / old[:, col("tau2"), None]
         elif self.version == "v1":
-            scale1 = scale2 = torch.tensor(1.0 / cfg.tau_init, dtype=dtype, device=e1.device)
+            scale1 = scale2 = 1.0 / cfg.tau_init
         else:
             scale1 = scale2 = ls.exp()
         diff1 = scale1 * (sim12 - pos[:, None])  # image anchors, local x all
         diff2 = scale2 * (sim21 - pos[:, None])  # text anchors, local x all
         rows, extra = self._new_rows(old, diff1.detach(), diff2.detach(), anchors)
         post = self.state.update(keys, rows, extra)  # [G, T + E]: updated rows + extras of every anchor
-        ext = len(self.state.columns)  # extras: log g1, log g2 (v2: + old tau1, old tau2)
+        xcol = self._extra_col
 
         lden_all1 = log_eps_plus(post[:, col("log_u1")], cfg.eps)
         lden_all2 = log_eps_plus(post[:, col("log_u2")], cfg.eps)
         lden1, lden2 = lden_all1[offset : offset + batch], lden_all2[offset : offset + batch]
         if self.version == "v2":
-            tau_all1, tau_all2 = post[:, ext + 2], post[:, ext + 3]
+            tau_all1, tau_all2 = post[:, xcol("old_tau1")], post[:, xcol("old_tau2")]
             scale_all1, scale_all2 = 1.0 / tau_all1[:, None], 1.0 / tau_all2[:, None]
         elif self.version == "v1" or cfg.tau_grad == "reference":
             scale_all1, scale_all2 = scale1, scale2
@@ -164,7 +164,7 @@ class FastCLIPLoss(ContrastiveLoss):
             loss = tau.detach() * surrogate + cfg.rho * tau + tau * (lden1 + lden2).mean() / 2
         else:
             loss = surrogate
-        value, stats = self._report(post, ext, ls.detach())
+        value, stats = self._report(post, ls.detach())
         return LossOutput(loss=loss, value=value, stats=stats)
 
     def _new_rows(
@@ -190,31 +190,38 @@ class FastCLIPLoss(ContrastiveLoss):
         extra = torch.stack([lg1, lg2, old[:, col("tau1")], old[:, col("tau2")]], dim=1)
         return new, extra
 
-    def _report(self, post: torch.Tensor, ext: int, ls: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Objective value on the global batch (batch g, not u) and stats; identical on all ranks."""
-        cfg, col = self.cfg, self.state.col
+    def _extra_col(self, name: str) -> int:
+        """Position of an extra column riding along with the gathered state rows (see `_new_rows`)."""
+        extras = ("log_g1", "log_g2") + (("old_tau1", "old_tau2") if self.version == "v2" else ())
+        return len(self.state.columns) + extras.index(name)
+
+    def _report(self, post: torch.Tensor, ls: torch.Tensor) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """Objective value on the global batch (batch g, not u) and metrics under their final names.
+
+        Identical on all ranks; device tensors, never read here (the trainer reads them on logging steps).
+        """
+        cfg, col, xcol = self.cfg, self.state.col, self._extra_col
         post = post.detach().to(torch.float64)
-        leps1, leps2 = log_eps_plus(post[:, ext], cfg.eps), log_eps_plus(post[:, ext + 1], cfg.eps)
-        names = ["gamma", "tau"]
+        leps1 = log_eps_plus(post[:, xcol("log_g1")], cfg.eps)
+        leps2 = log_eps_plus(post[:, xcol("log_g2")], cfg.eps)
+        stats: dict[str, float | torch.Tensor] = {"schedule/gamma": self.gamma}
         if self.version == "v2":
-            t1, t2 = post[:, ext + 2], post[:, ext + 3]
+            t1, t2 = post[:, xcol("old_tau1")], post[:, xcol("old_tau2")]
             value = (t1 * leps1 + t2 * leps2).mean() / 2 + cfg.rho * (t1 + t2).mean() / 2
-            tau = (post[:, col("tau1")].mean() + post[:, col("tau2")].mean()) / 2
+            stats["schedule/tau"] = (post[:, col("tau1")].mean() + post[:, col("tau2")].mean()) / 2
+            stats["schedule/lr_tau"] = cfg.lr_tau  # the per-sample Adam lr
         else:
-            tau = torch.tensor(cfg.tau_init, dtype=torch.float64) if self.version == "v1" else (-ls).exp().double()
             value = (leps1 + leps2).mean() / 2
+            if self.version == "v1":
+                stats["schedule/tau"] = cfg.tau_init
             if self.version == "v3":
+                tau = (-ls).exp().double()
                 value = tau * value + cfg.rho * tau
-        numbers = [torch.tensor(self.gamma, dtype=torch.float64), tau.to(post.device)]
-        if self.version == "v2":  # the per-sample Adam lr (v0 / v3: the trainer logs its tau group's lr)
-            numbers.append(torch.tensor(cfg.lr_tau, dtype=torch.float64))
-            names.append("lr_tau")
         tracked = ["log_u1", "log_u2"] + (["tau1", "tau2"] if self.version == "v2" else [])
         for name in tracked:
             column = post[:, col(name)]
-            numbers += [column.mean(), column.min(), column.max()]
-            names += [f"{name}_mean", f"{name}_min", f"{name}_max"]
-        stats = dict(zip(names, torch.stack([x.to(post.device) for x in numbers]).tolist(), strict=True))
+            stats |= {f"state/{name}_mean": column.mean(), f"state/{name}_min": column.min(),
+                      f"state/{name}_max": column.max()}  # fmt: skip
         return value, stats
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from train.dist_utils import all_gather_with_grad, all_reduce_mean, world
 from train.losses.base import ContrastiveLoss, LossOutput
+from train.losses.dist_utils import all_gather_with_grad, all_reduce_mean, world
 
 
 class OpenCLIPLoss(ContrastiveLoss):
@@ -36,7 +36,7 @@ class OpenCLIPLoss(ContrastiveLoss):
             scale = ls.exp()
             labels = torch.arange(e1.shape[0], device=e1.device) + world()[0] * e1.shape[0]
             loss = (F.cross_entropy(scale * e1 @ all2.T, labels) + F.cross_entropy(scale * e2 @ all1.T, labels)) / 2
-        return LossOutput(loss=loss, value=all_reduce_mean(loss), stats={"tau": float(torch.exp(-ls.detach()))})
+        return LossOutput(loss=loss, value=all_reduce_mean(loss))
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": "openclip"}

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from train.dist_utils import all_gather_rows, reduce_scatter_rows, world
+from train.losses.dist_utils import all_gather_rows, reduce_scatter_rows, world
 
 LAYOUTS = ("sharded", "replicated")
 
@@ -44,14 +44,12 @@ def state_bytes_per_rank(num_samples: int, num_columns: int, world_size: int, la
 
 
 def last_occurrence(index: torch.Tensor) -> torch.Tensor:
-    """Bool mask of the positions holding the last occurrence of each key in `index`."""
-    _, inverse = torch.unique(index, return_inverse=True)
-    positions = torch.arange(index.numel(), device=index.device)
-    last = torch.full((int(inverse.max()) + 1,), -1, dtype=positions.dtype, device=index.device)
-    last = last.scatter_reduce(0, inverse, positions, reduce="amax")
-    keep = torch.zeros_like(index, dtype=torch.bool)
-    keep[last] = True
-    return keep
+    """Bool mask of the positions holding the last occurrence of each key in `index`.
+
+    A [G, G] comparison (G = global batch) rather than `unique`, which would synchronise with the host.
+    """
+    later = torch.ones((index.numel(), index.numel()), dtype=torch.bool, device=index.device).triu_(1)
+    return ~((index[:, None] == index[None, :]) & later).any(dim=1)
 
 
 class SampleState:
@@ -81,11 +79,23 @@ class SampleState:
             shard_bounds(num_samples, self.world_size, self.rank) if layout == "sharded" else (0, num_samples)
         )
         init = torch.tensor([columns[c] for c in self.columns], dtype=dtype, device=device)
-        self.table = init.expand(self.stop - self.start, len(self.columns)).clone()
+        # One scratch row after the owned rows: writes this rank must not keep land there, so fetch and
+        # update are plain gathers / scatters with no data-dependent shapes (no host synchronisation).
+        self._rows = init.expand(self.stop - self.start + 1, len(self.columns)).clone()
+
+    @property
+    def table(self) -> torch.Tensor:
+        """The owned rows [stop - start, T] (a view)."""
+        return self._rows[:-1]
 
     def to(self, device: torch.device | str) -> None:
         """Move the table (e.g. onto the GPU that computes the loss)."""
-        self.table = self.table.to(device)
+        self._rows = self._rows.to(device)
+
+    def _local_rows(self, index: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+        """Table positions of `index` where `mine`, else the scratch row; on the table's device."""
+        scratch = self.stop - self.start
+        return torch.where(mine, index - self.start, scratch).to(self._rows.device, non_blocking=True)
 
     def col(self, name: str) -> int:
         """Position of column `name` in fetched / gathered rows."""
@@ -102,10 +112,8 @@ class SampleState:
             local = index[self.rank * batch : (self.rank + 1) * batch]
             return self.table[local.to(self.table.device) - self.start].to(index.device)
         owned = (index >= self.start) & (index < self.stop)
-        rows = torch.zeros((index.numel(), len(self.columns)), dtype=self.table.dtype, device=index.device)
-        keys = index[owned].to(self.table.device) - self.start
-        rows[owned] = self.table[keys].to(index.device)
-        return reduce_scatter_rows(rows)
+        rows = self._rows[self._local_rows(index, owned)].to(index.device, non_blocking=True)
+        return reduce_scatter_rows(rows.masked_fill(~owned[:, None], 0))
 
     def update(self, index: torch.Tensor, rows: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """All-gather the updated local rows [B, T] (plus `extra` [B, E] columns riding along)
@@ -118,8 +126,7 @@ class SampleState:
         keep = last_occurrence(index)
         if self.layout == "sharded":
             keep &= (index >= self.start) & (index < self.stop)
-        keys = index[keep].to(self.table.device) - self.start
-        self.table[keys] = gathered[keep, : len(self.columns)].to(self.table)
+        self._rows[self._local_rows(index, keep)] = gathered[:, : len(self.columns)].to(self._rows)
         return gathered
 
     def _check_index(self, index: torch.Tensor) -> None:
@@ -127,7 +134,7 @@ class SampleState:
             raise ValueError(f"index must be a 1-D int64 tensor of sample keys, got {index.dtype} {tuple(index.shape)}")
         if index.numel() % self.world_size:
             raise ValueError(f"{index.numel()} gathered keys do not split evenly over {self.world_size} ranks")
-        if bool(((index < 0) | (index >= self.num_samples)).any()):
+        if not index.is_cuda and bool(((index < 0) | (index >= self.num_samples)).any()):  # CUDA: no sync
             raise ValueError(f"sample keys must lie in [0, {self.num_samples}); got min {int(index.min())} "
                              f"max {int(index.max())} (is num_samples the size of the key space?)")
 

@@ -1,34 +1,39 @@
-"""Temperature rules: how the model's logit_scale is trained per loss, and v2's per-sample Adam.
+"""Temperature rules: how logit_scale = ln(1/tau) is trained per loss, and v2's per-sample Adam.
 
-The model's `logit_scale` parameter (shape [1]) is ln(1/tau) for every loss. What the trainer
-does with it depends on the loss (`tau_spec(cfg)` says it in one object):
+The global temperature is not trained inside the backend-wrapped model: `GlobalTemperature` holds
+it as one fp32 tensor replicated on every rank, with its own Adam step on the device. So every
+backend and precision trains AND uses it in fp32 (DeepSpeed bf16 would hand the loss a bf16
+logit_scale, moving tau in 1.6% jumps), and reading it, clamping it and its lr rule need neither
+a collective nor a host synchronisation. The model's own `logit_scale` parameter is frozen during
+training; checkpoints store the temperature and consolidation writes it back into the weights.
 
 ===========  ==========  ==============================  =====================================
-loss         trainable   optimizer group                 after every optimizer step
+loss         trainable   lr of the temperature           after every step
 ===========  ==========  ==============================  =====================================
-openclip     yes         own group, weight decay 0,      clamp logit_scale to
-fastclip v0              lr = lr_tau or the model lr,    [ln(1/tau_max), ln(1/tau_min)]
-                         following the model schedule    (= [0, ln 100]: tau in [0.01, 1])
-fastclip v3  yes         own group, weight decay 0,      same clamp; tau_min is RGCL-g's tau0
-                         lr from `lr_at`: lr_tau, /3
-                         while tau <= 0.03 (step_thresh)
-fastclip v1  NO: freeze  none (requires_grad=False)      nothing; the loss uses tau_init
-fastclip v2  NO: freeze  none (requires_grad=False)      nothing; per-sample taus live in the
+openclip     yes         lr_tau or the model lr,         clamp logit_scale to
+fastclip v0              following the model schedule    [ln(1/tau_max), ln(1/tau_min)]
+                                                         (= [0, ln 100]: tau in [0.01, 1])
+fastclip v3  yes         lr_tau, /3 while tau <= 0.03    same clamp; tau_min is RGCL-g's tau0
+                         (step_thresh, on the device)
+fastclip v1  no          none                            nothing; the loss uses tau_init
+fastclip v2  no          none                            nothing; per-sample taus live in the
                                                          loss's state, updated by the loss
 ===========  ==========  ==============================  =====================================
 
-Freezing matters: v1 / v2 never use logit_scale, and DDP without find_unused_parameters
-errors on a trainable parameter that gets no gradient. Initialise logit_scale to
-`init_logit_scale` = ln(1/tau_init) for every loss.
+The Adam step is AdamW's arithmetic with weight decay 0 and the model optimizer's betas and eps,
+on the gradient averaged over ranks (as a backend averages parameter gradients). The temperature
+is not part of the model's clipped gradient norm.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from train.losses.dist_utils import all_reduce_mean
 
 if TYPE_CHECKING:
     from train.losses.config import LossConfig
@@ -37,45 +42,92 @@ if TYPE_CHECKING:
 STEP_THRESH = ((0.03, 1.0 / 3.0),)
 
 
-def step_thresh_lr(base_lr: float, tau: float, steps: tuple[tuple[float, float], ...] = STEP_THRESH) -> float:
-    """lr_tau for the current tau: base_lr * ratio of the last threshold that tau is at or below.
+def step_thresh_ratio(tau: torch.Tensor, steps: tuple[tuple[float, float], ...] = STEP_THRESH) -> torch.Tensor:
+    """lr ratio for the current tau: the ratio of the last threshold that tau is at or below (on tau's device).
 
     Re-evaluated every step (not sticky): if tau rises above 0.03 again the full lr returns.
     """
-    lr = base_lr
-    for thresh, ratio in steps:
-        if tau > thresh:
-            break
-        lr = base_lr * ratio
-    return lr
+    ratio, below = torch.ones_like(tau), torch.ones_like(tau, dtype=torch.bool)
+    for thresh, r in steps:
+        below = below & (tau <= thresh)
+        ratio = torch.where(below, torch.full_like(tau, r), ratio)
+    return ratio
+
+
+def step_thresh_lr(base_lr: float, tau: float, steps: tuple[tuple[float, float], ...] = STEP_THRESH) -> float:
+    """`step_thresh_ratio` for a host float (planning, tests)."""
+    return base_lr * float(step_thresh_ratio(torch.tensor([tau], dtype=torch.float64), steps))
 
 
 @dataclass(frozen=True)
 class TauSpec:
-    """How the trainer must treat the model's logit_scale (see the module table)."""
+    """How the global temperature is treated for a loss (see the module table)."""
 
     trainable: bool
     init_logit_scale: float
     min_logit_scale: float
     max_logit_scale: float
-    lr: float | None  # base lr of the logit_scale group; None = the model's base lr
+    lr: float | None  # base lr of the temperature; None = the model's base lr
     schedule: str  # model | const | step_thresh | frozen
 
-    def lr_at(self, tau: float, model_lr: float, model_base_lr: float) -> float:
-        """lr of the logit_scale group for this step, given the current tau and model lr."""
-        if not self.trainable:
-            raise ValueError("logit_scale is frozen for this loss; it has no optimizer group")
-        base = model_base_lr if self.lr is None else self.lr
-        if self.schedule == "model":
-            return base * (model_lr / model_base_lr if model_base_lr else 0.0)
-        if self.schedule == "step_thresh":
-            return step_thresh_lr(base, tau)
-        return base
+
+class GlobalTemperature:
+    """One fp32 logit_scale [1] replicated on every rank, trained by its own Adam step on the device.
+
+    Pass `logit_scale` to the loss; after backward call `step` (all ranks: the gradient is averaged
+    over ranks with one tiny all-reduce). Nothing here reads a value back to the host.
+    """
+
+    def __init__(self, spec: TauSpec, betas: tuple[float, float], eps: float, device: torch.device) -> None:
+        self.spec, self.betas, self.eps = spec, tuple(betas), eps
+        self.logit_scale = torch.full((1,), spec.init_logit_scale, dtype=torch.float32, device=device)
+        self.logit_scale.requires_grad_(spec.trainable)
+        self.exp_avg = torch.zeros(1, device=device)
+        self.exp_avg_sq = torch.zeros(1, device=device)
+        self.steps = torch.zeros(1, device=device)
+        self.last_lr = torch.zeros(1, device=device)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return torch.exp(-self.logit_scale.detach())
+
+    def lr(self, model_lr: float, model_base_lr: float) -> torch.Tensor:
+        """This step's lr as a device tensor (the step_thresh rule reads tau on the device)."""
+        base = model_base_lr if self.spec.lr is None else self.spec.lr
+        if self.spec.schedule == "model":
+            base *= model_lr / model_base_lr if model_base_lr else 0.0
+        lr = torch.full_like(self.exp_avg, base)
+        return lr * step_thresh_ratio(self.tau) if self.spec.schedule == "step_thresh" else lr
 
     @torch.no_grad()
-    def clamp_(self, logit_scale: torch.Tensor) -> None:
-        """Clamp logit_scale in place after the optimizer step (tau in [tau_min, tau_max])."""
-        logit_scale.clamp_(self.min_logit_scale, self.max_logit_scale)
+    def step(self, model_lr: float, model_base_lr: float) -> None:
+        """Average the gradient over ranks, take one Adam step, clamp; a no-op when frozen."""
+        if not self.spec.trainable:
+            return
+        grad = self.logit_scale.grad
+        if grad is None:
+            raise RuntimeError("the temperature got no gradient: pass GlobalTemperature.logit_scale to the loss")
+        grad = all_reduce_mean(grad)
+        beta1, beta2 = self.betas
+        lr = self.lr(model_lr, model_base_lr)
+        self.steps += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        m_hat = self.exp_avg / (1 - torch.pow(beta1, self.steps))
+        v_hat = self.exp_avg_sq / (1 - torch.pow(beta2, self.steps))
+        self.logit_scale.sub_(lr * m_hat / (v_hat.sqrt() + self.eps))
+        self.logit_scale.clamp_(self.spec.min_logit_scale, self.spec.max_logit_scale)
+        self.logit_scale.grad = None
+        self.last_lr = lr
+
+    def state_dict(self) -> dict[str, Any]:
+        names = ("logit_scale", "exp_avg", "exp_avg_sq", "steps")
+        return {name: getattr(self, name).detach().cpu().clone() for name in names}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name in ("logit_scale", "exp_avg", "exp_avg_sq", "steps"):
+                getattr(self, name).copy_(state[name])
 
 
 def tau_spec(cfg: LossConfig) -> TauSpec:
