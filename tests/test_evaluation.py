@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -27,6 +24,7 @@ from evaluation import (
     write_json,
     zeroshot_accuracy,
 )
+from tests.conftest import run_on_ranks
 
 
 class LookupModel(nn.Module):
@@ -262,75 +260,63 @@ def test_report_table_and_json(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 2 gloo ranks == one process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _sharded_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _sharded_worker(rank: int, world_size: int) -> dict:
+    """This rank's sharded results, and on rank 0 also the rank-0-only (single-process) results."""
     from data.tokenizer import get_tokenizer
     from model import create_model
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model, tokenizer = create_model("tiny"), get_tokenizer()
-        gen = torch.Generator().manual_seed(1)
-        classnames, templates = get_classnames("fashion-mnist"), get_templates("fashion-mnist")
-        images, labels = torch.randn(10, 3, 32, 32, generator=gen), torch.randint(0, 10, (10,), generator=gen)
-        # Retrieval: 6 images with 2 captions each, one row per caption.
-        caption_image = torch.arange(12) // 2
-        tokens = tokenizer([f"a photo of thing {i // 2} in style {i % 2}" for i in range(12)])
-        retrieval_images = torch.randn(6, 3, 32, 32, generator=gen)[caption_image]
+    torch.manual_seed(0)
+    model, tokenizer = create_model("tiny"), get_tokenizer()
+    gen = torch.Generator().manual_seed(1)
+    classnames, templates = get_classnames("fashion-mnist"), get_templates("fashion-mnist")
+    images, labels = torch.randn(10, 3, 32, 32, generator=gen), torch.randint(0, 10, (10,), generator=gen)
+    # Retrieval: 6 images with 2 captions each, one row per caption.
+    caption_image = torch.arange(12) // 2
+    tokens = tokenizer([f"a photo of thing {i // 2} in style {i % 2}" for i in range(12)])
+    retrieval_images = torch.randn(6, 3, 32, 32, generator=gen)[caption_image]
 
-        def zeroshot_batches(order: list[int]) -> list[dict[str, torch.Tensor]]:
-            return batched(4, images=images[order], label=labels[order], index=torch.tensor(order))
+    def zeroshot_batches(order: list[int]) -> list[dict[str, torch.Tensor]]:
+        return batched(4, images=images[order], label=labels[order], index=torch.tensor(order))
 
-        def retrieval_batches(rows: slice) -> list[dict[str, torch.Tensor]]:
-            return batched(3, images=retrieval_images[rows], tokens=tokens[rows], image_id=caption_image[rows])
+    def retrieval_batches(rows: slice) -> list[dict[str, torch.Tensor]]:
+        return batched(3, images=retrieval_images[rows], tokens=tokens[rows], image_id=caption_image[rows])
 
-        # DistributedSampler-style padding (index 0 and 1 twice) for zero-shot; uneven, disjoint caption
-        # blocks without an index for retrieval (image 3's captions straddle the ranks).
-        padded = list(range(10)) + [0, 1]
-        part = slice(0, 7) if rank == 0 else slice(7, 12)
-        sharded = {
-            "classifier": build_zeroshot_classifier(model, tokenizer, classnames, templates, "cpu", batch_size=5),
-            "one_class": build_zeroshot_classifier(model, tokenizer, ["bag"], templates, "cpu"),
-            "zeroshot": evaluate_zeroshot(
-                model, tokenizer, classnames, templates, zeroshot_batches(padded[rank::2]), "cpu"
+    # DistributedSampler-style padding (index 0 and 1 twice) for zero-shot; uneven, disjoint caption
+    # blocks without an index for retrieval (image 3's captions straddle the ranks).
+    padded = list(range(10)) + [0, 1]
+    part = slice(0, 7) if rank == 0 else slice(7, 12)
+    sharded = {
+        "classifier": build_zeroshot_classifier(model, tokenizer, classnames, templates, "cpu", batch_size=5),
+        "one_class": build_zeroshot_classifier(model, tokenizer, ["bag"], templates, "cpu"),
+        "zeroshot": evaluate_zeroshot(
+            model, tokenizer, classnames, templates, zeroshot_batches(padded[rank::2]), "cpu"
+        ),
+        "retrieval": evaluate_retrieval(model, retrieval_batches(part), "cpu"),
+        "features": encode_retrieval_set(model, retrieval_batches(part), "cpu"),
+    }
+    result = {"sharded": sharded}
+    if rank == 0:  # rank-0-only evaluation inside the same process group: no collectives
+        result["single"] = {
+            "classifier": build_zeroshot_classifier(
+                model, tokenizer, classnames, templates, "cpu", distributed=False
             ),
-            "retrieval": evaluate_retrieval(model, retrieval_batches(part), "cpu"),
-            "features": encode_retrieval_set(model, retrieval_batches(part), "cpu"),
+            "one_class": build_zeroshot_classifier(model, tokenizer, ["bag"], templates, "cpu", distributed=False),
+            "zeroshot": evaluate_zeroshot(
+                model, tokenizer, classnames, templates, zeroshot_batches(list(range(10))), "cpu", distributed=False
+            ),
+            "retrieval": evaluate_retrieval(model, retrieval_batches(slice(0, 12)), "cpu", distributed=False),
+            "features": encode_retrieval_set(model, retrieval_batches(slice(0, 12)), "cpu", distributed=False),
         }
-        torch.save(sharded, Path(out_dir) / f"sharded{rank}.pt")
-        if rank == 0:  # rank-0-only evaluation inside the same process group: no collectives
-            single = {
-                "classifier": build_zeroshot_classifier(
-                    model, tokenizer, classnames, templates, "cpu", distributed=False
-                ),
-                "one_class": build_zeroshot_classifier(model, tokenizer, ["bag"], templates, "cpu", distributed=False),
-                "zeroshot": evaluate_zeroshot(
-                    model, tokenizer, classnames, templates, zeroshot_batches(list(range(10))), "cpu", distributed=False
-                ),
-                "retrieval": evaluate_retrieval(model, retrieval_batches(slice(0, 12)), "cpu", distributed=False),
-                "features": encode_retrieval_set(model, retrieval_batches(slice(0, 12)), "cpu", distributed=False),
-            }
-            torch.save(single, Path(out_dir) / "single.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    return result
 
 
 @pytest.mark.slow
-def test_sharded_evaluation_on_two_gloo_ranks_equals_single_process(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(_sharded_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    single = torch.load(tmp_path / "single.pt", weights_only=False)
+def test_sharded_evaluation_on_two_gloo_ranks_equals_single_process() -> None:
+    ranks = run_on_ranks(_sharded_worker, 2, init_group=True)
+    single = ranks[0]["single"]
     assert single["zeroshot"]["n"] == 10 and single["retrieval"]["n_texts"] == 12
     for rank in range(2):
-        sharded = torch.load(tmp_path / f"sharded{rank}.pt", weights_only=False)
+        sharded = ranks[rank]["sharded"]
         assert sharded["zeroshot"] == single["zeroshot"]
         assert sharded["retrieval"] == single["retrieval"]
         # Same per-row computations in float32; 1e-6 allows for different batch compositions.
