@@ -28,8 +28,8 @@ REFUSED = (
     "max_steps",
     "flip",
 )
-# Keys that name how this run is started, not what it trains.
-IGNORED = ("checkpoint.resume", "checkpoint.allow_changes")
+# Keys that name how this run is started, not what it trains (init_from weights are replaced by the checkpoint's).
+IGNORED = ("checkpoint.resume", "checkpoint.allow_changes", "model.init_from")
 MISSING = "<absent>"
 
 
