@@ -1,0 +1,296 @@
+#!/usr/bin/env python
+"""FastCLIP vs OpenCLIP at small batch on Fashion-MNIST mosaics: one command runs every arm of the study.
+
+  python tools/study.py --dry-run                 # list the arms in run order
+  python tools/study.py --work runs/study         # run (or resume) them all, then write the report
+  python tools/study.py --report-only             # rewrite results/study.{md,png} from results/study.json
+
+Every arm trains the same tiny CLIP (56 px mosaics, patch 14) from scratch in its own single-process
+subprocess (OMP_NUM_THREADS=1) and evaluates text<->image retrieval on 1000 test mosaics with distinct
+captions plus zero-shot on single test items, in the loop and at the end. Arms differ only in the loss,
+the batch, the epochs (a sweep) and the seed; FLIP arms train masked at twice the batch for the wall-clock
+budget of their unmasked twin (from a side-by-side step-time calibration), then tune unmasked.
+
+The study resumes: finished arms are read back from study.json and skipped; an interrupted arm restarts
+from scratch (its wall-clock time would be meaningless otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.study_diagnostics import false_negative_rates, parse_metrics, u_staleness  # noqa: E402
+from tools.study_report import write_report  # noqa: E402
+
+logger = logging.getLogger("study")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every arm shares. Defaults fit one arm in about 5 minutes on one busy CPU core."""
+
+    train_size: int = 2500  # training mosaics
+    zeroshot_size: int = 1000  # single test items for zero-shot
+    batch: int = 64  # b
+    epochs: int = 20  # epochs per sample of the main comparison (the longest sweep point)
+    sweep: tuple[int, ...] = (4, 10, 20)  # epochs per sample, OpenCLIP@b and FastCLIP-v3@b, seed 0
+    scale_epochs: int = 10  # OpenCLIP@4b runs as many steps as the b arm at this many epochs
+    seeds: int = 5  # of OpenCLIP@b and FastCLIP-v3@b at `epochs`
+    evals_per_run: int = 6
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    flip_tuning_epochs: int = 1  # unmasked tuning after FLIP's masked phase
+    data_seed: int = 0
+
+
+# The losses, as the `loss:` section of a recipe. FastCLIP-v3's gamma decay is scaled to the run (see
+# `loss_section`); its tau learns at the model lr (as OpenCLIP's logit_scale does) because our runs are
+# ~100x shorter than the paper's; rho 6.5 and gamma_min 0.2 are the paper's CC3M values.
+LOSSES: dict[str, dict] = {
+    "openclip": {"name": "openclip", "tau_init": 0.07},
+    "fastclip-v3": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07, "rho": 6.5,
+                    "gamma_schedule": "cosine", "gamma_min": 0.2, "lr_tau_schedule": "step_thresh"},
+    "fastclip-v3-gamma1": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
+                           "rho": 6.5, "gamma_schedule": "constant", "gamma_min": 1.0,
+                           "lr_tau_schedule": "step_thresh"},
+    "fastclip-v1": {"name": "fastclip", "version": "v1", "tau_init": 0.07, "gamma_schedule": "cosine",
+                    "gamma_min": 0.2},
+    "fastclip-v0": {"name": "fastclip", "version": "v0", "tau_grad": "reference", "tau_init": 0.07,
+                    "gamma_schedule": "cosine", "gamma_min": 0.2},
+    "fastclip-v2": {"name": "fastclip", "version": "v2", "tau_init": 0.03, "rho": 7.0, "lr_tau": 0.0133,
+                    "gamma_schedule": "cosine", "gamma_min": 0.2},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training run of the study."""
+
+    loss: str  # key of LOSSES
+    batch: int
+    epochs: int
+    seed: int
+    group: str  # main | versions | flip | scale | sweep | ablation
+    mask_ratio: float = 0.0
+    diagnose: bool = False  # keep per-epoch checkpoints and measure u staleness
+    note: str = ""
+
+    @property
+    def id(self) -> str:
+        mask = f"-mask{self.mask_ratio:g}" if self.mask_ratio else ""
+        return f"{self.loss}-b{self.batch}{mask}-e{self.epochs}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        """The arm's name in plots and tables (seeds pooled)."""
+        mask = f" FLIP{self.mask_ratio:g}" if self.mask_ratio else ""
+        return f"{self.loss}@{self.batch}{mask}"
+
+
+def plan_arms(s: Settings) -> list[Arm]:
+    """Every arm, most important first: the 5-seed comparison, then versions, FLIP, scale, sweep, ablation."""
+    b, e = s.batch, s.epochs
+    arms = []
+    for seed in range(s.seeds):
+        arms += [Arm("openclip", b, e, seed, "main"), Arm("fastclip-v3", b, e, seed, "main", diagnose=seed == 0)]
+    arms += [Arm(v, b, e, 0, "versions") for v in ("fastclip-v1", "fastclip-v0", "fastclip-v2")]
+    arms += [Arm(loss, 2 * b, e, 0, "flip", mask_ratio=0.5, note=f"masked at 2b for the wall clock of the twin at b "
+                 f"and {e} epochs, then unmasked tuning") for loss in ("openclip", "fastclip-v3")]  # fmt: skip
+    arms.append(Arm("openclip", 4 * b, 4 * s.scale_epochs, 0, "scale",
+                    note=f"same steps as openclip@{b} at {s.scale_epochs} epochs"))  # fmt: skip
+    arms += [Arm(loss, b, ep, 0, "sweep") for ep in s.sweep if ep != e for loss in ("openclip", "fastclip-v3")]
+    arms.append(Arm("fastclip-v3-gamma1", b, e, 0, "ablation", note="gamma = 1: u is the last batch's g"))
+    return arms
+
+
+def steps_per_epoch(s: Settings, batch: int) -> int:
+    return -(-s.train_size // batch)  # drop_last false: the last batch wraps around
+
+
+def loss_section(arm: Arm, s: Settings, epochs: int) -> dict:
+    loss = dict(LOSSES[arm.loss])
+    if loss["name"] == "fastclip":
+        loss["gamma_decay_epochs"] = max(1, epochs // 2)  # FastCLIP: decay over about half the run
+        if loss["version"] in ("v0", "v3"):
+            loss.setdefault("lr_tau", s.lr)
+    return loss
+
+
+def arm_config(arm: Arm, s: Settings, data: Path, out: Path, flip_steps: tuple[int, int] | None = None) -> dict:
+    """The exact recipe of one arm (saved with its results). A FLIP arm's `epochs` are its twin's; it runs
+    `flip_steps` = (masked steps, tuning steps) instead."""
+    spe = steps_per_epoch(s, arm.batch)
+    epochs, total = arm.epochs, arm.epochs * spe
+    flip: dict = {"mask_ratio": arm.mask_ratio}
+    max_steps = 0
+    if arm.mask_ratio:
+        if flip_steps is None:
+            raise ValueError(f"{arm.id}: a FLIP arm needs the calibrated (masked, tuning) steps")
+        max_steps, tuning_steps = flip_steps
+        epochs, total = -(-max_steps // spe), max_steps + tuning_steps
+        flip |= {"tuning_samples": tuning_steps * arm.batch, "tuning_lr": s.lr / 10, "tuning_lr_min": s.lr / 100,
+                 "tuning_warmup_steps": 10}  # fmt: skip
+    every = max(1, total // s.evals_per_run)
+    return {
+        "run": {"name": arm.id, "output_dir": str(out), "seed": arm.seed, "world_size": 1},
+        "model": {"name": "tiny", "overrides": {"vision_image_size": 56, "vision_patch_size": 14,
+                                                "text_context_length": 40}},  # fmt: skip
+        "data": {"source": "webdataset", "path": str(data / "train"), "batch_size": arm.batch, "workers": 1,
+                 "image_size": 56, "seed": arm.seed},  # fmt: skip
+        "loss": loss_section(arm, s, epochs),
+        "optim": {"name": "adamw", "lr": s.lr, "lr_min": s.lr / 100, "warmup_steps": s.warmup_steps,
+                  "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1.0e-6},  # fmt: skip
+        "flip": flip,
+        "backend": {"name": "ddp", "precision": "fp32"},
+        "checkpoint": {"every_steps": spe if arm.diagnose else 0, "keep_last": arm.epochs + 2},
+        "logging": {"every_steps": 100, "tensorboard": False},
+        "eval": {"retrieval": str(data / "test"), "zeroshot": str(data / "zeroshot"), "templates": "fashion-mosaic",
+                 "batch_size": 500, "every_steps": every},  # fmt: skip
+        "epochs": epochs,
+        "max_steps": max_steps,
+    }
+
+
+@dataclass
+class Study:
+    """The results file: settings, calibration, data facts and one record per finished arm."""
+
+    settings: Settings
+    calibration: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    runs: dict[str, dict] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, settings: Settings) -> Study:
+        if not path.exists():
+            return cls(settings)
+        raw = json.loads(path.read_text())
+        saved = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["settings"].items()})
+        if saved != settings:
+            raise SystemExit(f"{path} was written with other settings ({saved}); use another --out to start over")
+        return cls(saved, raw.get("calibration", {}), raw.get("data", {}), raw.get("runs", {}))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"settings": asdict(self.settings), "calibration": self.calibration,
+                                   "data": self.data, "runs": self.runs}, indent=1))  # fmt: skip
+        os.replace(tmp, path)
+
+
+def pending(arms: list[Arm], study: Study) -> list[Arm]:
+    """Arms without a finished record (an interrupted or failed arm runs again)."""
+    return [a for a in arms if study.runs.get(a.id, {}).get("status") != "done"]
+
+
+def build_data(s: Settings, data: Path, python: str) -> None:
+    if (data / "zeroshot" / "manifest.json").exists():
+        return
+    cmd = [python, str(REPO / "tools/make_shards.py"), "fashion-mosaic", "--out", str(data), "--seed",
+           str(s.data_seed), "--train-size", str(s.train_size), "--zeroshot-size", str(s.zeroshot_size)]  # fmt: skip
+    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def flip_steps(arm: Arm, s: Settings, cal: dict) -> tuple[int, int]:
+    """(masked steps, tuning steps) at 2b that take the unmasked b twin's time by the calibrated step times."""
+    twin_seconds = s.epochs * steps_per_epoch(s, s.batch) * cal["step_s"]["b"]
+    tuning = s.flip_tuning_epochs * steps_per_epoch(s, arm.batch)
+    masked = int((twin_seconds - tuning * cal["step_s"]["2b"]) / cal["step_s"]["2b_mask0.5"])
+    return masked, tuning
+
+
+def run_arm(arm: Arm, s: Settings, study: Study, work: Path, python: str, timeout: float) -> dict:
+    """Train one arm in a subprocess and return its record (config, eval points, wall time, trajectories)."""
+    out = work / arm.id
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted attempt restarts cleanly
+    out.mkdir(parents=True)
+    steps = flip_steps(arm, s, study.calibration) if arm.mask_ratio else None
+    config = arm_config(arm, s, work / "data", out, steps)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [python, str(REPO / "recipes/run_recipe.py"), "--config", str(out / "recipe.yaml")]
+    started = time.perf_counter()
+    with (out / "train.log").open("w") as log:
+        try:
+            proc = subprocess.run(cmd, env=_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            status = "done" if proc.returncode == 0 else f"failed (exit {proc.returncode}, see {out}/train.log)"
+        except subprocess.TimeoutExpired:
+            status = f"failed (over the {timeout:.0f} s limit)"
+    record = {"arm": asdict(arm), "id": arm.id, "label": arm.label, "status": status, "config": config,
+              "process_seconds": time.perf_counter() - started}  # fmt: skip
+    if status == "done":
+        spe = steps_per_epoch(s, arm.batch)
+        pauses = set(range(spe, arm.epochs * spe, spe)) if arm.diagnose else set()  # per-epoch checkpoints
+        record |= parse_metrics(out / "metrics.jsonl", arm.batch, spe, pauses)
+        if arm.diagnose:
+            record["u_staleness"] = u_staleness(out / "checkpoints", work / "data" / "train", s.batch, arm.seed)
+            shutil.rmtree(out / "checkpoints")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="runs/study", help="data and run directories")
+    p.add_argument("--out", default="results", help="study.json, study.md and study.png go here")
+    p.add_argument("--dry-run", action="store_true", help="list the arms and exit")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from study.json")
+    p.add_argument("--timeout", type=float, default=900, help="seconds before an arm is stopped and marked failed")
+    p.add_argument("--seeds", type=int, default=Settings.seeds)
+    p.add_argument("--epochs", type=int, default=Settings.epochs)
+    p.add_argument("--sweep", default=",".join(map(str, Settings.sweep)), help="epochs per sample, comma separated")
+    p.add_argument("--scale-epochs", type=int, default=Settings.scale_epochs)
+    p.add_argument("--train-size", type=int, default=Settings.train_size)
+    p.add_argument("--zeroshot-size", type=int, default=Settings.zeroshot_size)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    s = Settings(seeds=args.seeds, epochs=args.epochs, sweep=tuple(int(x) for x in args.sweep.split(",")),
+                 scale_epochs=args.scale_epochs, train_size=args.train_size, zeroshot_size=args.zeroshot_size)
+    arms = plan_arms(s)
+    if args.dry_run:
+        for i, arm in enumerate(arms):
+            print(f"{i + 1:2d}. {arm.id:36s} group {arm.group:9s} {arm.note}")
+        print(f"{len(arms)} arms; each {s.train_size} mosaics, batch {s.batch} unless named")
+        return 0
+    out, work = Path(args.out), Path(args.work).resolve()
+    study = Study.load(out / "study.json", s)
+    if not args.report_only:
+        python = sys.executable
+        build_data(s, work / "data", python)
+        if not study.data:
+            study.data = false_negative_rates(work / "data" / "train", s.batch)
+        if not study.calibration:
+            from tools.study_calibrate import calibrate  # noqa: PLC0415 (imports torch; not needed to report)
+
+            study.calibration = calibrate(s.batch)
+        study.save(out / "study.json")
+        todo = pending(arms, study)
+        for i, arm in enumerate(todo):
+            logger.info("[%d/%d] %s", i + 1, len(todo), arm.id)
+            study.runs[arm.id] = run_arm(arm, s, study, work, python, args.timeout)
+            rec = study.runs[arm.id]
+            logger.info("%s: %s, %.0f s, final text->image R@1 %s", arm.id, rec["status"], rec["process_seconds"],
+                        rec.get("final", {}).get("text_to_image_R@1"))  # fmt: skip
+            study.save(out / "study.json")
+    write_report(study.runs, asdict(study.settings), study.calibration, study.data, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

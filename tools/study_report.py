@@ -1,0 +1,189 @@
+"""The study's report: results/study.md (tables, diagnostics) and results/study.png (curves), from its runs."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+METRIC = "text_to_image_R@1"
+
+
+def _key(run: dict) -> str:
+    """An arm without its seed: runs that differ only in the seed are pooled."""
+    return run["id"].rsplit("-s", 1)[0]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def _pct(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{100 * mean:.1f}" + ("" if math.isnan(std) else f" ± {100 * std:.1f}")
+
+
+def pooled(runs: dict[str, dict]) -> dict[str, list[dict]]:
+    """Finished runs grouped by arm (seeds pooled), in the study's run order."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in runs.values():
+        if run["status"] == "done":
+            groups[_key(run)].append(run)
+    return dict(groups)
+
+
+def main_gap(groups: dict[str, list[dict]], settings: dict) -> dict | None:
+    """FastCLIP-v3@b minus OpenCLIP@b at the main epochs: mean difference and its standard error."""
+    b, e = settings["batch"], settings["epochs"]
+    fast, base = groups.get(f"fastclip-v3-b{b}-e{e}", []), groups.get(f"openclip-b{b}-e{e}", [])
+    if not fast or not base:
+        return None
+    f = [r["final"][METRIC] for r in fast]
+    o = [r["final"][METRIC] for r in base]
+    se = math.sqrt(sum(statistics.variance(x) / len(x) for x in (f, o))) if min(len(f), len(o)) > 1 else math.nan
+    return {"gap": statistics.fmean(f) - statistics.fmean(o), "se": se, "n_fast": len(f), "n_openclip": len(o)}
+
+
+def _table(groups: dict[str, list[dict]]) -> list[str]:
+    lines = [
+        "| arm | group | epochs | seeds | samples seen | train s | text→image R@1 | text→image R@5 "
+        "| image→text R@1 | zero-shot top-1 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rs in groups.values():
+        arm = rs[0]["arm"]
+        final = [r["final"] for r in rs]
+        secs = statistics.fmean(r["train_seconds"] for r in rs)
+        lines.append(
+            f"| {rs[0]['label']} | {arm['group']} | {arm['epochs']} | {len(rs)} | {rs[0]['final']['samples']:,} "
+            f"| {secs:.0f} | {_pct([f[METRIC] for f in final])} | {_pct([f['text_to_image_R@5'] for f in final])} "
+            f"| {_pct([f['image_to_text_R@1'] for f in final])} | {_pct([f['zeroshot_top1'] for f in final])} |"
+        )
+    return lines
+
+
+def _sweep(groups: dict[str, list[dict]], settings: dict) -> list[str]:
+    b = settings["batch"]
+    lines = ["| epochs per sample | OpenCLIP@b R@1 | FastCLIP-v3@b R@1 | gap (points) |", "|---:|---:|---:|---:|"]
+    for ep in sorted(set(settings["sweep"]) | {settings["epochs"]}):
+        o = groups.get(f"openclip-b{b}-e{ep}", [])
+        f = groups.get(f"fastclip-v3-b{b}-e{ep}", [])
+        if o and f:  # seed 0 only, so every point is one run per loss
+            o0, f0 = o[0]["final"][METRIC], f[0]["final"][METRIC]
+            lines.append(f"| {ep} | {100 * o0:.1f} | {100 * f0:.1f} | {100 * (f0 - o0):+.1f} |")
+    return lines
+
+
+def _diagnostics(groups: dict[str, list[dict]], settings: dict, data: dict) -> list[str]:
+    lines = []
+    if data:
+        lines += [
+            "", "### False negatives in a batch", "",
+            f"{data['train_mosaics']} training mosaics, {data['distinct_train_captions']} distinct captions. For a "
+            f"batch of {data['batch']}, the chance that a negative has the anchor's exact caption is "
+            f"{100 * data['p_negative_same_caption']:.3f}% ({data['false_negatives_per_anchor_in_batch']['mosaic']:.3f}"
+            f" per anchor); it shares 3 of 4 cells {100 * data['p_negative_3_of_4_cells']:.2f}% of the time. With "
+            f"Fashion-MNIST class names as captions it would be {100 * data['p_negative_same_class_single_items']:.1f}%"
+            f" ({data['false_negatives_per_anchor_in_batch']['single_items']:.1f} per anchor).",
+        ]  # fmt: skip
+    b, e = settings["batch"], settings["epochs"]
+    diag = [r for r in groups.get(f"fastclip-v3-b{b}-e{e}", []) if "u_staleness" in r]
+    if diag:
+        lines += ["", "### Staleness of u (FastCLIP-v3@b, seed 0, end of each epoch)", "",
+                  "|log u − log g| against the exact dataset-wide g of the current model (median over samples; "
+                  "image anchors), next to the error of a fresh single-batch estimate g(batch) as the mini-batch "
+                  "loss uses it. Mean signed log(u/g) > 0: u overestimates g.", "",
+                  "| epoch | tau | median abs log u/g | mean log u/g | median abs log g(batch)/g |",
+                  "|---:|---:|---:|---:|---:|"]  # fmt: skip
+        spe = -(-settings["train_size"] // b)
+        for row in diag[0]["u_staleness"]:
+            lines.append(
+                f"| {row['step'] / spe:.0f} | {row['tau']:.4f} | {row['median_abs_log_u_over_g1']:.3f} "
+                f"| {row['mean_log_u_over_g1']:+.3f} | {row['median_abs_log_batch_over_g1']:.3f} |"
+            )
+    taus = {k: rs[0]["trajectory"] for k, rs in groups.items() if rs[0]["arm"]["group"] in ("main", "versions")}
+    if taus:
+        epochs = [t["epoch"] for t in next(iter(taus.values()))]
+        shown = [ep for ep in epochs if ep == 1 or ep % max(1, len(epochs) // 5) == 0]
+        lines += ["", "### Temperature tau at the end of epochs (seed 0)", "",
+                  "| arm | " + " | ".join(f"ep {ep}" for ep in shown) + " |",
+                  "|---|" + "---:|" * len(shown)]  # fmt: skip
+        for key, traj in taus.items():
+            by_epoch = {t["epoch"]: t.get("schedule/tau", math.nan) for t in traj}
+            lines.append(f"| {groups[key][0]['label']} | " + " | ".join(f"{by_epoch.get(ep, math.nan):.4f}"
+                                                                          for ep in shown) + " |")  # fmt: skip
+    return lines
+
+
+def write_markdown(runs: dict[str, dict], settings: dict, calibration: dict, data: dict, path: Path) -> None:
+    groups = pooled(runs)
+    lines = ["# FastCLIP vs OpenCLIP at small batch on Fashion-MNIST mosaics", "",
+             f"Tiny CLIP (56 px, patch 14), {settings['train_size']} training mosaics, b = {settings['batch']}, "
+             f"one CPU process per run; final evaluation on 1000 test mosaics with distinct captions (R@k, %) and "
+             f"{settings['zeroshot_size']} single test items (zero-shot, %). Mean ± std over seeds.", ""]  # fmt: skip
+    lines += _table(groups)
+    gap = main_gap(groups, settings)
+    if gap:
+        lines += ["", f"**FastCLIP-v3@{settings['batch']} − OpenCLIP@{settings['batch']}, text→image R@1 at "
+                      f"{settings['epochs']} epochs: {100 * gap['gap']:+.2f} points** (standard error "
+                      f"{100 * gap['se']:.2f}; {gap['n_fast']} vs {gap['n_openclip']} seeds)."]  # fmt: skip
+    lines += ["", "### Epochs per sample (seed 0)", "", *_sweep(groups, settings)]
+    lines += _diagnostics(groups, settings, data)
+    if calibration:
+        r = calibration["ratio_to_b"]
+        lines += ["", f"FLIP budget: step time relative to b unmasked, measured side by side: 2b {r['2b']:.2f}, "
+                      f"2b with 50% masking {r['2b_mask0.5']:.2f}."]  # fmt: skip
+    missing = [r["id"] + ": " + r["status"] for r in runs.values() if r["status"] != "done"]
+    if missing:
+        lines += ["", "Not finished: " + "; ".join(missing)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 (plotting only when writing the report)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    groups = pooled(runs)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for rs in groups.values():
+        if rs[0]["arm"]["group"] == "sweep":
+            continue
+        n = min(len(r["evals"]) for r in rs)
+        ys = [[100 * r["evals"][i][METRIC] for r in rs] for i in range(n)]
+        mean = [statistics.fmean(y) for y in ys]
+        label = rs[0]["label"] + f" ({len(rs)} seed{'s' if len(rs) > 1 else ''}, {rs[0]['arm']['epochs']} ep)"
+        for ax, axis in ((axes[0], "samples"), (axes[1], "train_seconds")):
+            xs = [statistics.fmean(r["evals"][i][axis] for r in rs) for i in range(n)]
+            line = ax.plot(xs, mean, marker=".", label=label)[0]
+            if len(rs) > 1:
+                ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
+    axes[0].set(xlabel="samples seen", ylabel="text→image R@1 (%)", title="R@1 vs samples seen")
+    axes[1].set(xlabel="training wall-clock seconds (one core)", ylabel="text→image R@1 (%)", title="R@1 vs time")
+    axes[0].legend(fontsize=7)
+    b = settings["batch"]
+    points = []
+    for ep in sorted(set(settings["sweep"]) | {settings["epochs"]}):
+        o, f = groups.get(f"openclip-b{b}-e{ep}"), groups.get(f"fastclip-v3-b{b}-e{ep}")
+        if o and f:
+            gaps = [100 * (fr["final"][METRIC] - orr["final"][METRIC]) for fr, orr in zip(f, o, strict=False)]
+            points.append((ep, statistics.fmean(gaps), min(gaps), max(gaps)))
+    if points:
+        eps, mean, lo, hi = zip(*points, strict=True)
+        axes[2].errorbar(eps, mean, yerr=[[m - x for m, x in zip(mean, lo, strict=True)],
+                                          [x - m for m, x in zip(mean, hi, strict=True)]], marker="o", capsize=3)
+    axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].set(xlabel="epochs per sample", ylabel="FastCLIP-v3 − OpenCLIP R@1 (points)",
+                title=f"gap at batch {b} (paired seeds; range)")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(runs: dict[str, dict], settings: dict, calibration: dict, data: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_markdown(runs, settings, calibration, data, out / "study.md")
+    if pooled(runs):
+        write_plot(runs, settings, out / "study.png")
