@@ -157,7 +157,7 @@ def arm_config(arm: Arm, s: Settings, data: Path, out: Path, flip_steps: tuple[i
         "flip": flip,
         "backend": {"name": "ddp", "precision": "fp32"},
         "checkpoint": {"every_steps": spe if arm.diagnose else 0, "keep_last": arm.epochs + 2},
-        "logging": {"every_steps": 100, "tensorboard": False},
+        "logging": {"every_steps": 1, "tensorboard": False},  # every step: per-epoch trajectories
         "eval": {"retrieval": str(data / "test"), "zeroshot": str(data / "zeroshot"), "templates": "fashion-mosaic",
                  "batch_size": 500, "every_steps": every},  # fmt: skip
         "epochs": epochs,
@@ -236,9 +236,7 @@ def run_arm(arm: Arm, s: Settings, study: Study, work: Path, python: str, timeou
     record = {"arm": asdict(arm), "id": arm.id, "label": arm.label, "status": status, "config": config,
               "process_seconds": time.perf_counter() - started}  # fmt: skip
     if status == "done":
-        spe = steps_per_epoch(s, arm.batch)
-        pauses = set(range(spe, arm.epochs * spe, spe)) if arm.diagnose else set()  # per-epoch checkpoints
-        record |= parse_metrics(out / "metrics.jsonl", arm.batch, spe, pauses)
+        record |= parse_metrics(out / "metrics.jsonl", arm.batch, steps_per_epoch(s, arm.batch))
         if arm.diagnose:
             record["u_staleness"] = u_staleness(out / "checkpoints", work / "data" / "train", s.batch, arm.seed)
             shutil.rmtree(out / "checkpoints")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -14,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TRACKED = ("schedule/tau", "schedule/gamma", "train/loss", "loss/log_u1_mean", "loss/log_u2_mean")
+TRACKED = ("schedule/tau", "schedule/gamma", "train/loss", "state/log_u1_mean", "state/log_u2_mean")
 
 
-def parse_metrics(path: Path, batch: int, steps_per_epoch: int, pause_steps: set[int] | None = None) -> dict:
+def parse_metrics(path: Path, batch: int, steps_per_epoch: int) -> dict:
     """Eval points with samples seen and training seconds, and per-epoch trajectories of `TRACKED`.
 
-    A step's time is batch / its logged samples/s. The trainer measures a step from the end of the previous
-    one, so a step right after an in-loop eval or a checkpoint (`pause_steps`) also timed that pause; such
-    steps count as the run's median step instead, which keeps evaluation out of the wall-clock axis.
+    A logged row's samples/s covers the steps since the previous logged row (the trainer restarts that window
+    after an in-loop eval or checkpoint), so evaluation stays off the wall-clock axis.
     """
     steps: dict[int, dict] = {}
     evals: list[dict] = []
@@ -34,16 +32,13 @@ def parse_metrics(path: Path, batch: int, steps_per_epoch: int, pause_steps: set
             evals.append({"step": row["step"]} | {k[5:]: v for k, v in row.items() if k.startswith("eval/")})
     if not steps or not evals:
         raise ValueError(f"{path}: no training steps or no eval results logged")
-    seconds = {s: batch / r["perf/samples_per_s"] for s, r in steps.items()}
-    median = statistics.median(seconds.values())
-    paused = {e["step"] + 1 for e in evals} | {s + 1 for s in pause_steps or ()}
-    clock, elapsed = 0.0, {}
-    for s in sorted(seconds):
-        clock += median if s in paused else seconds[s]
-        elapsed[s] = clock
+    clock, previous, elapsed = 0.0, 0, {0: 0.0}
+    for s in sorted(steps):
+        clock += (s - previous) * batch / steps[s]["perf/samples_per_s"]
+        elapsed[s], previous = clock, s
     for e in evals:
         e["samples"] = e["step"] * batch
-        e["train_seconds"] = elapsed.get(e["step"], 0.0)
+        e["train_seconds"] = elapsed[max(s for s in elapsed if s <= e["step"])]
     trajectory = []
     for end in range(steps_per_epoch, max(steps) + 1, steps_per_epoch):
         if end in steps:
@@ -104,7 +99,11 @@ def _features(checkpoint: Path, train_dir: Path) -> tuple[torch.Tensor, torch.Te
             images.append(model.encode_image(b["images"], normalize=True))
             texts.append(model.encode_text(b["tokens"], normalize=True))
             keys.append(b["index"])
-    return torch.cat(images).double(), torch.cat(texts).double(), torch.cat(keys), float(model.logit_scale.exp())
+    # The trainer learns the temperature outside the model (temperature.pt); the model's own is the initial one.
+    temperature = checkpoint / "temperature.pt"
+    logit_scale = torch.load(temperature)["logit_scale"] if temperature.exists() else model.logit_scale.detach()
+    scale = float(logit_scale.exp().reshape(-1)[0])
+    return torch.cat(images).double(), torch.cat(texts).double(), torch.cat(keys), scale
 
 
 def _log_g(diff: torch.Tensor) -> torch.Tensor:
