@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,15 +43,19 @@ def _run(rank: int, world_size: int, out_dir: str, shards: str, backend: str, ki
         trainer.metrics.log = log_then_die
     first_step = trainer.step
     result = trainer.fit()
-    return {"first_step": first_step, "losses": result["losses"]}
+    return {
+        "first_step": first_step, "losses": result["losses"], "params": trainer.backend.full_state_dict(),
+        "loss": trainer.loss.state_dict(),
+    }  # fmt: skip
 
 
-def _state(rank: int, world_size: int, out_dir: str, shards: str, backend: str, resume: str):
+def _loaded(rank: int, world_size: int, out_dir: str, shards: str, backend: str, resume: str):
+    """What a run resuming from `resume` holds before and after fit() (the plan is complete: no step runs)."""
     from train.trainer import Trainer
 
     trainer = Trainer(_config(out_dir, shards, backend, world_size, resume))
     state = {"step": trainer.step, "params": trainer.backend.full_state_dict(), "loss": trainer.loss.state_dict()}
-    state["losses"] = trainer.fit()["losses"] if world_size == 1 else []
+    state["losses"] = trainer.fit()["losses"]
     return state
 
 
@@ -61,10 +66,24 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(directory)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, list]]:
+    """Per backend, one uninterrupted 2-rank run (its directory and per-rank results), shared by the tests."""
+    runs: dict[str, tuple[Path, list]] = {}
+
+    def run(backend: str) -> tuple[Path, list]:
+        if backend not in runs:
+            out = tmp_path_factory.mktemp(f"full-{backend.replace(':', '-')}")
+            runs[backend] = out, run_on_ranks(_run, WORLD, (str(out), shards, backend, 0, None))
+        return runs[backend]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "fsdp2", "deepspeed:zero2"])
-def test_killed_run_resumes_exactly(backend: str, shards: str, tmp_path: Path) -> None:
-    full = run_on_ranks(_run, WORLD, (str(tmp_path / "full"), shards, backend, 0, None))[0]
+def test_killed_run_resumes_exactly(backend: str, shards: str, uninterrupted: Callable, tmp_path: Path) -> None:
+    full = uninterrupted(backend)[1][0]
     killed = run_on_ranks(_run, WORLD, (str(tmp_path / "cut"), shards, backend, KILL_AT, None))
     assert killed == [None, None]
     latest = resolve_resume(tmp_path / "cut" / "checkpoints", "latest")
@@ -82,12 +101,13 @@ def test_killed_run_resumes_exactly(backend: str, shards: str, tmp_path: Path) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "fsdp2"])
-def test_resume_on_fewer_ranks(backend: str, shards: str, tmp_path: Path) -> None:
-    run_on_ranks(_run, WORLD, (str(tmp_path), shards, backend, 0, None))
-    ckpt = resolve_resume(tmp_path / "checkpoints", "latest")
-    saved = run_on_ranks(_state, WORLD, (str(tmp_path), shards, backend, str(ckpt)))
-    one = run_on_ranks(_state, 1, (str(tmp_path / "k1"), shards, backend, str(ckpt)))[0]
-    assert one["step"] == saved[0]["step"] == 8
+def test_resume_on_fewer_ranks(backend: str, shards: str, uninterrupted: Callable, tmp_path: Path) -> None:
+    """The 2-rank run's final checkpoint, loaded on 1 rank, holds the 2-rank run's final weights and state."""
+    out, saved = uninterrupted(backend)
+    ckpt = resolve_resume(out / "checkpoints", "latest")
+    one = run_on_ranks(_loaded, 1, (str(tmp_path / "k1"), shards, backend, str(ckpt)))[0]
+    assert one["step"] == 8 and len(saved[0]["losses"]) == 8
+    assert one["params"].keys() == saved[0]["params"].keys()
     for name, value in saved[0]["params"].items():
         assert torch.equal(one["params"][name], value), name
     saved_table = merge_shards([s["loss"]["sample_state"] for s in saved])
