@@ -9,6 +9,11 @@ rank steps while another skips.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from train.preemption import PreemptionFlag
+from train.rank_sync import comm_device, distributed
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,3 +66,45 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     checks = torch.stack([torch.isfinite(t.detach()).all() for t in tensors if t.numel()] or [torch.tensor(True)])
     return bool(checks.all())
 
+
+
+class StepGuard:
+    """The once-per-step agreement, between the gradient norm and the optimizer step.
+
+    One all-reduce (MAX) of two numbers, [loss or grad norm non-finite on this rank, preemption signal
+    received here], and one host read of the result: every rank then skips the same steps and stops
+    at the same step. The read is this loop's only per-step device synchronisation, the same one
+    torch's GradScaler makes to skip inf steps; it sits where the optimizer step needs the answer.
+    """
+
+    def __init__(self, limit: int, preemption: PreemptionFlag) -> None:
+        self.streak = NonFiniteStreak(limit)
+        self.preemption = preemption
+        self.preempted = False
+        self.skipped = False
+
+    def __call__(self, loss: torch.Tensor, grad_norm: torch.Tensor | float | None) -> bool:
+        """Whether to apply this step's update (False: non-finite somewhere, every rank skips)."""
+        norm = None if grad_norm is None else torch.as_tensor(grad_norm, device=loss.device)
+        flags = torch.stack([nonfinite_flag(loss, norm), torch.full_like(loss.float().reshape(()), 0.0)])
+        if self.preemption.requested:
+            flags[1] = 1.0
+        if distributed():
+            flags = flags.to(comm_device())
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        nonfinite, preempt = flags.tolist()
+        self.skipped = nonfinite > 0
+        self.preempted = self.preempted or preempt > 0
+        return not self.skipped
+
+
+def local_shards(model: torch.nn.Module) -> list[torch.Tensor]:
+    """This rank's part of every parameter: a DTensor's local shard (FSDP2), a ZeRO-3 partition, or the
+    parameter itself (replicated)."""
+    parts = []
+    for param in model.parameters():
+        if isinstance(param, DTensor):
+            parts.append(param.to_local())
+        else:
+            parts.append(getattr(param, "ds_tensor", param))
+    return parts

@@ -45,3 +45,16 @@ def from_main(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0, device=comm_device())
     return box[0]
+
+
+def summed(counts: dict[str, int]) -> dict[str, int]:
+    """Per-key sums of every rank's counters (keys may differ between ranks)."""
+    if not distributed():
+        return dict(counts)
+    gathered: list[dict[str, int]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, counts)
+    total: dict[str, int] = {}
+    for part in gathered:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + int(value)
+    return total
