@@ -10,11 +10,11 @@ from typing import Any
 from data.config import DataConfig
 from model import MODEL_CONFIGS, get_model_config
 from model.init_from import parse_init_from
+from train.backends import BACKENDS, backend_class
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.resume_config import check_allow_changes
 
-BACKENDS = ("ddp", "deepspeed", "fsdp2")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")
 
@@ -112,10 +112,6 @@ class BackendConfig:
             raise ValueError(f"backend.name must be one of {BACKENDS}, got {self.name!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"backend.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.name == "deepspeed" and not self.ds_config:
-            raise ValueError("backend.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
-        if self.name != "deepspeed" and self.ds_config:
-            raise ValueError(f"backend.ds_config is only used by backend deepspeed, not {self.name!r}; remove it")
         if not (0 < self.timeout_s < math.inf and 0 < self.step_timeout_s < math.inf):
             raise ValueError("backend.timeout_s and backend.step_timeout_s must be positive numbers of seconds")
 
@@ -203,19 +199,8 @@ class TrainConfig:
                 f"data.image_size {self.data.image_size} differs from model {self.model.name}'s image size "
                 f"{vision.image_size}; set data.image_size: {vision.image_size} (or model.overrides.vision_image_size)"
             )
-        if self.backend.name == "deepspeed" and self.optim.name == "lamb":
-            raise ValueError("optim.name lamb is not supported with backend deepspeed (ZeRO flattens the tensors "
-                             "LAMB's trust ratio is computed on); use adamw, or lamb with ddp / fsdp2")
-        if self.backend.name == "fsdp2" and self.backend.precision == "fp16":
-            raise ValueError("backend fsdp2 supports precision fp32 or bf16 (fp16 needs a sharded grad scaler)")
         check_allow_changes(self.checkpoint.allow_changes, to_dict(self))
-        if self.backend.name == "deepspeed":  # the JSON is checked here, before any process group exists
-            from train.backends.deepspeed import resolve_ds_config
-
-            resolve_ds_config(
-                self.backend.ds_config, self.data.batch_size, self.optim.grad_clip, self.backend.precision,
-                vision.width,
-            )  # fmt: skip
+        backend_class(self.backend.name).check_config(self, vision.width)  # before any process group exists
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -1,13 +1,17 @@
-"""Any checkpoint (ddp model.pt, fsdp2 DCP, DeepSpeed ZeRO) -> one full fp32 state dict, in one process."""
+"""Any checkpoint (ddp model.pt, fsdp2 DCP, DeepSpeed ZeRO) -> one full fp32 state dict, in one process.
+
+Each backend class knows its own format (`Backend.consolidate`); the trained temperature comes from
+the checkpoint's `temperature.pt`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from model import CLIP, create_model
+from train.backends import backend_class
 from train.checkpoint import is_complete, read_meta
 
 
@@ -23,19 +27,12 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     if not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete checkpoint directory (no meta.json); use a step_* dir")
     meta = read_meta(path)
-    backend = meta["backend"]
-    if backend == "ddp":
-        state = torch.load(path / "model.pt", map_location="cpu")
-    elif backend == "fsdp2":
-        state = model_from_meta(meta).state_dict()
-        dcp.load({"model": state}, checkpoint_id=str(path / "dcp"))  # no process group: loads full tensors
-    elif backend == "deepspeed":
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(path / "deepspeed"), tag="state")
-    else:
-        raise ValueError(f"{path}: unknown backend {backend!r} in meta.json")
-    return {k: v.detach().float().cpu() for k, v in state.items()}, meta
+    state = backend_class(meta["backend"]).consolidate(path, model_from_meta(meta).state_dict())
+    state = {k: v.detach().float().cpu() for k, v in state.items()}
+    temperature = path / "temperature.pt"  # the trained fp32 temperature (the model's own copy is frozen)
+    if temperature.is_file():
+        state["logit_scale"] = torch.load(temperature, map_location="cpu")["logit_scale"].float()
+    return state, meta
 
 
 def load_model(checkpoint: str | Path) -> tuple[CLIP, dict]:

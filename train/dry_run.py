@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 
 import torch
 
 from data.plan import steps_per_epoch as steps_per_epoch_for
 from model import create_model, get_model_config
 from model.masking import num_kept
+from train.backends import backend_class
 from train.config import TrainConfig
 from train.schedules import phase_plan_for
 
 GIB = 1024**3
-
-
-def state_bytes_per_gpu(params: int, backend: str, zero_stage: int, precision: str, world: int) -> dict[str, float]:
-    """Weights, gradients and AdamW state per GPU (mixed precision keeps an fp32 master copy)."""
-    low = precision in ("bf16", "fp16")
-    if backend == "ddp":  # autocast: fp32 weights, fp32 grads, fp32 Adam moments, all replicated
-        weights, grads, optim = 4 * params, 4 * params, 8 * params
-    elif backend == "fsdp2" or zero_stage == 3:
-        weights, grads, optim = 4 * params / world, 4 * params / world, 8 * params / world
-    else:  # ZeRO-1/2: full (low-precision) weights; fp32 master + Adam sharded; ZeRO-2 also shards grads
-        weights = (2 if low else 4) * params
-        grads = (2 if low else 4) * params / (world if zero_stage == 2 else 1)
-        optim = ((12 if low else 8) * params) / world
-    return {"weights": weights, "grads": grads, "optimizer": optim}
 
 
 def activation_bytes_per_gpu(cfg: TrainConfig) -> float:
@@ -69,14 +54,11 @@ def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int 
         lines += [f"  {m}" for m in plan.milestones()]
     else:
         lines.append("data: dataset_samples not set: steps come from the shard manifest at launch")
-    stage = 0
-    if cfg.backend.name == "deepspeed":
-        stage = json.loads(Path(cfg.backend.ds_config).read_text())["zero_optimization"]["stage"]
-    state = state_bytes_per_gpu(params, cfg.backend.name, stage, cfg.backend.precision, world)
+    state = backend_class(cfg.backend.name).state_bytes_per_gpu(cfg, params, world)
     acts = activation_bytes_per_gpu(cfg)
     detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in state.items())
     lines.append(
         f"memory per GPU (estimate, GiB): {(sum(state.values()) + acts) / GIB:.1f} = {detail}, "
-        f"activations {acts / GIB:.2f}" + (f" (ZeRO-{stage})" if stage else "")
+        f"activations {acts / GIB:.2f}"
     )
     return "\n".join(lines)

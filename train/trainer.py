@@ -61,7 +61,7 @@ class Trainer:
         self.loss_cfg = cfg.loss.resolved()
         self.tau = tau_spec(self.loss_cfg)
         self.model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
-        self.backend = make_backend(cfg.backend.name, cfg.backend.precision, self._ds_config())
+        self.backend = make_backend(cfg, self.model_config.vision.width)
         setup_console_logging(self.backend.is_main)
         rank, world = self.backend.rank, self.backend.world_size
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
@@ -106,16 +106,6 @@ class Trainer:
         self._window = _Window()
 
     # ----- construction -------------------------------------------------------------------
-    def _ds_config(self) -> dict | None:
-        if self.cfg.backend.name != "deepspeed":
-            return None
-        from train.backends.deepspeed import resolve_ds_config
-
-        return resolve_ds_config(
-            self.cfg.backend.ds_config, self.cfg.data.batch_size, self.cfg.optim.grad_clip,
-            self.cfg.backend.precision, self.model_config.vision.width,
-        )  # fmt: skip
-
     def _build_model(self) -> CLIP:
         cfg = self.cfg.model
         model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
@@ -270,9 +260,7 @@ class Trainer:
         return results
 
     def close(self) -> None:
-        """Leave the process group so no communication thread outlives the run."""
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        self.backend.close()
 
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -309,8 +297,9 @@ class Trainer:
                 f"{path} was written by backend {meta['backend']!r}, this run uses {self.cfg.backend.name!r}"
             )
         rank, world, saved_world = self.backend.rank, self.backend.world_size, meta["world_size"]
-        if saved_world != world and self.cfg.backend.name == "deepspeed":
-            raise ValueError(f"{path}: resuming DeepSpeed on {world} ranks from {saved_world} is not supported")
+        if saved_world != world and not self.backend.resumes_on_other_world_size:
+            raise ValueError(f"{path}: backend {self.backend.name} cannot resume a {saved_world}-rank checkpoint on "
+                             f"{world} ranks")  # fmt: skip
         self.backend.load(path)
         if saved_world == world:
             loss_state = torch.load(path / f"loss_rank{rank}.pt", weights_only=False)

@@ -1,27 +1,39 @@
-"""Backends: ddp (accelerate), deepspeed (accelerate DeepSpeedPlugin), fsdp2 (our fully_shard)."""
+"""Backends in a registry: ddp (accelerate), deepspeed (accelerate DeepSpeedPlugin), fsdp2 (our fully_shard).
+
+Adding a backend means one module with a `Backend` subclass (which answers every backend question:
+precisions, optimizers, resume on another world size, config checks, memory estimate, checkpoint
+consolidation) plus one line in `_REGISTRY`. Modules are imported lazily (DeepSpeed is slow to import).
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from train.backends.base import Backend
 
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
-def make_backend(name: str, precision: str, ds_config: dict | None = None) -> Backend:
-    """Join the process group and return the backend; imports stay lazy (DeepSpeed is slow to import)."""
-    if name == "ddp":
-        from train.backends.ddp import DDPBackend
-
-        return DDPBackend(precision)
-    if name == "fsdp2":
-        from train.backends.fsdp2 import FSDP2Backend
-
-        return FSDP2Backend(precision)
-    if name == "deepspeed":
-        from train.backends.deepspeed import DeepSpeedBackend
-
-        if ds_config is None:
-            raise ValueError("backend deepspeed needs a resolved ds_config")
-        return DeepSpeedBackend(precision, ds_config)
-    raise ValueError(f"backend.name must be ddp, deepspeed or fsdp2, got {name!r}")
+_REGISTRY = {
+    "ddp": "train.backends.ddp:DDPBackend",
+    "deepspeed": "train.backends.deepspeed:DeepSpeedBackend",
+    "fsdp2": "train.backends.fsdp2:FSDP2Backend",
+}
+BACKENDS = tuple(_REGISTRY)
 
 
-__all__ = ["Backend", "make_backend"]
+def backend_class(name: str) -> type[Backend]:
+    """The Backend subclass registered as `name`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"backend.name must be one of {BACKENDS}, got {name!r}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_backend(cfg: TrainConfig, hidden_size: int) -> Backend:
+    """Join the process group of the configured backend."""
+    return backend_class(cfg.backend.name).create(cfg, hidden_size)
+
+
+__all__ = ["BACKENDS", "Backend", "backend_class", "make_backend"]

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -19,13 +24,18 @@ OptimizerFn = Callable[[list[dict[str, object]]], torch.optim.Optimizer]
 
 
 class Backend(ABC):
-    """Wraps a model and its optimizer for one parallelism scheme (ddp, deepspeed, fsdp2).
+    """Wraps a model and its optimizer for one parallelism scheme, and answers every question about it.
 
-    Subclasses set `rank`, `world_size`, `device` in `__init__` (which also joins the process
-    group) and `model` / `optimizer` in `setup`.
+    Class-level answers (no process group needed): which precisions and optimizers it supports,
+    whether its checkpoints resume on another world size, its config checks, its memory estimate
+    and how to consolidate its checkpoint. Instances: `create` joins the process group and sets
+    `rank`, `world_size`, `device`; `setup` builds `model` / `optimizer`; `close` leaves the group.
     """
 
     name: str
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    optimizers: tuple[str, ...] = ("adamw", "lamb")
+    resumes_on_other_world_size: bool = True
     rank: int
     world_size: int
     device: torch.device
@@ -36,6 +46,35 @@ class Backend(ABC):
     def __init__(self, precision: str) -> None:
         self.precision = precision
         self.scaler: torch.amp.GradScaler | None = None
+
+    # ----- class-level answers --------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: TrainConfig, hidden_size: int) -> Backend:
+        """Join the process group for a validated config (`hidden_size`: the widest layer, for bucket sizes)."""
+        return cls(cfg.backend.precision)
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig, hidden_size: int) -> None:
+        """Raise ValueError for settings this backend cannot run (before any process group exists)."""
+        if cfg.backend.precision not in cls.precisions:
+            raise ValueError(f"backend {cls.name} supports precision {' or '.join(cls.precisions)}, "
+                             f"not {cfg.backend.precision!r}")  # fmt: skip
+        if cfg.optim.name not in cls.optimizers:
+            raise ValueError(f"optim.name {cfg.optim.name!r} is not supported with backend {cls.name}; "
+                             f"use {' or '.join(cls.optimizers)}")  # fmt: skip
+        if cfg.backend.ds_config:
+            raise ValueError(f"backend.ds_config is only used by backend deepspeed, not {cls.name!r}; remove it")
+
+    @classmethod
+    @abstractmethod
+    def state_bytes_per_gpu(cls, cfg: TrainConfig, params: int, world: int) -> dict[str, float]:
+        """Estimated bytes of weights, gradients and optimizer state per GPU."""
+
+    @staticmethod
+    @abstractmethod
+    def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The full state dict of a checkpoint this backend wrote, in one process without a process group
+        (`empty_state`: a freshly built model's state dict, for formats that load in place)."""
 
     @property
     def is_main(self) -> bool:
@@ -108,6 +147,32 @@ class Backend(ABC):
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
+
+    def close(self) -> None:
+        """Leave the process group this backend joined, so no communication thread outlives the run."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def select_local_device() -> None:
+    """Bind this process to its GPU (LOCAL_RANK) before any process group or device mesh exists."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def adam_state_bytes(params: int, precision: str, weight_shards: int, grad_shards: int, optim_shards: int,
+                     low_precision_weights: bool) -> dict[str, float]:  # fmt: skip
+    """Weights, gradients and Adam state per GPU, given how many ways each is sharded.
+
+    Low-precision weights (DeepSpeed bf16/fp16) keep 2-byte weights and gradients plus an fp32
+    master copy with the Adam moments (12 bytes); otherwise everything is fp32 (autocast).
+    """
+    low = low_precision_weights and precision in ("bf16", "fp16")
+    return {
+        "weights": (2 if low else 4) * params / weight_shards,
+        "grads": (2 if low else 4) * params / grad_shards,
+        "optimizer": (12 if low else 8) * params / optim_shards,
+    }
 
 
 @contextlib.contextmanager

@@ -10,13 +10,21 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, eval_mode
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes, eval_mode
 
 
 class DDPBackend(Backend):
     """Gradients are all-reduced (averaged) by DDP; rank 0 writes the replicated model/optimizer."""
 
     name = "ddp"
+
+    @classmethod
+    def state_bytes_per_gpu(cls, cfg, params: int, world: int) -> dict[str, float]:  # noqa: ANN001
+        return adam_state_bytes(params, cfg.backend.precision, 1, 1, 1, low_precision_weights=False)
+
+    @staticmethod
+    def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return torch.load(directory / "model.pt", map_location="cpu")
 
     def __init__(self, precision: str) -> None:
         super().__init__(precision)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from accelerate.utils import InitProcessGroupKwargs
 from deepspeed.utils import safe_get_full_fp32_param
 from torch import nn
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes, select_local_device
 
 
 def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
@@ -72,14 +73,58 @@ def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: 
     return cfg
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class DeepSpeedBackend(Backend):
     """The DeepSpeed engine owns gradients, (sharded) fp32 master weights and optimizer state."""
 
     name = "deepspeed"
+    optimizers = ("adamw",)  # ZeRO flattens the tensors LAMB's trust ratio is computed on
+    resumes_on_other_world_size = False
+
+    @classmethod
+    def create(cls, cfg, hidden_size: int) -> DeepSpeedBackend:  # noqa: ANN001
+        b = cfg.backend
+        return cls(b.precision, resolve_ds_config(b.ds_config, cfg.data.batch_size, cfg.optim.grad_clip, b.precision,
+                                                  hidden_size))  # fmt: skip
+
+    @classmethod
+    def check_config(cls, cfg, hidden_size: int) -> None:  # noqa: ANN001
+        if not cfg.backend.ds_config:
+            raise ValueError("backend.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
+        if cfg.backend.precision not in cls.precisions or cfg.optim.name not in cls.optimizers:
+            super().check_config(cfg, hidden_size)
+        # the JSON is checked here, before any process group exists
+        resolve_ds_config(cfg.backend.ds_config, cfg.data.batch_size, cfg.optim.grad_clip, cfg.backend.precision,
+                          hidden_size)  # fmt: skip
+
+    @classmethod
+    def state_bytes_per_gpu(cls, cfg, params: int, world: int) -> dict[str, float]:  # noqa: ANN001
+        stage = json.loads(Path(cfg.backend.ds_config).read_text())["zero_optimization"]["stage"]
+        return adam_state_bytes(
+            params, cfg.backend.precision, world if stage == 3 else 1, world if stage >= 2 else 1, world,
+            low_precision_weights=True,
+        )  # fmt: skip
+
+    @staticmethod
+    def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(directory / "deepspeed"), tag="state")
 
     def __init__(self, precision: str, ds_config: dict[str, Any]) -> None:
         super().__init__(precision)
         self.ds_config = ds_config
+        select_local_device()
+        if "RANK" not in os.environ and not torch.distributed.is_initialized():
+            # One process started without torchrun's variables (`accelerate launch --num_processes 1`,
+            # `python recipe.py`): give DeepSpeed the 1-rank group it needs, as torchrun would.
+            os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})  # fmt: skip
         # accelerate picks its distributed type from the launcher's environment; make it DeepSpeed even
         # when launched like the other backends (`accelerate launch --multi_gpu`, ACCELERATE_USE_CPU=1).
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"

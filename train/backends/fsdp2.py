@@ -20,7 +20,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn
+from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes, select_local_device
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -38,9 +38,20 @@ class FSDP2Backend(Backend):
     """Parameters, gradients and optimizer state sharded over a 1-d device mesh of all ranks."""
 
     name = "fsdp2"
+    precisions = ("fp32", "bf16")  # fp16 would need a sharded grad scaler
+
+    @classmethod
+    def state_bytes_per_gpu(cls, cfg, params: int, world: int) -> dict[str, float]:  # noqa: ANN001
+        return adam_state_bytes(params, cfg.backend.precision, world, world, world, low_precision_weights=False)
+
+    @staticmethod
+    def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dcp.load({"model": empty_state}, checkpoint_id=str(directory / "dcp"))  # no process group: full tensors
+        return empty_state
 
     def __init__(self, precision: str) -> None:
         super().__init__(precision)
+        select_local_device()
         state = PartialState(cpu=not torch.cuda.is_available())
         self.device = state.device
         if not dist.is_initialized():  # a single process still needs a (trivial) group for DTensor
