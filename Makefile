@@ -13,7 +13,7 @@ DEMO_RUN := runs/demo_fashion_mnist
 LAUNCH := OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 $(VENV)/bin/accelerate launch \
 	--config_file ds_configs/accelerate_cpu_2proc.yaml
 
-.PHONY: setup demo test test-fast lint fashion-mnist
+.PHONY: setup demo demo-openclip test test-fast lint fashion-mnist
 
 setup: $(STAMP) fashion-mnist
 
@@ -36,6 +36,12 @@ $(DEMO_DATA)/train/manifest.json: | setup
 demo: setup $(DEMO_DATA)/train/manifest.json
 	rm -rf $(DEMO_RUN)
 	$(LAUNCH) recipes/fastclip_demo.py --config recipes/configs/demo_fashion_mnist.yaml
+
+# The demo's OpenCLIP twin for scale: the same recipe with the mini-batch OpenCLIP loss (tau at the model lr).
+demo-openclip: setup $(DEMO_DATA)/train/manifest.json
+	rm -rf $(DEMO_RUN)_openclip
+	$(LAUNCH) recipes/fastclip_demo.py --config recipes/configs/demo_fashion_mnist.yaml loss.name=openclip \
+	  loss.version=null loss.lr_tau=null run.name=demo_fashion_mnist_openclip run.output_dir=$(DEMO_RUN)_openclip
 
 # Every test: ruff, then the whole suite (multi-rank gloo tests included).
 test: setup
