@@ -39,7 +39,8 @@ def main() -> int:
     parser.add_argument("--zeroshot", default="", help="labelled webdataset shards (json 'label' + manifest classes)")
     parser.add_argument("--classnames", default="", help="registry name (imagenet, fashion-mnist); default manifest")
     parser.add_argument("--templates", default="", help="registry name; default = classnames' or generic")
-    parser.add_argument("--retrieval", default="", help="caption set: webdataset shards or a csv")
+    parser.add_argument("--retrieval", default="", help="caption set: webdataset shards, or a .csv/.tsv file with "
+                        "filepath and title columns")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default="", help="write results JSON here")
     args = parser.parse_args()
