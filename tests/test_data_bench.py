@@ -1,22 +1,39 @@
-"""tools/bench_data.py runs both pipelines on real shards and writes the ratio JSON."""
+"""tools/bench_data.py runs both pipelines on real shards and writes a self-consistent ratio JSON."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import statistics
+
+import pytest
 
 import tools.bench_data as bench_data
 from tests.data_fixtures import write_shards
 
 
+@pytest.mark.slow  # both pipelines start DataLoader worker processes
 def test_bench_data_smoke(tmp_path):
     write_shards(tmp_path / "shards", [40, 40])
     out = tmp_path / "bench.json"
-    bench_data.main([
+    returned = bench_data.main([
         "--shards", str(tmp_path / "shards"), "--image-size", "16", "--batch-size", "8", "--workers", "0,1",
-        "--warmup", "1", "--batches", "2", "--repeats", "1", "--out", str(out),
+        "--warmup", "1", "--batches", "2", "--repeats", "2", "--out", str(out),
     ])  # fmt: skip
     result = json.loads(out.read_text())
-    assert result["ratio_vs_open_clip"] > 0
-    assert set(result["samples_per_s_median"]) == {"ours/workers=0", "ours/workers=1", "open_clip/workers=0",
-                                                   "open_clip/workers=1"}  # fmt: skip
-    assert result["machine"]["cpu_count"] >= 1
+    assert result == json.loads(json.dumps(returned))  # the file is what main() returned
+    runs, med = result["samples_per_s_runs"], result["samples_per_s_median"]
+    assert set(runs) == set(med) == {"ours/workers=0", "ours/workers=1", "open_clip/workers=0", "open_clip/workers=1"}
+    for key, rates in runs.items():
+        assert len(rates) == 2 and all(math.isfinite(r) and r > 0 for r in rates), key
+        assert med[key] == statistics.median(rates), key
+    best = result["best_workers"]
+    for name in ("ours", "open_clip"):
+        assert med[f"{name}/workers={best[name]}"] == max(med[f"{name}/workers={w}"] for w in (0, 1))
+    assert result["ratio_vs_open_clip"] == med[f"ours/workers={best['ours']}"] / med[
+        f"open_clip/workers={best['open_clip']}"]  # fmt: skip
+    for w in (0, 1):
+        assert result["ratio_by_workers"][str(w)] == med[f"ours/workers={w}"] / med[f"open_clip/workers={w}"]
+    assert result["config"]["batches"] == 2 and result["config"]["image_size"] == 16
+    assert result["machine"]["cpu_count"] == os.cpu_count() and len(result["machine"]["loadavg_at_start"]) == 3

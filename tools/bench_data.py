@@ -28,12 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.config import DataConfig  # noqa: E402
 from data.loader import build_train_loader  # noqa: E402
 from data.manifest import resolve_shards  # noqa: E402
+from data.transforms import normalize_pixels  # noqa: E402
 
 
 def ours(shards: str, batch_size: int, workers: int, image_size: int):
     cfg = DataConfig(path=shards, batch_size=batch_size, workers=workers, image_size=image_size, seed=0)
     loader = build_train_loader(cfg, 0, 1)
-    return (b["images"] for b in loader), loader.close
+    # The loader ships uint8 pixels; normalising them (on the device in training) is counted here, on the
+    # CPU, so both sides deliver the same normalised float32 images.
+    return (normalize_pixels(b["pixels"]) for b in loader), loader.close
 
 
 def _patch_open_clip_for_webdataset() -> None:
