@@ -36,6 +36,7 @@ EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_HUNG, EXIT_PREEMPT
 KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
     (ConfigError, EXIT_CONFIG, "config error", True),
     (FileNotFoundError, EXIT_CONFIG, "missing file", False),
+    (FileExistsError, EXIT_CONFIG, "config error", True),
     (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
     (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
     (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),

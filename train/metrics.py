@@ -26,18 +26,21 @@ class MetricsLogger:
     The trainer calls `log` on logging steps only, with values already read from the device.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, resume_step: int = 0) -> None:
+        """`resume_step`: the step training continues from. What a crashed run logged after it is dropped from
+        metrics.jsonl and hidden in TensorBoard (purge_step), so no step appears twice."""
         self.enabled = enabled
         self.total_steps = total_steps
         self.writer = None
         self.jsonl = None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
+            _drop_rows_after(out_dir / "metrics.jsonl", resume_step)
             self.jsonl = (out_dir / "metrics.jsonl").open("a")
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -68,6 +71,18 @@ class MetricsLogger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of `path` up to `step` (rewritten under a temporary name, then renamed)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["step"] <= step]
+    if len(kept) != len(rows):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.replace(path)
 
 
 def setup_console_logging(is_main: bool) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ class PreemptionFlag:
         return self.signal is not None
 
     def install(self) -> None:
-        """Handle the preemption signals (main thread only, as Python requires)."""
+        """Handle the preemption signals; Python allows that only in the main thread (elsewhere: no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in PREEMPTION_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 

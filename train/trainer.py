@@ -7,6 +7,7 @@ queues the next step while the device works.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,22 +24,20 @@ from model import CLIP, create_model, get_model_config
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
 from train.backends import make_backend
-from train.checkpoint import (
-    CheckpointWriter,
-    checkpoint_name,
-    is_complete,
-    read_meta,
-    resolve_resume,
-    rng_state,
-    set_rng_state,
-)
+from train.checkpoint import CheckpointWriter, checkpoint_name, is_complete, read_meta, resolve_resume_on_main
+from train.checkpoint_state import checkpoint_parts, load_parts, save_parts
 from train.config import TrainConfig
-from train.config_io import to_dict
+from train.config_io import ConfigError, to_dict
 from train.evaluator import Evaluator
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states, tau_spec
 from train.metrics import MetricsLogger, setup_console_logging
+from train.nonfinite import StepGuard, all_finite, local_shards
 from train.optim import build_optimizer, param_groups
+from train.preemption import PreemptionFlag
+from train.rank_sync import all_ranks, summed
+from train.resume_config import check_resume_config
 from train.schedules import PhasePlan, phase_plan_for
+from train.timeouts import set_collective_timeout, watch
 
 logger = logging.getLogger("fastflip")
 
@@ -76,17 +75,23 @@ class Trainer:
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.backend.setup(self._build_model, self._param_groups, self._optimizer)
+        self._timeout = cfg.backend.timeout_s  # on every group that exists now (DeepSpeed's too)
+        set_collective_timeout(self._timeout)
         device = self.backend.device
         self.mask_generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank + 1)
         self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device)
         self.loss = build_loss(self.loss_cfg, self.loader.num_samples)
+        self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag())
+        self.parts = checkpoint_parts(
+            self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator
+        )
 
         self.step, self.epoch = 0, 0
         self._batches: Iterator[dict] | None = None
         self.out = Path(cfg.run.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         self.writer = CheckpointWriter(self.ckpt_root, cfg.checkpoint.keep_last, rank, self.backend.barrier)
-        resume_from = resolve_resume(self.ckpt_root, cfg.checkpoint.resume)
+        resume_from = resolve_resume_on_main(self.ckpt_root, cfg.checkpoint.resume)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif any(is_complete(p) for p in self.ckpt_root.glob("step_*")):
@@ -100,7 +105,9 @@ class Trainer:
         self.evaluator = Evaluator(
             cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world,
         )  # fmt: skip
-        self.metrics = MetricsLogger(self.out, self.backend.is_main, cfg.logging.tensorboard, self.plan.total_steps)
+        self.metrics = MetricsLogger(
+            self.out, self.backend.is_main, cfg.logging.tensorboard, self.plan.total_steps, resume_step=self.step
+        )
         self.losses = torch.full((self.plan.total_steps,), float("nan"), dtype=torch.float64, device=device)
         self._flops: dict[float, float] = {}  # train FLOPs per sample, by mask ratio (counted once)
         self._window = _Window()
@@ -154,8 +161,12 @@ class Trainer:
         probe("loss_and_state")
         self.backend.backward(out.loss)
         probe("backward")
-        grad_norm = self.backend.step(self.cfg.optim.grad_clip)
-        self.temperature.step(lr, phase.lr)
+        grad_norm = self.backend.step(self.cfg.optim.grad_clip, lambda norm: self.guard(out.value, norm))
+        if self.guard.skipped:  # non-finite on some rank: no rank updates anything
+            self.temperature.logit_scale.grad = None
+        else:
+            self.temperature.step(lr, phase.lr)
+        self.guard.streak.update(self.guard.skipped, self.step + 1, out.value, grad_norm, lr)
         probe("optimizer")
         self.losses[self.step] = out.value
         self.step += 1
@@ -166,6 +177,7 @@ class Trainer:
             "schedule/lr": lr,
             "schedule/mask_ratio": phase.mask_ratio,
             "schedule/logit_scale": self.temperature.logit_scale.detach()[0],
+            "train/nonfinite_steps": float(self.guard.streak.total),
         }
         if self.tau.trainable:
             scalars |= {"schedule/tau": self.temperature.tau[0], "schedule/lr_tau": self.temperature.last_lr[0]}
@@ -185,11 +197,16 @@ class Trainer:
                 cfg.backend.name, cfg.backend.precision,
             )  # fmt: skip
         first_step, started = self.step, time.perf_counter()
-        self.train_steps(total)
+        self.guard.preemption.install()
+        try:
+            self.train_steps(total)
+        finally:
+            self.guard.preemption.restore()
         wall = time.perf_counter() - started
         if not is_complete(self.ckpt_root / checkpoint_name(self.step)):  # resuming a finished run saves nothing
             self.save_checkpoint()
-        results = self.evaluate()
+        preempted = self.guard.preempted  # saved at the current step; the requeued job resumes from it
+        results = {} if preempted else self.evaluate()
         self.metrics.close()
         return {
             "losses": self.losses[first_step : self.step].tolist(),
@@ -197,6 +214,7 @@ class Trainer:
             "train_seconds": wall,
             "samples": (self.step - first_step) * self.global_batch,
             "eval": results,
+            "preempted": preempted,
         }
 
     def train_steps(self, until: int) -> None:
@@ -209,7 +227,8 @@ class Trainer:
             if batch is None:  # the epoch is over
                 continue
             self._window.data_s += time.perf_counter() - waited
-            scalars = self.train_step(batch)
+            with self._collectives(f"training step {self.step + 1}", cfg.backend.step_timeout_s):
+                scalars = self.train_step(batch)
             if self.step % cfg.logging.every_steps == 0 or self.step == total:
                 self.log(scalars)
             if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
@@ -218,6 +237,17 @@ class Trainer:
             if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < total:
                 self.evaluate()
                 self._window.restart(self.step)
+            if self.guard.preempted:  # every rank stops after the same step
+                return
+
+    @contextlib.contextmanager
+    def _collectives(self, operation: str, seconds: float) -> Iterator[None]:
+        """Collectives in the block time out after `seconds`, naming `operation` and the silent ranks."""
+        if seconds != self._timeout:
+            set_collective_timeout(seconds)
+            self._timeout = seconds
+        with watch(operation, seconds):
+            yield
 
     def _next_batch(self) -> dict | None:
         """The next batch of the current epoch, or None (and the epoch advanced) at its end."""
@@ -239,7 +269,7 @@ class Trainer:
             scalars = scalars | dict(zip(names, values, strict=True))
         peak = self.cfg.logging.peak_tflops * 1e12 * self.backend.world_size
         scalars |= self._window.perf(self.step, self.global_batch, self._flops_per_sample(scalars), peak)
-        for reason, count in self.loader.skipped_counts().items():
+        for reason, count in summed(self.loader.skipped_counts()).items():  # over ranks
             scalars[f"data/skipped_{reason}"] = float(count)
         self.metrics.log(self.step, scalars)
         self._window.restart(self.step)
@@ -264,56 +294,51 @@ class Trainer:
 
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Every part of the state map, then meta.json (progress) last; never NaN / inf weights."""
         rank = self.backend.rank
-
-        def write(directory: Path) -> None:
-            self.backend.save(directory)
-            torch.save(
-                {"rng": rng_state(), "mask_generator": self.mask_generator.get_state(),
-                 "data": self.loader.state_dict()},
-                directory / f"rank{rank}.pt",
-            )  # fmt: skip
-            torch.save(self.loss.state_dict(), directory / f"loss_rank{rank}.pt")
-            if self.backend.is_main:  # replicated: rank 0 writes it
-                torch.save(self.temperature.state_dict(), directory / "temperature.pt")
-
         meta = {
             "step": self.step,
             "epoch": self.epoch,
+            "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
+            "nonfinite": self.guard.streak.state_dict(),
             "world_size": self.backend.world_size,
             "backend": self.cfg.backend.name,
             "config": to_dict(self.cfg),
+            "dataset": {"num_samples": self.loader.num_samples},
         }
-        path = self.writer.save(self.step, write, meta)
+        with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
+            path = self.writer.save(
+                self.step, lambda directory: save_parts(self.parts, directory, rank), meta, self._weights_finite
+            )
         if self.backend.is_main:
             logger.info("saved checkpoint %s", path)
         return path
 
+    def _weights_finite(self) -> bool:
+        """All ranks agree whether every rank's parameter shards (and the temperature) are finite."""
+        return all_ranks(all_finite([*local_shards(self.backend.raw_model), self.temperature.logit_scale]))
+
     def load_checkpoint(self, path: Path) -> None:
-        """Restore everything `save_checkpoint` wrote; a different world size re-partitions the state."""
+        """Restore the state map; a different world size re-partitions the state. Refuses a checkpoint whose
+        config differs in what it trains (train.resume_config) before loading anything."""
         meta = read_meta(path)
         if meta["backend"] != self.cfg.backend.name:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} was written by backend {meta['backend']!r}, this run uses {self.cfg.backend.name!r}"
             )
+        saved, current = meta["config"], to_dict(self.cfg)
+        if "dataset" in meta:  # facts measured from the data (older checkpoints lack them)
+            saved = saved | {"dataset": meta["dataset"]}
+            current = current | {"dataset": {"num_samples": self.loader.num_samples}}
+        changes = check_resume_config(saved, current, self.cfg.checkpoint.allow_changes, str(path))
+        if changes and self.backend.is_main:
+            logger.info("config changes since %s:\n  %s", path.name, "\n  ".join(changes))
         rank, world, saved_world = self.backend.rank, self.backend.world_size, meta["world_size"]
         if saved_world != world and not self.backend.resumes_on_other_world_size:
-            raise ValueError(f"{path}: backend {self.backend.name} cannot resume a {saved_world}-rank checkpoint on "
-                             f"{world} ranks")  # fmt: skip
-        self.backend.load(path)
-        if saved_world == world:
-            loss_state = torch.load(path / f"loss_rank{rank}.pt", weights_only=False)
-        else:
-            shards = [torch.load(path / f"loss_rank{r}.pt", weights_only=False) for r in range(saved_world)]
-            loss_state = repartition_loss_states(shards, world)[rank]
-        self.loss.load_state_dict(loss_state)
-        self.temperature.load_state_dict(torch.load(path / "temperature.pt", map_location="cpu"))
-        own = path / f"rank{rank}.pt"
-        rank_state = torch.load(own if own.exists() else path / "rank0.pt", weights_only=False)
-        if saved_world == world:
-            set_rng_state(rank_state["rng"])
-            self.mask_generator.set_state(rank_state["mask_generator"])
-        self.loader.load_state_dict(rank_state["data"], strict=saved_world == world)
+            raise ConfigError(f"{path}: backend {self.backend.name} cannot resume a {saved_world}-rank checkpoint "
+                              f"on {world} ranks")  # fmt: skip
+        with self._collectives(f"loading checkpoint {path.name}", self.cfg.backend.timeout_s):
+            load_parts(self.parts, path, rank, saved_world, world)
         if saved_world != world and self.backend.is_main:
             logger.warning(
                 "resuming a %d-rank checkpoint on %d ranks: the step counter continues, but the phase plan (steps "
@@ -321,6 +346,8 @@ class Trainer:
                 "the next epoch", saved_world, world,
             )  # fmt: skip
         self.step, self.epoch = int(meta["step"]), int(self.loader.state_dict()["epoch"])
+        if "nonfinite" in meta:
+            self.guard.streak.load_state_dict(meta["nonfinite"])
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
                         saved_world)  # fmt: skip

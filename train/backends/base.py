@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 ModelFn = Callable[[], nn.Module]
 GroupsFn = Callable[[nn.Module], list[dict[str, object]]]
+StepFilter = Callable[[torch.Tensor | float | None], bool]
 OptimizerFn = Callable[[list[dict[str, object]]], torch.optim.Optimizer]
 
 
@@ -111,9 +112,13 @@ class Backend(ABC):
         """Backward; the backend averages parameter gradients over ranks."""
 
     @abstractmethod
-    def step(self, grad_clip: float) -> torch.Tensor | float | None:
+    def step(self, grad_clip: float, apply: StepFilter = lambda grad_norm: True) -> torch.Tensor | float | None:
         """Clip (if > 0), step and zero gradients; returns the pre-clip global grad norm when known,
-        as a device tensor (reading it is the caller's choice: it waits for the device)."""
+        as a device tensor (reading it is the caller's choice: it waits for the device).
+
+        `apply(grad_norm)` is asked between clipping and the update whether to apply it (the non-finite
+        guard: every rank gets the same answer); False drops this step's gradients without an update.
+        """
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.optimizer.param_groups:

@@ -22,7 +22,15 @@ from accelerate.utils import InitProcessGroupKwargs
 from deepspeed.utils import safe_get_full_fp32_param
 from torch import nn
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes, select_local_device
+from train.backends.base import (
+    Backend,
+    GroupsFn,
+    ModelFn,
+    OptimizerFn,
+    StepFilter,
+    adam_state_bytes,
+    select_local_device,
+)
 
 
 def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
@@ -159,9 +167,14 @@ class DeepSpeedBackend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self, grad_clip: float) -> torch.Tensor | float | None:
+    def step(self, grad_clip: float, apply: StepFilter = lambda grad_norm: True) -> torch.Tensor | float | None:
+        """The engine computes the norm inside its step and skips the update itself when the norm is not finite
+        (ZeRO's overflow check, on for fp32 and, by default, bf16), so `apply` is asked afterwards: it still
+        counts the skip and makes the ranks agree. A NaN loss with finite gradients is not caught here."""
         self.engine.step()
-        return self.engine.get_global_grad_norm()  # the engine's own type; not read here
+        norm = self.engine.get_global_grad_norm()  # the engine's own type
+        apply(norm)
+        return norm
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.engine.optimizer.param_groups:

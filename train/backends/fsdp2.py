@@ -20,7 +20,15 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes, select_local_device
+from train.backends.base import (
+    Backend,
+    GroupsFn,
+    ModelFn,
+    OptimizerFn,
+    StepFilter,
+    adam_state_bytes,
+    select_local_device,
+)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -85,12 +93,14 @@ class FSDP2Backend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self, grad_clip: float) -> torch.Tensor:
+    def step(self, grad_clip: float, apply: StepFilter = lambda grad_norm: True) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        self.optimizer.step()
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        if apply(norm):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+        return norm
 
     def save(self, directory: Path) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
