@@ -89,8 +89,10 @@ def hf_config(cfg: CLIPConfig, logit_scale: float | None = None) -> transformers
 def hf_processor(cfg: CLIPConfig) -> transformers.CLIPProcessor:
     """Image processor = our eval transform (shortest side bicubic, center crop, OpenAI mean/std) + tokenizer.
 
-    transformers picks its torchvision backend by default, whose bicubic resize can round one grey level
-    differently; `CLIPProcessor.from_pretrained(PATH, backend="pil")` reproduces our pixels exactly.
+    Two differences are transformers' own and no setting removes them: its center crop starts at
+    floor(margin / 2) where OpenAI / torchvision round it (one pixel apart when the resized long side leaves
+    an odd margin), and its default torchvision backend's bicubic resize can round one grey level
+    differently; `CLIPProcessor.from_pretrained(PATH, backend="pil")` avoids the latter.
     """
     size = cfg.vision.image_size
     image_processor = transformers.CLIPImageProcessor(
