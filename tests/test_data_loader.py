@@ -12,7 +12,7 @@ from data.config import DataConfig
 from data.loader import build_train_loader
 from data.shards import ShardWriter
 from data.tokenizer import get_tokenizer
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize_pixels
 from tests.data_fixtures import caption_of, decode_colors, key_color, meta, png, write_raw_tar, write_shards
 
 MEAN, STD = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float64), torch.tensor(OPENAI_CLIP_STD, dtype=torch.float64)
@@ -41,10 +41,10 @@ def test_keys_round_trip(tmp_path):
     assert sorted(keys_of(batches)) == keys
     tok = get_tokenizer()
     for b in batches:
-        assert b["images"].dtype == torch.float32 and b["images"].shape == (4, 3, 8, 8)
+        assert b["pixels"].dtype == torch.uint8 and b["pixels"].shape == (4, 8, 8, 3)  # normalised on the device
         assert b["tokens"].dtype == torch.int64 and b["tokens"].shape == (4, 77)
         assert b["index"].dtype == torch.int64
-        colors = decode_colors(b["images"], MEAN, STD)
+        colors = decode_colors(normalize_pixels(b["pixels"]), MEAN, STD)
         for j, k in enumerate(b["index"].tolist()):
             assert tuple(colors[j]) == key_color(k)  # the pixels belong to this key
             assert torch.equal(b["tokens"][j], tok([caption_of(k)])[0])
@@ -88,7 +88,7 @@ def test_order_depends_only_on_seed_epoch_world_size(tmp_path):
     write_shards(tmp_path, [10, 6, 9, 7])
     a = [epoch(build_train_loader(cfg(tmp_path, workers=w), 0, 1), 0) for w in (0, 2)]
     assert keys_of(a[0]) == keys_of(a[1])
-    assert all(torch.equal(x["images"], y["images"]) for x, y in zip(a[0], a[1], strict=True))
+    assert all(torch.equal(x["pixels"], y["pixels"]) for x, y in zip(a[0], a[1], strict=True))
     other_epoch = keys_of(epoch(build_train_loader(cfg(tmp_path), 0, 1), 1))
     other_seed = keys_of(epoch(build_train_loader(cfg(tmp_path, seed=4), 0, 1), 0))
     assert other_epoch != keys_of(a[0]) and other_seed != keys_of(a[0])
@@ -118,7 +118,7 @@ def test_resume_mid_epoch_with_workers(tmp_path):
     after = epoch(resumed) + epoch(resumed, 2)
     got = before + after
     assert keys_of(got) == keys_of(reference)
-    assert all(torch.equal(x["images"], y["images"]) for x, y in zip(got, reference, strict=True))
+    assert all(torch.equal(x["pixels"], y["pixels"]) for x, y in zip(got, reference, strict=True))
     assert all(torch.equal(x["tokens"], y["tokens"]) for x, y in zip(got, reference, strict=True))
 
 

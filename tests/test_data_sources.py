@@ -15,7 +15,7 @@ from data.config import DataConfig
 from data.loader import build_eval_loader, build_train_loader
 from data.shards import ShardWriter
 from data.tokenizer import get_tokenizer
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize_pixels
 from tests.data_fixtures import caption_of, decode_colors, key_color, png, write_shards
 from train.config_io import ConfigError, from_dict
 
@@ -51,7 +51,7 @@ def test_csv_source_row_number_is_the_index(tmp_path):
     got = [k for b in batches for k in b["index"].tolist()]
     assert set(got) == {0, 1, 2, 4, 6, 8, 9}  # rows 3, 5, 7 are skipped and their slots refilled
     for b in batches:
-        colors = decode_colors(b["images"], MEAN, STD)
+        colors = decode_colors(normalize_pixels(b["pixels"]), MEAN, STD)
         assert [tuple(c) for c in colors] == [key_color(k) for k in b["index"].tolist()]
     counts = loader.skipped_counts()
     assert counts["missing_image"] >= 1 and counts["missing_caption"] >= 1 and counts["corrupt_image"] >= 1
@@ -92,7 +92,7 @@ def test_hf_datasets_source(tmp_path):
     assert loader.skipped_counts()["missing_caption"] >= 1
     tok = get_tokenizer()
     for b in batches:
-        colors = decode_colors(b["images"], MEAN, STD)
+        colors = decode_colors(normalize_pixels(b["pixels"]), MEAN, STD)
         for j, k in enumerate(b["index"].tolist()):
             assert tuple(colors[j]) == key_color(k)
             assert torch.equal(b["tokens"][j], tok([caption_of(k)])[0])
@@ -174,7 +174,8 @@ def test_make_shards_fashion_mnist(tmp_path):
     cap_tokens = {tuple(t.tolist()) for t in tok(caps)}
     assert all(tuple(t.tolist()) in cap_tokens for b in batches for t in b["tokens"])
     train = build_train_loader(DataConfig(path=str(out / "train"), batch_size=8, workers=0, image_size=32), 0, 1)
-    assert next(iter(train))["images"].shape == (8, 3, 32, 32)
+    pixels = next(iter(train))["pixels"]
+    assert pixels.dtype == torch.uint8 and normalize_pixels(pixels).shape == (8, 3, 32, 32)
 
 
 def test_make_shards_folder_and_csv(tmp_path):
