@@ -20,6 +20,7 @@ from train.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a tools/study.py subprocess
 def test_dry_run_lists_the_arms() -> None:
     out = subprocess.run([sys.executable, str(REPO / "tools" / "study.py"), "--dry-run"], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout  # fmt: skip
