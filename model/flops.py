@@ -11,22 +11,31 @@ from model.configs import CLIPConfig
 from model.masking import num_kept
 
 
-def _transformer_flops(tokens: int, width: int, layers: int, mlp_ratio: float) -> float:
-    """Forward FLOPs of `layers` pre-norm blocks on `tokens` tokens (full, non-causal-skipping attention)."""
-    projections = 4 * width * width + 2 * width * int(width * mlp_ratio)  # qkv + out, fc1 + fc2
-    attention = 2 * tokens * width  # q @ k^T and attn @ v, per token
-    return 2.0 * layers * tokens * (projections + attention)
+def _tokens(cfg: CLIPConfig, mask_ratio: float) -> tuple[int, int]:
+    """(image tokens: kept patches + the class token, text tokens)."""
+    return num_kept(cfg.vision.num_patches, mask_ratio) + 1, cfg.text.context_length
+
+
+def _projection_flops(tokens: int, width: int, layers: int, mlp_ratio: float) -> float:
+    """Forward FLOPs of the dense layers of `layers` blocks: qkv + out projections, fc1 + fc2."""
+    return 2.0 * layers * tokens * (4 * width * width + 2 * width * int(width * mlp_ratio))
+
+
+def attention_flops(cfg: CLIPConfig, mask_ratio: float = 0.0) -> float:
+    """Forward FLOPs of q @ k^T and attn @ v in both towers (full matrices, also for the causal text)."""
+    image, text = _tokens(cfg, mask_ratio)
+    v, t = cfg.vision, cfg.text
+    return 4.0 * (v.layers * image * image * v.width + t.layers * text * text * t.width)
 
 
 def forward_flops_per_sample(cfg: CLIPConfig, mask_ratio: float = 0.0) -> float:
     """FLOPs of one image-text pair's forward at `mask_ratio`."""
     v, t = cfg.vision, cfg.text
-    patches = v.num_patches
-    patch_embed = 2.0 * patches * v.in_chans * v.patch_size**2 * v.width
-    tokens = num_kept(patches, mask_ratio) + 1  # kept patches + the class token
-    vision = patch_embed + _transformer_flops(tokens, v.width, v.layers, v.mlp_ratio) + 2.0 * v.width * cfg.embed_dim
-    text = _transformer_flops(t.context_length, t.width, t.layers, t.mlp_ratio) + 2.0 * t.width * cfg.embed_dim
-    return vision + text
+    image, text = _tokens(cfg, mask_ratio)
+    patch_embed = 2.0 * v.num_patches * v.in_chans * v.patch_size**2 * v.width
+    vision = patch_embed + _projection_flops(image, v.width, v.layers, v.mlp_ratio) + 2.0 * v.width * cfg.embed_dim
+    text_tower = _projection_flops(text, t.width, t.layers, t.mlp_ratio) + 2.0 * t.width * cfg.embed_dim
+    return vision + text_tower + attention_flops(cfg, mask_ratio)
 
 
 def train_flops_per_sample(cfg: CLIPConfig, mask_ratio: float = 0.0) -> float:
