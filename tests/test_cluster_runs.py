@@ -78,10 +78,10 @@ def test_divergence_stops_with_a_message_and_no_nan_checkpoint(shards: str, tmp_
     assert code != 0 and "exitcode  : 3" in out, out[-3000:]
     assert "diverged: 5 non-finite steps in a row" in out and "grad norm" in out and "lr 1000" in out
     rows = [r for r in _metrics(tmp_path / "run") if "train/nonfinite_steps" in r]
-    assert rows and rows[-1]["train/nonfinite_steps"] >= 5
+    assert rows and rows[-1]["train/nonfinite_steps"] >= 4  # the 5th skip stops the run before its log line
     latest = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
     if latest is not None:  # whatever was published holds finite weights
-        assert all(torch.isfinite(v).all() for v in consolidated_state_dict(latest).values())
+        assert all(torch.isfinite(v).all() for v in consolidated_state_dict(latest)[0].values())
 
 
 def test_a_stopped_rank_ends_the_job_naming_rank_and_operation(shards: str, tmp_path: Path) -> None:
