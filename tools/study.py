@@ -64,6 +64,14 @@ LOSSES: dict[str, dict] = {
     "openclip": {"name": "openclip", "tau_init": 0.07},
     "fastclip-v3": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07, "rho": 6.5,
                     "gamma_schedule": "cosine", "gamma_min": 0.2, "lr_tau_schedule": "step_thresh"},
+    # Paper-tuned knobs, one at a time (1 seed each; declared before their results were seen):
+    "fastclip-v3-gmin0.8": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
+                            "rho": 6.5, "gamma_schedule": "cosine", "gamma_min": 0.8, "lr_tau_schedule": "step_thresh"},
+    "fastclip-v3-lrtau2e-4": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
+                              "rho": 6.5, "gamma_schedule": "cosine", "gamma_min": 0.2, "lr_tau": 2.0e-4,
+                              "lr_tau_schedule": "step_thresh"},
+    "fastclip-v3-rho8.5": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
+                           "rho": 8.5, "gamma_schedule": "cosine", "gamma_min": 0.2, "lr_tau_schedule": "step_thresh"},
     "fastclip-v3-gamma1": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
                            "rho": 6.5, "gamma_schedule": "constant", "gamma_min": 1.0,
                            "lr_tau_schedule": "step_thresh"},
@@ -84,7 +92,7 @@ class Arm:
     batch: int
     epochs: int
     seed: int
-    group: str  # main | versions | flip | scale | sweep | ablation
+    group: str  # main | versions | flip | scale | sweep | ablation | tuning
     mask_ratio: float = 0.0
     diagnose: bool = False  # keep per-epoch checkpoints and measure u staleness
     note: str = ""
@@ -102,7 +110,8 @@ class Arm:
 
 
 def plan_arms(s: Settings) -> list[Arm]:
-    """Every arm, most important first: the 5-seed comparison, then versions, FLIP, scale, sweep, ablation."""
+    """Every arm, most important first: the 5-seed comparison, then versions, FLIP, scale, sweep, ablation and
+    one-at-a-time changes of what the paper tunes."""
     b, e = s.batch, s.epochs
     arms = []
     for seed in range(s.seeds):
@@ -114,6 +123,9 @@ def plan_arms(s: Settings) -> list[Arm]:
                     note=f"same steps as openclip@{b} at {s.scale_epochs} epochs"))  # fmt: skip
     arms += [Arm(loss, b, ep, 0, "sweep") for ep in s.sweep if ep != e for loss in ("openclip", "fastclip-v3")]
     arms.append(Arm("fastclip-v3-gamma1", b, e, 0, "ablation", note="gamma = 1: u is the last batch's g"))
+    notes = {"fastclip-v3-gmin0.8": "gamma_min 0.8 (LAION recipe): fresher u",
+             "fastclip-v3-lrtau2e-4": "lr_tau 2e-4 (CC3M recipe)", "fastclip-v3-rho8.5": "rho 8.5 (CC12M recipe)"}
+    arms += [Arm(loss, b, e, 0, "tuning", note=note) for loss, note in notes.items()]
     return arms
 
 
