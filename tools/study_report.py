@@ -97,12 +97,16 @@ def _diagnostics(groups: dict[str, list[dict]], settings: dict, data: dict) -> l
                   "| epoch | tau | median abs log u/g | mean log u/g | median abs log g(batch)/g |",
                   "|---:|---:|---:|---:|---:|"]  # fmt: skip
         spe = -(-settings["train_size"] // b)
-        for row in diag[0]["u_staleness"]:
+        rows = diag[0]["u_staleness"]
+        shown = rows[:: max(1, len(rows) // 8)]
+        if shown[-1] is not rows[-1]:
+            shown.append(rows[-1])
+        for row in shown:
             lines.append(
                 f"| {row['step'] / spe:.0f} | {row['tau']:.4f} | {row['median_abs_log_u_over_g1']:.3f} "
                 f"| {row['mean_log_u_over_g1']:+.3f} | {row['median_abs_log_batch_over_g1']:.3f} |"
             )
-    taus = {k: rs[0]["trajectory"] for k, rs in groups.items() if rs[0]["arm"]["group"] in ("main", "versions")}
+    taus = {k: rs[0]["trajectory"] for k, rs in groups.items() if rs[0]["arm"]["group"] != "sweep"}
     if taus:
         epochs = [t["epoch"] for t in next(iter(taus.values()))]
         shown = [ep for ep in epochs if ep == 1 or ep % max(1, len(epochs) // 5) == 0]
@@ -125,9 +129,10 @@ def write_markdown(runs: dict[str, dict], settings: dict, calibration: dict, dat
     lines += _table(groups)
     gap = main_gap(groups, settings)
     if gap:
+        se = "n/a" if math.isnan(gap["se"]) else f"{100 * gap['se']:.2f}"
         lines += ["", f"**FastCLIP-v3@{settings['batch']} − OpenCLIP@{settings['batch']}, text→image R@1 at "
-                      f"{settings['epochs']} epochs: {100 * gap['gap']:+.2f} points** (standard error "
-                      f"{100 * gap['se']:.2f}; {gap['n_fast']} vs {gap['n_openclip']} seeds)."]  # fmt: skip
+                      f"{settings['epochs']} epochs: {100 * gap['gap']:+.2f} points** (standard error {se}; "
+                      f"{gap['n_fast']} vs {gap['n_openclip']} seeds)."]  # fmt: skip
     lines += ["", "### Epochs per sample (seed 0)", "", *_sweep(groups, settings)]
     lines += _diagnostics(groups, settings, data)
     if calibration:
