@@ -108,7 +108,7 @@ def with_stopped_gone(pid: int) -> None:
 
 def test_two_nodes_train_and_resume_as_one_node(shards: str, tmp_path: Path) -> None:
     """2 "nodes" of 1 process on localhost (the README's multi-node launch), then 1 node of 2 processes."""
-    recipe = write_recipe(tmp_path, shards)
+    recipe = write_recipe(tmp_path, shards, checkpoint={"every_steps": 2, "keep_last": 10})
     port = free_port()
     nodes = [
         start(recipe, launcher=("--num_machines", "2", "--machine_rank", str(node), "--num_processes", "2",
