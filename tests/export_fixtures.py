@@ -51,8 +51,8 @@ def fashion_mnist_test(n: int | None = None) -> tuple[list[Image.Image], torch.T
     return [Image.fromarray(np.ascontiguousarray(a), "L") for a in images], torch.as_tensor(labels.astype(np.int64))
 
 
-def photos() -> tuple[list[Image.Image], list[str]]:
-    return [Image.fromarray(getattr(skimage.data, name)()) for name in PHOTOS], list(PHOTOS.values())
+def photos(names: tuple[str, ...] = tuple(PHOTOS)) -> tuple[list[Image.Image], list[str]]:
+    return [Image.fromarray(getattr(skimage.data, name)()) for name in names], [PHOTOS[name] for name in names]
 
 
 def fashion_captions() -> list[str]:
