@@ -330,7 +330,10 @@ class Trainer:
         if "dataset" in meta:  # facts measured from the data (older checkpoints lack them)
             saved = saved | {"dataset": meta["dataset"]}
             current = current | {"dataset": {"num_samples": self.loader.num_samples}}
-        changes = check_resume_config(saved, current, self.cfg.checkpoint.allow_changes, str(path))
+        allowed = list(self.cfg.checkpoint.allow_changes)
+        if meta["world_size"] * saved["data"]["batch_size"] == self.global_batch:  # another world size, same global
+            allowed.append("data.batch_size")  # batch: the per-rank batch follows the number of ranks
+        changes = check_resume_config(saved, current, allowed, str(path))
         if changes and self.backend.is_main:
             logger.info("config changes since %s:\n  %s", path.name, "\n  ".join(changes))
         rank, world, saved_world = self.backend.rank, self.backend.world_size, meta["world_size"]
