@@ -102,6 +102,28 @@ def hf_processor(cfg: CLIPConfig) -> transformers.CLIPProcessor:
     return transformers.CLIPProcessor(image_processor=image_processor, tokenizer=build_hf_tokenizer(cfg.text))
 
 
+# Config fields compared before loading: weight shapes cannot show the activation or the number of heads.
+CHECKED_FIELDS = {
+    "text_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "max_position_embeddings", "vocab_size", "hidden_act"),
+    "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                      "patch_size", "num_channels", "hidden_act"),
+}  # fmt: skip
+
+
+def check_config(folder: Path, cfg: CLIPConfig) -> None:
+    """Refuse a CLIPModel folder whose config.json differs from our architecture, naming the first field."""
+    if not (folder / "config.json").is_file():
+        return
+    theirs, ours = transformers.CLIPConfig.from_pretrained(folder), hf_config(cfg)
+    for tower, fields in CHECKED_FIELDS.items():
+        for field in fields:
+            got, want = getattr(getattr(theirs, tower), field), getattr(getattr(ours, tower), field)
+            if got != want:
+                raise ValueError(f"{folder / 'config.json'}: {tower}.{field} is {got!r}, our model needs {want!r}: "
+                                 "another architecture (check model.name and model.overrides)")  # fmt: skip
+
+
 def to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return to_theirs(state, RULES, FORMAT)
 

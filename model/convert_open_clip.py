@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import load_file, save_file
 
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -82,6 +84,32 @@ def preprocess_cfg(cfg: CLIPConfig) -> dict[str, Any]:
     """Our eval transform in open_clip's terms: shortest side -> size (bicubic), center crop, OpenAI mean/std."""
     return {"size": cfg.vision.image_size, "mode": "RGB", "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD),
             "interpolation": "bicubic", "resize_mode": "shortest"}  # fmt: skip
+
+
+def check_config(folder: Path, cfg: CLIPConfig) -> None:
+    """Refuse an open_clip folder whose config differs from our architecture, naming the first field.
+
+    Weight shapes cannot show the activation (quick_gelu) or how the width splits into heads.
+    """
+    file = folder / CONFIG_FILE
+    if not file.is_file():
+        return
+    theirs = json.loads(file.read_text()).get("model_cfg", {})
+    expected = model_cfg(cfg)
+    found = {"embed_dim": theirs.get("embed_dim"), "quick_gelu": theirs.get("quick_gelu", False)}
+    wanted = {"embed_dim": expected["embed_dim"], "quick_gelu": cfg.quick_gelu}
+    for tower, defaults in (("vision_cfg", CLIPVisionCfg()), ("text_cfg", CLIPTextCfg())):
+        found |= {f"{tower}.{k}": v for k, v in (asdict(defaults) | theirs.get(tower, {})).items()}
+        wanted |= {f"{tower}.{k}": v for k, v in expected[tower].items()}
+    for name, want in wanted.items():
+        if _scalar(found[name]) != want:
+            raise ValueError(f"{file}: {name} is {found[name]!r}, our model needs {want!r}: another architecture "
+                             "(check model.name and model.overrides)")  # fmt: skip
+
+
+def _scalar(value: Any) -> Any:
+    """open_clip writes some sizes as [n, n]; compare them as n."""
+    return value[0] if isinstance(value, list) and value and all(v == value[0] for v in value) else value
 
 
 def to_open_clip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

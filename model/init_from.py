@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -32,27 +31,32 @@ def parse_init_from(spec: str) -> tuple[str, Path]:
     return source, Path(path)
 
 
-def pretrained_state(spec: str, template: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The checkpoint named by `spec` as our state dict shaped like `template` (refuses another architecture)."""
+def pretrained_state(spec: str, model: CLIP) -> dict[str, torch.Tensor]:
+    """The checkpoint named by `spec` as `model`'s state dict; another architecture is refused (its config, where
+    the folder has one, then every weight's name and shape)."""
     source, path = parse_init_from(spec)
     if not path.exists():
         raise FileNotFoundError(f"model.init_from: {path} does not exist")
     # Imported here: config validation imports this module, and only loading needs transformers.
     if source == "open_clip":
+        from model.convert_open_clip import check_config
         from model.convert_open_clip import from_open_clip as convert
         from model.convert_open_clip import load_open_clip_state as load
     else:
+        from model.convert_hf import check_config
         from model.convert_hf import from_hf as convert
         from model.convert_hf import load_hf_state as load
     try:
-        return convert(load(path), template)
+        if path.is_dir():
+            check_config(path, model.config)
+        return convert(load(path), model.state_dict())
     except ValueError as err:
         raise ValueError(f"model.init_from {spec!r}: {err}") from err
 
 
 def load_pretrained(model: CLIP, spec: str) -> None:
     """Load the towers from `spec` into `model` in place; the model keeps its own logit_scale."""
-    state = pretrained_state(spec, model.state_dict())
+    state = pretrained_state(spec, model)
     theirs = float(state["logit_scale"].reshape(-1)[0])
     state["logit_scale"] = model.logit_scale.detach().clone()
     model.load_state_dict(state, strict=True)

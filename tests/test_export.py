@@ -260,13 +260,22 @@ def test_init_from_loads_both_formats_and_keeps_the_temperature(exported: Callab
 
 
 def test_init_from_refuses_another_architecture(exported: Callable) -> None:
+    """A folder's config is compared first (naming the field); a bare weights file by names and shapes."""
     _, oc_dir, hf_dir = exported("tiny")
+    with pytest.raises(ValueError, match=r"model.init_from 'open_clip:.*json: embed_dim is 64, our model needs 128"):
+        load_pretrained(create_model("demo"), f"open_clip:{oc_dir}")
     first_mismatch = r"'visual.class_embedding' has shape \(64,\), our 'visual.cls_token' needs \(1, 1, 128\)"
     with pytest.raises(ValueError, match=rf"model.init_from 'open_clip:.*{first_mismatch}"):
-        load_pretrained(create_model("demo"), f"open_clip:{oc_dir}")
-    deeper = create_model("tiny", text_layers=3)
+        load_pretrained(create_model("demo"), f"open_clip:{oc_dir / WEIGHTS_FILE}")
+    with pytest.raises(ValueError, match=r"config.json: text_config.num_hidden_layers is 2, our model needs 3"):
+        load_pretrained(create_model("tiny", text_layers=3), f"hf:{hf_dir}")
     with pytest.raises(ValueError, match=r"no 'text_model.encoder.layers.2.layer_norm1.weight'"):
-        load_pretrained(deeper, f"hf:{hf_dir}")
+        load_pretrained(create_model("tiny", text_layers=3), f"hf:{hf_dir / 'model.safetensors'}")
+    # what weight shapes cannot show: activation, heads
+    with pytest.raises(ValueError, match=r"open_clip_config.json: quick_gelu is False, our model needs True"):
+        load_pretrained(create_model("tiny", quick_gelu=True), f"open_clip:{oc_dir}")
+    with pytest.raises(ValueError, match=r"config.json: vision_config.num_attention_heads is 2, our model needs 4"):
+        load_pretrained(create_model("tiny", vision_head_width=16), f"hf:{hf_dir}")
     with pytest.raises(FileNotFoundError, match="model.init_from"):
         load_pretrained(create_model("tiny"), f"hf:{hf_dir}/missing")
 
