@@ -75,10 +75,10 @@ def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-@pytest.mark.parametrize("name", [*MODEL_CONFIGS, "ViT-B-16-quick_gelu"])
+@pytest.mark.parametrize("name", [*MODEL_CONFIGS, "ViT-B-32-quickgelu"])  # open_clip's name for OpenAI's variant
 def test_every_named_model_maps_onto_both_libraries(name: str) -> None:
     """Key sets and shapes equal each library's own model built from the exported config (meta tensors)."""
-    cfg = get_model_config(name.removesuffix("-quick_gelu"), quick_gelu=name.endswith("quick_gelu"))
+    cfg = get_model_config(name.removesuffix("-quickgelu"), quick_gelu=name.endswith("-quickgelu"))
     with torch.device("meta"):
         ours = CLIP(cfg).state_dict()
         theirs_oc = open_clip.model.CLIP(**model_cfg(cfg)).state_dict()
@@ -91,6 +91,7 @@ def test_every_named_model_maps_onto_both_libraries(name: str) -> None:
         builtin = open_clip.get_model_config(name)
         exported = model_cfg(cfg)
         assert exported["embed_dim"] == builtin["embed_dim"]
+        assert exported.get("quick_gelu", False) == builtin.get("quick_gelu", False)
         for tower in ("vision_cfg", "text_cfg"):
             assert {k: builtin[tower].get(k, v) for k, v in exported[tower].items()} == exported[tower], tower
 

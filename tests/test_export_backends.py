@@ -54,6 +54,8 @@ def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     cli = [sys.executable, str(REPO / "tools" / "export.py"), "--checkpoint", str(checkpoint), "--to", "hf"]
     subprocess.run([*cli, "--out", str(tmp_path / "hf")], check=True, cwd=REPO, capture_output=True)
     export(checkpoint, "open_clip", tmp_path / "open_clip")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export(checkpoint, "open_clip", tmp_path / "open_clip")
     consolidated, meta = consolidated_state_dict(resolve_checkpoint(str(checkpoint)))
     model, _ = load_model(resolve_checkpoint(str(checkpoint)))
     embedders = Embedders.load(model, tmp_path / "open_clip", tmp_path / "hf")
