@@ -94,9 +94,10 @@ class Lamb(torch.optim.Optimizer):
 def build_optimizer(
     name: str, groups: list[dict[str, object]], lr: float, betas: tuple[float, float], eps: float
 ) -> torch.optim.Optimizer:
-    """AdamW (torch's default implementation) or LAMB over the given groups."""
+    """AdamW (torch's fused implementation: it can skip a step on the device, see `optimizer_step_unless`)
+    or LAMB over the given groups."""
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=betas, eps=eps)
     raise ValueError(f"optim.name must be adamw or lamb, got {name!r}")

@@ -81,7 +81,7 @@ class Trainer:
         self.mask_generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank + 1)
         self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device)
         self.loss = build_loss(self.loss_cfg, self.loader.num_samples)
-        self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag())
+        self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag(), self.backend.device)
         self.parts = checkpoint_parts(
             self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator
         )
@@ -161,12 +161,9 @@ class Trainer:
         probe("loss_and_state")
         self.backend.backward(out.loss)
         probe("backward")
-        grad_norm = self.backend.step(self.cfg.optim.grad_clip, lambda norm: self.guard(out.value, norm))
-        if self.guard.skipped:  # non-finite on some rank: no rank updates anything
-            self.temperature.logit_scale.grad = None
-        else:
-            self.temperature.step(lr, phase.lr)
-        self.guard.streak.update(self.guard.skipped, self.step + 1, out.value, grad_norm, lr)
+        grad_norm = self.backend.step(self.cfg.optim.grad_clip, lambda norm: self.guard.agree(out.value, norm))
+        self.temperature.step(lr, phase.lr, skip=self.guard.skip)  # non-finite somewhere: nothing moves
+        self.guard.record(self.step + 1, out.value, grad_norm, lr)
         probe("optimizer")
         self.losses[self.step] = out.value
         self.step += 1
@@ -177,7 +174,7 @@ class Trainer:
             "schedule/lr": lr,
             "schedule/mask_ratio": phase.mask_ratio,
             "schedule/logit_scale": self.temperature.logit_scale.detach()[0],
-            "train/nonfinite_steps": float(self.guard.streak.total),
+            "train/nonfinite_steps": self.guard.total,
         }
         if self.tau.trainable:
             scalars |= {"schedule/tau": self.temperature.tau[0], "schedule/lr_tau": self.temperature.last_lr[0]}
@@ -200,6 +197,7 @@ class Trainer:
         self.guard.preemption.install()
         try:
             self.train_steps(total)
+            self.guard.drain()  # the last steps' flags: divergence or a late preemption signal
         finally:
             self.guard.preemption.restore()
         wall = time.perf_counter() - started
@@ -300,7 +298,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
-            "nonfinite": self.guard.streak.state_dict(),
+            "nonfinite": self.guard.state_dict(),
             "world_size": self.backend.world_size,
             "backend": self.cfg.backend.name,
             "config": to_dict(self.cfg),
@@ -350,7 +348,7 @@ class Trainer:
             )  # fmt: skip
         self.step, self.epoch = int(meta["step"]), int(self.loader.state_dict()["epoch"])
         if "nonfinite" in meta:
-            self.guard.streak.load_state_dict(meta["nonfinite"])
+            self.guard.load_state_dict(meta["nonfinite"])
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
                         saved_world)  # fmt: skip

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 ModelFn = Callable[[], nn.Module]
 GroupsFn = Callable[[nn.Module], list[dict[str, object]]]
-StepFilter = Callable[[torch.Tensor | float | None], bool]
+Agree = Callable[[torch.Tensor | float | None], torch.Tensor]
 OptimizerFn = Callable[[list[dict[str, object]]], torch.optim.Optimizer]
 
 
@@ -112,12 +112,13 @@ class Backend(ABC):
         """Backward; the backend averages parameter gradients over ranks."""
 
     @abstractmethod
-    def step(self, grad_clip: float, apply: StepFilter = lambda grad_norm: True) -> torch.Tensor | float | None:
+    def step(self, grad_clip: float, agree: Agree) -> torch.Tensor | float | None:
         """Clip (if > 0), step and zero gradients; returns the pre-clip global grad norm when known,
         as a device tensor (reading it is the caller's choice: it waits for the device).
 
-        `apply(grad_norm)` is asked between clipping and the update whether to apply it (the non-finite
-        guard: every rank gets the same answer); False drops this step's gradients without an update.
+        `agree(grad_norm)` is called between clipping and the update and returns the step's agreed skip
+        flag (a device tensor, the same on every rank); a set flag drops this step's gradients without
+        any update, decided on the device where the optimizer allows (`optimizer_step_unless`).
         """
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:

@@ -10,7 +10,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from train.backends.base import Backend, GroupsFn, ModelFn, OptimizerFn, StepFilter, adam_state_bytes, eval_mode
+from train.backends.base import Agree, Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes, eval_mode
+from train.nonfinite import optimizer_step_unless
 
 
 class DDPBackend(Backend):
@@ -49,18 +50,18 @@ class DDPBackend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, grad_clip: float, apply: StepFilter = lambda grad_norm: True) -> torch.Tensor:
+    def step(self, grad_clip: float, agree: Agree) -> torch.Tensor:
         if self.scaler:
             self.scaler.unscale_(self.optimizer.optimizer)
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         # fp16: an inf norm is the GradScaler's business (it skips and lowers the scale), not divergence.
         if self.scaler:
-            if apply(None):
+            if not bool(agree(None)):  # GradScaler reads its own inf flag on the host anyway
                 self.scaler.step(self.optimizer.optimizer)
             self.scaler.update()
-        elif apply(norm):
-            self.optimizer.step()
+        else:
+            optimizer_step_unless(self.optimizer.optimizer, agree(norm))
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 

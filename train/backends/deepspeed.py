@@ -23,11 +23,11 @@ from deepspeed.utils import safe_get_full_fp32_param
 from torch import nn
 
 from train.backends.base import (
+    Agree,
     Backend,
     GroupsFn,
     ModelFn,
     OptimizerFn,
-    StepFilter,
     adam_state_bytes,
     select_local_device,
 )
@@ -167,13 +167,13 @@ class DeepSpeedBackend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self, grad_clip: float, apply: StepFilter = lambda grad_norm: True) -> torch.Tensor | float | None:
+    def step(self, grad_clip: float, agree: Agree) -> torch.Tensor | float | None:
         """The engine computes the norm inside its step and skips the update itself when the norm is not finite
-        (ZeRO's overflow check, on for fp32 and, by default, bf16), so `apply` is asked afterwards: it still
+        (ZeRO's overflow check, on for fp32 and, by default, bf16), so `agree` is asked afterwards: it still
         counts the skip and makes the ranks agree. A NaN loss with finite gradients is not caught here."""
         self.engine.step()
         norm = self.engine.get_global_grad_norm()  # the engine's own type
-        apply(norm)
+        agree(norm)
         return norm
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:

@@ -21,14 +21,15 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from train.backends.base import (
+    Agree,
     Backend,
     GroupsFn,
     ModelFn,
     OptimizerFn,
-    StepFilter,
     adam_state_bytes,
     select_local_device,
 )
+from train.nonfinite import optimizer_step_unless
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -93,12 +94,11 @@ class FSDP2Backend(Backend):
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self, grad_clip: float, apply: StepFilter = lambda grad_norm: True) -> torch.Tensor:
+    def step(self, grad_clip: float, agree: Agree) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-        if apply(norm):
-            self.optimizer.step()
+        optimizer_step_unless(self.optimizer, agree(norm))
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 

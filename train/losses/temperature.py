@@ -100,23 +100,30 @@ class GlobalTemperature:
         return lr * step_thresh_ratio(self.tau) if self.spec.schedule == "step_thresh" else lr
 
     @torch.no_grad()
-    def step(self, model_lr: float, model_base_lr: float) -> None:
-        """Average the gradient over ranks, take one Adam step, clamp; a no-op when frozen."""
+    def step(self, model_lr: float, model_base_lr: float, skip: torch.Tensor | None = None) -> None:
+        """Average the gradient over ranks, take one Adam step, clamp; a no-op when frozen.
+
+        `skip` (a device flag, e.g. the non-finite guard's) leaves value and moments unchanged on the device.
+        """
         if not self.spec.trainable:
             return
         grad = self.logit_scale.grad
         if grad is None:
             raise RuntimeError("the temperature got no gradient: pass GlobalTemperature.logit_scale to the loss")
         grad = all_reduce_mean(grad)
+        keep = None if skip is None else skip.reshape(1) > 0
         beta1, beta2 = self.betas
         lr = self.lr(model_lr, model_base_lr)
-        self.steps += 1
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        m_hat = self.exp_avg / (1 - torch.pow(beta1, self.steps))
-        v_hat = self.exp_avg_sq / (1 - torch.pow(beta2, self.steps))
-        self.logit_scale.sub_(lr * m_hat / (v_hat.sqrt() + self.eps))
-        self.logit_scale.clamp_(self.spec.min_logit_scale, self.spec.max_logit_scale)
+        steps = self.steps + 1
+        exp_avg = self.exp_avg.lerp(grad, 1 - beta1)
+        exp_avg_sq = self.exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+        m_hat = exp_avg / (1 - torch.pow(beta1, steps))
+        v_hat = exp_avg_sq / (1 - torch.pow(beta2, steps))
+        value = (self.logit_scale - lr * m_hat / (v_hat.sqrt() + self.eps))
+        value = value.clamp(self.spec.min_logit_scale, self.spec.max_logit_scale)
+        for name, new in (("steps", steps), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("logit_scale", value)):
+            current = getattr(self, name)
+            current.copy_(new if keep is None else torch.where(keep, current, new))
         self.logit_scale.grad = None
         self.last_lr = lr
 
