@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from train.losses.gamma import gamma_for_epoch
 from train.losses import LossConfig, build_loss, repartition_loss_states, tau_spec
+from train.losses.gamma import gamma_for_epoch
 from train.losses.temperature import GlobalTemperature, per_sample_adam, step_thresh_lr
 
 
