@@ -47,7 +47,7 @@ def test_trainer_inputs_normalise_uint8_pixels_and_pass_float_images(tmp_path) -
         grey = torch.randint(0, 256, (2, 32, 32), dtype=torch.uint8)
         batch = {"pixels": grey, "tokens": torch.zeros(2, 77, dtype=torch.long), "index": torch.arange(2)}
         images, _, index = trainer.inputs(batch)
-        assert torch.allclose(images, normalize_batch(grey.numpy()), atol=TOL, rtol=0)
+        assert torch.allclose(images.cpu(), normalize_batch(grey.numpy()), atol=TOL, rtol=0)
         passed, _, _ = trainer.inputs({"images": images, "tokens": batch["tokens"], "index": index})
         assert torch.equal(passed, images)
     finally:

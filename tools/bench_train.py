@@ -195,21 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--backends: unknown {unknown}; choose from {sorted(BACKENDS)}")
     knobs = {"steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
              "breakdown_steps": args.breakdown_steps}  # fmt: skip
-    results = []
-    for name in names or [""]:
+    results: list[dict[str, Any]] = []
+    for name in names or [""]:  # each backend's row is printed and written as soon as it is measured
         result = run_config(args.config, args.overrides + BACKENDS.get(name, []), ranks, knobs)
-        results.append(result | {"vs_first_backend": result["trainer_samples_per_s"] /
-                                 (results[0]["trainer_samples_per_s"] if results else result["trainer_samples_per_s"])})
-    print(_table(results))
-    first = results[0]
-    summary = {
-        "config": args.config, "overrides": args.overrides, "ranks": ranks, "machine": machine_description(),
-        "trainer_over_model": first["trainer_over_model"],
-        "model_samples_per_s": first["model_samples_per_s"],
-        "trainer_samples_per_s": first["trainer_samples_per_s"],
-        "runs": results,
-    }  # fmt: skip
-    write_json(args.out, summary)
+        first = results[0] if results else result
+        results.append(result | {"vs_first_backend": result["trainer_samples_per_s"] / first["trainer_samples_per_s"]})
+        print(_table(results), flush=True)
+        write_json(args.out, {
+            "config": args.config, "overrides": args.overrides, "ranks": ranks, "machine": machine_description(),
+            "trainer_over_model": first["trainer_over_model"],
+            "model_samples_per_s": first["model_samples_per_s"],
+            "trainer_samples_per_s": first["trainer_samples_per_s"],
+            "runs": results,
+        })  # fmt: skip
     return 0
 
 

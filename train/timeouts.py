@@ -33,8 +33,9 @@ def set_collective_timeout(seconds: float) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     timeout = timedelta(seconds=seconds)
+    set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout  # torch < 2.12
     for group in list(dist.distributed_c10d._world.pg_names):
-        dist.set_timeout(timeout, group)
+        set_timeout(timeout, group)
 
 
 def is_timeout(err: BaseException) -> bool:
