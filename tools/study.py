@@ -48,6 +48,7 @@ class Settings:
     batch: int = 64  # b
     epochs: int = 20  # epochs per sample of the main comparison (the longest sweep point)
     sweep: tuple[int, ...] = (4, 10, 20)  # epochs per sample, OpenCLIP@b and FastCLIP-v3@b, seed 0
+    long_sweep: tuple[int, ...] = (40,)  # sweep points past `epochs`, run after everything else
     scale_epochs: int = 10  # OpenCLIP@4b runs as many steps as the b arm at this many epochs
     seeds: int = 5  # of OpenCLIP@b and FastCLIP-v3@b at `epochs`
     evals_per_run: int = 6
@@ -109,9 +110,9 @@ class Arm:
         return f"{self.loss}@{self.batch}{mask}"
 
 
-def plan_arms(s: Settings) -> list[Arm]:
-    """Every arm, most important first: the 5-seed comparison, then versions, FLIP, scale, sweep, ablation and
-    one-at-a-time changes of what the paper tunes."""
+def plan_arms(s: Settings, confirm: tuple[str, ...] = ()) -> list[Arm]:
+    """Every arm, most important first: the 5-seed comparison, then versions, FLIP, scale, sweep, ablation,
+    one-at-a-time changes of what the paper tunes, the long sweep, and `confirm` (losses re-run on every seed)."""
     b, e = s.batch, s.epochs
     arms = []
     for seed in range(s.seeds):
@@ -126,7 +127,13 @@ def plan_arms(s: Settings) -> list[Arm]:
     notes = {"fastclip-v3-gmin0.8": "gamma_min 0.8 (LAION recipe): fresher u",
              "fastclip-v3-lrtau2e-4": "lr_tau 2e-4 (CC3M recipe)", "fastclip-v3-rho8.5": "rho 8.5 (CC12M recipe)"}
     arms += [Arm(loss, b, e, 0, "tuning", note=note) for loss, note in notes.items()]
-    return arms
+    arms += [Arm(loss, b, ep, 0, "sweep") for ep in s.long_sweep for loss in ("openclip", "fastclip-v3")]
+    for loss in confirm:
+        if loss not in LOSSES:
+            raise SystemExit(f"--confirm {loss}: unknown loss; choose from {sorted(LOSSES)}")
+        group = next(a.group for a in arms if a.loss == loss and a.batch == b and a.epochs == e)
+        arms += [Arm(loss, b, e, seed, group, note="more seeds") for seed in range(1, s.seeds)]
+    return [a for i, a in enumerate(arms) if a.id not in {x.id for x in arms[:i]}]
 
 
 def steps_per_epoch(s: Settings, batch: int) -> int:
@@ -268,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-epochs", type=int, default=Settings.scale_epochs)
     p.add_argument("--train-size", type=int, default=Settings.train_size)
     p.add_argument("--zeroshot-size", type=int, default=Settings.zeroshot_size)
+    p.add_argument("--confirm", nargs="*", default=[], help="losses (LOSSES keys) to run on every seed as well")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     s = Settings(seeds=args.seeds, epochs=args.epochs, sweep=tuple(int(x) for x in args.sweep.split(",")),
                  scale_epochs=args.scale_epochs, train_size=args.train_size, zeroshot_size=args.zeroshot_size)
-    arms = plan_arms(s)
+    arms = plan_arms(s, tuple(args.confirm))
     if args.dry_run:
         for i, arm in enumerate(arms):
             print(f"{i + 1:2d}. {arm.id:36s} group {arm.group:9s} {arm.note}")

@@ -66,7 +66,7 @@ def _table(groups: dict[str, list[dict]]) -> list[str]:
 def _sweep(groups: dict[str, list[dict]], settings: dict) -> list[str]:
     b = settings["batch"]
     lines = ["| epochs per sample | OpenCLIP@b R@1 | FastCLIP-v3@b R@1 | gap (points) |", "|---:|---:|---:|---:|"]
-    for ep in sorted(set(settings["sweep"]) | {settings["epochs"]}):
+    for ep in sorted({*settings["sweep"], *settings.get("long_sweep", ()), settings["epochs"]}):
         o = groups.get(f"openclip-b{b}-e{ep}", [])
         f = groups.get(f"fastclip-v3-b{b}-e{ep}", [])
         if o and f:  # seed 0 only, so every point is one run per loss
@@ -170,7 +170,7 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     b = settings["batch"]
     points = []
-    for ep in sorted(set(settings["sweep"]) | {settings["epochs"]}):
+    for ep in sorted({*settings["sweep"], *settings.get("long_sweep", ()), settings["epochs"]}):
         o, f = groups.get(f"openclip-b{b}-e{ep}"), groups.get(f"fastclip-v3-b{b}-e{ep}")
         if o and f:
             gaps = [100 * (fr["final"][METRIC] - orr["final"][METRIC]) for fr, orr in zip(f, o, strict=False)]
