@@ -53,6 +53,10 @@ class CLIP(nn.Module):
         masking.set_ratio(ratio)
         masking.generator = generator
 
+    def blocks(self) -> list[nn.Module]:
+        """The repeated transformer blocks of both towers: the units a sharding backend wraps (FSDP2)."""
+        return [*self.visual.blocks, *self.text.blocks]
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.visual.set_grad_checkpointing(enabled)
         self.text.grad_checkpointing = enabled

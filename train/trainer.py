@@ -62,7 +62,7 @@ class Trainer:
         self.model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
         self.backend = make_backend(cfg, self.model_config.vision.width)
         setup_console_logging(self.backend.is_main)
-        rank, world = self.backend.rank, self.backend.world_size
+        rank, world = self.backend.dp_rank, self.backend.dp_world_size  # data-parallel position
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
         self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
         self.global_batch = cfg.data.batch_size * world
@@ -79,8 +79,9 @@ class Trainer:
         set_collective_timeout(self._timeout)
         device = self.backend.device
         self.mask_generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank + 1)
-        self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device)
-        self.loss = build_loss(self.loss_cfg, self.loader.num_samples)
+        group = self.backend.dp_group
+        self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device, group)
+        self.loss = build_loss(self.loss_cfg, self.loader.num_samples, group)
         self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag(), self.backend.device)
         self.parts = checkpoint_parts(
             self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator

@@ -81,6 +81,21 @@ class Backend(ABC):
     def is_main(self) -> bool:
         return self.rank == 0
 
+    # Data parallelism: the ranks that split the global batch. Every rank today (dp_group None = the
+    # default group); a backend that adds model parallelism narrows these, and the losses, per-sample
+    # state, loader and evaluation follow.
+    @property
+    def dp_group(self) -> torch.distributed.ProcessGroup | None:
+        return None
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank
+
+    @property
+    def dp_world_size(self) -> int:
+        return self.world_size
+
     @abstractmethod
     def setup(self, model_fn: ModelFn, groups_fn: GroupsFn, optimizer_fn: OptimizerFn) -> None:
         """Build the model with `model_fn`, wrap it, and build the optimizer over the wrapped parameters."""
@@ -135,7 +150,7 @@ class Backend(ABC):
 
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:
-        """An unsharded model on every rank, in eval mode (for evaluation); all ranks call it.
+        """An unsharded model on every rank for evaluation (which sets eval mode itself); all ranks call it.
 
         Sharded backends gather a consolidated state dict and load it into a fresh model built by
         `model_fn`, so evaluation code can run any number of forwards on any rank.
@@ -179,14 +194,3 @@ def adam_state_bytes(params: int, precision: str, weight_shards: int, grad_shard
         "grads": (2 if low else 4) * params / grad_shards,
         "optimizer": (12 if low else 8) * params / optim_shards,
     }
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Switch to eval mode for the block and restore the previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)

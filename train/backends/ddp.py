@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from train.backends.base import Agree, Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes, eval_mode
+from train.backends.base import Agree, Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes
 from train.nonfinite import optimizer_step_unless
 
 
@@ -83,8 +83,7 @@ class DDPBackend(Backend):
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:
         """Parameters are replicated: evaluate the training model itself (no copy)."""
-        with eval_mode(self.raw_model) as model:
-            yield model
+        yield self.raw_model  # evaluation switches to eval mode and back itself
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu() for k, v in self.raw_model.state_dict().items()}

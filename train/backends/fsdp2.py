@@ -32,17 +32,6 @@ from train.backends.base import (
 from train.nonfinite import optimizer_step_unless
 
 
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """Every repeated block of every tower: the unit of sharding (and of activation checkpointing)."""
-    blocks: list[nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList | nn.Sequential) and module is not model:
-            children = list(module.children())
-            if len(children) > 1 and len({type(c) for c in children}) == 1 and hasattr(children[0], "attn"):
-                blocks.extend(children)
-    return blocks
-
-
 class FSDP2Backend(Backend):
     """Parameters, gradients and optimizer state sharded over a 1-d device mesh of all ranks."""
 
@@ -81,7 +70,7 @@ class FSDP2Backend(Backend):
         block_policy = MixedPrecisionPolicy(
             param_dtype=self.low_precision_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32
         )
-        for block in transformer_blocks(model):
+        for block in model.blocks():  # the model names its shard units
             fully_shard(block, mesh=self.mesh, mp_policy=block_policy)
         fully_shard(model, mesh=self.mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
         self.model = model

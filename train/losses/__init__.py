@@ -20,18 +20,19 @@ from typing import Any
 
 from train.losses.base import ContrastiveLoss, LossOutput
 from train.losses.config import LossConfig
+from train.losses.dist_utils import Group
 from train.losses.fastclip import FastCLIPLoss
 from train.losses.openclip import OpenCLIPLoss
 from train.losses.sample_state import repartition_shards
 from train.losses.temperature import GlobalTemperature, TauSpec, tau_spec
 
 
-def build_loss(cfg: LossConfig, num_samples: int) -> ContrastiveLoss:
-    """The configured loss; uses torch.distributed's default group if it is initialised."""
+def build_loss(cfg: LossConfig, num_samples: int, group: Group = None) -> ContrastiveLoss:
+    """The configured loss over the data-parallel `group` (None: the default group, if initialised)."""
     cfg = cfg.resolved()
     if cfg.name == "openclip":
-        return OpenCLIPLoss()
-    return FastCLIPLoss(cfg, num_samples)
+        return OpenCLIPLoss(group)
+    return FastCLIPLoss(cfg, num_samples, group)
 
 
 def repartition_loss_states(states: Sequence[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ import torch
 
 from train.losses.base import ContrastiveLoss, LossOutput
 from train.losses.config import LossConfig
-from train.losses.dist_utils import all_gather_rows, world
+from train.losses.dist_utils import Group, all_gather_rows, world
 from train.losses.gamma import gamma_for_epoch
 from train.losses.gcl import (
     anchor_positives,
@@ -78,7 +78,7 @@ _V2_COLUMNS = {"tau1": None, "tau2": None, "m1": 0.0, "m2": 0.0, "v1": 0.0, "v2"
 class FastCLIPLoss(ContrastiveLoss):
     """FastCLIP v0-v3 (and SogCLR / iSogCLR through the config aliases); see the module doc."""
 
-    def __init__(self, cfg: LossConfig, num_samples: int) -> None:
+    def __init__(self, cfg: LossConfig, num_samples: int, group: Group = None) -> None:
         cfg = cfg.resolved()
         if cfg.name != "fastclip":
             raise ValueError(f"FastCLIPLoss needs a fastclip config, got name {cfg.name!r}")
@@ -87,7 +87,10 @@ class FastCLIPLoss(ContrastiveLoss):
         columns = {"log_u1": -math.inf, "log_u2": -math.inf}
         if self.version == "v2":
             columns |= {k: cfg.tau_init if v is None else v for k, v in _V2_COLUMNS.items()}
-        self.state = SampleState(num_samples, columns, cfg.state_layout, dtype=getattr(torch, cfg.state_dtype))
+        self.group = group
+        self.state = SampleState(
+            num_samples, columns, cfg.state_layout, dtype=getattr(torch, cfg.state_dtype), group=group
+        )
         self.epoch = 0
         self.gamma = gamma_for_epoch(0, cfg.gamma_schedule, cfg.gamma_min, cfg.gamma_decay_epochs)
 
@@ -111,11 +114,11 @@ class FastCLIPLoss(ContrastiveLoss):
         e1, e2 = img.to(dtype), txt.to(dtype)
         if cfg.state_device == "features" or (cfg.state_device == "auto" and e1.is_cuda):
             self.state.to(e1.device)  # no-op after the first step
-        all1, all2, keys = all_gather_rows([e1, e2, index.to(device=e1.device, dtype=torch.int64)])
+        all1, all2, keys = all_gather_rows([e1, e2, index.to(device=e1.device, dtype=torch.int64)], self.group)
         batch, n = e1.shape[0], all1.shape[0]
         if n < 2:
             raise ValueError("FastCLIP needs a global batch of at least 2 pairs")
-        offset = world()[0] * batch
+        offset = world(self.group)[0] * batch
         old = self.state.fetch(keys).to(dtype)
 
         sim12 = e1 @ all2.T  # local images x all texts: autograd into e1 only

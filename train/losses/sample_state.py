@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from train.losses.dist_utils import all_gather_rows, reduce_scatter_rows, world
+from train.losses.dist_utils import Group, all_gather_rows, reduce_scatter_rows, world
 
 LAYOUTS = ("sharded", "replicated")
 
@@ -64,12 +64,14 @@ class SampleState:
         device: torch.device | str = "cpu",
         rank: int | None = None,
         world_size: int | None = None,
+        group: Group = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"state_layout must be one of {LAYOUTS}, got {layout!r}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        dist_rank, dist_world = world()
+        self.group = group  # the data-parallel group the table is sharded over (None: every rank)
+        dist_rank, dist_world = world(group)
         self.rank = dist_rank if rank is None else rank
         self.world_size = dist_world if world_size is None else world_size
         self.num_samples = num_samples
@@ -113,7 +115,7 @@ class SampleState:
             return self.table[local.to(self.table.device) - self.start].to(index.device)
         owned = (index >= self.start) & (index < self.stop)
         rows = self._rows[self._local_rows(index, owned)].to(index.device, non_blocking=True)
-        return reduce_scatter_rows(rows.masked_fill(~owned[:, None], 0))
+        return reduce_scatter_rows(rows.masked_fill(~owned[:, None], 0), self.group)
 
     def update(self, index: torch.Tensor, rows: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """All-gather the updated local rows [B, T] (plus `extra` [B, E] columns riding along)
@@ -122,7 +124,7 @@ class SampleState:
         Collective when K > 1. Rows are cast to the table dtype only when stored.
         """
         payload = rows if extra is None else torch.cat([rows, extra.to(rows.dtype)], dim=1)
-        (gathered,) = all_gather_rows([payload])
+        (gathered,) = all_gather_rows([payload], self.group)
         keep = last_occurrence(index)
         if self.layout == "sharded":
             keep &= (index >= self.start) & (index < self.stop)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from train.losses.dist_utils import all_reduce_mean
+from train.losses.dist_utils import Group, all_reduce_mean
 
 if TYPE_CHECKING:
     from train.losses.config import LossConfig
@@ -78,8 +78,10 @@ class GlobalTemperature:
     over ranks with one tiny all-reduce). Nothing here reads a value back to the host.
     """
 
-    def __init__(self, spec: TauSpec, betas: tuple[float, float], eps: float, device: torch.device) -> None:
-        self.spec, self.betas, self.eps = spec, tuple(betas), eps
+    def __init__(
+        self, spec: TauSpec, betas: tuple[float, float], eps: float, device: torch.device, group: Group = None
+    ) -> None:
+        self.spec, self.betas, self.eps, self.group = spec, tuple(betas), eps, group
         self.logit_scale = torch.full((1,), spec.init_logit_scale, dtype=torch.float32, device=device)
         self.logit_scale.requires_grad_(spec.trainable)
         self.exp_avg = torch.zeros(1, device=device)
@@ -110,7 +112,7 @@ class GlobalTemperature:
         grad = self.logit_scale.grad
         if grad is None:
             raise RuntimeError("the temperature got no gradient: pass GlobalTemperature.logit_scale to the loss")
-        grad = all_reduce_mean(grad)
+        grad = all_reduce_mean(grad, self.group)
         keep = None if skip is None else skip.reshape(1) > 0
         beta1, beta2 = self.betas
         lr = self.lr(model_lr, model_base_lr)
