@@ -112,7 +112,7 @@ class Arm:
 
 def plan_arms(s: Settings, confirm: tuple[str, ...] = ()) -> list[Arm]:
     """Every arm, most important first: the 5-seed comparison, then versions, FLIP, scale, sweep, ablation,
-    one-at-a-time changes of what the paper tunes, the long sweep, and `confirm` (losses re-run on every seed)."""
+    one-at-a-time changes of what the paper tunes, `confirm` (losses re-run on every seed), the long sweep."""
     b, e = s.batch, s.epochs
     arms = []
     for seed in range(s.seeds):
@@ -127,12 +127,12 @@ def plan_arms(s: Settings, confirm: tuple[str, ...] = ()) -> list[Arm]:
     notes = {"fastclip-v3-gmin0.8": "gamma_min 0.8 (LAION recipe): fresher u",
              "fastclip-v3-lrtau2e-4": "lr_tau 2e-4 (CC3M recipe)", "fastclip-v3-rho8.5": "rho 8.5 (CC12M recipe)"}
     arms += [Arm(loss, b, e, 0, "tuning", note=note) for loss, note in notes.items()]
-    arms += [Arm(loss, b, ep, 0, "sweep") for ep in s.long_sweep for loss in ("openclip", "fastclip-v3")]
     for loss in confirm:
         if loss not in LOSSES:
             raise SystemExit(f"--confirm {loss}: unknown loss; choose from {sorted(LOSSES)}")
         group = next(a.group for a in arms if a.loss == loss and a.batch == b and a.epochs == e)
         arms += [Arm(loss, b, e, seed, group, note="more seeds") for seed in range(1, s.seeds)]
+    arms += [Arm(loss, b, ep, 0, "sweep") for ep in s.long_sweep for loss in ("openclip", "fastclip-v3")]
     return [a for i, a in enumerate(arms) if a.id not in {x.id for x in arms[:i]}]
 
 
