@@ -33,10 +33,10 @@ def pooled(runs: dict[str, dict]) -> dict[str, list[dict]]:
     return dict(groups)
 
 
-def main_gap(groups: dict[str, list[dict]], settings: dict) -> dict | None:
-    """FastCLIP-v3@b minus OpenCLIP@b at the main epochs: mean difference and its standard error."""
+def gap_to_openclip(groups: dict[str, list[dict]], settings: dict, loss: str = "fastclip-v3") -> dict | None:
+    """`loss`@b minus OpenCLIP@b at the main epochs: mean difference of R@1 and its standard error."""
     b, e = settings["batch"], settings["epochs"]
-    fast, base = groups.get(f"fastclip-v3-b{b}-e{e}", []), groups.get(f"openclip-b{b}-e{e}", [])
+    fast, base = groups.get(f"{loss}-b{b}-e{e}", []), groups.get(f"openclip-b{b}-e{e}", [])
     if not fast or not base:
         return None
     f = [r["final"][METRIC] for r in fast]
@@ -45,20 +45,32 @@ def main_gap(groups: dict[str, list[dict]], settings: dict) -> dict | None:
     return {"gap": statistics.fmean(f) - statistics.fmean(o), "se": se, "n_fast": len(f), "n_openclip": len(o)}
 
 
-def _table(groups: dict[str, list[dict]]) -> list[str]:
+def _baseline(arm: dict, settings: dict) -> str:
+    """The OpenCLIP@b arm an arm is compared with: same epochs (FLIP: same wall clock; 4b: same steps)."""
+    epochs = settings["scale_epochs"] if arm["group"] == "scale" else arm["epochs"]
+    return f"openclip-b{settings['batch']}-e{epochs}"
+
+
+def _table(groups: dict[str, list[dict]], settings: dict) -> list[str]:
     lines = [
-        "| arm | group | epochs | seeds | samples seen | train s | text→image R@1 | text→image R@5 "
+        "| arm | group | epochs | seeds | samples seen | train s | text→image R@1 | Δ vs OpenCLIP@b | text→image R@5 "
         "| image→text R@1 | zero-shot top-1 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for rs in groups.values():
+    for key, rs in groups.items():
         arm = rs[0]["arm"]
         final = [r["final"] for r in rs]
         secs = statistics.fmean(r["train_seconds"] for r in rs)
+        base = groups.get(_baseline(arm, settings), [])
+        delta = ""
+        if base and _baseline(arm, settings) != key:
+            mean = statistics.fmean(f[METRIC] for f in final)
+            delta = f"{100 * (mean - statistics.fmean(r['final'][METRIC] for r in base)):+.1f}"
         lines.append(
             f"| {rs[0]['label']} | {arm['group']} | {arm['epochs']} | {len(rs)} | {rs[0]['final']['samples']:,} "
-            f"| {secs:.0f} | {_pct([f[METRIC] for f in final])} | {_pct([f['text_to_image_R@5'] for f in final])} "
-            f"| {_pct([f['image_to_text_R@1'] for f in final])} | {_pct([f['zeroshot_top1'] for f in final])} |"
+            f"| {secs:.0f} | {_pct([f[METRIC] for f in final])} | {delta} | "
+            f"{_pct([f['text_to_image_R@5'] for f in final])} | {_pct([f['image_to_text_R@1'] for f in final])} "
+            f"| {_pct([f['zeroshot_top1'] for f in final])} |"
         )
     return lines
 
@@ -126,13 +138,15 @@ def write_markdown(runs: dict[str, dict], settings: dict, calibration: dict, dat
              f"Tiny CLIP (56 px, patch 14), {settings['train_size']} training mosaics, b = {settings['batch']}, "
              f"one CPU process per run; final evaluation on 1000 test mosaics with distinct captions (R@k, %) and "
              f"{settings['zeroshot_size']} single test items (zero-shot, %). Mean ± std over seeds.", ""]  # fmt: skip
-    lines += _table(groups)
-    gap = main_gap(groups, settings)
-    if gap:
-        se = "n/a" if math.isnan(gap["se"]) else f"{100 * gap['se']:.2f}"
-        lines += ["", f"**FastCLIP-v3@{settings['batch']} − OpenCLIP@{settings['batch']}, text→image R@1 at "
-                      f"{settings['epochs']} epochs: {100 * gap['gap']:+.2f} points** (standard error {se}; "
-                      f"{gap['n_fast']} vs {gap['n_openclip']} seeds)."]  # fmt: skip
+    lines += _table(groups, settings)
+    b = settings["batch"]
+    for loss in sorted({rs[0]["arm"]["loss"] for rs in groups.values() if len(rs) > 1} - {"openclip"}):
+        gap = gap_to_openclip(groups, settings, loss)
+        if gap:
+            se = "n/a" if math.isnan(gap["se"]) else f"{100 * gap['se']:.2f}"
+            lines += ["", f"**{loss}@{b} − openclip@{b}, text→image R@1 at {settings['epochs']} epochs: "
+                          f"{100 * gap['gap']:+.2f} points** (standard error {se}; {gap['n_fast']} vs "
+                          f"{gap['n_openclip']} seeds)."]  # fmt: skip
     lines += ["", "### Epochs per sample (seed 0)", "", *_sweep(groups, settings)]
     lines += _diagnostics(groups, settings, data)
     if calibration:
