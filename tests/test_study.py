@@ -14,7 +14,7 @@ import yaml
 
 from tools.study import Arm, Settings, Study, arm_config, flip_steps, pending, plan_arms, steps_per_epoch
 from tools.study_diagnostics import _log_g, _log_g_batch, parse_metrics
-from tools.study_report import gap_to_openclip, write_markdown
+from tools.study_report import gap_to_openclip, write_report
 from train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,8 @@ def test_report_table_and_gap(tmp_path: Path) -> None:
     gap = gap_to_openclip({k.rsplit("-s", 1)[0]: [r for r in runs.values() if r["id"].startswith(k.rsplit("-s", 1)[0])]
                     for k in runs if runs[k]["status"] == "done"}, s.__dict__)  # fmt: skip
     assert gap["gap"] == pytest.approx(0.03) and gap["se"] == pytest.approx(math.sqrt(2 * 0.0002 / 2))
-    write_markdown(runs, s.__dict__, {}, {}, tmp_path / "study.md")
+    write_report(runs, s.__dict__, {}, {}, tmp_path)
+    assert (tmp_path / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (tmp_path / "study.md").read_text()
     assert "| openclip@64 | main | 20 | 2 | 1,000 | 10 | 11.0 ± 1.4 |  |" in text
     assert "| fastclip-v3@64 | main | 20 | 2 | 1,000 | 10 | 14.0 ± 1.4 | +3.0 |" in text and "+3.00 points" in text

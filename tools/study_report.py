@@ -166,22 +166,26 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     groups = pooled(runs)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for rs in groups.values():
-        if rs[0]["arm"]["group"] == "sweep":
-            continue
+    fig, axes = plt.subplots(1, 3, figsize=(17, 6.2))
+    styles = {"main": ("-", 2.5), "flip": ("-.", 1.2), "scale": (":", 1.5), "ablation": ("--", 1.2),
+              "tuning": ("--", 1.2)}  # fmt: skip
+    curves = [rs for rs in groups.values() if rs[0]["arm"]["group"] != "sweep"]
+    for i, rs in enumerate(curves):
         n = min(len(r["evals"]) for r in rs)
         ys = [[100 * r["evals"][i][METRIC] for r in rs] for i in range(n)]
         mean = [statistics.fmean(y) for y in ys]
         label = rs[0]["label"] + f" ({len(rs)} seed{'s' if len(rs) > 1 else ''}, {rs[0]['arm']['epochs']} ep)"
+        style, width = styles.get(rs[0]["arm"]["group"], ("-", 1.2))
+        color = plt.cm.tab20((2 * i) % 20 + (i // 10) % 2)  # ten distinct hues first, then their light shades
         for ax, axis in ((axes[0], "samples"), (axes[1], "train_seconds")):
             xs = [statistics.fmean(r["evals"][i][axis] for r in rs) for i in range(n)]
-            line = ax.plot(xs, mean, marker=".", label=label)[0]
+            ax.plot(xs, mean, marker=".", label=label, color=color, linestyle=style, linewidth=width)
             if len(rs) > 1:
-                ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
+                ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.15)
     axes[0].set(xlabel="samples seen", ylabel="text→image R@1 (%)", title="R@1 vs samples seen")
-    axes[1].set(xlabel="training wall-clock seconds (one core)", ylabel="text→image R@1 (%)", title="R@1 vs time")
-    axes[0].legend(fontsize=7)
+    axes[1].set(xlabel="training wall-clock seconds (one core of a shared, loaded machine)",
+                ylabel="text→image R@1 (%)", title="R@1 vs time")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
     b = settings["batch"]
     points = []
     for ep in sorted({*settings["sweep"], *settings.get("long_sweep", ()), settings["epochs"]}):
@@ -196,7 +200,7 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
     axes[2].axhline(0, color="grey", lw=0.8)
     axes[2].set(xlabel="epochs per sample", ylabel="FastCLIP-v3 − OpenCLIP R@1 (points)",
                 title=f"gap at batch {b} (paired seeds; range)")  # fmt: skip
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
