@@ -95,7 +95,7 @@ def test_g_estimates_match_a_float64_loop() -> None:
 
 def _run(arm: Arm, r1: float) -> dict:
     final = {"text_to_image_R@1": r1, "text_to_image_R@5": 2 * r1, "image_to_text_R@1": r1, "zeroshot_top1": 0.5,
-             "samples": 1000, "step": 10}  # fmt: skip
+             "samples": 1000, "step": 10, "train_seconds": 10.0}  # fmt: skip
     return {"id": arm.id, "label": arm.label, "arm": arm.__dict__, "status": "done", "final": final,
             "evals": [final], "train_seconds": 10.0, "trajectory": []}  # fmt: skip
 
