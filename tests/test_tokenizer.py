@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from data.tokenizer import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN, get_tokenizer
 
 
@@ -27,3 +29,14 @@ def test_truncation_keeps_eot_last() -> None:
 def test_eot_is_argmax_for_pooling() -> None:
     tokens = get_tokenizer()(["an ankle boot", "a black and white picture of a pullover"])
     assert (tokens.argmax(dim=-1) == (tokens == EOT_TOKEN).int().argmax(dim=-1)).all()
+
+
+def test_repeated_captions_come_from_the_cache_with_the_same_ids() -> None:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = get_tokenizer(16)
+    texts = ["a photo of a bag", "A photo of a BAG!", "a photo of a bag", "", "long " * 40]
+    reference = SimpleTokenizer()(texts, context_length=16)
+    assert torch.equal(tokenizer(texts), reference)
+    assert set(texts) <= set(tokenizer._cache)  # the second call is served from the cache ...
+    assert torch.equal(tokenizer(texts), reference)  # ... with the same ids
