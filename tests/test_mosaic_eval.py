@@ -47,6 +47,7 @@ def test_eval_source_follows_the_path() -> None:
 
 
 @pytest.mark.slow  # spawns a training rank and a tools/evaluate.py subprocess
+@pytest.mark.slow
 def test_csv_retrieval_in_the_loop_and_in_evaluate(tmp_path: Path) -> None:
     """Before the fix both failed with "no .tar shards match": the csv was opened as webdataset shards."""
     captions = _caption_csv(tmp_path / "set")
