@@ -153,6 +153,10 @@ def local_shards(model: torch.nn.Module) -> list[torch.Tensor]:
     for param in model.parameters():
         if isinstance(param, DTensor):
             parts.append(param.to_local())
+        elif hasattr(param, "ds_tensor"):  # ZeRO-3: the partition's padding is uninitialised memory, leave it out
+            part = param.ds_tensor.reshape(-1)
+            start = param.ds_zero_partition_rank * part.numel()
+            parts.append(part[: max(0, min(part.numel(), param.ds_numel - start))])
         else:
-            parts.append(getattr(param, "ds_tensor", param))
+            parts.append(param)
     return parts
