@@ -66,6 +66,8 @@ def finish(job: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
     try:
         out, _ = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        for pid in workers(job.pid).values():  # they run in sessions of their own and hold the output pipe
+            os.kill(pid, signal.SIGKILL)
         os.killpg(job.pid, signal.SIGKILL)
         out, _ = job.communicate()
         raise AssertionError(f"job ran over {timeout:.0f} s:\n{out[-4000:]}") from None

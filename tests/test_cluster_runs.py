@@ -85,7 +85,9 @@ def test_divergence_stops_with_a_message_and_no_nan_checkpoint(shards: str, tmp_
 
 
 def test_a_stopped_rank_ends_the_job_naming_rank_and_operation(shards: str, tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, shards, epochs=40, backend={"name": "ddp", "step_timeout_s": 4.0})
+    recipe = write_recipe(  # no checkpoints: the stop must land in a training step (step_timeout_s), not in a save
+        tmp_path, shards, epochs=40, backend={"name": "ddp", "step_timeout_s": 4.0}, checkpoint={"every_steps": 0}
+    )
     job = start(recipe)
     wait_for_step(tmp_path / "run", 3, job)
     stopped = workers(job.pid)[1]
