@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 
 from model.flops import train_flops_per_sample
 from tools.bench_common import machine_description, write_json
+from train.rank_sync import free_port
 
 DEMO = "recipes/configs/demo_fashion_mnist.yaml"
 BACKENDS = {  # --backends short names -> config overrides
@@ -145,19 +146,11 @@ def _measure(trainer: Any, args: dict) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_config(config: str, overrides: list[str], ranks: int, args: dict) -> dict[str, Any]:
     """Benchmark one config on `ranks` fresh processes; rank 0's result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.pt")
-        mp.start_processes(_rank_main, args=(ranks, _free_port(), config, overrides, args, out), nprocs=ranks,
+        mp.start_processes(_rank_main, args=(ranks, free_port(), config, overrides, args, out), nprocs=ranks,
                            start_method="spawn")  # fmt: skip
         return torch.load(out, weights_only=False)
 

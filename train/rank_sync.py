@@ -7,6 +7,7 @@ one small collective each and are no-ops in a single process without a process g
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import torch
@@ -58,3 +59,10 @@ def summed(counts: dict[str, int]) -> dict[str, int]:
         for key, value in part.items():
             total[key] = total.get(key, 0) + int(value)
     return total
+
+
+def free_port() -> int:
+    """A TCP port free right now on localhost, for a one-process rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

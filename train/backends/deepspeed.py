@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from train.backends.base import (
     adam_state_bytes,
     select_local_device,
 )
+from train.rank_sync import free_port
 
 
 def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
@@ -81,12 +81,6 @@ def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: 
     return cfg
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class DeepSpeedBackend(Backend):
     """The DeepSpeed engine owns gradients, (sharded) fp32 master weights and optimizer state."""
 
@@ -132,7 +126,7 @@ class DeepSpeedBackend(Backend):
             # One process started without torchrun's variables (`accelerate launch --num_processes 1`,
             # `python recipe.py`): give DeepSpeed the 1-rank group it needs, as torchrun would.
             os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})  # fmt: skip
+                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})  # fmt: skip
         # accelerate picks its distributed type from the launcher's environment; make it DeepSpeed even
         # when launched like the other backends (`accelerate launch --multi_gpu`, ACCELERATE_USE_CPU=1).
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
