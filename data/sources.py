@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import mmap
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from data.manifest import resolve_shards
 from data.shards import KEY_MISSING
 
 BLOCK = 1000  # rows per virtual shard for csv / datasets sources
-_MAX_OPEN = 64  # open shard files / cached indices per process
+_MAX_OPEN = 64  # mapped shard files / cached indices per process
 
 
 class SkipSample(Exception):
@@ -47,7 +48,7 @@ def _blocks(n: int) -> np.ndarray:
 
 
 class ShardSource:
-    """webdataset shards + sidecar indices; each read is two `pread`s of one shard file."""
+    """webdataset shards + sidecar indices; each read slices one memory-mapped shard file (no system call)."""
 
     kind = "webdataset"
 
@@ -60,7 +61,7 @@ class ShardSource:
         self.classes = self.shardset.classes
         self.has_labels = self.classes is not None
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
         self._pid = os.getpid()
 
     def _index(self, shard: int) -> np.ndarray:
@@ -74,17 +75,20 @@ class ShardSource:
                 self._indices.popitem(last=False)
         return idx
 
-    def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # forked into a DataLoader worker: open our own files
-            self._fds.clear()
+    def _map(self, shard: int) -> mmap.mmap:
+        if self._pid != os.getpid():  # forked into a DataLoader worker: map our own files
+            self._maps.clear()
             self._pid = os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = os.open(self.paths[shard], os.O_RDONLY)
-            self._fds[shard] = fd
-            if len(self._fds) > _MAX_OPEN:
-                os.close(self._fds.popitem(last=False)[1])
-        return fd
+        mapped = self._maps.get(shard)
+        if mapped is None:
+            with open(self.paths[shard], "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    raise SkipSample("corrupt_image")  # shard emptied after indexing
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[shard] = mapped
+            if len(self._maps) > _MAX_OPEN:
+                self._maps.popitem(last=False)[1].close()
+        return mapped
 
     def key(self, shard: int, i: int) -> int:
         return int(self._index(shard)["key"][i])
@@ -97,20 +101,17 @@ class ShardSource:
         if rec["img_len"] < 0:
             raise SkipSample("missing_image")
         caption = ""
-        fd = self._fd(shard)
+        mapped = self._map(shard)
         if rec["txt_len"] >= 0:
-            caption = os.pread(fd, int(rec["txt_len"]), int(rec["txt_off"])).decode("utf-8", errors="replace")
+            start = int(rec["txt_off"])
+            caption = mapped[start : start + int(rec["txt_len"])].decode("utf-8", errors="replace")
         if need_caption and not caption.strip():
             raise SkipSample("missing_caption")
-        image = os.pread(fd, int(rec["img_len"]), int(rec["img_off"]))
+        start = int(rec["img_off"])
+        image = mapped[start : start + int(rec["img_len"])]
         if len(image) != rec["img_len"]:
             raise SkipSample("corrupt_image")  # shard truncated after indexing
         return RawSample(key, caption, image, int(rec["label"]))
-
-    def __del__(self) -> None:
-        if getattr(self, "_pid", None) == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
 
 
 class _Strings:
