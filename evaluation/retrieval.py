@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from evaluation.common import cat_rows, eval_mode, rank_of_target, unit_float
@@ -36,6 +37,7 @@ def encode_retrieval_set(
     batches: Iterable[Mapping[str, torch.Tensor]],
     device: torch.device | str,
     distributed: bool | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> RetrievalFeatures:
     """Encode a caption set; each image is encoded once per batch however many captions it has.
 
@@ -43,7 +45,7 @@ def encode_retrieval_set(
     "image_id" [B] int (equal ids mean the same image) and optionally "index" [B], a global caption id
     that orders and de-duplicates captions across ranks (without it, rank parts must be disjoint).
     """
-    distributed = use_distributed(distributed)
+    distributed = use_distributed(distributed, group)
     image_ids, image_parts, caption_image_ids, text_parts, caption_indices = [], [], [], [], []
     with eval_mode(model):
         for batch in batches:
@@ -64,9 +66,11 @@ def encode_retrieval_set(
     image_features = cat_rows(image_parts, torch.float32)
     text_features = cat_rows(text_parts, torch.float32)
     caption_image = cat_rows(caption_image_ids, torch.long).to(text_features.device)
-    ids, (image_features,) = gather_indexed([image_features], cat_rows(image_ids, torch.long), distributed)
+    ids, (image_features,) = gather_indexed([image_features], cat_rows(image_ids, torch.long), distributed, group)
     caption_index = cat_rows(caption_indices, torch.long) if caption_indices else None
-    _, (text_features, caption_image) = gather_indexed([text_features, caption_image], caption_index, distributed)
+    _, (text_features, caption_image) = gather_indexed(
+        [text_features, caption_image], caption_index, distributed, group
+    )  # fmt: skip
     if text_features.shape[0] == 0:
         raise ValueError("retrieval evaluation got no captions")
     return RetrievalFeatures(
@@ -133,12 +137,13 @@ def evaluate_retrieval(
     device: torch.device | str,
     ks: Sequence[int] = DEFAULT_KS,
     distributed: bool | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> dict[str, float | int]:
-    """Encode a caption set (sharded or not) and compute recall@k; every rank gets the same result."""
-    distributed = use_distributed(distributed)
-    features = encode_retrieval_set(model, batches, device, distributed)
+    """Encode a caption set (sharded or not over `group`) and compute recall@k; every rank gets the same result."""
+    distributed = use_distributed(distributed, group)
+    features = encode_retrieval_set(model, batches, device, distributed, group)
     results = retrieval_metrics(features.image_features, features.text_features, features.text_to_image, ks)
-    if is_main_process(distributed):
+    if is_main_process(distributed, group):
         summary = ", ".join(f"{key} {100 * value:.2f}%" for key, value in results.items() if "@" in key)
         logger.info("retrieval on %d images / %d captions: %s", results["n_images"], results["n_texts"], summary)
     return results

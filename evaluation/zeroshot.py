@@ -39,6 +39,7 @@ def build_zeroshot_classifier(
     device: torch.device | str,
     batch_size: int = 256,
     distributed: bool | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Classifier weights [d, C] (float32): per class, the renormalised mean of its normalised prompt embeddings.
 
@@ -47,11 +48,11 @@ def build_zeroshot_classifier(
     """
     if not classnames or not templates:
         raise ValueError("need at least one class name and one template")
-    distributed = use_distributed(distributed)
+    distributed = use_distributed(distributed, group)
     num_classes = len(classnames)
     first, stop = 0, num_classes
     if distributed:
-        world, rank = dist.get_world_size(), dist.get_rank()
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
         block = math.ceil(num_classes / world)
         first, stop = min(rank * block, num_classes), min((rank + 1) * block, num_classes)
     prompts = [render(template, classnames[c]) for c in range(first, stop) for template in templates]
@@ -65,7 +66,7 @@ def build_zeroshot_classifier(
         weights = unit_float(per_prompt.view(stop - first, len(templates), -1).mean(dim=1))
     else:
         weights = torch.empty(0, device=device)
-    _, (weights,) = gather_indexed([weights], torch.arange(first, stop), distributed)
+    _, (weights,) = gather_indexed([weights], torch.arange(first, stop), distributed, group)
     return weights.T.contiguous()
 
 
@@ -75,6 +76,7 @@ def zeroshot_accuracy(
     batches: Iterable[Mapping[str, torch.Tensor]],
     device: torch.device | str,
     distributed: bool | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> dict[str, float | int]:
     """Top-1 and top-5 accuracy (fractions in [0, 1]) and the number of images `n`.
 
@@ -83,7 +85,7 @@ def zeroshot_accuracy(
     fewer than k other classes score at least as high as its label (ties count against it). With fewer
     than 5 classes, top-5 is top-C and therefore 1.0: every class is within the first five.
     """
-    distributed = use_distributed(distributed)
+    distributed = use_distributed(distributed, group)
     num_classes = classifier.shape[1]
     classifier = classifier.to(device, torch.float32)
     ranks: list[torch.Tensor] = []
@@ -100,7 +102,7 @@ def zeroshot_accuracy(
     if indices and len(indices) != len(ranks):
         raise ValueError('either every batch carries an "index" or none does')
     index = cat_rows(indices, torch.long) if indices else None
-    _, (rank,) = gather_indexed([cat_rows(ranks, torch.long)], index, distributed)
+    _, (rank,) = gather_indexed([cat_rows(ranks, torch.long)], index, distributed, group)
     if rank.numel() == 0:
         raise ValueError("zero-shot evaluation got no images")
     results: dict[str, float | int] = {
@@ -108,7 +110,7 @@ def zeroshot_accuracy(
         "top5": (rank < 5).double().mean().item(),
         "n": rank.numel(),
     }
-    if is_main_process(distributed):
+    if is_main_process(distributed, group):
         logger.info(
             "zero-shot: top-1 %.2f%%, top-5 %.2f%% on %d images",
             100 * results["top1"],
@@ -127,7 +129,10 @@ def evaluate_zeroshot(
     device: torch.device | str,
     batch_size: int = 256,
     distributed: bool | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> dict[str, float | int]:
     """Build the classifier from the current weights, then measure accuracy (what in-loop eval calls)."""
-    classifier = build_zeroshot_classifier(model, tokenizer, classnames, templates, device, batch_size, distributed)
-    return zeroshot_accuracy(model, classifier, batches, device, distributed)
+    classifier = build_zeroshot_classifier(
+        model, tokenizer, classnames, templates, device, batch_size, distributed, group
+    )  # fmt: skip
+    return zeroshot_accuracy(model, classifier, batches, device, distributed, group)

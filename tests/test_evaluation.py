@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -307,6 +308,17 @@ def _sharded_worker(rank: int, world_size: int) -> dict:
             "retrieval": evaluate_retrieval(model, retrieval_batches(slice(0, 12)), "cpu", distributed=False),
             "features": encode_retrieval_set(model, retrieval_batches(slice(0, 12)), "cpu", distributed=False),
         }
+    # A data-parallel group of its own (as under model parallelism): rank 0 evaluates sharded over it
+    # while rank 1 issues nothing; a collective on the default group would wait for rank 1 and time out.
+    own, _ = dist.new_subgroups(group_size=1)
+    if rank == 0:
+        result["own_group"] = {
+            "zeroshot": evaluate_zeroshot(
+                model, tokenizer, classnames, templates, zeroshot_batches(list(range(10))), "cpu", distributed=True,
+                group=own,
+            ),
+            "retrieval": evaluate_retrieval(model, retrieval_batches(slice(0, 12)), "cpu", distributed=True, group=own),
+        }  # fmt: skip
     return result
 
 
@@ -315,6 +327,7 @@ def test_sharded_evaluation_on_two_gloo_ranks_equals_single_process() -> None:
     ranks = run_on_ranks(_sharded_worker, 2, init_group=True)
     single = ranks[0]["single"]
     assert single["zeroshot"]["n"] == 10 and single["retrieval"]["n_texts"] == 12
+    assert ranks[0]["own_group"] == {"zeroshot": single["zeroshot"], "retrieval": single["retrieval"]}
     for rank in range(2):
         sharded = ranks[rank]["sharded"]
         assert sharded["zeroshot"] == single["zeroshot"]

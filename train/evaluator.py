@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from data.eval_loader import EvalLoader, build_eval_loader
@@ -27,17 +28,20 @@ def eval_source(path: str) -> str:
 class Evaluator:
     """Opens its eval sets at construction (a wrong path fails before training) and shards them over ranks.
 
-    `__call__(model)` must run on every rank with a full-parameter model; every rank gets the same metrics.
+    `rank` / `world_size` are this process's place in `group`, the data-parallel group the sets are
+    sharded over (default: the whole job). `__call__(model)` must run on every rank of `group` with a
+    full-parameter model; every one of them gets the same metrics.
     """
 
     def __init__(
         self, cfg: EvalConfig, image_size: int, device: torch.device, tokenizer: Tokenizer,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         self.device = device
         self.tokenizer = tokenizer
         self.distributed = world_size > 1
+        self.group = group
         self.zeroshot_loader: EvalLoader | None = None
         self.retrieval_loader: EvalLoader | None = None
         if cfg.zeroshot:
@@ -78,7 +82,7 @@ class Evaluator:
         if self.zeroshot_loader is not None:
             zs = evaluate_zeroshot(
                 model, self.tokenizer, self.classnames, self.templates, self.zeroshot_loader, self.device,
-                batch_size=self.cfg.batch_size, distributed=self.distributed,
+                batch_size=self.cfg.batch_size, distributed=self.distributed, group=self.group,
             )  # fmt: skip
             results.update({f"zeroshot_{k}": v for k, v in zs.items()})
         if self.retrieval_loader is not None:
@@ -86,5 +90,7 @@ class Evaluator:
             # webdataset shards, whose "label" is a class) each sample is its own image.
             ids_from_column = self.retrieval_loader.has_labels and self.retrieval_loader.source.kind != "webdataset"
             batches = ({**b, "image_id": b["label"] if ids_from_column else b["index"]} for b in self.retrieval_loader)
-            results.update(evaluate_retrieval(model, batches, self.device, distributed=self.distributed))
+            results.update(
+                evaluate_retrieval(model, batches, self.device, distributed=self.distributed, group=self.group)
+            )
         return results

@@ -104,7 +104,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.evaluator = Evaluator(
-            cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world,
+            cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world, self.backend.dp_group,
         )  # fmt: skip
         self.metrics = MetricsLogger(
             self.out, self.backend.is_main, cfg.logging.tensorboard, self.plan.total_steps, resume_step=self.step
