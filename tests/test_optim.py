@@ -1,4 +1,4 @@
-"""Parameter groups and LAMB: ours equals timm's, and the trust ratio leaves no_decay and tau groups alone."""
+"""Parameter groups and LAMB: ours equals timm's, and the trust ratio leaves groups without weight decay alone."""
 
 from __future__ import annotations
 
@@ -12,23 +12,24 @@ from train.optim import Lamb, param_groups
 BETAS, EPS, STEPS = (0.9, 0.98), 1e-6, 6
 
 
-def test_param_groups_exclude_gains_biases_and_logit_scale() -> None:
+def test_param_groups_exclude_gains_biases_and_frozen_logit_scale() -> None:
     model = create_model("tiny")
-    groups = {g["name"]: g for g in param_groups(model, 0.1, tau_lr=1e-4)}
     names = {id(p): n for n, p in model.named_parameters()}
+    plain = {names[id(p)] for p in {g["name"]: g for g in param_groups(model, 0.1)}["no_decay"]["params"]}
+    assert "logit_scale" in plain  # never decayed
+    model.logit_scale.requires_grad_(False)  # as while training: GlobalTemperature owns tau
+    groups = {g["name"]: g for g in param_groups(model, 0.1)}
+    assert set(groups) == {"decay", "no_decay"}
     decay = {names[id(p)] for p in groups["decay"]["params"]}
     plain = {names[id(p)] for p in groups["no_decay"]["params"]}
-    assert [names[id(p)] for p in groups["tau"]["params"]] == ["logit_scale"]
+    assert "logit_scale" not in plain | decay
     assert "visual.cls_token" in plain and "text.ln_final.weight" in plain and "visual.blocks.0.attn.qkv.bias" in plain
     assert "visual.blocks.0.attn.qkv.weight" in decay and "text.token_embedding.weight" in decay
     assert groups["no_decay"]["weight_decay"] == 0.0 and groups["decay"]["weight_decay"] == 0.1
-    assert groups["tau"]["weight_decay"] == 0.0 and groups["tau"]["lr"] == 1e-4
-    model.logit_scale.requires_grad_(False)
-    assert "tau" not in {g["name"] for g in param_groups(model, 0.1)}
 
 
 def _three_groups() -> list[dict]:
-    """decay / no_decay / tau groups as param_groups builds them, float64, with large weights
+    """decay / no_decay groups as param_groups builds them plus a group with its own lr, float64, large weights
     (so a trust ratio, where applied, is far from 1 and a wrong one shows)."""
     gen = torch.Generator().manual_seed(0)
     weight = torch.nn.Parameter(3 * torch.randn(5, 4, generator=gen, dtype=torch.float64))
@@ -37,7 +38,7 @@ def _three_groups() -> list[dict]:
     return [
         {"name": "decay", "params": [weight], "weight_decay": 0.1},
         {"name": "no_decay", "params": [bias], "weight_decay": 0.0},
-        {"name": "tau", "params": [logit_scale], "weight_decay": 0.0, "lr": 3e-2},
+        {"name": "own_lr", "params": [logit_scale], "weight_decay": 0.0, "lr": 3e-2},
     ]
 
 
@@ -64,7 +65,7 @@ def test_lamb_equals_timm_lamb() -> None:
 
 
 def test_lamb_trust_ratio_only_where_weight_decays() -> None:
-    """no_decay and tau take Adam's steps exactly; the decay group's first step has norm lr * ||w||."""
+    """Groups without weight decay take Adam's steps exactly; the decay group's first step has norm lr * ||w||."""
     groups = _three_groups()
     weight_before = groups[0]["params"][0].detach().clone()
     lamb = Lamb(groups, lr=1e-2, betas=BETAS, eps=EPS)

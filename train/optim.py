@@ -1,4 +1,7 @@
-"""Optimizers: parameter groups (weight decay, temperature group) and AdamW / LAMB."""
+"""Optimizers: parameter groups (weight decay or not) and AdamW / LAMB.
+
+The temperature is not among them: `train.losses.temperature.GlobalTemperature` trains it in fp32.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-TAU_GROUP = "tau"
-
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     """Gains, biases, 1-d embeddings (timm's [1,1,C] class token) and logit_scale are not decayed."""
@@ -16,20 +17,14 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return effective_ndim < 2 or name.endswith(".bias") or "logit_scale" in name
 
 
-def param_groups(
-    model: nn.Module, weight_decay: float, tau_lr: float | None = None
-) -> list[dict[str, object]]:
-    """Groups `decay`, `no_decay` and (when `tau_lr` is given) `tau` holding logit_scale alone.
-
-    Each group carries a `name` so the loop can set every group's LR each step. Frozen parameters are left out.
-    """
-    decay, plain, tau = [], [], []
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    """Groups `decay` and `no_decay`, each with a `name`. Frozen parameters (the model's logit_scale while
+    training: GlobalTemperature owns tau) are left out."""
+    decay, plain = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if tau_lr is not None and "logit_scale" in name:
-            tau.append(param)
-        elif no_weight_decay(name, param):
+        if no_weight_decay(name, param):
             plain.append(param)
         else:
             decay.append(param)
@@ -37,8 +32,6 @@ def param_groups(
         {"name": "decay", "params": decay, "weight_decay": weight_decay},
         {"name": "no_decay", "params": plain, "weight_decay": 0.0},
     ]
-    if tau_lr is not None:
-        groups.append({"name": TAU_GROUP, "params": tau, "weight_decay": 0.0, "lr": tau_lr})
     return [g for g in groups if g["params"]]
 
 
@@ -46,8 +39,8 @@ class Lamb(torch.optim.Optimizer):
     """LAMB (You et al. 2019): Adam direction plus L2 weight decay, scaled per tensor by a trust ratio.
 
     As in NVIDIA's NVLAMB and timm's `Lamb` (tested equal to `timm.optim.Lamb(max_grad_norm=None)`), the
-    trust ratio only rescales groups with weight decay: gains, biases and the temperature (`no_decay`, `tau`)
-    take plain Adam steps, so the lr and lr_tau schedules mean what they say. Written with per-tensor ops
+    trust ratio only rescales groups with weight decay: gains and biases (`no_decay`) take plain Adam steps,
+    so the lr schedule means what it says. Written with per-tensor ops
     only, so one code path serves plain tensors and FSDP2's sharded DTensors (whose norms are global).
     The trainer clips gradients itself; there is no global-norm clipping here.
     """
