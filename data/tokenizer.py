@@ -1,15 +1,19 @@
 """CLIP BPE tokenizer (open_clip's SimpleTokenizer; its vocab ships inside the wheel).
 
 transformers' `CLIPTokenizer.from_pretrained` offline silently returns a broken tokenizer,
-so it is never used here.
+so it is never used here. open_clip's tokenizer module is loaded on its own: `import open_clip`
+would also import its models, torchvision and torch._dynamo (2.4 s in every process that
+tokenizes, i.e. every training rank and loader worker), none of which tokenizing needs.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from functools import lru_cache
+from types import ModuleType
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 
 CONTEXT_LENGTH = 77
 SOT_TOKEN = 49406
@@ -50,9 +54,24 @@ class Tokenizer:
         return torch.stack([found[t] for t in texts])
 
 
+def _open_clip_tokenizer_module() -> ModuleType:
+    """open_clip/tokenizer.py (which has no relative imports) without running open_clip/__init__.py."""
+    loaded = sys.modules.get("open_clip.tokenizer")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("open_clip_torch is not installed: run `make setup` (it provides the CLIP BPE vocabulary)")
+    path = f"{spec.submodule_search_locations[0]}/tokenizer.py"
+    module_spec = importlib.util.spec_from_file_location("_open_clip_tokenizer", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 @lru_cache(maxsize=1)
-def _simple_tokenizer() -> SimpleTokenizer:
-    return SimpleTokenizer(context_length=CONTEXT_LENGTH)
+def _simple_tokenizer():  # noqa: ANN202 - open_clip's SimpleTokenizer
+    return _open_clip_tokenizer_module().SimpleTokenizer(context_length=CONTEXT_LENGTH)
 
 
 def get_tokenizer(context_length: int = CONTEXT_LENGTH) -> Tokenizer:
