@@ -26,26 +26,27 @@ CACHED_CAPTIONS = 65_536  # distinct captions whose ids a tokenizer keeps (about
 class Tokenizer:
     """Texts -> int64 [N, context_length]: SOT, BPE ids, EOT (kept last on truncation), zero padding.
 
-    The ids of the first CACHED_CAPTIONS distinct captions are kept: a caption seen again (a template
+    Pickles without the BPE tables (a loader worker started by spawn or forkserver loads its own). The
+    ids of the first CACHED_CAPTIONS distinct captions are kept: a caption seen again (a template
     dataset, the next epoch of a small one) costs a lookup instead of ftfy + regex + BPE, which is most of
     a loader worker's time on small images.
     """
 
     def __init__(self, context_length: int = CONTEXT_LENGTH) -> None:
         self.context_length = context_length
-        self._bpe = _simple_tokenizer()
         self._cache: dict[str, torch.Tensor] = {}
+        _simple_tokenizer()  # parse the BPE merges now, not in the first batch
 
     @property
     def vocab_size(self) -> int:
-        return self._bpe.vocab_size
+        return _simple_tokenizer().vocab_size
 
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         found = {t: self._cache[t] for t in texts if t in self._cache}
         missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
-            new = dict(zip(missing, self._bpe(missing, context_length=self.context_length), strict=True))
+            new = dict(zip(missing, _simple_tokenizer()(missing, context_length=self.context_length), strict=True))
             found |= new
             room = CACHED_CAPTIONS - len(self._cache)
             self._cache.update(list(new.items())[: max(room, 0)])
