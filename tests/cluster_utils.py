@@ -6,6 +6,7 @@ stop a rank, or launch two "nodes" on localhost, then read exit codes, stderr an
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -46,7 +47,7 @@ def write_recipe(directory: Path, shards: str, **sections: dict) -> Path:
 def job_env(**extra: str) -> dict[str, str]:
     return os.environ | {
         "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO),
-        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5", "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
+        "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
     } | extra  # fmt: skip
 
 
@@ -72,8 +73,26 @@ def finish(job: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
             os.kill(pid, signal.SIGKILL)
         os.killpg(job.pid, signal.SIGKILL)
         out, _ = job.communicate()
-        raise AssertionError(f"job ran over {timeout:.0f} s:\n{out[-4000:]}") from None
+        raise AssertionError(f"job ran over {timeout:.0f} s: {crash_report(out)}") from None
     return job.returncode, out
+
+
+def finish_all(jobs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
+    """`finish` for jobs that run together (nodes of one job): all are awaited at once, and a failure
+    shows the output of every one of them."""
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        outcomes = list(pool.map(lambda job: _outcome(job, timeout), jobs))
+    if any(isinstance(o, AssertionError) for o in outcomes):
+        texts = [str(o) if isinstance(o, AssertionError) else f"exit {o[0]}:\n{crash_report(o[1])}" for o in outcomes]
+        raise AssertionError("\n".join(f"=== job {i} ===\n{t}" for i, t in enumerate(texts)))
+    return outcomes
+
+
+def _outcome(job: subprocess.Popen, timeout: float) -> tuple[int, str] | AssertionError:
+    try:
+        return finish(job, timeout)
+    except AssertionError as err:
+        return err
 
 
 def run(recipe: Path, *overrides: str, timeout: float = 240) -> tuple[int, str]:
@@ -125,7 +144,16 @@ def retry_once_on_abort(launch: Callable[[int], tuple[int, str]]) -> tuple[int, 
     """
     code, out = launch(0)
     if code != 0 and "(SIGABRT)" in out:
-        warnings.warn(f"a worker of a launched job aborted (SIGABRT); retrying once. Output:\n{out[-3000:]}",
+        warnings.warn(f"a worker of a launched job aborted (SIGABRT); retrying once. {crash_report(out)}",
                       stacklevel=2)  # fmt: skip
         code, out = launch(1)
     return code, out
+
+
+def crash_report(out: str) -> str:
+    """The part of a job's output that explains a crash: each worker's fatal-error dump (faulthandler's
+    thread stacks, C++ `terminate called ...`) if there is one, and the end of the output."""
+    lines = out.splitlines()
+    starts = [i for i, line in enumerate(lines) if "Fatal Python error" in line or "terminate called" in line]
+    dumps = ["\n".join(lines[max(i - 5, 0) : i + 60]) for i in starts]
+    return "\n--- fatal error dump ---\n".join(["Output (fatal error dumps, then the end):", *dumps, out[-3000:]])
