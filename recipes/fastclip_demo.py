@@ -19,11 +19,8 @@ DEMO_RECIPE = Path(__file__).resolve().parent / "configs" / "demo_fashion_mnist.
 
 def main() -> int:
     args = parse_args(None, __doc__, DEMO_RECIPE)
-    trainer = Trainer(load_config(args.config, args.overrides))
-    try:
+    with Trainer(load_config(args.config, args.overrides)) as trainer:
         result = trainer.fit()
-    finally:
-        trainer.close()
     if trainer.backend.is_main:
         top1, n = result["eval"]["zeroshot_top1"], result["eval"]["zeroshot_n"]
         print(

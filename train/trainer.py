@@ -288,8 +288,15 @@ class Trainer:
         self.metrics.log_eval(self.step, results)
         return results
 
-    def close(self) -> None:
-        self.backend.close()
+    def close(self, completed: bool = True) -> None:
+        """Leave the process group (see `Backend.close`); `with Trainer(cfg) as trainer:` calls it."""
+        self.backend.close(completed)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        self.close(completed=error_type is None)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -379,11 +386,8 @@ class _Window:
 
 def run(cfg: TrainConfig, loader: Any = None) -> dict[str, Any]:
     """Train one run end to end (what `recipes/*.py` call)."""
-    trainer = Trainer(cfg, loader)
-    try:
+    with Trainer(cfg, loader) as trainer:
         return trainer.fit()
-    finally:
-        trainer.close()
 
 
 __all__ = ["Trainer", "run"]
