@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -60,9 +61,17 @@ def finish(batch: dict) -> dict:
     return {"images": normalize_batch(batch.pop("pixels")), **batch}
 
 
-def make_dataloader(dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int) -> DataLoader:
-    """Each item is a whole batch (batch_size=None); workers persist across epochs."""
+def make_dataloader(
+    dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int, worker_nice: int = 0
+) -> DataLoader:
+    """Each item is a whole batch (batch_size=None); workers persist across epochs and run `worker_nice`
+    levels below the rank that started them."""
     return DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
+        worker_init_fn=functools.partial(_lower_priority, worker_nice) if worker_nice else None,
     )  # fmt: skip
+
+
+def _lower_priority(nice: int, worker_id: int) -> None:
+    os.nice(nice)

@@ -240,3 +240,17 @@ def test_index_space_matches_keys(tmp_path):
     loader = build_train_loader(cfg(tmp_path, batch_size=2), 0, 1)
     assert loader.num_samples == 41
     assert np.array_equal(np.sort(keys_of(epoch(loader))), [0, 2, 5, 7, 9, 40])
+
+
+def test_workers_run_at_the_configured_niceness(tmp_path):
+    write_shards(tmp_path, [12])
+    loader = build_train_loader(cfg(tmp_path, workers=2, worker_nice=7), 0, 1)
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    batches = iter(loader)
+    next(batches)  # the workers have started
+    pids = [w.pid for w in loader._loader._iterator._workers]
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [min(own + 7, 19)] * 2
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the rank itself keeps its priority
+    loader.close()
+    with pytest.raises(ValueError, match="worker_nice must be at most 19"):
+        cfg(tmp_path, worker_nice=20)
