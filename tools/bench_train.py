@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="", help=f"comma-separated, from {sorted(BACKENDS)}; "
                         "default: the recipe's own backend")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="steps per round and mode")
-    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds (medians over them; 5 %% noise per round on CPU)")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds (medians over them)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up steps of each mode")
     parser.add_argument("--breakdown-steps", type=int, default=10, help="steps timed phase by phase")
     parser.add_argument("--out", default="", help="write the JSON here")
