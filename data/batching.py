@@ -62,16 +62,19 @@ def finish(batch: dict) -> dict:
 
 
 def make_dataloader(
-    dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int, worker_nice: int = 0
+    dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int, worker_priority: str = "normal"
 ) -> DataLoader:
-    """Each item is a whole batch (batch_size=None); workers persist across epochs and run `worker_nice`
-    levels below the rank that started them."""
+    """Each item is a whole batch (batch_size=None); workers persist across epochs and run at
+    `worker_priority` (see DataConfig)."""
     return DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=functools.partial(_lower_priority, worker_nice) if worker_nice else None,
+        worker_init_fn=None if worker_priority == "normal" else functools.partial(_set_priority, worker_priority),
     )  # fmt: skip
 
 
-def _lower_priority(nice: int, worker_id: int) -> None:
-    os.nice(nice)
+def _set_priority(priority: str, worker_id: int) -> None:
+    if priority == "low":
+        os.nice(19)  # clamped to the lowest priority, 19
+    elif priority == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

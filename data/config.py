@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 SOURCES = ("webdataset", "csv", "hf")
+WORKER_PRIORITIES = ("normal", "low", "idle")
 
 
 @dataclass
@@ -34,11 +36,11 @@ class DataConfig:
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
     pin_memory: bool = False
     prefetch_factor: int = 2
-    # Niceness added to the worker processes (0-19). Where loader workers and training ranks share
-    # too few cores (the 2-core CPU demo), 19 keeps a worker from pre-empting a rank mid-step, which
-    # in synchronous data parallelism stalls every rank; the worker then runs in the ranks' waits.
-    # `perf/data_s` shows whether the workers still keep up.
-    worker_nice: int = 0
+    # CPU priority of the worker processes: "normal", "low" (niceness 19) or "idle" (Linux SCHED_IDLE:
+    # a worker runs only on cores the ranks leave idle). Where workers and ranks share too few cores
+    # (the 2-core CPU demo), a worker that takes a core mid-step stalls its rank and, at the next
+    # all-reduce, every rank. `perf/data_s` shows whether the workers still keep up.
+    worker_priority: str = "normal"
     csv_image_key: str = "filepath"
     csv_caption_key: str = "title"
     csv_separator: str = ""  # "" = tab for .tsv files, comma otherwise
@@ -64,9 +66,10 @@ class DataConfig:
         _int(self, "seed", 0)
         _int(self, "shuffle_window", 0)
         _int(self, "prefetch_factor", 1)
-        _int(self, "worker_nice", 0)
-        if self.worker_nice > 19:
-            raise ValueError(f"data.worker_nice must be at most 19 (the lowest priority), got {self.worker_nice}")
+        if self.worker_priority not in WORKER_PRIORITIES:
+            raise ValueError(f"data.worker_priority must be one of {WORKER_PRIORITIES}, got {self.worker_priority!r}")
+        if self.worker_priority == "idle" and not hasattr(os, "SCHED_IDLE"):
+            raise ValueError("data.worker_priority 'idle' needs Linux (SCHED_IDLE); use 'low' on this system")
         if self.num_samples is not None:
             _int(self, "num_samples", 1)
         for name in ("drop_last", "pin_memory"):

@@ -128,7 +128,7 @@ class TrainLoader:
         tokenizer = tokenizer or get_tokenizer()
         self._batches = _TrainBatches(self.source, cfg, rank, world_size, tokenizer, self.num_samples)
         self._loader = make_dataloader(
-            self._batches, _Positions(self), cfg.workers, cfg.pin_memory, cfg.prefetch_factor, cfg.worker_nice
+            self._batches, _Positions(self), cfg.workers, cfg.pin_memory, cfg.prefetch_factor, cfg.worker_priority
         )
         if rank == 0:
             log.info(

@@ -242,15 +242,20 @@ def test_index_space_matches_keys(tmp_path):
     assert np.array_equal(np.sort(keys_of(epoch(loader))), [0, 2, 5, 7, 9, 40])
 
 
-def test_workers_run_at_the_configured_niceness(tmp_path):
+@pytest.mark.parametrize("priority", ["low", "idle"])
+def test_workers_run_at_the_configured_priority(tmp_path, priority: str):
     write_shards(tmp_path, [12])
-    loader = build_train_loader(cfg(tmp_path, workers=2, worker_nice=7), 0, 1)
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    batches = iter(loader)
-    next(batches)  # the workers have started
+    loader = build_train_loader(cfg(tmp_path, workers=2, worker_priority=priority), 0, 1)
+    own = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
+    next(iter(loader))  # the workers have started
     pids = [w.pid for w in loader._loader._iterator._workers]
-    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [min(own + 7, 19)] * 2
-    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the rank itself keeps its priority
+    got = [(os.getpriority(os.PRIO_PROCESS, pid), os.sched_getscheduler(pid)) for pid in pids]
+    expected = (19, own[1]) if priority == "low" else (own[0], os.SCHED_IDLE)
+    assert got == [expected] * 2
+    assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == own  # the rank keeps its own
     loader.close()
-    with pytest.raises(ValueError, match="worker_nice must be at most 19"):
-        cfg(tmp_path, worker_nice=20)
+
+
+def test_unknown_worker_priority_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="data.worker_priority must be one of"):
+        cfg(tmp_path, worker_priority="lowest")
