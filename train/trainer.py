@@ -228,8 +228,8 @@ class Trainer:
             self._window.data_s += time.perf_counter() - waited
             with self._collectives(f"training step {self.step + 1}", cfg.backend.step_timeout_s):
                 scalars = self.train_step(batch)
-            if self.step % cfg.logging.every_steps == 0 or self.step == total:
-                self.log(scalars)
+                if self.step % cfg.logging.every_steps == 0 or self.step == total:
+                    self.log(scalars)  # sums the loader's skip counts over ranks: a collective of the step
             if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
                 self.save_checkpoint()
                 self._window.restart(self.step)
