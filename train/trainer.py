@@ -283,7 +283,11 @@ class Trainer:
         """Every rank holds a full-parameter model and evaluates its share of the eval sets; rank 0 logs."""
         if not self.evaluator.enabled:
             return {}
-        with self.backend.full_model() as model, self.backend.autocast():
+        with (
+            self._collectives(f"evaluation at step {self.step}", self.cfg.backend.timeout_s),
+            self.backend.full_model() as model,
+            self.backend.autocast(),
+        ):
             results = self.evaluator(model)
         self.metrics.log_eval(self.step, results)
         return results
