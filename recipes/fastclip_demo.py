@@ -4,13 +4,12 @@
 recipes/configs/demo_fashion_mnist.yaml`; without --config this script runs that recipe.
 """
 
-import sys
 import time
 from pathlib import Path
 
 STARTED = time.time()
 
-from train.cli import parse_args  # noqa: E402
+from train.cli import exit_process, parse_args  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
@@ -33,4 +32,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

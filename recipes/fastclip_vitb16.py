@@ -6,12 +6,11 @@ The flagship, recipes/configs/fastclip_laion315m_vitb16_4node.yaml: FastCLIP-v3 
 global batch 5120 as in the paper, ddp, 4 nodes x 4 GPUs. OpenCLIP-loss recipes run with recipes/run_recipe.py.
 """
 
-import sys
 from pathlib import Path
 
-from train.cli import main
+from train.cli import exit_process, main
 
 FLAGSHIP = Path(__file__).resolve().parent / "configs" / "fastclip_laion315m_vitb16_4node.yaml"
 
 if __name__ == "__main__":
-    sys.exit(main(description=__doc__, model_family="ViT-B-16", flagship=FLAGSHIP))
+    exit_process(main(description=__doc__, model_family="ViT-B-16", flagship=FLAGSHIP))

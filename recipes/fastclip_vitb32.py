@@ -6,12 +6,11 @@ The flagship, recipes/configs/fastclip_cc12m_vitb32_2node.yaml: FastCLIP-v3 on C
 global batch 2048 as in the paper, ddp, 2 nodes x 4 GPUs. OpenCLIP-loss recipes run with recipes/run_recipe.py.
 """
 
-import sys
 from pathlib import Path
 
-from train.cli import main
+from train.cli import exit_process, main
 
 FLAGSHIP = Path(__file__).resolve().parent / "configs" / "fastclip_cc12m_vitb32_2node.yaml"
 
 if __name__ == "__main__":
-    sys.exit(main(description=__doc__, model_family="ViT-B-32", flagship=FLAGSHIP))
+    exit_process(main(description=__doc__, model_family="ViT-B-32", flagship=FLAGSHIP))

@@ -6,12 +6,11 @@ The flagship, recipes/configs/flip50_laion315m_vith14_8node.yaml: FLIP 50% maski
 LAION-315M, DeepSpeed ZeRO-3, 8 nodes x 4 GPUs. OpenCLIP-loss recipes run with recipes/run_recipe.py.
 """
 
-import sys
 from pathlib import Path
 
-from train.cli import main
+from train.cli import exit_process, main
 
 FLAGSHIP = Path(__file__).resolve().parent / "configs" / "flip50_laion315m_vith14_8node.yaml"
 
 if __name__ == "__main__":
-    sys.exit(main(description=__doc__, model_family="ViT-H-14", flagship=FLAGSHIP))
+    exit_process(main(description=__doc__, model_family="ViT-H-14", flagship=FLAGSHIP))

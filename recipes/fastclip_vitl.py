@@ -6,12 +6,11 @@ The flagship, recipes/configs/flip50_laion315m_vitl14_4node.yaml: FLIP 50% maski
 LAION-315M, fsdp2, 4 nodes x 4 GPUs. OpenCLIP-loss recipes run with recipes/run_recipe.py.
 """
 
-import sys
 from pathlib import Path
 
-from train.cli import main
+from train.cli import exit_process, main
 
 FLAGSHIP = Path(__file__).resolve().parent / "configs" / "flip50_laion315m_vitl14_4node.yaml"
 
 if __name__ == "__main__":
-    sys.exit(main(description=__doc__, model_family="ViT-L-14", flagship=FLAGSHIP))
+    exit_process(main(description=__doc__, model_family="ViT-L-14", flagship=FLAGSHIP))

@@ -3,9 +3,7 @@
     accelerate launch recipes/run_recipe.py --config recipes/configs/<recipe>.yaml [key=value ...]
 """
 
-import sys
-
-from train.cli import main
+from train.cli import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

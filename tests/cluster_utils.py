@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -133,21 +131,6 @@ def workers(launcher_pid: int) -> dict[int, int]:
         if "RANK" in environ:
             found[int(environ["RANK"])] = int(child.name)
     return found
-
-
-def retry_once_on_abort(launch: Callable[[int], tuple[int, str]]) -> tuple[int, str]:
-    """`launch(attempt)`, once more if a worker died of SIGABRT, with a warning carrying the first output.
-
-    Known and not yet understood: in the full suite (never alone), a rank of a resumed 2-rank gloo job has
-    died of SIGABRT in about one CI run in two. The retry keeps the rest of these tests meaningful; the
-    warning shows in pytest's summary so the abort stays visible.
-    """
-    code, out = launch(0)
-    if code != 0 and "(SIGABRT)" in out:
-        warnings.warn(f"a worker of a launched job aborted (SIGABRT); retrying once. {crash_report(out)}",
-                      stacklevel=2)  # fmt: skip
-        code, out = launch(1)
-    return code, out
 
 
 def crash_report(out: str) -> str:

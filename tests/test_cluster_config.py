@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,15 @@ def test_cli_records_the_error_for_the_launcher(tmp_path: Path, monkeypatch: pyt
     assert main(["--config", str(tmp_path / "missing.yaml")]) == EXIT_CONFIG
     recorded = json.loads(error_file.read_text())["message"]["message"]
     assert recorded.startswith("ConfigError: ") and "missing.yaml does not exist" in recorded
+
+
+def test_exit_process_keeps_the_code_and_flushes_what_was_written() -> None:
+    """The recipes end through `exit_process` (no interpreter teardown): the code and the last output survive."""
+    script = (
+        "import logging, sys; from train.cli import exit_process; logging.basicConfig(stream=sys.stderr); "
+        "logging.getLogger('fastflip').warning('last log line'); print('no newline', end=''); exit_process(3)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"LOCAL_RANK": "0"}  # as launched
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 3 and done.stdout == "no newline" and "last log line" in done.stderr, done

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
 
@@ -120,6 +121,24 @@ def _main(args: argparse.Namespace, model_family: str) -> int:
         return EXIT_PREEMPTED
     logger.info("done: %d steps, %.0f s of training", result["steps"], result["train_seconds"])
     return 0
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a training process with `code` without the interpreter's teardown (the recipes' `__main__`).
+
+    A gloo worker thread can still be releasing the tensors of the last collective when Python
+    finalizes; it then needs the GIL, Python ends the thread inside a C++ destructor, and the process
+    aborts (SIGABRT, "terminate called without an active exception") instead of exiting with `code`.
+    Everything a run writes is closed by then (checkpoints, metrics, the launcher's error file), so
+    only the log streams are flushed here. Multiprocessing's ranks end the same way (`os._exit`).
+    Outside a launcher (no LOCAL_RANK: a dry run typed on a shell) it is a plain `sys.exit`.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _report(err: Exception, code: int, label: str, agreed: bool) -> int:
