@@ -50,7 +50,7 @@ def _train(rank: int, world_size: int, out_dir: str, where: str) -> str:
     except RuntimeError as err:
         return f"{type(err).__name__}: {err}"
     finally:
-        trainer.close(together=False)
+        trainer.close(completed=False)
 
 
 @pytest.mark.slow

@@ -24,22 +24,14 @@ from model import CLIP, create_model, get_model_config
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
 from train.backends import make_backend
-from train.checkpoint import (
-    CheckpointWriteError,
-    CheckpointWriter,
-    NonFiniteCheckpointError,
-    checkpoint_name,
-    is_complete,
-    read_meta,
-    resolve_resume_on_main,
-)
+from train.checkpoint import CheckpointWriter, checkpoint_name, is_complete, read_meta, resolve_resume_on_main
 from train.checkpoint_state import checkpoint_parts, load_parts, save_parts
 from train.config import TrainConfig
 from train.config_io import ConfigError, to_dict
 from train.evaluator import Evaluator
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states, tau_spec
 from train.metrics import MetricsLogger, setup_console_logging
-from train.nonfinite import StepGuard, TrainingDiverged, all_finite, local_shards
+from train.nonfinite import StepGuard, all_finite, local_shards
 from train.optim import build_optimizer, param_groups
 from train.preemption import PreemptionFlag
 from train.rank_sync import all_ranks, summed
@@ -48,9 +40,6 @@ from train.schedules import PhasePlan, phase_plan_for
 from train.timeouts import set_collective_timeout, watch
 
 logger = logging.getLogger("fastflip")
-# Raised by every rank at the same step (agreed flags, checkpoint outcomes shared by train.rank_sync):
-# the ranks still leave the process group together.
-RAISED_ON_EVERY_RANK = (TrainingDiverged, NonFiniteCheckpointError, CheckpointWriteError)
 
 Probe = Callable[[str], None]
 
@@ -303,17 +292,17 @@ class Trainer:
         self.metrics.log_eval(self.step, results)
         return results
 
-    def close(self, together: bool = True) -> None:
+    def close(self, completed: bool = True) -> None:
         """Close the metric files (also after an error) and leave the process group (see `Backend.close`);
         `with Trainer(cfg) as trainer:` calls it."""
         self.metrics.close()
-        self.backend.close(together)
+        self.backend.close(completed)
 
     def __enter__(self) -> Trainer:
         return self
 
     def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
-        self.close(together=error_type is None or issubclass(error_type, RAISED_ON_EVERY_RANK))
+        self.close(completed=error_type is None)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

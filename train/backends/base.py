@@ -169,17 +169,15 @@ class Backend(ABC):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
 
-    def close(self, together: bool = True) -> None:
+    def close(self, completed: bool = True) -> None:
         """Leave the process group this backend joined, so no communication thread outlives the run.
 
-        `together`: every rank got here at the same point (a completed run, or an error all ranks raise at
-        the same step). The ranks then first meet at a barrier: a rank that tears its connections down
-        while a peer is still exchanging its last messages can make the peer's gloo thread abort the
-        process. After an error on some ranks only, nothing more is exchanged (the peers may be gone or
-        blocked in another collective).
+        After a completed run the ranks first meet at a barrier, so none leaves while a peer still
+        finishes its last collective. After an error nothing more is exchanged: the peers may be gone
+        or blocked in another collective.
         """
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if together and torch.distributed.get_world_size() > 1:
+            if completed and torch.distributed.get_world_size() > 1:
                 torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
