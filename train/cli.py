@@ -131,7 +131,7 @@ def exit_process(code: int) -> NoReturn:
     aborts (SIGABRT, "terminate called without an active exception") instead of exiting with `code`.
     Everything a run writes is closed by then (checkpoints, metrics, the launcher's error file), so
     only the log streams are flushed here. Multiprocessing's ranks end the same way (`os._exit`).
-    Outside a launcher (no LOCAL_RANK: a dry run typed on a shell) it is a plain `sys.exit`.
+    Outside a launcher (no LOCAL_RANK: typed on a shell, or run in-process by a test) it is `sys.exit`.
     """
     if "LOCAL_RANK" not in os.environ:
         sys.exit(code)
