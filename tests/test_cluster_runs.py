@@ -100,7 +100,7 @@ def test_a_stopped_rank_ends_the_job_naming_rank_and_operation(shards: str, tmp_
             time.sleep(0.2)
         ended = time.monotonic() - began
     finally:
-        # The launcher would SIGTERM the stopped rank, wait 30 s (torch's fixed grace) and SIGKILL it.
+        # The launcher would SIGTERM the stopped rank, wait TORCH_ELASTIC_SHUTDOWN_TIMEOUT (30 s) and SIGKILL it.
         with_stopped_gone(ranks[1])
     code, out = finish(job, timeout=60)
     assert code != 0 and ended < 60, crash_report(out)

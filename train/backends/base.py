@@ -176,9 +176,9 @@ class Backend(ABC):
         finishes its last collective. After an error nothing more is exchanged: the peers may be gone
         or blocked in another collective.
         """
+        if completed:
+            self.barrier()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if completed and torch.distributed.get_world_size() > 1:
-                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
