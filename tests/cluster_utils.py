@@ -13,28 +13,24 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.ranks import REPO
+from tests.tiny_run import tiny_recipe
+from train.faults.rank_sync import free_port
 
 ACCELERATE = str(REPO / ".venv" / "bin" / "accelerate")
 CPU_CONFIG = str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml")
 
 
-def write_recipe(directory: Path, shards: str, **sections: dict) -> Path:
-    """A tiny ddp recipe (5 steps per epoch on 2 ranks x 4) with `sections` merged in; returns its path."""
-    raw = {
-        "run": {"name": "cluster", "output_dir": str(directory / "run"), "seed": 0},
-        "model": {"name": "tiny"},
-        "data": {"path": shards, "batch_size": 4, "workers": 0, "image_size": 32, "shuffle_window": 16},
-        "loss": {"name": "fastclip", "version": "v3", "lr_tau": 1e-3, "rho": 6.5},
-        "optim": {"lr": 1e-3, "warmup_steps": 2, "grad_clip": 1.0},
-        "backend": {"name": "ddp"},
-        "checkpoint": {"every_steps": 2, "keep_last": 3},
-        "logging": {"every_steps": 1, "tensorboard": False},
-        "epochs": 2,
-    }
+def write_recipe(directory: Path, shards: str, **sections: Any) -> Path:
+    """The tiny run as a ddp recipe on `shards` (5 steps per epoch on 2 ranks x 4, checkpoints every 2 steps,
+    2 epochs) with `sections` merged in; returns its path."""
+    base = {"data": {"batch_size": 4, "shuffle_window": 16}, "checkpoint": {"every_steps": 2, "keep_last": 3},
+            "run": {"name": "cluster"}, "epochs": 2}  # fmt: skip
+    raw = tiny_recipe(str(directory / "run"), shards, **base)
     for key, values in sections.items():
         raw[key] = raw.get(key, {}) | values if isinstance(values, dict) else values
     path = directory / "recipe.yaml"

@@ -1,4 +1,4 @@
-"""tools/bench_comm.py on 2 gloo ranks: the recorded collectives carry what the design says."""
+"""benchmarks/bench_comm.py on 2 gloo ranks: the recorded collectives carry what the design says."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tools.bench_comm import LOSSES, main
+from benchmarks.bench_comm import LOSSES, main
 
 pytestmark = pytest.mark.slow
 

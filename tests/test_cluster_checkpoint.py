@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_on_ranks
-from train.checkpoint import (
+from tests.ranks import run_on_ranks
+from train.checkpoint.files import (
     CheckpointWriteError,
     CheckpointWriter,
     NonFiniteCheckpointError,

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ranks import REPO
+from train.checkpoint.compat import check_resume_config
 from train.cli import EXIT_CONFIG, main
-from train.config import load_config
 from train.config_io import ConfigError, to_dict
-from train.resume_config import check_resume_config
+from train.setup import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_on_ranks
-from tests.trainer_utils import FixedBatches, tiny_config
+from tests.ranks import run_on_ranks
+from tests.tiny_run import FixedBatches, tiny_config
 
 
 class SkippingBatches(FixedBatches):

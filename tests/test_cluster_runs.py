@@ -28,20 +28,13 @@ from tests.cluster_utils import (
     workers,
     write_recipe,
 )
-from tests.conftest import REPO, free_port
-from tests.data_fixtures import write_shards
-from train.checkpoint import resolve_resume
+from tests.ranks import REPO
+from train.checkpoint.consolidate import consolidated_state_dict
+from train.checkpoint.files import resolve_resume
 from train.cli import EXIT_PREEMPTED
-from train.consolidate import consolidated_state_dict
+from train.faults.rank_sync import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    directory = tmp_path_factory.mktemp("shards")
-    write_shards(str(directory), [14, 9, 17])  # 40 pairs: 5 steps per epoch at 2 ranks x 4
-    return str(directory)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

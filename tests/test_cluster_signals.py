@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from train.preemption import PREEMPTION_SIGNALS, PreemptionFlag
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.ranks import REPO
+from train.faults.preemption import PREEMPTION_SIGNALS, PreemptionFlag
 
 WORKER = """
 import sys, time
 from pathlib import Path
-from train.preemption import PreemptionFlag, die_with_parent
+from train.faults.preemption import PreemptionFlag, die_with_parent
 die_with_parent()
 flag = PreemptionFlag()
 flag.install()

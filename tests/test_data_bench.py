@@ -1,4 +1,4 @@
-"""tools/bench_data.py runs both pipelines on real shards and writes a self-consistent ratio JSON."""
+"""benchmarks/bench_data.py runs both pipelines on real shards and writes a self-consistent ratio JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-import tools.bench_data as bench_data
+import benchmarks.bench_data as bench_data
 from tests.data_fixtures import write_shards
 
 

@@ -13,6 +13,7 @@ from data.loader import build_train_loader
 from data.shards import ShardWriter
 from data.tokenizer import get_tokenizer
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize_pixels
+from tests.checks import keys_of
 from tests.data_fixtures import caption_of, decode_colors, key_color, meta, png, write_raw_tar, write_shards
 
 MEAN, STD = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float64), torch.tensor(OPENAI_CLIP_STD, dtype=torch.float64)
@@ -27,10 +28,6 @@ def epoch(loader, e: int | None = None) -> list[dict]:
     if e is not None:
         loader.set_epoch(e)
     return list(loader)
-
-
-def keys_of(batches) -> list[int]:
-    return [k for b in batches for k in b["index"].tolist()]
 
 
 def test_keys_round_trip(tmp_path):

@@ -16,14 +16,11 @@ from data.loader import build_eval_loader, build_train_loader
 from data.shards import ShardWriter
 from data.tokenizer import get_tokenizer
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize_pixels
+from tests.checks import keys_of
 from tests.data_fixtures import caption_of, decode_colors, key_color, png, write_shards
 from train.config_io import ConfigError, from_dict
 
 MEAN, STD = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float64), torch.tensor(OPENAI_CLIP_STD, dtype=torch.float64)
-
-
-def keys_of(loader) -> list[int]:
-    return [k for b in loader for k in b["index"].tolist()]
 
 
 def write_csv(tmp_path, n: int = 10) -> str:

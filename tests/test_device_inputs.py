@@ -36,7 +36,7 @@ def test_device_normalisation_equals_host_path(device: str, shape: tuple[int, ..
 
 
 def test_trainer_inputs_normalise_uint8_pixels_and_pass_float_images(tmp_path) -> None:
-    from tests.trainer_utils import tiny_config
+    from tests.tiny_run import tiny_config
     from train.trainer import Trainer
 
     class OneBatch:  # the TrainLoader interface the trainer needs at construction

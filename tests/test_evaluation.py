@@ -25,7 +25,7 @@ from evaluation import (
     write_json,
     zeroshot_accuracy,
 )
-from tests.conftest import run_on_ranks
+from tests.ranks import run_on_ranks
 
 
 class LookupModel(nn.Module):

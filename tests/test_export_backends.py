@@ -17,12 +17,12 @@ import torch
 from model import create_model
 from model.convert_hf import from_hf
 from model.convert_open_clip import from_open_clip, save_open_clip
-from tests.conftest import REPO, run_on_ranks
 from tests.export_fixtures import Embedders, photos
-from tests.trainer_utils import FixedBatches, tiny_config
-from tools.evaluate import resolve_checkpoint
+from tests.ranks import REPO, run_on_ranks
+from tests.tiny_run import FixedBatches, one_variant_per_backend, tiny_config
 from tools.export import export, info
-from train.consolidate import consolidated_state_dict, load_model
+from train.checkpoint.checkpointer import find_checkpoint
+from train.checkpoint.consolidate import consolidated_state_dict, load_model
 
 GLOBAL_BATCH, STEPS, ATOL = 8, 3, 1e-4
 
@@ -39,7 +39,7 @@ def _train(rank: int, world_size: int, out_dir: str, backend: str, init_from: st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["deepspeed:zero3", "fsdp2", "ddp"])
+@pytest.mark.parametrize("backend", one_variant_per_backend())
 def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     torch.manual_seed(7)
     source = create_model("tiny").state_dict()
@@ -56,8 +56,8 @@ def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     export(checkpoint, "open_clip", tmp_path / "open_clip")
     with pytest.raises(FileExistsError, match="not empty"):
         export(checkpoint, "open_clip", tmp_path / "open_clip")
-    consolidated, meta = consolidated_state_dict(resolve_checkpoint(str(checkpoint)))
-    model, _ = load_model(resolve_checkpoint(str(checkpoint)))
+    consolidated, meta = consolidated_state_dict(find_checkpoint(str(checkpoint)))
+    model, _ = load_model(find_checkpoint(str(checkpoint)))
     embedders = Embedders.load(model, tmp_path / "open_clip", tmp_path / "hf")
     round_trips = {
         "hf": from_hf(embedders.hf.state_dict(), consolidated),

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import run_on_ranks
-from tests.trainer_utils import FixedBatches, tiny_config
+from tests.ranks import run_on_ranks
+from tests.tiny_run import FixedBatches, tiny_config
+from train.backends import variants
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -39,7 +40,7 @@ def _bf16_run(rank: int, world_size: int, out_dir: str, backend: str) -> dict[st
         trainer.close()
 
 
-@pytest.mark.parametrize("backend", ["ddp", "fsdp2", "deepspeed:zero2", "deepspeed:zero3"])
+@pytest.mark.parametrize("backend", list(variants()))
 def test_bf16_steps_on_each_backend(tmp_path, backend: str) -> None:
     (result,) = run_on_ranks(_bf16_run, 1, (str(tmp_path), backend))
     assert result["device"] == "cuda"

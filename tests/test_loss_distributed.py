@@ -10,12 +10,17 @@ continue the uninterrupted run.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-from tests.conftest import run_on_ranks
+from tests import checks
+from tests.ranks import run_on_ranks
 from train.losses import LossConfig, build_loss, repartition_loss_states
 from train.losses.sample_state import merge_shards
+
+assert_rel = functools.partial(checks.assert_rel, rtol=1e-6)
 
 pytestmark = pytest.mark.slow
 
@@ -80,11 +85,6 @@ def run_steps(rank: int, world_size: int, names: list[str], steps: range, states
             records.append({"value": out.value, "grads": grads / world_size, "stats": out.stats})
         results[name] = {"records": records, "state": loss.state_dict()}
     return results
-
-
-def assert_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-6) -> None:
-    scale = expected[torch.isfinite(expected)].abs().max().item() if expected.numel() else 0.0
-    torch.testing.assert_close(actual.double(), expected.double(), rtol=0, atol=rtol * max(scale, 1e-12))
 
 
 @pytest.fixture(scope="module")

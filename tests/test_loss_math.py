@@ -7,23 +7,21 @@ g_i -> u_i + g_i - sg(g_i). Tolerance: 1e-9 relative to the largest reference en
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
+from tests import checks
 from train.losses import LossConfig, build_loss
+
+assert_rel = functools.partial(checks.assert_rel, rtol=1e-9)
 
 N, G, D = 20, 8, 4
 EPS = 1e-14
 RHO = 0.7
 LR_TAU = 0.05
-
-
-def assert_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-9) -> None:
-    err = (actual - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= rtol * scale, f"max error {err:.3e} vs scale {scale:.3e}"
 
 
 def dense_g(e1: torch.Tensor, e2: torch.Tensor, scale1: torch.Tensor, scale2: torch.Tensor):

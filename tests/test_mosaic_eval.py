@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_on_ranks
 from tests.data_fixtures import caption_of, png
-from tests.trainer_utils import FixedBatches, tiny_config
+from tests.ranks import REPO, run_on_ranks
+from tests.tiny_run import FixedBatches, tiny_config
 from train.config import EvalConfig
 from train.evaluator import eval_source
 
-REPO = Path(__file__).resolve().parents[1]
 PAIRS = 6
 
 

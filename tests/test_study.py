@@ -1,4 +1,4 @@
-"""tools/study.py: the arms it plans, the recipes it writes, resume, timing, diagnostics and the report."""
+"""studies/study.py: the arms it plans, the recipes it writes, resume, timing, diagnostics and the report."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ import pytest
 import torch
 import yaml
 
-from tools.study import Arm, Settings, Study, arm_config, flip_steps, pending, plan_arms, steps_per_epoch
-from tools.study_diagnostics import _log_g, _log_g_batch, parse_metrics
-from tools.study_report import gap_to_openclip, write_report
-from train.config import load_config
+from studies.study import Arm, Settings, Study, arm_config, flip_steps, pending, plan_arms, steps_per_epoch
+from studies.study_diagnostics import _log_g, _log_g_batch, parse_metrics
+from studies.study_report import gap_to_openclip, write_report
+from tests.ranks import REPO
+from train.setup import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.mark.slow  # a tools/study.py subprocess
+@pytest.mark.slow  # a studies/study.py subprocess
 def test_dry_run_lists_the_arms() -> None:
     out = subprocess.run([sys.executable, str(REPO / "tools" / "study.py"), "--dry-run"], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout  # fmt: skip

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import run_on_ranks
-from tests.trainer_utils import FixedBatches, tiny_config
+from tests.ranks import run_on_ranks
+from tests.tiny_run import FixedBatches, tiny_config
 
 STEPS = 20
 

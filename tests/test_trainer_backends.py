@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from tests.conftest import run_on_ranks
-from tests.trainer_utils import FixedBatches, tiny_config
+from tests.ranks import run_on_ranks
+from tests.tiny_run import FixedBatches, tiny_config
+from train.backends import variants
 
 GLOBAL_BATCH, STEPS = 8, 5
 # fp32; the runs differ only in reduction order (all-reduce vs one process, bucketing): 1e-5 relative
@@ -40,11 +41,7 @@ def single_process(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "backend,optim",
-    [("ddp", "adamw"), ("fsdp2", "adamw"), ("deepspeed:zero1", "adamw"), ("deepspeed:zero2", "adamw"),
-     ("deepspeed:zero3", "adamw"), ("fsdp2", "lamb")],
-)  # fmt: skip
+@pytest.mark.parametrize("backend,optim", [*((v, "adamw") for v in variants()), ("fsdp2", "lamb")])
 def test_two_ranks_match_one_process(backend: str, optim: str, single_process: Callable, tmp_path) -> None:
     """fsdp2 + LAMB: the trust ratio's norms of sharded parameters must be global, not per shard."""
     reference = single_process(optim)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ranks import REPO
 from train.backends.deepspeed import resolve_ds_config
-from train.config import load_config
 from train.config_io import ConfigError
 from train.schedules import build_phase_plan
+from train.setup import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
 DATA = {"data": {"path": "shards/"}}  # the one required section
 
@@ -54,7 +54,7 @@ def test_wrong_type_names_key(tmp_path: Path) -> None:
 def test_invalid_value_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="backend.name must be one of"):
         load_config(_write(tmp_path, {**DATA, "backend": {"name": "horovod"}}))
-    with pytest.raises(ConfigError, match="ds_config is only used by backend deepspeed"):
+    with pytest.raises(ConfigError, match="backend.ds_config is not used by backend .ddp.; remove it"):
         load_config(_write(tmp_path, {**DATA, "backend": {"name": "ddp", "ds_config": "ds_configs/zero2.json"}}))
     with pytest.raises(ConfigError, match="data.image_size 224 differs from model demo's image size 28"):
         load_config(DEMO, ["data.image_size=224"])

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import KILLED_EXIT_CODE, run_on_ranks
-from tests.data_fixtures import write_shards
-from tests.trainer_utils import tiny_config
-from train.checkpoint import CheckpointWriter, is_complete, resolve_resume
+from tests.ranks import KILLED_EXIT_CODE, run_on_ranks
+from tests.tiny_run import tiny_config
+from train.checkpoint.files import CheckpointWriter, is_complete, resolve_resume
 from train.losses.sample_state import merge_shards
 
 WORLD, LOCAL_BATCH, KILL_AT, EVERY = 2, 4, 5, 2
@@ -57,13 +56,6 @@ def _loaded(rank: int, world_size: int, out_dir: str, shards: str, backend: str,
     state = {"step": trainer.step, "params": trainer.backend.full_state_dict(), "loss": trainer.loss.state_dict()}
     state["losses"] = trainer.fit()["losses"]
     return state
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
-    directory = tmp_path_factory.mktemp("shards")
-    write_shards(str(directory), [14, 9, 17])
-    return str(directory)
 
 
 @pytest.fixture(scope="module")

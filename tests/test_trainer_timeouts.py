@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import run_on_ranks
-from tests.trainer_utils import FixedBatches, tiny_config
+from tests.ranks import run_on_ranks
+from tests.tiny_run import FixedBatches, tiny_config
 
 STEP_TIMEOUT_S, GRACE_S, STALL_S = 1.0, 3.0, 7.0  # the stall outlasts the timeout plus the survivors' grace
 STALLED_STEP = 2
@@ -37,10 +37,10 @@ class StallingBatches(FixedBatches):
 
 
 def _train(rank: int, world_size: int, out_dir: str, where: str) -> str:
-    import train.timeouts
+    import train.faults.timeouts
     from train.trainer import Trainer
 
-    train.timeouts._REPORT_GRACE_S = GRACE_S
+    train.faults.timeouts._REPORT_GRACE_S = GRACE_S
     cfg = tiny_config(out_dir, batch_size=4)
     cfg.backend.step_timeout_s = STEP_TIMEOUT_S
     trainer = Trainer(cfg, StallingBatches(where, 8, rank, world_size, 5))

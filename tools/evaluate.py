@@ -11,26 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
 from data.tokenizer import get_tokenizer
 from evaluation import format_table, write_json
-from train.checkpoint import LATEST, is_complete, resolve_resume
+from train.checkpoint.checkpointer import find_checkpoint
+from train.checkpoint.consolidate import load_model
 from train.config import EvalConfig
-from train.consolidate import load_model
 from train.evaluator import Evaluator
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """A step_* directory, or a run's checkpoints dir / its `latest` pointer (resolved as resume does)."""
-    p = Path(path)
-    if p.name == LATEST and p.is_file():
-        p = p.parent
-    if is_complete(p):
-        return p
-    return resolve_resume(p, LATEST) or p
 
 
 def main() -> int:
@@ -48,7 +37,7 @@ def main() -> int:
     if not (args.zeroshot or args.retrieval):
         parser.error("give --zeroshot and/or --retrieval")
 
-    model, meta = load_model(resolve_checkpoint(args.checkpoint))
+    model, meta = load_model(find_checkpoint(args.checkpoint))
     cfg = meta["config"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     eval_cfg = EvalConfig(

@@ -22,9 +22,9 @@ import torch
 from model import CLIPConfig, create_model, get_model_config
 from model.convert_hf import save_hf
 from model.convert_open_clip import save_open_clip
-from tools.evaluate import resolve_checkpoint
-from train.checkpoint import read_meta
-from train.consolidate import consolidated_state_dict
+from train.checkpoint.checkpointer import find_checkpoint
+from train.checkpoint.consolidate import consolidated_state_dict
+from train.checkpoint.files import read_meta
 
 logger = logging.getLogger("export")
 
@@ -43,7 +43,7 @@ def export(checkpoint: str | Path, to: str, out: str | Path) -> Path:
     folder = Path(out)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"--out {folder} is not empty; choose a new folder (an export never mixes files)")
-    path = resolve_checkpoint(str(checkpoint))
+    path = find_checkpoint(str(checkpoint))
     state, meta = consolidated_state_dict(path)
     FORMATS[to](state, model_config(meta), folder)
     logger.info("exported %s (step %d, model %s) to %s format in %s", path, meta["step"],
@@ -88,7 +88,7 @@ def _model_line(section: dict[str, Any]) -> str:
 
 def info(checkpoint: str | Path) -> list[str]:
     """Lines describing a checkpoint: step, epoch, ranks, backend, model, files, per-sample state layout."""
-    path = resolve_checkpoint(str(checkpoint))
+    path = find_checkpoint(str(checkpoint))
     meta = read_meta(path)
     cfg = meta["config"]
     backend, loss = cfg.get("backend", {}), cfg.get("loss", {})

@@ -20,21 +20,18 @@ import io
 import os
 import random
 import struct
-import sys
 from collections import Counter
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data.config import DataConfig  # noqa: E402
-from data.manifest import build_manifest, expand_pattern  # noqa: E402
-from data.shards import IMAGE_EXTS, ShardWriter  # noqa: E402
-from data.sources import CsvSource, SkipSample  # noqa: E402
-from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES  # noqa: E402
-from tools.mosaic import distinct_mosaics, random_mosaics, tiled_items  # noqa: E402
+from data.config import DataConfig
+from data.manifest import build_manifest, expand_pattern
+from data.shards import IMAGE_EXTS, ShardWriter
+from data.sources import CsvSource, SkipSample
+from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES
+from tools.mosaic import distinct_mosaics, random_mosaics, tiled_items
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

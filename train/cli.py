@@ -18,17 +18,18 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
 
-from train.checkpoint import CheckpointWriteError, NonFiniteCheckpointError
-from train.config import load_config
+from train.checkpoint.files import CheckpointWriteError, NonFiniteCheckpointError
 from train.config_io import ConfigError
-from train.nonfinite import TrainingDiverged
-from train.preemption import die_with_parent
-from train.timeouts import CollectiveTimeout
+from train.faults.nonfinite import TrainingDiverged
+from train.faults.preemption import die_with_parent
+from train.faults.timeouts import CollectiveTimeout
+from train.setup import load_setup
 
 logger = logging.getLogger("fastflip")
 
@@ -73,22 +74,26 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+Report = Callable[[dict[str, Any]], None]
+
+
 @record
 def main(
     argv: list[str] | None = None, description: str = "Train a CLIP recipe.", model_family: str = "",
-    flagship: Path | None = None,
+    flagship: Path | None = None, report: Report | None = None,
 ) -> int:  # fmt: skip
     """Load and validate the config (errors name the file and key), then dry-run or train.
 
     `model_family` (e.g. "ViT-L-14") is what a named FastCLIP recipe script trains; another model or a loss
     outside FASTCLIP_LOSSES is an error. `flagship` is the recipe it runs when --config is left out.
+    `report(result)` runs on rank 0 after a run that was not preempted (the demo prints its summary line).
     Known failures end with one readable message and an exit code from the table above.
     """
     if "LOCAL_RANK" in os.environ:  # started by a launcher: do not outlive it
         die_with_parent()
     args = parse_args(argv, description, flagship)
     try:
-        return _main(args, model_family)
+        return _main(args, model_family, report)
     except Exception as err:
         for kind, code, label, agreed in KNOWN_ERRORS:
             if isinstance(err, kind):
@@ -96,8 +101,9 @@ def main(
         raise
 
 
-def _main(args: argparse.Namespace, model_family: str) -> int:
-    cfg = load_config(args.config, args.overrides)
+def _main(args: argparse.Namespace, model_family: str, report: Report | None) -> int:
+    setup = load_setup(args.config, args.overrides)
+    cfg = setup.cfg
     if model_family and cfg.model.name != model_family:
         raise ConfigError(
             f"{args.config}: model.name is {cfg.model.name!r} but this script trains {model_family}; "
@@ -111,14 +117,17 @@ def _main(args: argparse.Namespace, model_family: str) -> int:
     if args.dry_run:
         from train.dry_run import dry_run
 
-        print(dry_run(cfg))
+        print(dry_run(setup))
         return 0
-    from train.trainer import run
+    from train.trainer import Trainer
 
-    result = run(cfg)
-    if result.get("preempted"):
+    with Trainer(setup) as trainer:
+        result = trainer.fit()
+    if result["preempted"]:
         logger.info("preempted at step %d: checkpoint saved; resume with checkpoint.resume=latest", result["steps"])
         return EXIT_PREEMPTED
+    if report is not None and trainer.backend.is_main:
+        report(result)
     logger.info("done: %d steps, %.0f s of training", result["steps"], result["train_seconds"])
     return 0
 

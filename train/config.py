@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from data.config import DataConfig
-from model import MODEL_CONFIGS, get_model_config
+from model import MODEL_CONFIGS
 from model.init_from import parse_init_from
-from train.backends import BACKENDS, backend_class
-from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
-from train.resume_config import check_allow_changes
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")
@@ -41,10 +37,6 @@ class ModelSection:
     def validate(self) -> None:
         if self.name not in MODEL_CONFIGS:
             raise ValueError(f"model.name {self.name!r} is unknown; choose one of {sorted(MODEL_CONFIGS)}")
-        try:
-            get_model_config(self.name, **self.overrides)
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"model.overrides: {err}") from err
         if self.init_from:
             parse_init_from(self.init_from)
 
@@ -101,15 +93,13 @@ class FlipConfig:
 class BackendConfig:
     """Distributed backend and numeric precision."""
 
-    name: str = "ddp"
+    name: str = "ddp"  # a name of train.backends' registry (checked with the backend's own options in train.setup)
     precision: str = "fp32"
     ds_config: str = ""  # DeepSpeed JSON (backend deepspeed only)
     timeout_s: float = 1800.0  # collectives during setup, checkpointing and evaluation
     step_timeout_s: float = 600.0  # collectives of one training step: a hung rank ends the job after this
 
     def validate(self) -> None:
-        if self.name not in BACKENDS:
-            raise ValueError(f"backend.name must be one of {BACKENDS}, got {self.name!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"backend.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not (0 < self.timeout_s < math.inf and 0 < self.step_timeout_s < math.inf):
@@ -124,7 +114,7 @@ class CheckpointConfig:
     keep_last: int = 3
     resume: str | None = None
     # Keys (or sections) that may differ from the checkpoint's config on resume although they change what is
-    # trained or how the run is planned (see train.resume_config.REFUSED), e.g. [data.batch_size].
+    # trained or how the run is planned (see train.checkpoint.compat.REFUSED), e.g. [data.batch_size].
     allow_changes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -188,27 +178,9 @@ class TrainConfig:
     dataset_samples: int = 0  # training pairs, for --dry-run planning without data (0 = unknown)
 
     def validate(self) -> None:
+        """Each section's own checks; the checks across sections (model vs data, backend) are train.setup's."""
         for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint, self.logging, self.eval):
             section.validate()
         self.loss.validate()
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
-        vision = get_model_config(self.model.name, **self.model.overrides).vision
-        if self.data.image_size != vision.image_size:
-            raise ValueError(
-                f"data.image_size {self.data.image_size} differs from model {self.model.name}'s image size "
-                f"{vision.image_size}; set data.image_size: {vision.image_size} (or model.overrides.vision_image_size)"
-            )
-        check_allow_changes(self.checkpoint.allow_changes, to_dict(self))
-        backend_class(self.backend.name).check_config(self, vision.width)  # before any process group exists
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML file + `key.path=value` overrides -> validated TrainConfig (errors name file and key)."""
-    raw = apply_overrides(load_yaml(path), overrides or [])
-    cfg = from_dict(TrainConfig, raw, str(path))
-    try:
-        cfg.validate()
-    except ValueError as err:
-        raise ConfigError(f"{path}: {err}") from err
-    return cfg

@@ -8,19 +8,18 @@ import os
 import torch
 
 from data.plan import steps_per_epoch as steps_per_epoch_for
-from model import create_model, get_model_config
+from model import CLIP, CLIPConfig
 from model.masking import num_kept
-from train.backends import backend_class
 from train.config import TrainConfig
 from train.schedules import phase_plan_for
+from train.setup import RunSetup
 
 GIB = 1024**3
 
 
-def activation_bytes_per_gpu(cfg: TrainConfig) -> float:
+def activation_bytes_per_gpu(cfg: TrainConfig, mcfg: CLIPConfig) -> float:
     """Rough activation memory for one local batch: ~34 bytes per (token, channel, layer) at 16 bit
     (Korthikanti et al.), doubled for fp32; with checkpointing only each block's input is kept."""
-    mcfg = get_model_config(cfg.model.name, **cfg.model.overrides)
     per_value = 2 if cfg.backend.precision in ("bf16", "fp16") else 4
     kept = 1 + num_kept(mcfg.vision.num_patches, cfg.flip.mask_ratio)
     towers = (
@@ -31,18 +30,19 @@ def activation_bytes_per_gpu(cfg: TrainConfig) -> float:
     return sum(cfg.data.batch_size * t * w * n * factor for t, w, n in towers)
 
 
-def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int = 4) -> str:
+def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4) -> str:
     """The resolved plan as text; `world_size` defaults to the recipe's run.world_size, then WORLD_SIZE, then 1."""
+    cfg = run.cfg
     world = world_size or cfg.run.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     with torch.device("meta"):
-        params = sum(p.numel() for p in create_model(cfg.model.name, **cfg.model.overrides).parameters())
+        params = sum(p.numel() for p in CLIP(run.model_config).parameters())
     global_batch = cfg.data.batch_size * world
     lines = [
         f"recipe: {cfg.run.name}  model {cfg.model.name} ({params / 1e6:.2f}M parameters)",
         f"ranks: {world} ({math.ceil(world / gpus_per_node)} node(s) of {gpus_per_node})  backend {cfg.backend.name}"
         f"  precision {cfg.backend.precision}  grad checkpointing {cfg.model.grad_checkpointing}",
         f"global batch: {global_batch} = {world} x {cfg.data.batch_size}",
-        f"loss: {cfg.loss.resolved()}",
+        f"loss: {run.loss}",
     ]
     if cfg.dataset_samples:
         steps_per_epoch = steps_per_epoch_for(cfg.dataset_samples, cfg.data.batch_size, world, cfg.data.drop_last)
@@ -54,8 +54,8 @@ def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int 
         lines += [f"  {m}" for m in plan.milestones()]
     else:
         lines.append("data: dataset_samples not set: steps come from the shard manifest at launch")
-    state = backend_class(cfg.backend.name).state_bytes_per_gpu(cfg, params, world)
-    acts = activation_bytes_per_gpu(cfg)
+    state = run.backend_cls.state_bytes_per_gpu(cfg, run.backend_options, params, world)
+    acts = activation_bytes_per_gpu(cfg, run.model_config)
     detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in state.items())
     lines.append(
         f"memory per GPU (estimate, GiB): {(sum(state.values()) + acts) / GIB:.1f} = {detail}, "

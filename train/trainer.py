@@ -20,24 +20,24 @@ import yaml
 from data.loader import build_train_loader
 from data.tokenizer import get_tokenizer
 from data.transforms import normalize_pixels
-from model import CLIP, create_model, get_model_config
+from model import CLIP, create_model
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
-from train.backends import make_backend
-from train.checkpoint import CheckpointWriter, checkpoint_name, is_complete, read_meta, resolve_resume_on_main
-from train.checkpoint_state import checkpoint_parts, load_parts, save_parts
+from train.checkpoint.checkpointer import Checkpointer
+from train.checkpoint.files import checkpoint_name
+from train.checkpoint.parts import checkpoint_parts
 from train.config import TrainConfig
-from train.config_io import ConfigError, to_dict
+from train.config_io import to_dict
 from train.evaluator import Evaluator
-from train.losses import GlobalTemperature, build_loss, repartition_loss_states, tau_spec
+from train.faults.nonfinite import StepGuard, all_finite
+from train.faults.preemption import PreemptionFlag
+from train.faults.rank_sync import all_ranks, summed
+from train.faults.timeouts import set_collective_timeout, watch
+from train.losses import GlobalTemperature, build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, setup_console_logging
-from train.nonfinite import StepGuard, all_finite, local_shards
 from train.optim import build_optimizer, param_groups
-from train.preemption import PreemptionFlag
-from train.rank_sync import all_ranks, summed
-from train.resume_config import check_resume_config
-from train.schedules import PhasePlan, phase_plan_for
-from train.timeouts import set_collective_timeout, watch
+from train.schedules import phase_plan_for
+from train.setup import RunSetup, resolve
 
 logger = logging.getLogger("fastflip")
 
@@ -54,14 +54,14 @@ class Trainer:
     `loader` may be given (any iterable with the TrainLoader interface) to train on fixed batches.
     """
 
-    def __init__(self, cfg: TrainConfig, loader: Any = None) -> None:
-        cfg.validate()
-        self.cfg = cfg
-        self.loss_cfg = cfg.loss.resolved()
-        self.tau = tau_spec(self.loss_cfg)
-        self.model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
-        self.backend = make_backend(cfg, self.model_config.vision.width)
+    def __init__(self, run: RunSetup | TrainConfig, loader: Any = None) -> None:
+        run = run if isinstance(run, RunSetup) else resolve(run)
+        cfg = self.cfg = run.cfg
+        self.loss_cfg, self.tau, self.model_config = run.loss, run.tau, run.model_config
+        self.backend = run.backend_cls.create(cfg, run.backend_options)
         setup_console_logging(self.backend.is_main)
+        for line in run.launcher_conflicts if self.backend.is_main else ():
+            logger.warning("accelerate config: %s", line)
         rank, world = self.backend.dp_rank, self.backend.dp_world_size  # data-parallel position
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
         self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
@@ -71,7 +71,7 @@ class Trainer:
                 "recipe %s was written for %d ranks (global batch %d) but runs on %d (global batch %d)",
                 cfg.run.name, cfg.run.world_size, cfg.run.world_size * cfg.data.batch_size, world, self.global_batch,
             )  # fmt: skip
-        self.plan = self._phase_plan()
+        self.plan = phase_plan_for(cfg, self.loader.steps_per_epoch, self.global_batch)
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.backend.setup(self._build_model, self._param_groups, self._optimizer)
@@ -83,23 +83,17 @@ class Trainer:
         self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device, group)
         self.loss = build_loss(self.loss_cfg, self.loader.num_samples, group)
         self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag(), self.backend.device)
-        self.parts = checkpoint_parts(
+        parts = checkpoint_parts(
             self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator
         )
+        self.checkpoints = Checkpointer(cfg, parts, self.backend.rank, self.backend.world_size, self.backend.barrier)
 
         self.step, self.epoch = 0, 0
         self._batches: Iterator[dict] | None = None
         self.out = Path(cfg.run.output_dir)
-        self.ckpt_root = self.out / "checkpoints"
-        self.writer = CheckpointWriter(self.ckpt_root, cfg.checkpoint.keep_last, rank, self.backend.barrier)
-        resume_from = resolve_resume_on_main(self.ckpt_root, cfg.checkpoint.resume)
+        resume_from = self.checkpoints.resume_target()
         if resume_from is not None:
             self.load_checkpoint(resume_from)
-        elif any(is_complete(p) for p in self.ckpt_root.glob("step_*")):
-            raise FileExistsError(
-                f"{self.ckpt_root} already holds checkpoints of an earlier run: set checkpoint.resume=latest to "
-                "continue it, or choose another run.output_dir"
-            )
         if self.backend.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -130,9 +124,6 @@ class Trainer:
         o = self.cfg.optim
         return build_optimizer(o.name, groups, o.lr, o.betas, o.eps)
 
-    def _phase_plan(self) -> PhasePlan:
-        return phase_plan_for(self.cfg, self.loader.steps_per_epoch, self.global_batch)
-
     # ----- one step -----------------------------------------------------------------------
     def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, tokens, index) on the device; uint8 "pixels" are normalised there (float "images" pass)."""
@@ -148,10 +139,10 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor], probe: Probe = _no_probe) -> dict[str, Any]:
         """Forward, loss, backward, optimizer and temperature steps. Returns device tensors (and host
         floats) to log; reads nothing back from the device. `probe(phase)` is called after each phase
-        (tools/bench_train.py times them)."""
+        (benchmarks/bench_train.py times them)."""
         phase = self.plan.phase_at(self.step)
         lr = self.plan.lr_at(self.step)
-        self.backend.set_group_lrs({"decay": lr, "no_decay": lr})
+        self.backend.set_lr(lr)
         self.backend.raw_model.set_mask_ratio(phase.mask_ratio, generator=self.mask_generator)
         images, tokens, index = self.inputs(batch)
         probe("host_to_device")
@@ -202,7 +193,7 @@ class Trainer:
         finally:
             self.guard.preemption.restore()
         wall = time.perf_counter() - started
-        if not is_complete(self.ckpt_root / checkpoint_name(self.step)):  # resuming a finished run saves nothing
+        if not self.checkpoints.has(self.step):  # resuming a finished run saves nothing
             self.save_checkpoint()
         preempted = self.guard.preempted  # saved at the current step; the requeued job resumes from it
         results = {} if preempted else self.evaluate()
@@ -307,53 +298,35 @@ class Trainer:
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Every part of the state map, then meta.json (progress) last; never NaN / inf weights."""
-        rank = self.backend.rank
-        meta = {
+        progress = {
             "step": self.step,
             "epoch": self.epoch,
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
             "nonfinite": self.guard.state_dict(),
-            "world_size": self.backend.world_size,
-            "backend": self.cfg.backend.name,
-            "config": to_dict(self.cfg),
-            "dataset": {"num_samples": self.loader.num_samples},
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
-            path = self.writer.save(
-                self.step, lambda directory: save_parts(self.parts, directory, rank), meta, self._weights_finite
-            )
+            path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)
         if self.backend.is_main:
             logger.info("saved checkpoint %s", path)
         return path
 
+    def _dataset_facts(self) -> dict[str, Any]:
+        """What the data measured (the per-sample table's size): a resume on other data is refused."""
+        return {"num_samples": self.loader.num_samples}
+
     def _weights_finite(self) -> bool:
         """All ranks agree whether every rank's parameter shards (and the temperature) are finite."""
-        return all_ranks(all_finite([*local_shards(self.backend.raw_model), self.temperature.logit_scale]))
+        return all_ranks(all_finite([*self.backend.local_shards(), self.temperature.logit_scale]))
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore the state map; a different world size re-partitions the state. Refuses a checkpoint whose
-        config differs in what it trains (train.resume_config) before loading anything."""
-        meta = read_meta(path)
-        if meta["backend"] != self.cfg.backend.name:
-            raise ConfigError(
-                f"{path} was written by backend {meta['backend']!r}, this run uses {self.cfg.backend.name!r}"
-            )
-        saved, current = meta["config"], to_dict(self.cfg)
-        if "dataset" in meta:  # facts measured from the data (older checkpoints lack them)
-            saved = saved | {"dataset": meta["dataset"]}
-            current = current | {"dataset": {"num_samples": self.loader.num_samples}}
-        allowed = list(self.cfg.checkpoint.allow_changes)
-        if meta["world_size"] * saved["data"]["batch_size"] == self.global_batch:  # another world size, same global
-            allowed.append("data.batch_size")  # batch: the per-rank batch follows the number of ranks
-        changes = check_resume_config(saved, current, allowed, str(path))
-        if changes and self.backend.is_main:
-            logger.info("config changes since %s:\n  %s", path.name, "\n  ".join(changes))
-        rank, world, saved_world = self.backend.rank, self.backend.world_size, meta["world_size"]
-        if saved_world != world and not self.backend.resumes_on_other_world_size:
-            raise ConfigError(f"{path}: backend {self.backend.name} cannot resume a {saved_world}-rank checkpoint "
-                              f"on {world} ranks")  # fmt: skip
+        """Restore the state map after the Checkpointer accepted the checkpoint (train.checkpoint.compat);
+        a different world size re-partitions the state."""
+        meta = self.checkpoints.check_resumable(
+            path, self._dataset_facts(), self.global_batch, self.backend.resumes_on_other_world_size
+        )
+        saved_world, world = meta["world_size"], self.backend.world_size
         with self._collectives(f"loading checkpoint {path.name}", self.cfg.backend.timeout_s):
-            load_parts(self.parts, path, rank, saved_world, world)
+            self.checkpoints.load(path, saved_world)
         if saved_world != world and self.backend.is_main:
             logger.warning(
                 "resuming a %d-rank checkpoint on %d ranks: the step counter continues, but the phase plan (steps "
@@ -390,10 +363,4 @@ class _Window:
         }
 
 
-def run(cfg: TrainConfig, loader: Any = None) -> dict[str, Any]:
-    """Train one run end to end (what `recipes/*.py` call)."""
-    with Trainer(cfg, loader) as trainer:
-        return trainer.fit()
-
-
-__all__ = ["Trainer", "run"]
+__all__ = ["Trainer"]

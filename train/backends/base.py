@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,6 +35,10 @@ class Backend(ABC):
     """
 
     name: str
+    # backend.* keys every backend reads; any other key of the section is an option only the backends that
+    # list it in `options` accept (DeepSpeed: ds_config), so a fourth backend adds its keys and lists them.
+    shared_keys: tuple[str, ...] = ("name", "precision", "timeout_s", "step_timeout_s")
+    options: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
     optimizers: tuple[str, ...] = ("adamw", "lamb")
     resumes_on_other_world_size: bool = True
@@ -50,26 +55,34 @@ class Backend(ABC):
 
     # ----- class-level answers --------------------------------------------------------------
     @classmethod
-    def create(cls, cfg: TrainConfig, hidden_size: int) -> Backend:
-        """Join the process group for a validated config (`hidden_size`: the widest layer, for bucket sizes)."""
+    def create(cls, cfg: TrainConfig, options: dict[str, Any]) -> Backend:
+        """Join the process group for a validated config; `options`: what `check_config` resolved."""
         return cls(cfg.backend.precision)
 
     @classmethod
-    def check_config(cls, cfg: TrainConfig, hidden_size: int) -> None:
-        """Raise ValueError for settings this backend cannot run (before any process group exists)."""
+    def check_config(cls, cfg: TrainConfig, hidden_size: int) -> dict[str, Any]:
+        """Raise ValueError for settings this backend cannot run (before any process group exists); return
+        its options resolved (e.g. DeepSpeed's JSON with "auto" filled in) for `create` and the memory estimate.
+        `hidden_size`: the widest layer, for bucket sizes."""
+        defaults = type(cfg.backend)()
+        for f in dataclasses.fields(cfg.backend):
+            unused = f.name not in cls.shared_keys + cls.options
+            if unused and getattr(cfg.backend, f.name) != getattr(defaults, f.name):
+                raise ValueError(f"backend.{f.name} is not used by backend {cls.name!r}; remove it")
         if cfg.backend.precision not in cls.precisions:
             raise ValueError(f"backend {cls.name} supports precision {' or '.join(cls.precisions)}, "
                              f"not {cfg.backend.precision!r}")  # fmt: skip
         if cfg.optim.name not in cls.optimizers:
             raise ValueError(f"optim.name {cfg.optim.name!r} is not supported with backend {cls.name}; "
                              f"use {' or '.join(cls.optimizers)}")  # fmt: skip
-        if cfg.backend.ds_config:
-            raise ValueError(f"backend.ds_config is only used by backend deepspeed, not {cls.name!r}; remove it")
+        return {}
 
     @classmethod
     @abstractmethod
-    def state_bytes_per_gpu(cls, cfg: TrainConfig, params: int, world: int) -> dict[str, float]:
-        """Estimated bytes of weights, gradients and optimizer state per GPU."""
+    def state_bytes_per_gpu(
+        cls, cfg: TrainConfig, options: dict[str, Any], params: int, world: int
+    ) -> dict[str, float]:
+        """Estimated bytes of weights, gradients and optimizer state per GPU (`options`: from `check_config`)."""
 
     @staticmethod
     @abstractmethod
@@ -136,9 +149,20 @@ class Backend(ABC):
         any update, decided on the device where the optimizer allows (`optimizer_step_unless`).
         """
 
-    def set_group_lrs(self, lrs: dict[str, float]) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lrs[group["name"]]
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (the ones the update reads)."""
+        return self.optimizer.param_groups
+
+    def set_lr(self, lr: float) -> None:
+        """The scheduled learning rate, times each group's `lr_scale` (1 unless train.optim set one)."""
+        for group in self.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def local_shards(self) -> list[torch.Tensor]:
+        """This rank's part of every parameter (replicated here: the parameters themselves); sharded
+        backends return their shards, so a check of the weights reads each element on one rank."""
+        return list(self.raw_model.parameters())
 
     @abstractmethod
     def save(self, directory: Path) -> None:

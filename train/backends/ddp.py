@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
 from train.backends.base import Agree, Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes
-from train.nonfinite import optimizer_step_unless
+from train.faults.nonfinite import optimizer_step_unless
 
 
 class DDPBackend(Backend):
@@ -20,7 +21,7 @@ class DDPBackend(Backend):
     name = "ddp"
 
     @classmethod
-    def state_bytes_per_gpu(cls, cfg, params: int, world: int) -> dict[str, float]:  # noqa: ANN001
+    def state_bytes_per_gpu(cls, cfg, options: dict[str, Any], params: int, world: int) -> dict[str, float]:  # noqa: ANN001, E501
         return adam_state_bytes(params, cfg.backend.precision, 1, 1, 1, low_precision_weights=False)
 
     @staticmethod

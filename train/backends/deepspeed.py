@@ -30,7 +30,7 @@ from train.backends.base import (
     adam_state_bytes,
     select_local_device,
 )
-from train.rank_sync import free_port
+from train.faults.rank_sync import free_port
 
 
 def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
@@ -85,28 +85,27 @@ class DeepSpeedBackend(Backend):
     """The DeepSpeed engine owns gradients, (sharded) fp32 master weights and optimizer state."""
 
     name = "deepspeed"
+    options = ("ds_config",)
     optimizers = ("adamw",)  # ZeRO flattens the tensors LAMB's trust ratio is computed on
     resumes_on_other_world_size = False
 
     @classmethod
-    def create(cls, cfg, hidden_size: int) -> DeepSpeedBackend:  # noqa: ANN001
-        b = cfg.backend
-        return cls(b.precision, resolve_ds_config(b.ds_config, cfg.data.batch_size, cfg.optim.grad_clip, b.precision,
-                                                  hidden_size))  # fmt: skip
+    def create(cls, cfg, options: dict[str, Any]) -> DeepSpeedBackend:  # noqa: ANN001
+        return cls(cfg.backend.precision, options["ds_config"])
 
     @classmethod
-    def check_config(cls, cfg, hidden_size: int) -> None:  # noqa: ANN001
+    def check_config(cls, cfg, hidden_size: int) -> dict[str, Any]:  # noqa: ANN001
+        """The JSON is read and its "auto" values filled once, here, before any process group exists."""
         if not cfg.backend.ds_config:
             raise ValueError("backend.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
-        if cfg.backend.precision not in cls.precisions or cfg.optim.name not in cls.optimizers:
-            super().check_config(cfg, hidden_size)
-        # the JSON is checked here, before any process group exists
-        resolve_ds_config(cfg.backend.ds_config, cfg.data.batch_size, cfg.optim.grad_clip, cfg.backend.precision,
-                          hidden_size)  # fmt: skip
+        super().check_config(cfg, hidden_size)
+        b = cfg.backend
+        return {"ds_config": resolve_ds_config(b.ds_config, cfg.data.batch_size, cfg.optim.grad_clip, b.precision,
+                                               hidden_size)}  # fmt: skip
 
     @classmethod
-    def state_bytes_per_gpu(cls, cfg, params: int, world: int) -> dict[str, float]:  # noqa: ANN001
-        stage = json.loads(Path(cfg.backend.ds_config).read_text())["zero_optimization"]["stage"]
+    def state_bytes_per_gpu(cls, cfg, options: dict[str, Any], params: int, world: int) -> dict[str, float]:  # noqa: ANN001, E501
+        stage = options["ds_config"]["zero_optimization"]["stage"]
         return adam_state_bytes(
             params, cfg.backend.precision, world if stage == 3 else 1, world if stage >= 2 else 1, world,
             low_precision_weights=True,
@@ -170,9 +169,20 @@ class DeepSpeedBackend(Backend):
         agree(norm)
         return norm
 
-    def set_group_lrs(self, lrs: dict[str, float]) -> None:
-        for group in self.engine.optimizer.param_groups:
-            group["lr"] = lrs[group["name"]]
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.engine.optimizer.param_groups  # the ZeRO optimizer's groups, which its step reads
+
+    def local_shards(self) -> list[torch.Tensor]:
+        """ZeRO-3: each parameter's partition without its padding (uninitialised memory); else the parameters."""
+        if self.stage != 3:
+            return super().local_shards()
+        parts = []
+        for param in self.raw_model.parameters():
+            part = param.ds_tensor.reshape(-1)
+            start = param.ds_zero_partition_rank * part.numel()
+            parts.append(part[: max(0, min(part.numel(), param.ds_numel - start))])
+        return parts
 
     def _full_value(self, param: nn.Parameter) -> torch.Tensor:
         """fp32 master value of a trained parameter, or the (gathered) weight of a frozen one."""

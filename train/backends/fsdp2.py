@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,7 +30,7 @@ from train.backends.base import (
     adam_state_bytes,
     select_local_device,
 )
-from train.nonfinite import optimizer_step_unless
+from train.faults.nonfinite import optimizer_step_unless
 
 
 class FSDP2Backend(Backend):
@@ -39,7 +40,7 @@ class FSDP2Backend(Backend):
     precisions = ("fp32", "bf16")  # fp16 would need a sharded grad scaler
 
     @classmethod
-    def state_bytes_per_gpu(cls, cfg, params: int, world: int) -> dict[str, float]:  # noqa: ANN001
+    def state_bytes_per_gpu(cls, cfg, options: dict[str, Any], params: int, world: int) -> dict[str, float]:  # noqa: ANN001, E501
         return adam_state_bytes(params, cfg.backend.precision, world, world, world, low_precision_weights=False)
 
     @staticmethod
@@ -102,6 +103,9 @@ class FSDP2Backend(Backend):
         set_state_dict(
             self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
         )
+
+    def local_shards(self) -> list[torch.Tensor]:
+        return [p.to_local() if isinstance(p, DTensor) else p for p in self.raw_model.parameters()]
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         options = StateDictOptions(full_state_dict=True)  # every rank gets every tensor (sharded eval needs it)

@@ -2,9 +2,9 @@
 
 The trainer calls::
 
-    loss = build_loss(cfg, num_samples)      # num_samples = size of the sample-key space
-    loss.set_epoch(epoch)                    # every epoch (gamma), also after resuming
-    temperature = GlobalTemperature(tau_spec(cfg), betas, eps, device)   # fp32 logit_scale, every rank
+    loss = build_loss(cfg, num_samples, group)   # num_samples = rows of the per-sample table; group = data-parallel
+    loss.set_epoch(epoch)                        # every epoch (gamma), also after resuming
+    temperature = GlobalTemperature(tau_spec(cfg), betas, eps, device, group)   # fp32 logit_scale, every rank
     out = loss(img_f, txt_f, index, temperature.logit_scale)
     out.loss.backward()                      # backend then AVERAGES parameter gradients
     temperature.step(lr, base_lr)            # averages its gradient over ranks, Adam step, clamp

@@ -24,7 +24,7 @@ class LossOutput:
 
 
 class ContrastiveLoss(ABC):
-    """A loss over the global batch; uses the default torch.distributed group when initialised.
+    """A loss over the global batch of its data-parallel `group` (None: the default group when initialised).
 
     Deliberately not an nn.Module: it has no parameters for a backend to wrap or shard, and
     its state (per-sample tables) is saved per rank by the trainer.

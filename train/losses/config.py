@@ -28,7 +28,7 @@ class LossConfig:
       constant gamma) and isogclr (= fastclip v2 with constant gamma).
     version: v0 global tau learned through the GCL surrogate; v1 constant tau = tau_init;
       v2 per-sample taus (RGCL, per-sample Adam inside the loss); v3 RGCL-g (global tau >=
-      tau_min, own optimizer group with lr_tau). Default: v3 (v1 / v2 for the aliases).
+      tau_min, trained by GlobalTemperature with lr_tau). Default: v3 (v1 / v2 for the aliases).
     tau_grad: exact = gradients of the written objective; reference = the fast_clip code's
       gradients (see `train.losses.fastclip`). Paper-reproducing recipes use reference.
     eps: the epsilon in log(eps + g); 1e-14 (fast_clip default), 1e-6 in the LAION recipe.
@@ -40,7 +40,7 @@ class LossConfig:
     rho: the RGCL / RGCL-g robustness constant (v2, v3).
     gamma_schedule, gamma_min, gamma_decay_epochs: see `train.losses.gamma` (default cosine; constant
       for the aliases).
-    lr_tau, lr_tau_schedule: v0 / v3 / openclip: base lr of logit_scale's optimizer group
+    lr_tau, lr_tau_schedule: v0 / v3 / openclip: base lr of the fp32 temperature's Adam (GlobalTemperature)
       (None = the model's lr) and its schedule: model (follow the model lr schedule; v0,
       openclip default), const, step_thresh (lr_tau / 3 while tau <= 0.03; v3 default).
       v2: the per-sample Adam lr (required, const).
@@ -72,7 +72,10 @@ class LossConfig:
     state_device: str = "auto"
 
     def resolved(self) -> LossConfig:
-        """A validated copy with aliases and per-version defaults filled in (name openclip or fastclip)."""
+        """A validated copy with aliases and per-version defaults filled in (name openclip or fastclip);
+        a config that is already resolved is returned as it is (train.setup resolves once per run)."""
+        if self.is_resolved:
+            return self
         self.validate()
         if self.name == "openclip":
             return dataclasses.replace(self, lr_tau_schedule=self.lr_tau_schedule or "model")
@@ -85,6 +88,13 @@ class LossConfig:
             gamma_schedule=self.gamma_schedule or schedule,
             lr_tau_schedule=self.lr_tau_schedule or _DEFAULT_LR_TAU_SCHEDULE[version],
         )
+
+    @property
+    def is_resolved(self) -> bool:
+        """Whether `resolved()` made this config (no alias, every per-version default filled in)."""
+        if self.name == "openclip":
+            return self.lr_tau_schedule is not None
+        return self.name == "fastclip" and None not in (self.version, self.gamma_schedule, self.lr_tau_schedule)
 
     def validate(self) -> None:
         """Raise ValueError naming the first offending field."""

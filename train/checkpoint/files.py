@@ -3,8 +3,11 @@
 Layout of one checkpoint `step_00001234/`:
   meta.json              step, epoch, world size, backend, the resolved config (written last by rank 0)
   model / optimizer      in the backend's own format (model.pt + optimizer.pt, dcp/, deepspeed/)
-  rank{r}.pt             per rank: RNG states, data-stream position
+  temperature.pt         the fp32 temperature and its Adam state (rank 0)
+  data_rank{r}.pt        per rank: the data-stream position
+  rng_rank{r}.pt         per rank: RNG states (torch, numpy, python, CUDA, the FLIP mask generator)
   loss_rank{r}.pt        per rank: the loss's per-sample state shard (re-partitioned on a new K)
+The parts come from train.checkpoint.parts; train.checkpoint.checkpointer assembles meta.json.
 A crash while writing leaves only a `.tmp-*` directory: `latest` still names the previous one. A failed
 write (full disk) removes its `.tmp-*` and raises CheckpointWriteError naming the directory and its free
 space; weights with NaN / inf are never published, so pruning cannot leave only diverged checkpoints.
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-from train.rank_sync import all_ranks, distributed, from_main
+from train.faults.rank_sync import all_ranks, distributed, from_main
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class CheckpointWriter:
 
     Publishing is fsync (every rank, its node's dirty pages) + one rename + the `latest` pointer, so
     a crash or a full disk at any point leaves `latest` on a complete checkpoint. Ranks agree on
-    every outcome (`train.rank_sync`), so a failure on one rank raises on all of them.
+    every outcome (`train.faults.rank_sync`), so a failure on one rank raises on all of them.
     """
 
     def __init__(self, root: Path, keep_last: int, rank: int, barrier: Callable[[], None]) -> None:

@@ -13,10 +13,9 @@ import math
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
-from train.preemption import PreemptionFlag
-from train.rank_sync import comm_device, distributed
+from train.faults.preemption import PreemptionFlag
+from train.faults.rank_sync import comm_device, distributed
 
 
 class TrainingDiverged(RuntimeError):
@@ -144,19 +143,3 @@ def optimizer_step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) 
             del optimizer.found_inf
     elif not bool(skip):  # e.g. LAMB: one host read per step
         optimizer.step()
-
-
-def local_shards(model: torch.nn.Module) -> list[torch.Tensor]:
-    """This rank's part of every parameter: a DTensor's local shard (FSDP2), a ZeRO-3 partition, or the
-    parameter itself (replicated)."""
-    parts = []
-    for param in model.parameters():
-        if isinstance(param, DTensor):
-            parts.append(param.to_local())
-        elif hasattr(param, "ds_tensor"):  # ZeRO-3: the partition's padding is uninitialised memory, leave it out
-            part = param.ds_tensor.reshape(-1)
-            start = param.ds_zero_partition_rank * part.numel()
-            parts.append(part[: max(0, min(part.numel(), param.ds_numel - start))])
-        else:
-            parts.append(param)
-    return parts

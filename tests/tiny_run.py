@@ -1,25 +1,15 @@
-"""Helpers for trainer tests: fixed synthetic batches and tiny configs (spawn ranks with tests.conftest)."""
+"""The one tiny run of the tests (a recipe dict, as a TrainConfig or a YAML file) and fixed synthetic batches."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from data.config import DataConfig
-from train.config import (
-    BackendConfig,
-    CheckpointConfig,
-    LoggingConfig,
-    ModelSection,
-    OptimConfig,
-    RunConfig,
-    TrainConfig,
-)
-from train.losses import LossConfig
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.ranks import REPO
+from train.backends import variants
+from train.config import TrainConfig
+from train.config_io import from_dict
 
 
 class FixedBatches:
@@ -63,16 +53,39 @@ class FixedBatches:
         return {}
 
 
+def tiny_recipe(out_dir: str, data_path: str = "synthetic", **sections: Any) -> dict[str, Any]:
+    """The tiny fp32 FastCLIP-v3 run as a recipe dict; `sections` are merged into (or replace) its sections."""
+    raw: dict[str, Any] = {
+        "run": {"name": "test", "output_dir": out_dir, "seed": 0},
+        "model": {"name": "tiny"},
+        "data": {"path": data_path, "batch_size": 8, "workers": 0, "image_size": 32},
+        "loss": {"name": "fastclip", "version": "v3", "lr_tau": 1e-3, "rho": 6.5},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "grad_clip": 1.0},
+        "backend": {"name": "ddp"},
+        "checkpoint": {"every_steps": 0, "keep_last": 5},
+        "logging": {"every_steps": 1, "tensorboard": False},
+    }
+    for key, values in sections.items():
+        raw[key] = raw.get(key, {}) | values if isinstance(values, dict) else values
+    return raw
+
+
+def backend_settings(variant: str) -> dict[str, str]:
+    """backend.* of a registered variant ('ddp', 'deepspeed:zero3', ...), with an absolute ds_config."""
+    settings = dict(variants()[variant])
+    if "ds_config" in settings:
+        settings["ds_config"] = str(REPO / settings["ds_config"])
+    return settings
+
+
+def one_variant_per_backend() -> list[str]:
+    """Each registered backend once, in its most sharded variant (DeepSpeed: ZeRO-3)."""
+    last = {variant.split(":")[0]: variant for variant in variants()}
+    return list(last.values())
+
+
 def tiny_config(out_dir: str, backend: str = "ddp", batch_size: int = 8, **loss: Any) -> TrainConfig:
-    """A tiny fp32 run; `loss` fields override FastCLIP-v3 defaults."""
-    ds_config = str(REPO / "ds_configs" / f"{backend.split(':')[1]}.json") if backend.startswith("deepspeed") else ""
-    return TrainConfig(
-        run=RunConfig(name="test", output_dir=out_dir, seed=0),
-        model=ModelSection(name="tiny"),
-        data=DataConfig(path="synthetic", batch_size=batch_size, workers=0, image_size=32),
-        loss=LossConfig(**({"name": "fastclip", "version": "v3", "lr_tau": 1e-3, "rho": 6.5} | loss)),
-        optim=OptimConfig(lr=1e-3, warmup_steps=2, grad_clip=1.0),
-        backend=BackendConfig(name=backend.split(":")[0], ds_config=ds_config),
-        checkpoint=CheckpointConfig(every_steps=0, keep_last=5),
-        logging=LoggingConfig(every_steps=1, tensorboard=False),
-    )
+    """The tiny run on `backend` (a registered variant); `loss` fields override FastCLIP-v3's."""
+    raw = tiny_recipe(out_dir, data={"batch_size": batch_size}, backend=backend_settings(backend))
+    raw["loss"] |= loss
+    return from_dict(TrainConfig, raw, "tiny_config")

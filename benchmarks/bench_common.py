@@ -22,6 +22,8 @@ def machine_description() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        "processor": platform.processor() or platform.machine(),
+        "loadavg_at_start": os.getloadavg(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from benchmarks.bench_common import interleaved_medians, machine_description, write_json
 from model import CLIP, create_model
-from tools.bench_common import interleaved_medians, machine_description, write_json
 
 RATIOS = (0.0, 0.5, 0.75)
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """FastCLIP vs OpenCLIP at small batch on Fashion-MNIST mosaics: one command runs every arm of the study.
 
-  python tools/study.py --dry-run                 # list the arms in run order
-  python tools/study.py --work runs/study         # run (or resume) them all, then write the report
-  python tools/study.py --report-only             # rewrite results/study.{md,png} from results/study.json
+  python studies/study.py --dry-run                 # list the arms in run order
+  python studies/study.py --work runs/study         # run (or resume) them all, then write the report
+  python studies/study.py --report-only   # rewrite studies/results/study.{md,png} from its study.json
 
 Every arm trains the same tiny CLIP (56 px mosaics, patch 14) from scratch in its own single-process
 subprocess (OMP_NUM_THREADS=1) and evaluates text<->image retrieval on 1000 test mosaics with distinct
@@ -30,10 +30,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.study_diagnostics import false_negative_rates, parse_metrics, u_staleness  # noqa: E402
-from tools.study_report import write_report  # noqa: E402
+from studies.study_diagnostics import false_negative_rates, parse_metrics, u_staleness
+from studies.study_report import write_report
 
 logger = logging.getLogger("study")
 REPO = Path(__file__).resolve().parent.parent
@@ -294,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if not study.data:
             study.data = false_negative_rates(work / "data" / "train", s.batch)
         if not study.calibration:
-            from tools.study_calibrate import calibrate  # noqa: PLC0415 (imports torch; not needed to report)
+            from studies.study_calibrate import calibrate  # noqa: PLC0415 (imports torch; not needed to report)
 
             study.calibration = calibrate(s.batch)
         study.save(out / "study.json")

@@ -1,4 +1,4 @@
-"""The study's report: results/study.md (tables, diagnostics) and results/study.png (curves), from its runs."""
+"""The study's report: studies/results/study.md (tables, diagnostics) and study.png (curves), from its runs."""
 
 from __future__ import annotations
 

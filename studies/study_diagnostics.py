@@ -87,7 +87,7 @@ def _features(checkpoint: Path, train_dir: Path) -> tuple[torch.Tensor, torch.Te
     from data.eval_loader import build_eval_loader  # noqa: PLC0415 (heavy imports only when diagnosing)
     from data.tokenizer import get_tokenizer  # noqa: PLC0415
     from evaluation.common import eval_mode  # noqa: PLC0415
-    from train.consolidate import load_model  # noqa: PLC0415
+    from train.checkpoint.consolidate import load_model  # noqa: PLC0415
 
     model, _ = load_model(checkpoint)
     tokenizer = get_tokenizer(model.config.text.context_length)

@@ -12,7 +12,7 @@ import torch
 
 from model import CLIP, create_model
 from train.backends import backend_class
-from train.checkpoint import is_complete, read_meta
+from train.checkpoint.files import is_complete, read_meta
 
 
 def model_from_meta(meta: dict) -> CLIP:

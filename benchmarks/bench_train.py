@@ -1,8 +1,8 @@
 """How close the training loop comes to the model: model-only steps vs the full trainer loop, in one run.
 
-    python tools/bench_train.py                                  # CPU: the demo recipe on 2 ranks
-    python tools/bench_train.py --config recipes/configs/X.yaml data.batch_size=256 --ranks 1 \
-        --backends ddp,fsdp2,zero2,zero3 --out results/bench_train.json
+    python benchmarks/bench_train.py                                  # CPU: the demo recipe on 2 ranks
+    python benchmarks/bench_train.py --config recipes/configs/X.yaml data.batch_size=256 --ranks 1 \
+        --backends ddp,fsdp2,zero2,zero3 --out benchmarks/results/bench_train.json
 
 Every rank builds the real `Trainer` and alternates, round by round, (a) model-only steps: the
 trainer's own `train_step` on one batch resident on the device (forward, loss with its
@@ -29,18 +29,18 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from benchmarks.bench_common import machine_description, write_json
 from model.flops import train_flops_per_sample
-from tools.bench_common import machine_description, write_json
-from train.rank_sync import free_port
+from train.backends import variants
+from train.faults.rank_sync import free_port
 
 DEMO = "recipes/configs/demo_fashion_mnist.yaml"
-BACKENDS = {  # --backends short names -> config overrides
-    "ddp": ["backend.name=ddp"],
-    "fsdp2": ["backend.name=fsdp2"],
-    "zero1": ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero1.json"],
-    "zero2": ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero2.json"],
-    "zero3": ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero3.json"],
-}
+
+
+def backend_choices() -> dict[str, list[str]]:
+    """--backends names (the registry's variants, e.g. deepspeed:zero2, also as zero2) -> config overrides."""
+    full = {name: [f"backend.{k}={v}" for k, v in settings.items()] for name, settings in variants().items()}
+    return full | {name.split(":")[1]: overrides for name, overrides in full.items() if ":" in name}
 PHASES = ("data_wait", "host_to_device", "forward", "loss_and_state", "backward", "optimizer", "logging")
 
 
@@ -88,14 +88,13 @@ def _rank_main(rank: int, world: int, port: int, config: str, overrides: list[st
     if not torch.cuda.is_available():
         os.environ["ACCELERATE_USE_CPU"] = "1"
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    from train.config import load_config
+    from train.setup import load_setup
     from train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run_dir:
         fixed = [f"run.output_dir={run_dir}", "checkpoint.every_steps=0", "eval.every_steps=0",
                  "logging.tensorboard=false", 'eval.zeroshot=""', 'eval.retrieval=""']  # fmt: skip
-        cfg = load_config(config, overrides + fixed)
-        trainer = Trainer(cfg)
+        trainer = Trainer(load_setup(config, overrides + fixed))
         try:
             result = _measure(trainer, args)
         finally:
@@ -173,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=DEMO, help="recipe YAML (default: the demo recipe)")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides of the recipe")
     parser.add_argument("--ranks", type=int, default=0, help="processes (default: 1 per GPU, else 2 on CPU)")
-    parser.add_argument("--backends", default="", help=f"comma-separated, from {sorted(BACKENDS)}; "
+    choices = backend_choices()
+    parser.add_argument("--backends", default="", help=f"comma-separated, from {sorted(choices)}; "
                         "default: the recipe's own backend")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="steps per round and mode")
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds (medians over them)")
@@ -183,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ranks = args.ranks or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
     names = [b for b in args.backends.split(",") if b]
-    unknown = [b for b in names if b not in BACKENDS]
+    unknown = [b for b in names if b not in choices]
     if unknown:
-        parser.error(f"--backends: unknown {unknown}; choose from {sorted(BACKENDS)}")
+        parser.error(f"--backends: unknown {unknown}; choose from {sorted(choices)}")
     knobs = {"steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
              "breakdown_steps": args.breakdown_steps}  # fmt: skip
     results: list[dict[str, Any]] = []
     for name in names or [""]:  # each backend's row is printed and written as soon as it is measured
-        result = run_config(args.config, args.overrides + BACKENDS.get(name, []), ranks, knobs)
+        result = run_config(args.config, args.overrides + choices.get(name, []), ranks, knobs)
         first = results[0] if results else result
         results.append(result | {"vs_first_backend": result["trainer_samples_per_s"] / first["trainer_samples_per_s"]})
         print(_table(results), flush=True)

@@ -7,7 +7,7 @@ then `--shards shards/fmnist/train`). open_clip's side is `open_clip_train.data.
 is `data.loader.build_train_loader`. Runs are interleaved (ours, theirs, per worker count,
 per repeat) so machine noise hits both; the median of the repeats is reported.
 
-  python tools/bench_data.py --shards shards/fmnist/train --out bench_data.json
+  python benchmarks/bench_data.py --shards shards/fmnist/train --out bench_data.json
 """
 
 from __future__ import annotations
@@ -15,20 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from argparse import Namespace
 
-import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data.config import DataConfig  # noqa: E402
-from data.loader import build_train_loader  # noqa: E402
-from data.manifest import resolve_shards  # noqa: E402
-from data.transforms import normalize_pixels  # noqa: E402
+from benchmarks.bench_common import machine_description
+from data.config import DataConfig
+from data.loader import build_train_loader
+from data.manifest import resolve_shards
+from data.transforms import normalize_pixels
 
 
 def ours(shards: str, batch_size: int, workers: int, image_size: int):
@@ -87,14 +83,6 @@ def measure(make, shards, batch_size, workers, image_size, warmup: int, batches:
     return n / elapsed
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_at_start": os.getloadavg(),
-        "processor": platform.processor() or platform.machine(),
-    }  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard directory with manifest.json (e.g. Fashion-MNIST train)")
@@ -109,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     workers = [int(w) for w in args.workers.split(",")]
     pipelines = {"ours": ours, "open_clip": open_clip_pipeline}
     runs: dict[tuple[str, int], list[float]] = {(n, w): [] for n in pipelines for w in workers}
-    info = machine()
+    info = machine_description()
     for rep in range(args.repeats):
         for w in workers:
             for name, make in pipelines.items():

@@ -35,8 +35,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from benchmarks.bench_common import machine_description, write_json
 from model import create_model
-from tools.bench_common import machine_description, write_json
 from train.losses import LossConfig, build_loss, tau_spec
 from train.losses.sample_state import state_bytes_per_rank
 

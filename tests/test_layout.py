@@ -1,0 +1,119 @@
+"""The house rules that a refactor could break: no import circle, one resolve step, the demo goes through train.cli."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ranks import REPO
+from train.setup import launcher_conflicts, load_setup
+
+PACKAGES = ("model", "data", "train", "evaluation", "tools", "benchmarks", "studies")
+DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports at module level or in functions (TYPE_CHECKING blocks excluded)."""
+    modules = {_module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
+            node.test) for n in ast.walk(node)}  # fmt: skip
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        # importing a submodule runs its package's __init__ too
+        graph[name] = {t for t in targets if t in modules and t != name}
+        graph[name] |= {".".join(t.split(".")[:i]) for t in graph[name] for i in range(1, t.count(".") + 1)} & set(
+            modules) - {name} - {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}  # fmt: skip
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_has_no_circle() -> None:
+    graph = import_graph()
+    assert "train.setup" in graph and "train.backends" in graph["train.setup"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_config_dataclasses_import_no_backend() -> None:
+    graph = import_graph()
+    assert not {m for m in graph["train.config"] if m.startswith(("train.backends", "train.setup", "train.checkpoint"))}
+
+
+def test_setup_resolves_everything_once() -> None:
+    setup = load_setup(DEMO, ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero2.json"])
+    assert setup.loss.is_resolved and setup.loss.version == "v3"
+    assert setup.model_config.vision.image_size == setup.cfg.data.image_size
+    assert setup.backend_cls.name == "deepspeed"
+    assert setup.backend_options["ds_config"]["train_micro_batch_size_per_gpu"] == setup.cfg.data.batch_size
+
+
+def test_accelerate_config_conflicts_name_the_key() -> None:
+    cfg = load_setup(DEMO).cfg  # fp32, ddp
+    assert launcher_conflicts(cfg, {"ACCELERATE_MIXED_PRECISION": "no"}) == []
+    lines = launcher_conflicts(cfg, {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_DEEPSPEED": "true",
+                                     "ACCELERATE_USE_FSDP": "true"})  # fmt: skip
+    assert len(lines) == 3
+    assert lines[0].startswith("mixed_precision: 'bf16' is ignored") and "backend.precision 'fp32'" in lines[0]
+    assert "DEEPSPEED" in lines[1] and "FSDP" in lines[2]
+    ds = load_setup(DEMO, ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero2.json"]).cfg
+    (line,) = launcher_conflicts(ds, {"ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds_configs/zero3.json"})
+    assert "deepspeed_config_file 'ds_configs/zero3.json' is ignored" in line
+
+
+@pytest.mark.slow
+def test_demo_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "fastclip_demo.py"), "--dry-run", f"run.output_dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "global batch" in done.stdout and "memory per GPU" in done.stdout
+    assert not out.exists()
+    bad = subprocess.run([sys.executable, str(REPO / "recipes" / "fastclip_demo.py"), "optim.lr=-1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "config error" in bad.stderr and "optim" in bad.stderr

@@ -1,0 +1,109 @@
+"""One owner of a run's checkpoints: what meta.json holds, which checkpoint `latest` resumes, whether a
+checkpoint may be resumed by this run (backend, world size, config), saving and pruning."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from train.checkpoint.compat import check_resume_config
+from train.checkpoint.files import (
+    LATEST,
+    CheckpointWriter,
+    checkpoint_name,
+    is_complete,
+    read_meta,
+    resolve_resume,
+    resolve_resume_on_main,
+)
+from train.checkpoint.parts import Part, load_parts, save_parts
+from train.config import TrainConfig
+from train.config_io import ConfigError, to_dict
+
+logger = logging.getLogger("fastflip")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A step_* directory, or a run's checkpoints dir / its `latest` pointer (resolved as resume does);
+    what tools/evaluate.py and tools/export.py accept."""
+    p = Path(path)
+    if p.name == LATEST and p.is_file():
+        p = p.parent
+    if is_complete(p):
+        return p
+    return resolve_resume(p, LATEST) or p
+
+
+class Checkpointer:
+    """The checkpoints of one run under `<run.output_dir>/checkpoints`; every rank holds one.
+
+    `parts` is the map of what a checkpoint holds (train.checkpoint.parts); meta.json (progress, world size,
+    backend, the resolved config and facts measured from the data) is assembled here and written last.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, parts: dict[str, Part], rank: int, world_size: int, barrier: Callable[[], None]
+    ) -> None:
+        self.cfg = cfg
+        self.parts = parts
+        self.rank = rank
+        self.world_size = world_size
+        self.root = Path(cfg.run.output_dir) / "checkpoints"
+        self.writer = CheckpointWriter(self.root, cfg.checkpoint.keep_last, rank, barrier)
+
+    def has(self, step: int) -> bool:
+        return is_complete(self.root / checkpoint_name(step))
+
+    def resume_target(self) -> Path | None:
+        """What checkpoint.resume names (decided on rank 0); a fresh run refuses a directory that already
+        holds checkpoints, so a forgotten `resume=latest` never overwrites an earlier run."""
+        path = resolve_resume_on_main(self.root, self.cfg.checkpoint.resume)
+        if path is None and any(is_complete(p) for p in self.root.glob("step_*")):
+            raise FileExistsError(
+                f"{self.root} already holds checkpoints of an earlier run: set checkpoint.resume=latest to "
+                "continue it, or choose another run.output_dir"
+            )
+        return path
+
+    def save(self, progress: dict[str, Any], dataset: dict[str, Any], weights_finite: Callable[[], bool]) -> Path:
+        """Write every part, then meta.json; `progress` holds step, epoch, phase and the guard's counters."""
+        meta = progress | {
+            "world_size": self.world_size,
+            "backend": self.cfg.backend.name,
+            "config": to_dict(self.cfg),
+            "dataset": dataset,
+        }
+        return self.writer.save(
+            progress["step"], lambda directory: save_parts(self.parts, directory, self.rank), meta, weights_finite
+        )
+
+    def check_resumable(self, path: Path, dataset: dict[str, Any], global_batch: int, resumes_elsewhere: bool) -> dict:
+        """Refuse a checkpoint this run cannot continue (before anything is loaded); return its meta.
+
+        `dataset`: this run's facts measured from the data; `resumes_elsewhere`: whether the backend's
+        checkpoints load on another number of ranks. The per-rank batch may differ when the global batch is kept.
+        """
+        meta = read_meta(path)
+        if meta["backend"] != self.cfg.backend.name:
+            raise ConfigError(
+                f"{path} was written by backend {meta['backend']!r}, this run uses {self.cfg.backend.name!r}"
+            )
+        saved, current = meta["config"], to_dict(self.cfg)
+        if "dataset" in meta:  # facts measured from the data (older checkpoints lack them)
+            saved, current = saved | {"dataset": meta["dataset"]}, current | {"dataset": dataset}
+        allowed = list(self.cfg.checkpoint.allow_changes)
+        if meta["world_size"] * saved["data"]["batch_size"] == global_batch:  # another world size, same global
+            allowed.append("data.batch_size")  # batch: the per-rank batch follows the number of ranks
+        changes = check_resume_config(saved, current, allowed, str(path))
+        if changes and self.rank == 0:
+            logger.info("config changes since %s:\n  %s", path.name, "\n  ".join(changes))
+        if meta["world_size"] != self.world_size and not resumes_elsewhere:
+            raise ConfigError(f"{path}: backend {self.cfg.backend.name} cannot resume a {meta['world_size']}-rank "
+                              f"checkpoint on {self.world_size} ranks")  # fmt: skip
+        return meta
+
+    def load(self, path: Path, saved_world: int) -> None:
+        """Restore every part (collective); a different world size re-partitions what can be."""
+        load_parts(self.parts, path, self.rank, saved_world, self.world_size)

@@ -1,0 +1,90 @@
+"""Resolve a run once: YAML + overrides -> a validated config, its model config, loss config, temperature
+spec and backend class. The trainer, the dry run, the CLI, the demo and bench_train take the result."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model import CLIPConfig, get_model_config
+from train.backends import Backend, backend_class
+from train.checkpoint.compat import check_allow_changes
+from train.config import TrainConfig
+from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from train.losses import LossConfig, TauSpec, tau_spec
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything a run derives from its config, computed once."""
+
+    cfg: TrainConfig
+    model_config: CLIPConfig
+    loss: LossConfig  # resolved: aliases and per-version defaults filled in
+    tau: TauSpec
+    backend_cls: type[Backend]
+    backend_options: dict[str, Any]  # the backend's own options, resolved (e.g. DeepSpeed's JSON)
+    launcher_conflicts: tuple[str, ...] = ()  # accelerate config settings the recipe overrides (warned)
+
+
+def resolve(cfg: TrainConfig) -> RunSetup:
+    """Section checks, then the checks across sections; raises ValueError naming the key."""
+    cfg.validate()
+    try:
+        model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"model.overrides: {err}") from err
+    vision = model_config.vision
+    if cfg.data.image_size != vision.image_size:
+        raise ValueError(
+            f"data.image_size {cfg.data.image_size} differs from model {cfg.model.name}'s image size "
+            f"{vision.image_size}; set data.image_size: {vision.image_size} (or model.overrides.vision_image_size)"
+        )
+    check_allow_changes(cfg.checkpoint.allow_changes, to_dict(cfg))
+    backend_cls = backend_class(cfg.backend.name)
+    backend_options = backend_cls.check_config(cfg, vision.width)  # before any process group exists
+    loss = cfg.loss.resolved()
+    conflicts = tuple(launcher_conflicts(cfg, os.environ))
+    return RunSetup(cfg, model_config, loss, tau_spec(loss), backend_cls, backend_options, conflicts)
+
+
+_ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def launcher_conflicts(cfg: TrainConfig, env: Mapping[str, str]) -> list[str]:
+    """The accelerate config's settings (exported by `accelerate launch`) that disagree with the recipe, which
+    decides: each line names the accelerate key and the recipe key that wins."""
+    lines = []
+    precision = env.get("ACCELERATE_MIXED_PRECISION")
+    if precision is not None and _ACCELERATE_PRECISION.get(precision, precision) != cfg.backend.precision:
+        lines.append(f"mixed_precision: {precision!r} is ignored; the recipe's backend.precision "
+                     f"{cfg.backend.precision!r} is used")  # fmt: skip
+    if env.get("ACCELERATE_USE_DEEPSPEED") == "true" and cfg.backend.name != "deepspeed":
+        lines.append(f"deepspeed_config / distributed_type DEEPSPEED is ignored; the recipe's backend.name "
+                     f"{cfg.backend.name!r} is used")  # fmt: skip
+    ds_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if ds_file and cfg.backend.name == "deepspeed" and Path(ds_file).resolve() != Path(cfg.backend.ds_config).resolve():
+        lines.append(f"deepspeed_config.deepspeed_config_file {ds_file!r} is ignored; the recipe's backend.ds_config "
+                     f"{cfg.backend.ds_config!r} is used")  # fmt: skip
+    if env.get("ACCELERATE_USE_FSDP") == "true" and cfg.backend.name != "fsdp2":
+        lines.append(f"fsdp_config / distributed_type FSDP is ignored; the recipe's backend.name "
+                     f"{cfg.backend.name!r} is used")  # fmt: skip
+    return lines
+
+
+def load_setup(path: str | Path, overrides: list[str] | None = None) -> RunSetup:
+    """YAML file + `key.path=value` overrides -> RunSetup; every error is a ConfigError naming file and key."""
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    cfg = from_dict(TrainConfig, raw, str(path))
+    try:
+        return resolve(cfg)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """The validated TrainConfig of `load_setup` (for tools that only read the config)."""
+    return load_setup(path, overrides).cfg
