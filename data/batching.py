@@ -6,6 +6,7 @@ import functools
 import io
 import logging
 import os
+import signal
 
 import torch
 from PIL import Image
@@ -64,16 +65,25 @@ def finish(batch: dict) -> dict:
 def make_dataloader(
     dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int, worker_priority: str = "normal"
 ) -> DataLoader:
-    """Each item is a whole batch (batch_size=None); workers persist across epochs and run at
-    `worker_priority` (see DataConfig)."""
+    """Each item is a whole batch (batch_size=None); workers persist across epochs, run at
+    `worker_priority` (see DataConfig) and ignore the preemption signals (`_init_worker`)."""
     return DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=None if worker_priority == "normal" else functools.partial(_set_priority, worker_priority),
+        worker_init_fn=functools.partial(_init_worker, worker_priority),
     )  # fmt: skip
 
 
-def _set_priority(priority: str, worker_id: int) -> None:
+# A launcher signals each rank's whole process group, and `scancel` every process of a job step: a loader
+# worker that died of one of these would fail its rank mid-step (torch's worker SIGTERM handler exits unless
+# the signal came from its parent). The rank handles them (saves the step, exits 75) and stops its workers
+# itself; a worker whose rank died anyway exits through the loader's parent watchdog.
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _init_worker(priority: str, worker_id: int) -> None:
+    for sig in WORKER_IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     if priority == "low":
         os.nice(19)  # clamped to the lowest priority, 19
     elif priority == "idle":

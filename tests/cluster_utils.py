@@ -26,10 +26,10 @@ CPU_CONFIG = str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml")
 
 
 def write_recipe(directory: Path, shards: str, **sections: Any) -> Path:
-    """The tiny run as a ddp recipe on `shards` (5 steps per epoch on 2 ranks x 4, checkpoints every 2 steps,
-    2 epochs) with `sections` merged in; returns its path."""
-    base = {"data": {"batch_size": 4, "shuffle_window": 16}, "checkpoint": {"every_steps": 2, "keep_last": 3},
-            "run": {"name": "cluster"}, "epochs": 2}  # fmt: skip
+    """The tiny run as a ddp recipe on `shards` (5 steps per epoch on 2 ranks x 4, one loader worker per rank as
+    every shipped recipe has, checkpoints every 2 steps, 2 epochs) with `sections` merged in; returns its path."""
+    base = {"data": {"batch_size": 4, "shuffle_window": 16, "workers": 1},
+            "checkpoint": {"every_steps": 2, "keep_last": 3}, "run": {"name": "cluster"}, "epochs": 2}  # fmt: skip
     raw = tiny_recipe(str(directory / "run"), shards, **base)
     for key, values in sections.items():
         raw[key] = raw.get(key, {}) | values if isinstance(values, dict) else values

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from tests.cluster_utils import (
     crash_report,
     finish,
     finish_all,
-    job_env,
     logged_steps,
     run,
     start,
@@ -28,10 +26,8 @@ from tests.cluster_utils import (
     workers,
     write_recipe,
 )
-from tests.ranks import REPO
 from train.checkpoint.consolidate import consolidated_state_dict
 from train.checkpoint.files import resolve_resume
-from train.cli import EXIT_PREEMPTED
 from train.faults.rank_sync import free_port
 
 pytestmark = pytest.mark.slow
@@ -39,19 +35,6 @@ pytestmark = pytest.mark.slow
 
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_sigterm_saves_the_current_step_and_exits_preempted(shards: str, tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, shards, epochs=40, checkpoint={"every_steps": 0})
-    job = start(recipe)
-    wait_for_step(tmp_path / "run", 3, job)
-    for pid in workers(job.pid).values():  # (tools/slurm_train.sbatch's launcher path is tested below)
-        os.kill(pid, signal.SIGTERM)
-    code, out = finish(job)
-    assert code != 0 and f"exitcode  : {EXIT_PREEMPTED}" in out, crash_report(out)  # the launcher's summary
-    saved = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
-    assert saved is not None and f"preempted at step {int(saved.name[5:])}" in out
-    assert int(saved.name[5:]) == logged_steps(tmp_path / "run")[-1] >= 3  # nothing trained is lost
 
 
 def test_killed_run_resumes_without_repeating_logged_steps(shards: str, tmp_path: Path) -> None:
@@ -125,37 +108,3 @@ def test_two_nodes_train_and_resume_as_one_node(shards: str, tmp_path: Path) -> 
     assert code == 0, crash_report(out)
     one_node = {r["step"]: r["train/loss"] for r in _metrics(tmp_path / "one_node") if "train/loss" in r}
     assert one_node == {step: two_nodes[step] for step in range(5, 11)}  # bitwise: same ranks, same data
-
-
-def test_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_finishes(shards: str, tmp_path: Path) -> None:
-    """tools/slurm_train.sbatch (the README's) with `srun` and `scontrol` stand-ins on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
-    (bin_dir / "scontrol").write_text(
-        '#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; else echo "$@" >> "$REQUEUE_LOG"; fi\n'
-    )
-    (bin_dir / "accelerate").symlink_to(REPO / ".venv" / "bin" / "accelerate")
-    for stub in ("srun", "scontrol"):
-        (bin_dir / stub).chmod(0o755)
-    recipe = write_recipe(tmp_path, shards, epochs=40, checkpoint={"every_steps": 0})
-    env = job_env(
-        PATH=f"{bin_dir}:{os.environ['PATH']}", REQUEUE_LOG=str(tmp_path / "requeued"), SLURM_JOB_ID="42",
-        SLURM_JOB_NODELIST="localhost", SLURM_NNODES="1", SLURM_NODEID="0", GPUS_PER_NODE="2",
-        ACCELERATE_CONFIG=str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml"), MASTER_PORT=str(free_port()),
-    )  # fmt: skip
-    script = [str(REPO / "tools" / "slurm_train.sbatch"), str(recipe)]
-    job = subprocess.Popen(["bash", *script], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True)  # fmt: skip
-    wait_for_step(tmp_path / "run", 3, job)
-    job.send_signal(signal.SIGUSR1)  # `#SBATCH --signal=B:USR1@300`: the batch script alone is signalled
-    code, out = finish(job)
-    assert code == 0 and (tmp_path / "requeued").read_text().split() == ["requeue", "42"], crash_report(out)
-    saved = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
-    assert saved is not None and int(saved.name[5:]) == logged_steps(tmp_path / "run")[-1] >= 3
-    # The requeued job: same script, resumes from latest and finishes the plan.
-    env["MASTER_PORT"] = str(free_port())
-    code, out = finish(subprocess.Popen(["bash", *script], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True))  # fmt: skip
-    assert code == 0, crash_report(out)
-    assert logged_steps(tmp_path / "run") == list(range(1, 201))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from data.tokenizer import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN, get_tokenizer
+from data.tokenizer import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN, _simple_tokenizer, bound_caption, get_tokenizer
 
 
 def test_sot_eot_and_padding() -> None:
@@ -40,3 +42,16 @@ def test_repeated_captions_come_from_the_cache_with_the_same_ids() -> None:
     assert torch.equal(tokenizer(texts), reference)
     assert set(texts) <= set(tokenizer._cache)  # the second call is served from the cache ...
     assert torch.equal(tokenizer(texts), reference)  # ... with the same ids
+
+
+def test_long_captions_are_bounded_before_bpe_and_keep_what_the_context_holds() -> None:
+    tok = get_tokenizer()
+    words = "a photo of the quick brown fox jumping over three lazy dogs near a river at sunset".split()
+    long_text = "   ".join(words * 40)  # 680 words: far past 77 tokens, with whitespace runs to collapse
+    exact = _simple_tokenizer()([long_text], context_length=77)
+    assert torch.equal(tok([long_text]), exact)  # the tokens a context can hold are unchanged
+    assert len(bound_caption(long_text, 77)) <= 77 * 33
+    started = time.perf_counter()
+    ids = tok(["x" * 100_000 + " cat"])  # one 100,000-letter word: 55 s of BPE before the bound
+    assert time.perf_counter() - started < 2.0
+    assert ids[0, 0] == SOT_TOKEN and (ids[0] == EOT_TOKEN).sum() == 1

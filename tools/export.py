@@ -24,7 +24,7 @@ from model.convert_hf import save_hf
 from model.convert_open_clip import save_open_clip
 from train.checkpoint.checkpointer import find_checkpoint
 from train.checkpoint.consolidate import consolidated_state_dict
-from train.checkpoint.files import read_meta
+from train.checkpoint.files import damage, read_meta
 
 logger = logging.getLogger("export")
 
@@ -102,6 +102,8 @@ def info(checkpoint: str | Path) -> list[str]:
         _model_line(cfg["model"]),
         f"loss {loss.get('name', '?')} {loss.get('version') or ''}".rstrip(),
         "files: " + ", ".join(files),
+        _verification(path, meta),
+        _health(meta),
         f"per-sample state: {len(shards)} shards",
     ]
     total = 0
@@ -111,6 +113,21 @@ def info(checkpoint: str | Path) -> list[str]:
         lines.append(f"  {shard.name}: " + " ".join(_describe(state)))
     lines.append(f"per-sample state total: {_human(total)}")
     return lines
+
+
+def _verification(path: Path, meta: dict[str, Any]) -> str:
+    """Every file against the size and checksum meta.json recorded when the checkpoint was written."""
+    if "files" not in meta:
+        return "verification: not recorded (written before checksums were kept)"
+    problem = damage(path)
+    return f"verification: DAMAGED: {problem}" if problem else f"verification: {len(meta['files'])} files intact"
+
+
+def _health(meta: dict[str, Any]) -> str:
+    health = meta.get("health")
+    if health is None:
+        return "health: not recorded"
+    return "health: healthy" if health["healthy"] else f"health: unhealthy ({health['reason']})"
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:

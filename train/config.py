@@ -111,15 +111,21 @@ class CheckpointConfig:
     """When to save, how many to keep, and what to resume from (None, 'latest' or a path)."""
 
     every_steps: int = 1000
-    keep_last: int = 3
+    keep_last: int = 3  # newest checkpoints kept; the newest healthy one and the milestones are kept besides
+    keep_every_steps: int = 0  # checkpoints at multiples of this step are never pruned (milestones); 0 = none
+    # A checkpoint is healthy when no step before it was skipped as non-finite in a row and its recent loss (mean
+    # of the last 10 steps) is at most this factor times the newest healthy checkpoint's (train.checkpoint.files).
+    healthy_loss_factor: float = 1.5
     resume: str | None = None
     # Keys (or sections) that may differ from the checkpoint's config on resume although they change what is
     # trained or how the run is planned (see train.checkpoint.compat.REFUSED), e.g. [data.batch_size].
     allow_changes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        if self.every_steps < 0 or self.keep_last < 1:
-            raise ValueError("checkpoint.every_steps must be >= 0 and checkpoint.keep_last >= 1")
+        if self.every_steps < 0 or self.keep_last < 1 or self.keep_every_steps < 0:
+            raise ValueError("checkpoint.every_steps and keep_every_steps must be >= 0 and checkpoint.keep_last >= 1")
+        if not (math.isfinite(self.healthy_loss_factor) and self.healthy_loss_factor >= 1):
+            raise ValueError(f"checkpoint.healthy_loss_factor must be >= 1, got {self.healthy_loss_factor}")
 
 
 @dataclass

@@ -29,9 +29,10 @@ from train.checkpoint.parts import checkpoint_parts
 from train.config import TrainConfig
 from train.config_io import to_dict
 from train.evaluator import Evaluator
-from train.faults.nonfinite import StepGuard, all_finite
+from train.faults.nonfinite import StepGuard, TrainingDiverged, all_finite
 from train.faults.preemption import PreemptionFlag
-from train.faults.rank_sync import all_ranks, summed
+from train.faults.rank_sync import all_ranks, from_main, summed
+from train.faults.run_lock import RunDirectoryLocked, RunLock
 from train.faults.timeouts import set_collective_timeout, watch
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, setup_console_logging
@@ -91,6 +92,7 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self._batches: Iterator[dict] | None = None
         self.out = Path(cfg.run.output_dir)
+        self.lock = self._lock_run_directory()
         resume_from = self.checkpoints.resume_target()
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -108,6 +110,19 @@ class Trainer:
         self._window = _Window()
 
     # ----- construction -------------------------------------------------------------------
+    def _lock_run_directory(self) -> RunLock | None:
+        """Rank 0 locks run.output_dir for the run's life; every rank raises RunDirectoryLocked if it is taken."""
+        lock, error = RunLock(self.out) if self.backend.is_main else None, None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except RunDirectoryLocked as err:
+                error = str(err)
+        error = from_main(error)
+        if error is not None:
+            raise RunDirectoryLocked(error)
+        return lock
+
     def _build_model(self) -> CLIP:
         cfg = self.cfg.model
         model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
@@ -190,6 +205,8 @@ class Trainer:
         try:
             self.train_steps(total)
             self.guard.drain()  # the last steps' flags: divergence or a late preemption signal
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err}; {self.checkpoints.resume_advice()}") from None
         finally:
             self.guard.preemption.restore()
         wall = time.perf_counter() - started
@@ -287,6 +304,8 @@ class Trainer:
         """Close the metric files (also after an error) and leave the process group (see `Backend.close`);
         `with Trainer(cfg) as trainer:` calls it."""
         self.metrics.close()
+        if self.lock is not None:
+            self.lock.release()
         self.backend.close(completed)
 
     def __enter__(self) -> Trainer:
@@ -298,11 +317,17 @@ class Trainer:
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Every part of the state map, then meta.json (progress) last; never NaN / inf weights."""
+        recent = self.losses[max(self.step - 10, 0) : self.step]  # a save waits for the device anyway
+        recent = recent[torch.isfinite(recent)]
+        nonfinite = self.guard.state_dict()
         progress = {
             "step": self.step,
             "epoch": self.epoch,
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
-            "nonfinite": self.guard.state_dict(),
+            "nonfinite": nonfinite,
+            "health": self.checkpoints.health(
+                float(recent.mean()) if recent.numel() else None, nonfinite["in_a_row"]
+            ),
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
             path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)

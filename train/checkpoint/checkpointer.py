@@ -4,6 +4,7 @@ checkpoint may be resumed by this run (backend, world size, config), saving and 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from train.checkpoint.files import (
     CheckpointWriter,
     checkpoint_name,
     is_complete,
+    last_healthy,
     read_meta,
     resolve_resume,
     resolve_resume_on_main,
@@ -51,7 +53,8 @@ class Checkpointer:
         self.rank = rank
         self.world_size = world_size
         self.root = Path(cfg.run.output_dir) / "checkpoints"
-        self.writer = CheckpointWriter(self.root, cfg.checkpoint.keep_last, rank, barrier)
+        c = cfg.checkpoint
+        self.writer = CheckpointWriter(self.root, c.keep_last, rank, barrier, c.keep_every_steps)
 
     def has(self, step: int) -> bool:
         return is_complete(self.root / checkpoint_name(step))
@@ -67,8 +70,33 @@ class Checkpointer:
             )
         return path
 
+    def health(self, recent_loss: float | None, nonfinite_in_a_row: int) -> dict[str, Any]:
+        """Whether a checkpoint written now is healthy: no non-finite streak is running and the recent loss stays
+        within checkpoint.healthy_loss_factor of the newest healthy checkpoint's (the first one is the reference).
+        `recent_loss` None: no step since the last (re)start, nothing to compare."""
+        reference = None
+        if (healthy := last_healthy(self.root)) is not None:
+            reference = read_meta(healthy).get("health", {}).get("recent_loss")
+        factor = self.cfg.checkpoint.healthy_loss_factor
+        if nonfinite_in_a_row:
+            reason = f"written during a streak of {nonfinite_in_a_row} non-finite steps"
+        elif recent_loss is not None and not math.isfinite(recent_loss):
+            reason = "recent loss is not finite"
+        elif None not in (recent_loss, reference) and recent_loss > factor * reference:
+            reason = f"recent loss {recent_loss:.4g} left its range (> {factor:g} x {reference:.4g})"
+        else:
+            reason = ""
+        return {"healthy": not reason, "recent_loss": recent_loss, "reason": reason}
+
+    def resume_advice(self) -> str:
+        """Where a diverged run should restart: the newest healthy checkpoint, named."""
+        healthy = last_healthy(self.root)
+        if healthy is None:
+            return "no healthy checkpoint was written: start again with a new run.output_dir"
+        return f"the last healthy checkpoint is {healthy}: resume with checkpoint.resume={healthy}"
+
     def save(self, progress: dict[str, Any], dataset: dict[str, Any], weights_finite: Callable[[], bool]) -> Path:
-        """Write every part, then meta.json; `progress` holds step, epoch, phase and the guard's counters."""
+        """Write every part, then meta.json; `progress` holds step, epoch, phase, the guard's counters, health."""
         meta = progress | {
             "world_size": self.world_size,
             "backend": self.cfg.backend.name,

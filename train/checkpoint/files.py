@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from train.faults.rank_sync import all_ranks, distributed, from_main
 logger = logging.getLogger(__name__)
 
 META = "meta.json"
+DAMAGED = "damaged: "  # marks a CheckpointDamaged answer when rank 0 broadcasts it
 LATEST = "latest"
 
 
@@ -41,31 +43,97 @@ def is_complete(path: Path) -> bool:
     return (path / META).is_file()
 
 
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint file is missing, truncated or altered since it was written (its meta.json records each one)."""
+
+
 def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((path / META).read_text())
+    try:
+        return json.loads((path / META).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointDamaged(f"{path / META} is torn or corrupt ({err})") from err
+
+
+def file_records(directory: Path) -> dict[str, dict[str, int]]:
+    """Size and CRC-32 of every file below `directory` (relative paths), as meta.json's `files` records them."""
+    records = {}
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != META):
+        crc = 0
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                crc = zlib.crc32(chunk, crc)
+        records[str(file.relative_to(directory))] = {"size": file.stat().st_size, "crc32": crc}
+    return records
+
+
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted ("<file>: <what>"), or None when every recorded file is
+    intact. Checkpoints from before the records were kept are checked for a readable meta.json only."""
+    try:
+        meta = read_meta(path)
+    except CheckpointDamaged as err:
+        return str(err)
+    recorded = meta.get("files")
+    if recorded is None:
+        return None
+    found = file_records(path)
+    for name, want in recorded.items():
+        got = found.get(name)
+        if got is None:
+            return f"{path / name}: missing"
+        if got["size"] != want["size"]:
+            return f"{path / name}: {got['size']} bytes, {want['size']} when written (truncated or replaced)"
+        if got["crc32"] != want["crc32"]:
+            return f"{path / name}: checksum differs from the one recorded when it was written"
+    return None
+
+
+def is_healthy(meta: dict[str, Any]) -> bool:
+    """Checkpoints from before health was recorded count as healthy."""
+    return bool(meta.get("health", {}).get("healthy", True))
+
+
+def last_healthy(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root` that was healthy when written (see CheckpointConfig)."""
+    for path in sorted((p for p in root.glob("step_*") if is_complete(p)), reverse=True):
+        try:
+            if is_healthy(read_meta(path)):
+                return path
+        except CheckpointDamaged:
+            continue
+    return None
 
 
 def resolve_resume(root: Path, resume: str | None) -> Path | None:
-    """`None` -> no resume; `latest` -> the checkpoint `latest` names (without a pointer: the newest complete
-    one, or None on a fresh run); else a path."""
+    """`None` -> no resume; `latest` -> the newest intact checkpoint (the one `latest` names, or, when that one is
+    damaged, the newest intact before it, with a warning naming the bad file); else a path, refused if damaged."""
     if resume is None:
         return None
-    if resume == LATEST:
-        pointer = root / LATEST
-        if not pointer.is_file():  # e.g. killed between rename and pointer update: newest complete one
-            done = sorted(p for p in root.glob("step_*") if is_complete(p))
-            return done[-1] if done else None
-        path = root / pointer.read_text().strip()
+    if resume != LATEST:
+        path = Path(resume)
         if not is_complete(path):
-            raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint ({META} missing)")
+            raise FileNotFoundError(
+                f"checkpoint.resume: {path} is not a complete checkpoint directory ({META} missing); "
+                f"use 'latest' or a step_* directory under {root}"
+            )
+        if (problem := damage(path)) is not None:
+            raise CheckpointDamaged(f"checkpoint.resume: {problem}; resume from another step_* directory or 'latest'")
         return path
-    path = Path(resume)
-    if not is_complete(path):
-        raise FileNotFoundError(
-            f"checkpoint.resume: {path} is not a complete checkpoint directory ({META} missing); "
-            f"use 'latest' or a step_* directory under {root}"
-        )
-    return path
+    pointer = root / LATEST
+    done = sorted(p for p in root.glob("step_*") if is_complete(p))
+    if pointer.is_file():  # without one (killed between rename and pointer update): the newest complete one
+        named = root / pointer.read_text().strip()
+        if not is_complete(named):
+            raise FileNotFoundError(f"{pointer} names {named}, which is not a complete checkpoint ({META} missing)")
+        done = [p for p in done if p.name <= named.name]
+    for candidate in reversed(done):
+        problem = damage(candidate)
+        if problem is None:
+            return candidate
+        logger.warning("checkpoint %s is damaged (%s); trying the one before it", candidate.name, problem)
+    if done:
+        raise CheckpointDamaged(f"every checkpoint under {root} is damaged (the newest: {damage(done[-1])})")
+    return None
 
 
 def resolve_resume_on_main(root: Path, resume: str | None) -> Path | None:
@@ -78,9 +146,11 @@ def resolve_resume_on_main(root: Path, resume: str | None) -> Path | None:
             answer = (None if path is None else str(path), None)
         except FileNotFoundError as err:
             answer = (None, str(err))
+        except CheckpointDamaged as err:
+            answer = (None, DAMAGED + str(err))
     path, error = from_main(answer)
     if error is not None:
-        raise FileNotFoundError(error)
+        raise (CheckpointDamaged if error.startswith(DAMAGED) else FileNotFoundError)(error.removeprefix(DAMAGED))
     return None if path is None else Path(path)
 
 
@@ -100,9 +170,12 @@ class CheckpointWriter:
     every outcome (`train.faults.rank_sync`), so a failure on one rank raises on all of them.
     """
 
-    def __init__(self, root: Path, keep_last: int, rank: int, barrier: Callable[[], None]) -> None:
+    def __init__(
+        self, root: Path, keep_last: int, rank: int, barrier: Callable[[], None], keep_every_steps: int = 0
+    ) -> None:
         self.root = root
         self.keep_last = keep_last
+        self.keep_every_steps = keep_every_steps
         self.rank = rank
         self.barrier = barrier
 
@@ -117,7 +190,8 @@ class CheckpointWriter:
         if not weights_finite():
             raise NonFiniteCheckpointError(
                 f"refusing to save checkpoint {checkpoint_name(step)}: the weights hold NaN or inf; "
-                f"`latest` still names {self._latest_name()}"
+                f"`latest` still names {self._latest_name()}, the last healthy checkpoint is "
+                f"{last_healthy(self.root) or 'none'}"
             )
         final = self.root / checkpoint_name(step)
         tmp = self.root / f".tmp-{checkpoint_name(step)}"
@@ -146,6 +220,7 @@ class CheckpointWriter:
         return None
 
     def _publish(self, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+        meta = meta | {"files": file_records(tmp)}  # what a resume verifies (train.checkpoint.files.damage)
         write_synced(tmp / META, json.dumps(meta, indent=2))
         fsync_dir(tmp)
         if final.exists():
@@ -178,10 +253,16 @@ class CheckpointWriter:
         return pointer.read_text().strip() if pointer.is_file() else "no checkpoint"
 
     def _prune(self, newest: Path) -> None:
-        """Keep the newest `keep_last`. Only finite weights are published, so the newest finite one stays."""
+        """Keep the newest `keep_last`, the newest healthy one (so a diverging run cannot prune every checkpoint
+        worth resuming) and the milestones (step % keep_every_steps == 0); remove the rest."""
         done = sorted(p for p in self.root.glob("step_*") if is_complete(p))
-        for old in done[: max(0, len(done) - self.keep_last)]:
-            if old != newest:
+        kept = {*done[-self.keep_last :], newest}
+        if (healthy := last_healthy(self.root)) is not None:
+            kept.add(healthy)
+        if self.keep_every_steps:
+            kept |= {p for p in done if int(p.name.removeprefix("step_")) % self.keep_every_steps == 0}
+        for old in done:
+            if old not in kept:
                 shutil.rmtree(old)
                 logger.info("removed old checkpoint %s (keep_last=%d)", old, self.keep_last)
 

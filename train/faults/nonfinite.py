@@ -118,8 +118,7 @@ class StepGuard:
             raise TrainingDiverged(
                 f"{self.limit} non-finite steps in a row (optim.max_nonfinite_steps={self.limit}), the last at "
                 f"step {int(hit_step)}: loss {loss:g}, grad norm {norm:g}, lr {lr:g}. Every one was skipped, so the "
-                "weights and `latest` are those of the last finite step; lower optim.lr, set optim.grad_clip or use "
-                "fp32/bf16, then resume with checkpoint.resume=latest"
+                "weights are those of the last finite step; lower optim.lr, set optim.grad_clip or use fp32/bf16"
             )
 
     def state_dict(self) -> dict[str, int]:

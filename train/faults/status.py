@@ -1,0 +1,40 @@
+"""`<run.output_dir>/status.json`: how a run ended, for a batch script to act on.
+
+`accelerate launch` and `torchrun` exit 1 whatever their ranks returned, so a script cannot tell a
+preempted run (requeue it) from a diverged one or a config error (do not). The ranks write the
+outcome here before they exit: {"status", "exit_code", "step", "message", "time", "host"}.
+`tools/slurm_train.sbatch` requeues only on "preempted".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+# exit code -> status (train.cli documents the codes)
+STATUSES = {0: "completed", 1: "failed", 2: "config error", 3: "diverged", 4: "checkpoint error", 5: "hung rank",
+            75: "preempted"}  # fmt: skip
+
+
+def write_status(output_dir: str | Path, exit_code: int, message: str, step: int | None) -> Path:
+    """Write the outcome atomically (a reader never sees half a file; ranks writing the same outcome race safely)."""
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {
+        "status": STATUSES.get(exit_code, "failed"), "exit_code": exit_code, "step": step, "message": message,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+    }  # fmt: skip
+    tmp = directory / f".{STATUS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, directory / STATUS_FILE)
+    return directory / STATUS_FILE
+
+
+def read_status(output_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
