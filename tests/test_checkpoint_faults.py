@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.tiny_run import tiny_config
+from train.checkpoint.checkpointer import Checkpointer
 from train.checkpoint.files import (
     CheckpointDamaged,
     CheckpointWriter,
@@ -114,3 +117,18 @@ def test_status_json_says_how_the_run_ended(tmp_path: Path) -> None:
     write_status(tmp_path / "run", 2, "config error: x", None)
     assert read_status(tmp_path / "run")["status"] == "config error"
     assert not list((tmp_path / "run").glob(".*tmp"))
+
+
+def test_health_compares_the_recent_loss_with_the_last_healthy_checkpoint(tmp_path: Path) -> None:
+    cfg = tiny_config(str(tmp_path))
+    checkpointer = Checkpointer(cfg, {}, 0, 1, lambda: None)
+    first = checkpointer.health(torch.tensor([3.0, 2.0, float("nan"), 2.0], dtype=torch.float64), 0)
+    assert first == {"healthy": True, "recent_loss": 7 / 3, "reason": ""}  # no reference yet; NaN steps left out
+    checkpointer.save({"step": 4, "health": first}, {}, lambda: True)
+    assert checkpointer.health(torch.full((20,), 3.4), 0)["healthy"]  # within 1.5 x 2.33
+    blown = checkpointer.health(torch.full((20,), 3.6), 0)
+    assert not blown["healthy"] and "left its range (> 1.5 x 2.333)" in blown["reason"]
+    streak = checkpointer.health(torch.full((20,), 1.0), 2)
+    assert not streak["healthy"] and "streak of 2 non-finite steps" in streak["reason"]
+    assert checkpointer.health(torch.tensor([]), 0)["healthy"]  # nothing trained since a restart
+    assert checkpointer.resume_advice().endswith(f"checkpoint.resume={tmp_path / 'checkpoints' / 'step_00000004'}")

@@ -37,16 +37,21 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_killed_run_resumes_without_repeating_logged_steps(shards: str, tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, shards, checkpoint={"every_steps": 4})
+def test_killed_run_resumes_past_a_damaged_checkpoint_without_repeating_logged_steps(shards, tmp_path) -> None:
+    recipe = write_recipe(tmp_path, shards, checkpoint={"every_steps": 2})
     job = start(recipe)
     wait_for_step(tmp_path / "run", 6, job)
     for pid in workers(job.pid).values():
         os.kill(pid, signal.SIGKILL)
     finish(job)
     assert max(logged_steps(tmp_path / "run")) >= 6  # steps 5.. were logged, then lost with the crash
+    newest = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
+    with (newest / "loss_rank1.pt").open("r+b") as shard:  # the crash also cut the newest checkpoint's file
+        shard.truncate(100)
     code, out = run(recipe, "checkpoint.resume=latest")
     assert code == 0, crash_report(out)
+    assert f"checkpoint {newest.name} is damaged ({newest / 'loss_rank1.pt'}: 100 bytes" in out
+    assert f"resumed from {newest.parent / f'step_{int(newest.name[5:]) - 2:08d}'}" in out
     assert logged_steps(tmp_path / "run") == list(range(1, 11))
 
 
@@ -55,6 +60,7 @@ def test_divergence_stops_with_a_message_and_no_nan_checkpoint(shards: str, tmp_
     code, out = run(recipe)
     assert code != 0 and "exitcode  : 3" in out, crash_report(out)
     assert "diverged: 5 non-finite steps in a row" in out and "grad norm" in out and "lr 1000" in out
+    assert "healthy checkpoint" in out  # where to resume from (or that none was written)
     rows = [r for r in _metrics(tmp_path / "run") if "train/nonfinite_steps" in r]
     assert rows and rows[-1]["train/nonfinite_steps"] >= 4  # the 5th skip stops the run before its log line
     latest = resolve_resume(tmp_path / "run" / "checkpoints", "latest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 logger = logging.getLogger("fastflip")
@@ -93,3 +94,25 @@ def setup_console_logging(is_main: bool) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+
+
+class ThroughputWindow:
+    """Throughput of the steps since the last log: wall time, the part spent waiting for data, FLOPs."""
+
+    def __init__(self) -> None:
+        self.restart(0)
+
+    def restart(self, step: int) -> None:
+        self.step, self.started, self.data_s = step, time.perf_counter(), 0.0
+
+    def perf(self, step: int, global_batch: int, flops_per_sample: float, peak_flops: float) -> dict[str, float]:
+        """`peak_flops`: of all ranks together (peak per device x world size)."""
+        steps = max(step - self.step, 1)
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        samples_per_s = steps * global_batch / wall
+        return {
+            "perf/samples_per_s": samples_per_s,
+            "perf/data_s": self.data_s / steps,
+            "perf/step_s": (wall - self.data_s) / steps,
+            "perf/mfu": samples_per_s * flops_per_sample / peak_flops,
+        }

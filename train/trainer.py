@@ -31,11 +31,11 @@ from train.config_io import to_dict
 from train.evaluator import Evaluator
 from train.faults.nonfinite import StepGuard, TrainingDiverged, all_finite
 from train.faults.preemption import PreemptionFlag
-from train.faults.rank_sync import all_ranks, from_main, summed
-from train.faults.run_lock import RunDirectoryLocked, RunLock
+from train.faults.rank_sync import all_ranks, summed
+from train.faults.run_lock import RunLock
 from train.faults.timeouts import set_collective_timeout, watch
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states
-from train.metrics import MetricsLogger, setup_console_logging
+from train.metrics import MetricsLogger, ThroughputWindow, setup_console_logging
 from train.optim import build_optimizer, param_groups
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
@@ -92,7 +92,7 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self._batches: Iterator[dict] | None = None
         self.out = Path(cfg.run.output_dir)
-        self.lock = self._lock_run_directory()
+        self.lock = RunLock.for_run(self.out, self.backend.is_main)  # rank 0 holds it; all raise if taken
         resume_from = self.checkpoints.resume_target()
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -107,22 +107,9 @@ class Trainer:
         )
         self.losses = torch.full((self.plan.total_steps,), float("nan"), dtype=torch.float64, device=device)
         self._flops: dict[float, float] = {}  # train FLOPs per sample, by mask ratio (counted once)
-        self._window = _Window()
+        self._window = ThroughputWindow()
 
     # ----- construction -------------------------------------------------------------------
-    def _lock_run_directory(self) -> RunLock | None:
-        """Rank 0 locks run.output_dir for the run's life; every rank raises RunDirectoryLocked if it is taken."""
-        lock, error = RunLock(self.out) if self.backend.is_main else None, None
-        if lock is not None:
-            try:
-                lock.acquire()
-            except RunDirectoryLocked as err:
-                error = str(err)
-        error = from_main(error)
-        if error is not None:
-            raise RunDirectoryLocked(error)
-        return lock
-
     def _build_model(self) -> CLIP:
         cfg = self.cfg.model
         model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
@@ -317,17 +304,13 @@ class Trainer:
     # ----- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Every part of the state map, then meta.json (progress) last; never NaN / inf weights."""
-        recent = self.losses[max(self.step - 10, 0) : self.step]  # a save waits for the device anyway
-        recent = recent[torch.isfinite(recent)]
         nonfinite = self.guard.state_dict()
         progress = {
             "step": self.step,
             "epoch": self.epoch,
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
             "nonfinite": nonfinite,
-            "health": self.checkpoints.health(
-                float(recent.mean()) if recent.numel() else None, nonfinite["in_a_row"]
-            ),
+            "health": self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"]),
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
             path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)
@@ -364,28 +347,6 @@ class Trainer:
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
                         saved_world)  # fmt: skip
-
-
-class _Window:
-    """Throughput of the steps since the last log: wall time, the part spent waiting for data, FLOPs."""
-
-    def __init__(self) -> None:
-        self.restart(0)
-
-    def restart(self, step: int) -> None:
-        self.step, self.started, self.data_s = step, time.perf_counter(), 0.0
-
-    def perf(self, step: int, global_batch: int, flops_per_sample: float, peak_flops: float) -> dict[str, float]:
-        """`peak_flops`: of all ranks together (peak per device x world size)."""
-        steps = max(step - self.step, 1)
-        wall = max(time.perf_counter() - self.started, 1e-9)
-        samples_per_s = steps * global_batch / wall
-        return {
-            "perf/samples_per_s": samples_per_s,
-            "perf/data_s": self.data_s / steps,
-            "perf/step_s": (wall - self.data_s) / steps,
-            "perf/mfu": samples_per_s * flops_per_sample / peak_flops,
-        }
 
 
 __all__ = ["Trainer"]

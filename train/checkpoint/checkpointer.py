@@ -4,14 +4,17 @@ checkpoint may be resumed by this run (backend, world size, config), saving and 
 from __future__ import annotations
 
 import logging
-import math
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from train.checkpoint.compat import check_resume_config
 from train.checkpoint.files import (
     LATEST,
+    CheckpointDamaged,
     CheckpointWriter,
     checkpoint_name,
     is_complete,
@@ -23,6 +26,7 @@ from train.checkpoint.files import (
 from train.checkpoint.parts import Part, load_parts, save_parts
 from train.config import TrainConfig
 from train.config_io import ConfigError, to_dict
+from train.faults.timeouts import is_timeout
 
 logger = logging.getLogger("fastflip")
 
@@ -70,18 +74,19 @@ class Checkpointer:
             )
         return path
 
-    def health(self, recent_loss: float | None, nonfinite_in_a_row: int) -> dict[str, Any]:
-        """Whether a checkpoint written now is healthy: no non-finite streak is running and the recent loss stays
-        within checkpoint.healthy_loss_factor of the newest healthy checkpoint's (the first one is the reference).
-        `recent_loss` None: no step since the last (re)start, nothing to compare."""
+    def health(self, losses: torch.Tensor, nonfinite_in_a_row: int) -> dict[str, Any]:
+        """Whether a checkpoint written now is healthy: no non-finite streak is running and the recent loss (mean of
+        the last 10 finite step losses of `losses`; none since a restart: nothing to compare) stays within
+        checkpoint.healthy_loss_factor of the newest healthy checkpoint's (the first one is the reference)."""
+        recent = losses[-10:]  # a save waits for the device anyway
+        recent = recent[torch.isfinite(recent)]
+        recent_loss = float(recent.mean()) if recent.numel() else None
         reference = None
         if (healthy := last_healthy(self.root)) is not None:
             reference = read_meta(healthy).get("health", {}).get("recent_loss")
         factor = self.cfg.checkpoint.healthy_loss_factor
         if nonfinite_in_a_row:
             reason = f"written during a streak of {nonfinite_in_a_row} non-finite steps"
-        elif recent_loss is not None and not math.isfinite(recent_loss):
-            reason = "recent loss is not finite"
         elif None not in (recent_loss, reference) and recent_loss > factor * reference:
             reason = f"recent loss {recent_loss:.4g} left its range (> {factor:g} x {reference:.4g})"
         else:
@@ -133,5 +138,14 @@ class Checkpointer:
         return meta
 
     def load(self, path: Path, saved_world: int) -> None:
-        """Restore every part (collective); a different world size re-partitions what can be."""
-        load_parts(self.parts, path, self.rank, saved_world, self.world_size)
+        """Restore every part (collective); a different world size re-partitions what can be. A file that fails to
+        load (damaged after the resume check, or by a bug) ends the run in one line naming the checkpoint."""
+        try:
+            load_parts(self.parts, path, self.rank, saved_world, self.world_size)
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+            if is_timeout(err):  # a silent rank, not a bad file: train.faults.timeouts.watch names it
+                raise
+            raise CheckpointDamaged(
+                f"{path} could not be loaded on rank {self.rank} ({type(err).__name__}: {err}); resume from an "
+                "earlier step_* directory"
+            ) from err

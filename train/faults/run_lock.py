@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from train.config_io import ConfigError
+from train.faults.rank_sync import from_main
 
 logger = logging.getLogger("fastflip")
 
@@ -35,6 +36,20 @@ class RunLock:
     def __init__(self, output_dir: str | Path) -> None:
         self.path = Path(output_dir) / LOCK_FILE
         self._fd: int | None = None
+
+    @classmethod
+    def for_run(cls, output_dir: str | Path, is_main: bool) -> RunLock | None:
+        """Rank 0 takes the lock (and returns it); every rank raises RunDirectoryLocked when it is taken."""
+        lock, error = cls(output_dir) if is_main else None, None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except RunDirectoryLocked as err:
+                error = str(err)
+        error = from_main(error)
+        if error is not None:
+            raise RunDirectoryLocked(error)
+        return lock
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
