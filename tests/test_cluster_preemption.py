@@ -67,12 +67,10 @@ def _check_preempted_then_resume(run_dir: Path, out: str, reference: dict[int, f
     assert losses(run_dir) == reference  # bitwise: every step of the uninterrupted run, none twice
 
 
-def test_sigterm_to_the_launcher_saves_and_a_second_job_is_refused(shards, tmp_path, uninterrupted) -> None:
+def test_sigterm_to_the_launcher_saves(shards, tmp_path, uninterrupted) -> None:
     recipe = write_recipe(tmp_path, shards, **SECTIONS)
     job = start(recipe)
     wait_for_step(tmp_path / "run", 3, job)
-    code, out = run(recipe)  # a second job on the same run.output_dir while the first trains
-    assert code != 0 and "run directory in use: " in out and "(host " in out and "pid " in out, crash_report(out)
     os.kill(job.pid, signal.SIGTERM)  # what the launcher gets at a job's end, from scancel or the time limit
     code, out = finish(job)
     _check_preempted_then_resume(
@@ -107,9 +105,9 @@ def test_sbatch_requeues_on_sigusr1_and_the_requeued_job_continues_exactly(shard
     (bin_dir / "scontrol").write_text(
         '#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; else echo "$@" >> "$REQUEUE_LOG"; fi\n'
     )
-    for tool in ("accelerate", "python"):  # the user's environment
-        (bin_dir / tool).symlink_to(REPO / ".venv" / "bin" / tool)
-    for stub in ("srun", "scontrol"):
+    (bin_dir / "accelerate").symlink_to(REPO / ".venv" / "bin" / "accelerate")  # the user's environment
+    (bin_dir / "python").write_text(f'#!/bin/bash\nexec {REPO / ".venv" / "bin" / "python"} "$@"\n')
+    for stub in ("srun", "scontrol", "python"):
         (bin_dir / stub).chmod(0o755)
     recipe = write_recipe(tmp_path, shards, **SECTIONS)
     env = job_env(
@@ -140,7 +138,7 @@ def test_sbatch_requeues_on_sigusr1_and_the_requeued_job_continues_exactly(shard
 
 
 def test_a_second_job_on_the_run_directory_is_refused_naming_the_first(shards, tmp_path) -> None:
-    recipe = write_recipe(tmp_path, shards, epochs=40, checkpoint={"every_steps": 0})
+    recipe = write_recipe(tmp_path, shards, epochs=2000, checkpoint={"every_steps": 0})  # outlasts the second's start
     first = start(recipe)
     wait_for_step(tmp_path / "run", 2, first)
     code, out = run(recipe)  # started while the first trains (two jobs at once, or a requeue while it still runs)
