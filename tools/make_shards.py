@@ -5,10 +5,11 @@
   python tools/make_shards.py fashion-mosaic --out DIR       # 2x2 mosaics: train/, test/ (+ test.csv), zeroshot/
   python tools/make_shards.py folder --src IMAGES --out DIR  # image files with same-stem .txt captions
   python tools/make_shards.py csv --src FILE.csv --out DIR   # image path + caption columns
-  python tools/make_shards.py manifest --shards DIR          # index + manifest for e.g. img2dataset output
+  python tools/make_shards.py manifest --shards SRC --out INDEX  # index e.g. img2dataset output (SRC read only)
 
-Every sample gets json {"key": int} (the index into per-sample training state): the row of
-the source (Fashion-MNIST / csv) or the position in the sorted file list (folder).
+Every sample gets json {"key": int}: the row of the source (Fashion-MNIST / csv) or the position
+in the sorted file list (folder). The index gives each sample with an image a dense row 0..N-1
+(its row in the per-sample training state) and keeps that key as its source key.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import argparse
 import csv
 import gzip
 import io
+import json
 import os
 import random
 import struct
 import sys
+import time
 from collections import Counter
 
 import numpy as np
@@ -29,8 +32,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data import remote  # noqa: E402
 from data.config import DataConfig  # noqa: E402
-from data.manifest import build_manifest, expand_pattern  # noqa: E402
+from data.manifest import build_manifest  # noqa: E402
 from data.shards import IMAGE_EXTS, ShardWriter  # noqa: E402
 from data.sources import CsvSource, SkipSample  # noqa: E402
 from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES  # noqa: E402
@@ -81,7 +85,7 @@ def _png(pixels: np.ndarray) -> bytes:
 def _finish(out: str, paths: list[str], extra: dict | None, skipped: Counter, workers: int = 1) -> dict:
     manifest = build_manifest(paths, out, extra, workers=workers, progress=lambda it: tqdm(it, total=len(paths),
                               desc=f"indexing {out}", unit="shard"))  # fmt: skip
-    print(f"{out}: {manifest['total']} samples in {len(paths)} shards, index space {manifest['num_samples']}"
+    print(f"{out}: {manifest['total']} samples in {len(paths)} shards, {manifest['num_samples']} with an image"
           + (f", skipped while building: {dict(skipped)}" if skipped else ""))  # fmt: skip
     return manifest
 
@@ -205,15 +209,32 @@ def from_csv(args) -> None:
 
 
 def manifest(args) -> None:
-    if os.path.isdir(args.shards):
-        directory = args.shards
-        paths = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".tar"))
+    """Index shards that are only read (a read-only mount, a bucket, an HTTP server) into --out."""
+    if remote.isdir(args.shards) and not args.shards.endswith(".tar"):
+        paths = remote.list_tars(args.shards)
     else:
-        paths = [p for p in expand_pattern(args.shards) if p.endswith(".tar")]
-        directory = os.path.dirname(paths[0]) if paths else args.shards
+        paths = [u for u in remote.expand(args.shards) if u.endswith(".tar")]
+        found = remote.sizes(paths)
+        missing = [u for u in paths if found[u] is None]
+        if missing:
+            listing = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            if not args.allow_missing:
+                raise SystemExit(f"{len(missing)} of {len(paths)} shards named by {args.shards!r} do not exist: "
+                                 f"{listing}. Fix the pattern or pass --allow-missing")  # fmt: skip
+            print(f"indexing without {len(missing)} missing shards: {listing}")
+            paths = [u for u in paths if found[u] is not None]
     if not paths:
         raise SystemExit(f"no .tar shards found at {args.shards!r}")
-    _finish(directory, paths, None, Counter(), workers=args.workers)
+    dirs = {remote.dirname(u) for u in paths}
+    out = args.out or (dirs.pop() if len(dirs) == 1 else None)
+    if out is None:
+        raise SystemExit("shards in several directories: name the index directory with --out")
+    start = time.perf_counter()
+    m = _finish(out, paths, None, Counter(), workers=args.workers)
+    elapsed = time.perf_counter() - start
+    print(f"indexed {m['total']} samples in {len(paths)} shards in {elapsed:.1f} s "
+          f"({m['total'] / elapsed:.0f} samples/s, {sum(s['bytes'] for s in m['shards']) / elapsed / 2**20:.1f} MiB/s)"
+          + (f"; problems: {json.dumps(m['problems'])[:2000]}" if m["problems"] else ""))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,8 +264,11 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--out", required=True)
         q.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     ma = sub.add_parser("manifest", help="index existing shards (e.g. img2dataset output) and write manifest.json")
-    ma.add_argument("--shards", required=True, help="directory of .tar shards, or a brace pattern / glob")
-    ma.add_argument("--workers", type=int, default=1)
+    ma.add_argument("--shards", required=True, help="directory of .tar shards or a brace pattern / glob over one "
+                    "or several directories; local paths or fsspec URLs (s3://, gs://, https://)")
+    ma.add_argument("--out", default="", help="index directory (local or URL; default: the shards' directory)")
+    ma.add_argument("--workers", type=int, default=4, help="shards indexed in parallel")
+    ma.add_argument("--allow-missing", action="store_true", help="index the shards that exist, list the others")
     args = p.parse_args(argv)
     commands = {"fashion-mnist": fashion_mnist, "fashion-mosaic": fashion_mosaic, "folder": folder, "csv": from_csv,
                 "manifest": manifest}  # fmt: skip
