@@ -120,6 +120,10 @@ class TrainLoader:
         self.source = open_source(cfg)
         self.num_samples = int(self.source.num_samples)
         self.total = int(self.source.shard_sizes.sum())
+        # True when every sample's dense row equals its integer source key (csv/datasets rows, the shards this
+        # repo writes): per-sample state saved by versions that indexed it by source key still fits.
+        shardset = getattr(self.source, "shardset", None)
+        self.keys_are_rows = bool(shardset.manifest.get("keys_are_rows")) if shardset is not None else True
         if self.total == 0:
             raise ValueError(f"the {cfg.source} data at {cfg.path!r} has no samples")
         self.steps_per_epoch = steps_per_epoch(self.total, cfg.batch_size, world_size, cfg.drop_last)

@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def manifest_hint(shards: str, index: str = "") -> str:
-    out = f" --out {index}" if index and remote.normalize(index) != remote.normalize(shards) else ""
-    return f"Create it with: python tools/make_shards.py manifest --shards {shards}{out}"
+    if index and remote.normalize(index) != remote.normalize(shards):
+        return f"Create it with: python tools/make_shards.py manifest --shards {shards} --out {index}"
+    return (f"Create it with: python tools/make_shards.py manifest --shards {shards} (read-only or remote shards: "
+            "add --out INDEX_DIR and set data.index: INDEX_DIR)")
 
 
 @dataclass

@@ -316,7 +316,7 @@ class Trainer:
             "world_size": self.backend.world_size,
             "backend": self.cfg.backend.name,
             "config": to_dict(self.cfg),
-            "dataset": {"num_samples": self.loader.num_samples},
+            "dataset": {"num_samples": self.loader.num_samples, "rows": "dense"},
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
             path = self.writer.save(
@@ -340,8 +340,13 @@ class Trainer:
             )
         saved, current = meta["config"], to_dict(self.cfg)
         if "dataset" in meta:  # facts measured from the data (older checkpoints lack them)
-            saved = saved | {"dataset": meta["dataset"]}
-            current = current | {"dataset": {"num_samples": self.loader.num_samples}}
+            facts = dict(meta["dataset"])
+            if "rows" not in facts and not self.loader.keys_are_rows:  # per-sample state indexed by source key
+                raise ConfigError(f"{path} indexes its per-sample state by source key (max key + 1 rows); this "
+                                  "data's index gives dense rows 0..N-1 that differ from those keys, so the saved "
+                                  "state would belong to other samples. Start a new run, or resume it with the version that wrote it")
+            saved = saved | {"dataset": facts | {"rows": "dense"}}
+            current = current | {"dataset": {"num_samples": self.loader.num_samples, "rows": "dense"}}
         allowed = list(self.cfg.checkpoint.allow_changes)
         if meta["world_size"] * saved["data"]["batch_size"] == self.global_batch:  # another world size, same global
             allowed.append("data.batch_size")  # batch: the per-rank batch follows the number of ranks
