@@ -16,9 +16,7 @@ import os
 import shutil
 import tempfile
 
-import fsspec
-
-from data.remote import BIG_BLOCK, basename
+from data.remote import BIG_BLOCK, basename, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,8 @@ class ShardCache:
 
     def _download(self, url: str, path: str, size: int) -> None:
         tmp = f"{path}.part{os.getpid()}"
-        with fsspec.open(url, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
+        fs, remote_path = filesystem(url)
+        with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, BIG_BLOCK)
         got = os.path.getsize(tmp)
         if got != size:

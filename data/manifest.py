@@ -14,11 +14,11 @@ import io
 import json
 import logging
 import os
+import tarfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 
 from data import remote
@@ -87,7 +87,8 @@ def _index_one(job: tuple[str, str]) -> dict:
     problem = ""
     try:
         if remote.is_remote(url):
-            with fsspec.open(url, "rb", block_size=remote.BIG_BLOCK, cache_type="readahead") as f:
+            fs, path = remote.filesystem(url)
+            with fs.open(path, "rb", block_size=remote.BIG_BLOCK, cache_type="readahead") as f:
                 size = int(f.size)
                 idx, keys, problem = scan_tar(f, size, stream=True)
         else:
@@ -96,9 +97,7 @@ def _index_one(job: tuple[str, str]) -> dict:
                 size = f.tell()
                 f.seek(0)
                 idx, keys, problem = scan_tar(f, size)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # not a tar at all: keep going, report it
+    except (tarfile.ReadError, EOFError) as e:  # not a tar at all: keep going, report it
         from data.shards import INDEX_DTYPE
 
         idx, keys, problem = np.zeros(0, dtype=INDEX_DTYPE), [], f"unreadable: {e}"
