@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SOURCES = ("webdataset", "csv", "hf")
 WORKER_PRIORITIES = ("normal", "low", "idle")
+
+
+@dataclass
+class SourceSpec:
+    """One of several mixed shard sources (`data.sources`, data/mixing.py)."""
+
+    path: str = ""  # like data.path
+    index: str = ""  # like data.index
+    weight: float = 1.0  # samples per epoch = round(weight x its samples): 2 = each sample twice, 0.5 = half
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not isinstance(self.index, str) or not (self.path or self.index):
+            raise ValueError(f"data.sources: each source needs a path (or an index), got {self!r}")
+        if not isinstance(self.weight, int | float) or isinstance(self.weight, bool) or not self.weight > 0:
+            raise ValueError(f"data.sources: weight must be a number > 0, got {self.weight!r} for {self.path!r}")
 
 
 @dataclass
@@ -44,6 +59,8 @@ class DataConfig:
     cache_max_gb: float = 50.0
     # Shards named by data.path that do not exist stop the run (listed); true trains without them.
     allow_missing_shards: bool = False
+    # Several webdataset sources mixed with weights instead of path/index: [{path, index, weight}, ...].
+    sources: list[SourceSpec] = field(default_factory=list)
     pin_memory: bool = False
     prefetch_factor: int = 2
     # CPU priority of the worker processes: "normal", "low" (niceness 19) or "idle" (Linux SCHED_IDLE:
@@ -62,13 +79,20 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train_crop_scale, list):
             self.train_crop_scale = tuple(self.train_crop_scale)
+        if isinstance(self.sources, list | tuple):
+            self.sources = [SourceSpec(**s) if isinstance(s, dict) else s for s in self.sources]
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field."""
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
-        if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and self.index)):
+        if self.sources and (self.source != "webdataset" or self.path or self.index):
+            raise ValueError("data.sources replaces data.path / data.index (webdataset shards only); set one of them")
+        if not all(isinstance(s, SourceSpec) for s in self.sources):
+            raise ValueError(f"data.sources must be a list of {{path, index, weight}} mappings, got {self.sources!r}")
+        if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and self.index)
+                                                  or self.sources):  # fmt: skip
             raise ValueError("data.path must be a non-empty string (shard dir/pattern/URL, csv file or datasets dir)")
         if not isinstance(self.cache_max_gb, int | float) or isinstance(self.cache_max_gb, bool) or \
                 self.cache_max_gb <= 0:  # fmt: skip

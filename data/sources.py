@@ -263,6 +263,10 @@ def _load_hf(path: str, split: str):
 
 
 def open_source(cfg: DataConfig, label_key: str | None = None):
+    if cfg.sources:
+        from data.mixing import MixedSource
+
+        return MixedSource(cfg)
     if cfg.source == "webdataset":
         return ShardSource(cfg)
     if cfg.source == "csv":
