@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-SOURCES = ("webdataset", "csv", "hf")
+SOURCES = ("webdataset", "csv", "hf", "imagefolder")  # imagefolder: evaluation only (no captions)
 WORKER_PRIORITIES = ("normal", "low", "idle")
 
 

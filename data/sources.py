@@ -271,4 +271,8 @@ def open_source(cfg: DataConfig, label_key: str | None = None):
         return ShardSource(cfg)
     if cfg.source == "csv":
         return CsvSource(cfg, label_key)
+    if cfg.source == "imagefolder":
+        from data.imagefolder import ImageFolderSource
+
+        return ImageFolderSource(cfg)
     return HFSource(cfg, label_key)

@@ -188,10 +188,11 @@ def test_make_shards_folder_and_csv(tmp_path):
                 (src / cls / f"{k}.txt").write_text(f"a {cls} number {k}")
     make_shards.main(["folder", "--src", str(src), "--out", str(tmp_path / "s1"), "--labels-from-dirs",
                       "--shard-size", "2"])  # fmt: skip
-    ev = build_eval_loader(str(tmp_path / "s1"), 8, 10)
+    ev = build_eval_loader(str(tmp_path / "s1"), 8, 10, need_caption=False)
     (batch,) = list(ev)
     assert ev.class_names == ["cat", "dog"]
-    assert batch["index"].tolist() == [0, 1, 2, 3, 4] and batch["label"].tolist() == [0, 0, 0, 1, 1]
+    # labelled: dog/2 has no caption and is kept (a zero-shot set needs no captions)
+    assert batch["index"].tolist() == [0, 1, 2, 3, 4, 5] and batch["label"].tolist() == [0, 0, 0, 1, 1, 1]
 
     path = write_csv(tmp_path)
     make_shards.main(["csv", "--src", path, "--out", str(tmp_path / "s2"), "--shard-size", "4"])

@@ -38,6 +38,7 @@ from data.manifest import build_manifest  # noqa: E402
 from data.shards import IMAGE_EXTS, ShardWriter  # noqa: E402
 from data.sources import CsvSource, SkipSample  # noqa: E402
 from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES  # noqa: E402
+from evaluation.prompts import get_classnames  # noqa: E402
 from tools.mosaic import distinct_mosaics, random_mosaics, tiled_items  # noqa: E402
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -163,6 +164,7 @@ def _write_csv(rows: list[tuple[int, bytes, str]], csv_path: str) -> None:
 
 
 def folder(args) -> None:
+    """Images with same-stem .txt captions; --labels-from-dirs: a class-per-folder tree (captions optional)."""
     found = []
     for root, _, names in os.walk(args.src):
         found += [os.path.join(root, f) for f in names if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
@@ -170,19 +172,26 @@ def folder(args) -> None:
     if not found:
         raise SystemExit(f"no {'/'.join(IMAGE_EXTS)} images under {args.src}")
     classes = sorted({os.path.relpath(os.path.dirname(p), args.src) for p in found}) if args.labels_from_dirs else None
+    names = classes
+    if classes and args.classnames:
+        names = list(get_classnames(args.classnames))
+        if len(names) != len(classes):
+            raise SystemExit(f"--classnames {args.classnames} names {len(names)} classes, {args.src} has "
+                             f"{len(classes)} class folders")  # fmt: skip
     skipped: Counter = Counter()
     with ShardWriter(args.out, args.shard_size) as w:
         for key, path in enumerate(tqdm(found, desc="folder", unit="img")):
             txt = os.path.splitext(path)[0] + ".txt"
             text = open(txt, encoding="utf-8").read().strip() if os.path.exists(txt) else ""
-            if not text:
+            if not text and not classes:
                 skipped["missing_caption"] += 1
                 continue
             with open(path, "rb") as f:
                 data = f.read()
             meta = {"label": classes.index(os.path.relpath(os.path.dirname(path), args.src))} if classes else {}
-            w.write(key, data, path.rsplit(".", 1)[-1], text, **meta)
-    _finish(args.out, w.paths, {"classes": classes} if classes else None, skipped)
+            w.write(key, data, path.rsplit(".", 1)[-1], text or None, **meta)
+    extra = {"classes": names, "class_folders": classes} if classes else None
+    _finish(args.out, w.paths, extra, skipped)
 
 
 def from_csv(args) -> None:
@@ -253,7 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     mo.add_argument("--seed", type=int, default=0, help="seed of the item, tuple and wording choices")
     fo = sub.add_parser("folder", help="image folder with same-stem .txt captions")
     fo.add_argument("--src", required=True)
-    fo.add_argument("--labels-from-dirs", action="store_true", help="label = index of the sorted sub-folder name")
+    fo.add_argument("--labels-from-dirs", action="store_true", help="label = index of the sorted sub-folder name; "
+                    "images without a caption are kept (zero-shot sets)")
+    fo.add_argument("--classnames", default="", help="class names from a registry (imagenet: folders are sorted "
+                    "WordNet ids) instead of the folder names")
     cs = sub.add_parser("csv", help="csv with an image path and a caption column (row number = key)")
     cs.add_argument("--src", required=True)
     cs.add_argument("--image-key", default="filepath")
