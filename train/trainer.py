@@ -344,7 +344,8 @@ class Trainer:
             if "rows" not in facts and not self.loader.keys_are_rows:  # per-sample state indexed by source key
                 raise ConfigError(f"{path} indexes its per-sample state by source key (max key + 1 rows); this "
                                   "data's index gives dense rows 0..N-1 that differ from those keys, so the saved "
-                                  "state would belong to other samples. Start a new run, or resume it with the version that wrote it")
+                                  "state would belong to other samples. Start a new run, or resume it with the "
+                                  "version that wrote it")
             saved = saved | {"dataset": facts | {"rows": "dense"}}
             current = current | {"dataset": {"num_samples": self.loader.num_samples, "rows": "dense"}}
         allowed = list(self.cfg.checkpoint.allow_changes)
