@@ -50,6 +50,8 @@ def filesystem(url: str):
 
 
 def isdir(url: str) -> bool:
+    if "::" in url or "{" in url:
+        return False
     if not is_remote(url):
         return os.path.isdir(local_path(url))
     if url.endswith(".tar") or url.endswith(".json"):
@@ -81,9 +83,10 @@ def write_bytes(url: str, data: bytes) -> None:
 
 
 def expand(pattern: str) -> list[str]:
-    """Brace pattern (and, for local paths, glob) -> the named paths in order, existing or not."""
+    """Brace pattern (and glob), several joined by "::" as in OpenCLIP -> the named paths in order, existing or not."""
     out: list[str] = []
-    for part in braceexpand.braceexpand(pattern):
+    parts = [p for piece in pattern.split("::") for p in braceexpand.braceexpand(piece)]
+    for part in parts:
         if not is_remote(part) and glob.has_magic(part):
             out += sorted(glob.glob(local_path(part)))
         elif is_remote(part) and glob.has_magic(part):

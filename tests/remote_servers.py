@@ -74,8 +74,11 @@ def http_server(directory: str):
 @contextlib.contextmanager
 def s3_server():
     """moto's standalone S3 server on 127.0.0.1; yields its endpoint URL (credentials are moto's dummies)."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

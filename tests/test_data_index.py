@@ -91,7 +91,8 @@ def test_duplicates_and_truncation_reported_by_shard(tmp_path):
     idx = tmp_path / "idx"
     with pytest.raises(ValueError, match="several directories.*data.index"):
         build_train_loader(cfg(tmp_path / "{a,b}/*.tar"), 0, 1)
-    make_shards.main(["manifest", "--shards", str(tmp_path / "{a,b}/*.tar"), "--out", str(idx)])
+    both = f"{tmp_path}/a/00000.tar::{tmp_path}/b/{{00000..00001}}.tar"  # OpenCLIP's "::" joins patterns
+    make_shards.main(["manifest", "--shards", both, "--out", str(idx)])
     manifest = json.loads((idx / "manifest.json").read_text())
     problems = manifest["problems"]
     assert problems["duplicate_source_keys"] == {"samples": 10, "by_shard": {
