@@ -133,3 +133,21 @@ def test_old_manifest_format_is_refused_with_the_command(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(m | {"format": "fastflip-shards/1"}))
     with pytest.raises(ValueError, match=r"fastflip-shards/1.*make_shards.py manifest --shards"):
         build_train_loader(cfg(tmp_path), 0, 1)
+
+
+def test_recipes_size_the_state_by_dense_rows():
+    """The paper recipes no longer carry img2dataset's sparse key space: the dry run sizes the state by pairs."""
+    from train.config import TrainConfig
+    from train.config_io import from_dict, load_yaml
+    from train.dry_run import dry_run
+
+    path = "recipes/configs/fastclip_laion315m_vitb16_4node.yaml"
+    cfg = from_dict(TrainConfig, load_yaml(path), path)
+    assert cfg.data.num_samples is None and cfg.dataset_samples == 315_000_000
+    assert "per-sample state: 315,000,000 dense rows x 2 columns" in dry_run(cfg)
+
+
+@pytest.mark.parametrize("key", ["path", "index"])
+def test_credentials_in_urls_are_refused(key):
+    with pytest.raises(ValueError, match=f"data.{key}.*credentials.*environment"):
+        DataConfig(**{"path": "x", key: "s3://AKIAEXAMPLE:secret@bucket/shards"})
