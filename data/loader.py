@@ -28,6 +28,7 @@ import random
 import weakref
 from collections import Counter, OrderedDict
 
+import numpy as np
 from torch.utils.data import Dataset, Sampler
 
 from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, load_sample, make_dataloader
@@ -70,6 +71,8 @@ class _TrainBatches(Dataset):
         epoch, b = item
         plan = self.plan(epoch)
         shards, locs = plan.batch(b)
+        if hasattr(self.source, "prefetch"):
+            self.source.prefetch(np.unique(shards))
         rng = random.Random(f"{self.cfg.seed}/{epoch}/{self.world_size}/{self.rank}/{b}")
         counts: Counter = Counter()
         pixels, captions, keys = [], [], []

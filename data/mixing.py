@@ -83,6 +83,10 @@ class MixedSource:
         p, s = self._where[shard]
         return self.parts[p].read(s, i, need_caption)
 
+    def prefetch(self, shards) -> None:
+        for p, part in enumerate(self.parts):
+            part.prefetch([self._where[int(s)][1] for s in shards if self._where[int(s)][0] == p])
+
     def source_of(self, shard: int) -> int:
         return self._where[shard][0]
 

@@ -13,6 +13,7 @@ import glob
 import mmap
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,13 @@ class ShardSource:
         if self._cache is None:
             self._cache = ShardCache(*self._cache_args)
         return self._cache.local(info.url, info.bytes)
+
+    def prefetch(self, shards) -> None:
+        """Fetch the not yet cached remote shards among `shards` concurrently (a batch may need several)."""
+        todo = [int(s) for s in shards if is_remote(self.shards[int(s)].url) and int(s) not in self._maps]
+        if len(todo) > 1:
+            with ThreadPoolExecutor(min(8, len(todo))) as pool:
+                list(pool.map(self._local, todo))
 
     def _map(self, shard: int) -> mmap.mmap:
         if self._pid != os.getpid():  # forked into a DataLoader worker: map our own files
