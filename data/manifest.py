@@ -10,6 +10,7 @@ The loader never scans tars: it trusts the manifest and checks each shard's byte
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -105,9 +106,22 @@ def _index_one(job: tuple[str, str]) -> dict:
     buf = io.BytesIO()
     np.savez(buf, index=idx, keys=np.array(keys, dtype=str))
     remote.write_bytes(index_url, buf.getvalue())
-    valid = idx["row"] >= 0
-    return {"url": url, "count": len(idx), "rows": int(valid.sum()), "bytes": size, "stats": dict(index_stats(idx)),
-            "problem": problem, "keys": np.array(keys, dtype=str)[valid]}  # fmt: skip
+    valid_keys = [k for k, r in zip(keys, idx["row"].tolist(), strict=True) if r >= 0]
+    return {"url": url, "count": len(idx), "rows": len(valid_keys), "bytes": size, "stats": dict(index_stats(idx)),
+            "problem": problem, **_key_facts(valid_keys)}  # fmt: skip
+
+
+def _key_facts(keys: list[str]) -> dict:
+    """What the manifest needs of a shard's source keys, compactly (hundreds of millions at LAION scale):
+    64-bit hashes to find duplicates, and the constant key - row offset if the keys are consecutive integers."""
+    hashes = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True)
+                       for k in keys], dtype=np.int64)  # fmt: skip
+    offset = None
+    if keys and all(k.isdigit() for k in keys):
+        ints = np.array([int(k) for k in keys], dtype=np.int64)
+        if np.array_equal(ints - ints[0], np.arange(len(ints))):
+            offset = int(ints[0])
+    return {"hashes": hashes, "first_key": offset}
 
 
 def build_manifest(
@@ -141,16 +155,16 @@ def build_manifest(
             stats[reason] = stats.get(reason, 0) + n
         if r["problem"]:
             problems.setdefault("truncated_or_unreadable", {})[name] = r["problem"]
-    keys = np.concatenate([r["keys"] for r in results]) if row else np.zeros(0, dtype=str)
-    dup_total, dup_by_shard = _duplicates(keys, [s["path"] for s in shards], [r["rows"] for r in results])
+    hashes = np.concatenate([r["hashes"] for r in results])
+    dup_total, dup_by_shard = _duplicates(hashes, [s["path"] for s in shards], [r["rows"] for r in results])
     if dup_total:
         problems["duplicate_source_keys"] = {"samples": dup_total, "by_shard": dup_by_shard}
     manifest = {
         "format": FORMAT,
         "num_samples": row,
         "total": sum(r["count"] for r in results),
-        "keys_are_rows": bool(len(keys) and np.all(np.char.isdigit(keys)) and
-                              np.array_equal(keys.astype(np.int64), np.arange(len(keys)))),  # fmt: skip
+        "keys_are_rows": bool(row) and all(r["first_key"] == s["row_start"] for r, s in zip(results, shards,
+                                                                                            strict=True) if r["rows"]),
         "invalid_at_index_time": dict(sorted(stats.items())),
         "problems": problems,
         "shards": shards,
@@ -166,7 +180,7 @@ def build_manifest(
 
 
 def _duplicates(keys: np.ndarray, names: list[str], rows: list[int]) -> tuple[int, dict[str, int]]:
-    """Samples whose source key is also another sample's, in total and by shard."""
+    """Samples whose source key (hash) is also another sample's, in total and by shard."""
     if not len(keys):
         return 0, {}
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)

@@ -130,6 +130,7 @@ def test_index_apart_from_read_only_data(tmp_path):
 def test_old_manifest_format_is_refused_with_the_command(tmp_path):
     write_shards(tmp_path, [3])
     m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["keys_are_rows"]  # keys 0..2 in order: old checkpoints of this data still resume
     (tmp_path / "manifest.json").write_text(json.dumps(m | {"format": "fastflip-shards/1"}))
     with pytest.raises(ValueError, match=r"fastflip-shards/1.*make_shards.py manifest --shards"):
         build_train_loader(cfg(tmp_path), 0, 1)
