@@ -62,7 +62,7 @@ class Evaluator:
         return self.zeroshot_loader is not None or self.retrieval_loader is not None
 
     def _open(self, key: str, path: str, image_size: int, label_key: str, rank: int, world: int) -> EvalLoader:
-        if not Path(path).exists() and not any(c in path for c in "*{"):
+        if not Path(path).exists() and not any(c in path for c in "*{") and "://" not in path:
             raise FileNotFoundError(f"{key}: {path} does not exist (labelled shards or a caption csv)")
         need_caption = key == "eval.retrieval"
         loader = build_eval_loader(
