@@ -8,6 +8,12 @@ is `data.loader.build_train_loader`. Runs are interleaved (ours, theirs, per wor
 per repeat) so machine noise hits both; the median of the repeats is reported.
 
   python benchmarks/bench_data.py --shards shards/fmnist/train --out bench_data.json
+
+With --source local,http,s3 it compares where the same shards are read from instead: local files, an
+HTTP server and an S3-compatible server (moto), both started on 127.0.0.1 for the run and read through
+fsspec with a cold shard cache per run (so downloads are timed); it also times indexing from each.
+
+  python benchmarks/bench_data.py --shards shards/fmnist/train --source local,http,s3 --workers 1 --image-size 28
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from data.manifest import resolve_shards
 from data.transforms import normalize_pixels
 
 
-def ours(shards: str, batch_size: int, workers: int, image_size: int):
-    cfg = DataConfig(path=shards, batch_size=batch_size, workers=workers, image_size=image_size, seed=0)
+def ours(shards: str, batch_size: int, workers: int, image_size: int, **data):
+    cfg = DataConfig(path=shards, batch_size=batch_size, workers=workers, image_size=image_size, seed=0, **data)
     loader = build_train_loader(cfg, 0, 1)
     # The loader ships uint8 pixels; normalising them (on the device in training) is counted here, on the
     # CPU, so both sides deliver the same normalised float32 images.
@@ -68,8 +74,8 @@ def open_clip_pipeline(shards: str, batch_size: int, workers: int, image_size: i
     return (images for images, _ in info.dataloader), lambda: None
 
 
-def measure(make, shards, batch_size, workers, image_size, warmup: int, batches: int) -> float:
-    stream, close = make(shards, batch_size, workers, image_size)
+def measure(make, shards, batch_size, workers, image_size, warmup: int, batches: int, **data) -> float:
+    stream, close = make(shards, batch_size, workers, image_size, **data)
     it = iter(stream)
     for _ in range(warmup):  # worker start-up and shuffle-buffer fill are not counted
         next(it)
@@ -93,8 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, default=15, help="timed batches per run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--source", default="", help="compare reading the shards from local,http,s3 (servers on "
+                   "127.0.0.1) instead of comparing with open_clip")
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
+    if args.source:
+        from benchmarks.bench_data_sources import compare_sources
+
+        return compare_sources(args, workers, measure, ours, machine_description())
     pipelines = {"ours": ours, "open_clip": open_clip_pipeline}
     runs: dict[tuple[str, int], list[float]] = {(n, w): [] for n in pipelines for w in workers}
     info = machine_description()

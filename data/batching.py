@@ -16,7 +16,7 @@ from data.sources import RawSample, SkipSample
 from data.transforms import normalize_batch, stack_pixels
 
 log = logging.getLogger(__name__)
-SKIP_REASONS = ("corrupt_image", "missing_image", "missing_caption", "missing_key", "bad_key", "key_out_of_range")
+SKIP_REASONS = ("corrupt_image", "missing_image", "missing_caption", "key_out_of_range")
 MAX_ATTEMPTS = 1000  # substitutes tried for one slot before the data is declared unusable
 
 

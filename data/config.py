@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-SOURCES = ("webdataset", "csv", "hf")
+SOURCES = ("webdataset", "csv", "hf", "imagefolder")  # imagefolder: evaluation only (no captions)
 WORKER_PRIORITIES = ("normal", "low", "idle")
+
+
+@dataclass
+class SourceSpec:
+    """One of several mixed shard sources (`data.sources`, data/mixing.py)."""
+
+    path: str = ""  # like data.path
+    index: str = ""  # like data.index
+    weight: float = 1.0  # samples per epoch = round(weight x its samples): 2 = each sample twice, 0.5 = half
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not isinstance(self.index, str) or not (self.path or self.index):
+            raise ValueError(f"data.sources: each source needs a path (or an index), got {self!r}")
+        if not isinstance(self.weight, int | float) or isinstance(self.weight, bool) or not self.weight > 0:
+            raise ValueError(f"data.sources: weight must be a number > 0, got {self.weight!r} for {self.path!r}")
 
 
 @dataclass
 class DataConfig:
     """Where the training pairs come from and how they are batched.
 
-    `path` is, per source: webdataset -> a directory holding shards + manifest.json, a brace
-    pattern or glob of .tar shards (their manifest sits next to them), or a manifest.json;
+    `path` is, per source: webdataset -> a directory of shards, a brace pattern or glob of .tar shards
+    (several directories need `index`), a manifest.json, each local or an fsspec URL (s3://, gs://,
+    https://); "" with `index` set = every shard in the index;
     csv -> the csv/tsv file; hf -> a `datasets.save_to_disk` directory or local data files.
     """
 
@@ -24,8 +41,8 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes per rank
     image_size: int = 224
     seed: int = 0
-    # Size of the index space (per-sample state length). None: from the manifest (max key + 1)
-    # or the number of rows. Samples whose key is >= this are skipped and counted.
+    # Size of the index space (per-sample state length). None: from the manifest (the number of samples
+    # with an image: dense rows 0..N-1) or the number of rows. Samples whose row is >= this are skipped.
     num_samples: int | None = None
     # Samples are shuffled within windows of this many consecutive (shard-shuffled) samples of a
     # rank's epoch chunk; 0 means one window = the whole chunk.
@@ -34,6 +51,17 @@ class DataConfig:
     # rank gets full batches; True: the tail that does not fill a global batch is left out.
     drop_last: bool = False
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
+    # Where the shard index (manifest.json + X.idx.npz, from `make_shards.py manifest --out`) lives when
+    # it is not beside the shards (read-only mounts, buckets, shards in several directories); local or URL.
+    index: str = ""
+    # Remote shards are copied whole into this local directory (default: a per-user folder in the temp
+    # dir), which keeps at most cache_max_gb, evicting the shards used longest ago.
+    cache_dir: str = ""
+    cache_max_gb: float = 50.0
+    # Shards named by data.path that do not exist stop the run (listed); true trains without them.
+    allow_missing_shards: bool = False
+    # Several webdataset sources mixed with weights instead of path/index: [{path, index, weight}, ...].
+    sources: list[SourceSpec] = field(default_factory=list)
     pin_memory: bool = False
     prefetch_factor: int = 2
     # CPU priority of the worker processes: "normal", "low" (niceness 19) or "idle" (Linux SCHED_IDLE:
@@ -52,14 +80,24 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train_crop_scale, list):
             self.train_crop_scale = tuple(self.train_crop_scale)
+        if isinstance(self.sources, list | tuple):
+            self.sources = [SourceSpec(**s) if isinstance(s, dict) else s for s in self.sources]
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field."""
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
-        if not isinstance(self.path, str) or not self.path:
-            raise ValueError("data.path must be a non-empty string (shard dir/pattern, csv file or datasets dir)")
+        if self.sources and (self.source != "webdataset" or self.path or self.index):
+            raise ValueError("data.sources replaces data.path / data.index (webdataset shards only); set one of them")
+        if not all(isinstance(s, SourceSpec) for s in self.sources):
+            raise ValueError(f"data.sources must be a list of {{path, index, weight}} mappings, got {self.sources!r}")
+        if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and self.index)
+                                                  or self.sources):  # fmt: skip
+            raise ValueError("data.path must be a non-empty string (shard dir/pattern/URL, csv file or datasets dir)")
+        if not isinstance(self.cache_max_gb, int | float) or isinstance(self.cache_max_gb, bool) or \
+                self.cache_max_gb <= 0:  # fmt: skip
+            raise ValueError(f"data.cache_max_gb must be a number > 0, got {self.cache_max_gb!r}")
         _int(self, "batch_size", 1)
         _int(self, "workers", 0)
         _int(self, "image_size", 1)
@@ -72,7 +110,7 @@ class DataConfig:
             raise ValueError("data.worker_priority 'idle' needs Linux (SCHED_IDLE); use 'low' on this system")
         if self.num_samples is not None:
             _int(self, "num_samples", 1)
-        for name in ("drop_last", "pin_memory"):
+        for name in ("drop_last", "pin_memory", "allow_missing_shards"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
         scale = self.train_crop_scale
@@ -84,11 +122,19 @@ class DataConfig:
         ):
             raise ValueError(f"data.train_crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
         for name in (
-            "csv_image_key", "csv_caption_key", "csv_separator", "csv_image_root",
+            "index", "cache_dir", "csv_image_key", "csv_caption_key", "csv_separator", "csv_image_root",
             "hf_image_key", "hf_caption_key", "hf_split",
         ):  # fmt: skip
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"data.{name} must be a string, got {getattr(self, name)!r}")
+        urls = [("data.path", self.path), ("data.index", self.index)]
+        urls += [(f"data.sources[{i}].{k}", getattr(s, k)) for i, s in enumerate(self.sources) for k in ("path",
+                                                                                                       "index")]
+        for name, url in urls:
+            if re.match(r"^[a-z0-9+.-]+://[^/@]*@", url):
+                raise ValueError(f"{name} carries credentials in its URL ({url.split('://')[0]}://...@...); they "
+                                 "would be saved with the config: give them through the environment (AWS_*, "
+                                 "~/.aws, gcloud)")
         if len(self.csv_separator) > 1:
             raise ValueError(f"data.csv_separator must be one character or empty, got {self.csv_separator!r}")
 

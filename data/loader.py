@@ -28,11 +28,13 @@ import random
 import weakref
 from collections import Counter, OrderedDict
 
+import numpy as np
 from torch.utils.data import Dataset, Sampler
 
 from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, load_sample, make_dataloader
 from data.config import DataConfig
 from data.eval_loader import EvalLoader, build_eval_loader
+from data.mixing import MixedPlan, MixedSource
 from data.plan import EpochPlan, steps_per_epoch
 from data.sources import SkipSample, open_source
 from data.tokenizer import get_tokenizer
@@ -56,10 +58,11 @@ class _TrainBatches(Dataset):
         plan = self._plans.get(epoch)
         if plan is None:
             c = self.cfg
-            plan = self._plans[epoch] = EpochPlan(
-                self.source.shard_sizes, batch_size=c.batch_size, seed=c.seed, epoch=epoch, rank=self.rank,
-                world_size=self.world_size, window=c.shuffle_window, drop_last=c.drop_last,
-            )  # fmt: skip
+            args = dict(batch_size=c.batch_size, seed=c.seed, epoch=epoch, rank=self.rank,
+                        world_size=self.world_size, window=c.shuffle_window, drop_last=c.drop_last)  # fmt: skip
+            mixed = isinstance(self.source, MixedSource)
+            plan = MixedPlan(self.source, **args) if mixed else EpochPlan(self.source.shard_sizes, **args)
+            self._plans[epoch] = plan
             if len(self._plans) > 2:
                 self._plans.popitem(last=False)
         return plan
@@ -68,6 +71,8 @@ class _TrainBatches(Dataset):
         epoch, b = item
         plan = self.plan(epoch)
         shards, locs = plan.batch(b)
+        if hasattr(self.source, "prefetch"):
+            self.source.prefetch(np.unique(shards))
         rng = random.Random(f"{self.cfg.seed}/{epoch}/{self.world_size}/{self.rank}/{b}")
         counts: Counter = Counter()
         pixels, captions, keys = [], [], []
@@ -119,7 +124,14 @@ class TrainLoader:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.source = open_source(cfg)
         self.num_samples = int(self.source.num_samples)
-        self.total = int(self.source.shard_sizes.sum())
+        mixed = isinstance(self.source, MixedSource)
+        self.total = self.source.epoch_total if mixed else int(self.source.shard_sizes.sum())
+        # True when every sample's dense row equals its integer source key (csv/datasets rows, the shards this
+        # repo writes): per-sample state saved by versions that indexed it by source key still fits.
+        shardset = getattr(self.source, "shardset", None)
+        self.keys_are_rows = bool(shardset.manifest.get("keys_are_rows")) if shardset is not None else True
+        if mixed:
+            self.keys_are_rows = self.source.keys_are_rows
         if self.total == 0:
             raise ValueError(f"the {cfg.source} data at {cfg.path!r} has no samples")
         self.steps_per_epoch = steps_per_epoch(self.total, cfg.batch_size, world_size, cfg.drop_last)
@@ -135,6 +147,8 @@ class TrainLoader:
                 "train data: %s %s, %d samples, index space %d, %d steps/epoch of %d x %d",
                 cfg.source, cfg.path, self.total, self.num_samples, self.steps_per_epoch, cfg.batch_size, world_size,
             )  # fmt: skip
+            if mixed:
+                log.info("train data: mixed sources per epoch: %s", self.source.describe())
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:

@@ -1,165 +1,305 @@
-"""manifest.json next to the shards: per-shard sample counts, total, index-space size N.
+"""The shard index: manifest.json + one `X.idx.npz` per shard, in an index directory of its own.
 
-Written by `tools/make_shards.py` (also for img2dataset output: `make_shards.py manifest
---shards DIR`). The loader never scans tars to learn the dataset size; it trusts the manifest
-and checks that each shard still has the byte size recorded there.
+Written by `tools/make_shards.py manifest --shards SRC --out INDEX` (SRC: a directory, a brace
+pattern over one or several directories, local or fsspec URLs). The shards are only read, so a
+read-only mount or bucket can be indexed. Every sample with an image gets a dense row 0..N-1 in
+(shard order, position); its source key (json "key", json "uid" or the tar's __key__) is kept in
+the per-shard index. Duplicate source keys and truncated tars are reported by shard at index time.
+The loader never scans tars: it trusts the manifest and checks each shard's byte size against it.
 """
 
 from __future__ import annotations
 
-import glob
+import hashlib
+import io
 import json
 import logging
 import os
-from collections import Counter
+import tarfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-import braceexpand
 import numpy as np
 
-from data.shards import INDEX_DTYPE, index_path, index_stats, index_tar
+from data import remote
+from data.shards import index_stats, scan_tar
 
 MANIFEST_NAME = "manifest.json"
-FORMAT = "fastflip-shards/1"
+FORMAT = "fastflip-index/2"
 KEEP_KEYS = ("classes", "templates", "class_prompts", "description")  # survive a manifest rebuild
 log = logging.getLogger(__name__)
 
 
-def manifest_hint(shard_dir: str) -> str:
-    return f"Create it with: python tools/make_shards.py manifest --shards {shard_dir}"
+def manifest_hint(shards: str, index: str = "") -> str:
+    if index and remote.normalize(index) != remote.normalize(shards):
+        return f"Create it with: python tools/make_shards.py manifest --shards {shards} --out {index}"
+    return (f"Create it with: python tools/make_shards.py manifest --shards {shards} (read-only or remote shards: "
+            "add --out INDEX_DIR and set data.index: INDEX_DIR)")
 
 
 @dataclass
 class ShardInfo:
-    name: str
-    path: str
-    count: int
-    index_path: str
+    name: str  # as listed in the manifest (relative to the index directory when the shard lives there)
+    url: str  # local path or fsspec URL
+    count: int  # tar samples (records), valid or not
+    rows: int  # samples with an image: dense rows row_start .. row_start + rows - 1
+    row_start: int
+    index_url: str
+    bytes: int
 
 
 @dataclass
 class ShardSet:
-    """The shards selected by a path, with what the manifest says about them."""
+    """The shards selected by a path, with what the index says about them."""
 
-    directory: str
+    directory: str  # the index directory
     shards: list[ShardInfo]
-    num_samples: int  # index-space size N = max key + 1 over the whole manifest
+    num_samples: int  # dense rows over the whole index
     classes: list[str] | None = None
     manifest: dict = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return sum(s.count for s in self.shards)
 
 
-def _index_one(path: str) -> tuple[str, int, int, int, dict]:
+def _index_name(url: str, common: str) -> str:
+    rel = url[len(common) :].lstrip("/") if common else remote.basename(url)
+    return (rel[:-4] if rel.endswith(".tar") else rel).replace("/", "__") + ".idx.npz"
+
+
+def _common_dir(urls: list[str]) -> str:
+    dirs = {remote.dirname(u) for u in urls}
+    if len(dirs) == 1:
+        return ""  # one directory: index files are named after the shards
+    parts = [d.split("/") for d in dirs]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return "/".join(common)
+
+
+def _index_one(job: tuple[str, str]) -> dict:
+    url, index_url = job
+    problem = ""
     try:
-        idx = index_tar(path)
-        unreadable = 0
-    except Exception:  # not a tar at all: keep going, report it
-        idx, unreadable = np.zeros(0, dtype=INDEX_DTYPE), 1
-    np.save(index_path(path), idx)
-    keys = idx["key"][idx["key"] >= 0]
-    stats = dict(index_stats(idx))
-    if unreadable:
-        stats["unreadable_shard"] = 1
-    return path, len(idx), int(keys.max()) + 1 if len(keys) else 0, os.path.getsize(path), stats
+        if remote.is_remote(url):
+            fs, path = remote.filesystem(url)
+            with fs.open(path, "rb", block_size=remote.BIG_BLOCK, cache_type="readahead") as f:
+                size = int(f.size)
+                idx, keys, problem = scan_tar(f, size, stream=True)
+        else:
+            with open(remote.local_path(url), "rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(0)
+                idx, keys, problem = scan_tar(f, size)
+    except (tarfile.ReadError, EOFError) as e:  # not a tar at all: keep going, report it
+        from data.shards import INDEX_DTYPE
+
+        idx, keys, problem = np.zeros(0, dtype=INDEX_DTYPE), [], f"unreadable: {e}"
+        size = remote.sizes([url]).get(url) or 0
+    buf = io.BytesIO()
+    np.savez(buf, index=idx, keys=np.array(keys, dtype=str))
+    remote.write_bytes(index_url, buf.getvalue())
+    valid_keys = [k for k, r in zip(keys, idx["row"].tolist(), strict=True) if r >= 0]
+    return {"url": url, "count": len(idx), "rows": len(valid_keys), "bytes": size, "stats": dict(index_stats(idx)),
+            "problem": problem, **_key_facts(valid_keys)}  # fmt: skip
+
+
+def _key_facts(keys: list[str]) -> dict:
+    """What the manifest needs of a shard's source keys, compactly (hundreds of millions at LAION scale):
+    64-bit hashes to find duplicates, and the constant key - row offset if the keys are consecutive integers."""
+    hashes = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True)
+                       for k in keys], dtype=np.int64)  # fmt: skip
+    offset = None
+    if keys and all(k.isdigit() for k in keys):
+        ints = np.array([int(k) for k in keys], dtype=np.int64)
+        if np.array_equal(ints - ints[0], np.arange(len(ints))):
+            offset = int(ints[0])
+    return {"hashes": hashes, "first_key": offset}
 
 
 def build_manifest(
-    shard_paths: Iterable[str],
+    shard_urls: Iterable[str],
     out_dir: str,
     extra: dict | None = None,
     workers: int = 1,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict:
-    """Index every shard (writing `X.idx.npy`) and write `out_dir/manifest.json`; returns it."""
-    paths = sorted(os.path.abspath(p) for p in shard_paths)
-    if not paths:
+    """Index every shard (writing `out_dir/X.idx.npz`) and write `out_dir/manifest.json`; returns it."""
+    urls = sorted(remote.normalize(u) for u in shard_urls)
+    if not urls:
         raise ValueError(f"no .tar shards to put in a manifest under {out_dir}")
+    out_dir = remote.normalize(out_dir)
+    common = _common_dir(urls)
+    jobs = [(u, remote.join(out_dir, _index_name(u, common))) for u in urls]
     wrap = progress or (lambda it: it)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(wrap(pool.map(_index_one, paths, chunksize=4)))
+            results = list(wrap(pool.map(_index_one, jobs, chunksize=1)))
     else:
-        results = [_index_one(p) for p in wrap(paths)]
-    old = _read_json(os.path.join(out_dir, MANIFEST_NAME)) or {}
-    invalid: Counter = Counter()
-    shards = []
-    for path, count, _, size, stats in results:
-        invalid.update(stats)
-        if os.path.dirname(path) != os.path.abspath(out_dir):
-            raise ValueError(f"shard {path} is not in the manifest's directory {out_dir}")
-        shards.append({"name": os.path.basename(path), "count": count, "bytes": size})
+        results = [_index_one(j) for j in wrap(jobs)]
+    old = _read_json(remote.join(out_dir, MANIFEST_NAME)) or {}
+    shards, stats, problems, row = [], {}, {}, 0
+    for (url, index_url), r in zip(jobs, results, strict=True):
+        name = _relative(url, out_dir)
+        shards.append({"path": name, "count": r["count"], "rows": r["rows"], "row_start": row, "bytes": r["bytes"],
+                       "index": remote.basename(index_url)})  # fmt: skip
+        row += r["rows"]
+        for reason, n in r["stats"].items():
+            stats[reason] = stats.get(reason, 0) + n
+        if r["problem"]:
+            problems.setdefault("truncated_or_unreadable", {})[name] = r["problem"]
+    hashes = np.concatenate([r["hashes"] for r in results])
+    dup_total, dup_by_shard = _duplicates(hashes, [s["path"] for s in shards], [r["rows"] for r in results])
+    if dup_total:
+        problems["duplicate_source_keys"] = {"samples": dup_total, "by_shard": dup_by_shard}
     manifest = {
         "format": FORMAT,
-        "num_samples": max(r[2] for r in results),
-        "total": sum(r[1] for r in results),
-        "invalid_at_index_time": dict(sorted(invalid.items())),
+        "num_samples": row,
+        "total": sum(r["count"] for r in results),
+        "keys_are_rows": bool(row) and all(r["first_key"] == s["row_start"] for r, s in zip(results, shards,
+                                                                                            strict=True) if r["rows"]),
+        "invalid_at_index_time": dict(sorted(stats.items())),
+        "problems": problems,
         "shards": shards,
     }
     manifest.update({k: old[k] for k in KEEP_KEYS if k in old})
     manifest.update(extra or {})
-    tmp = os.path.join(out_dir, MANIFEST_NAME + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST_NAME))
-    if invalid:
-        log.warning("shards under %s hold samples the loader will skip: %s", out_dir, dict(invalid))
+    remote.write_bytes(remote.join(out_dir, MANIFEST_NAME), json.dumps(manifest, indent=1).encode())
+    if stats:
+        log.warning("shards indexed in %s hold samples the loader will skip: %s", out_dir, stats)
+    for kind, detail in problems.items():
+        log.warning("index %s: %s: %s", out_dir, kind, json.dumps(detail)[:2000])
     return manifest
 
 
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
+def _duplicates(keys: np.ndarray, names: list[str], rows: list[int]) -> tuple[int, dict[str, int]]:
+    """Samples whose source key (hash) is also another sample's, in total and by shard."""
+    if not len(keys):
+        return 0, {}
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    dup = counts[inverse] > 1
+    shard_of = np.repeat(np.arange(len(names)), rows)
+    by_shard = np.bincount(shard_of[dup], minlength=len(names))
+    return int(dup.sum()), {names[i]: int(n) for i, n in enumerate(by_shard) if n}
+
+
+def _relative(url: str, out_dir: str) -> str:
+    if remote.is_remote(url) != remote.is_remote(out_dir):
+        return url
+    sep = "/" if remote.is_remote(url) else os.sep
+    prefix = out_dir.rstrip(sep) + sep
+    return url[len(prefix) :] if url.startswith(prefix) else url
+
+
+def _read_json(url: str) -> dict | None:
+    try:
+        return json.loads(remote.read_bytes(url))
+    except FileNotFoundError:
         return None
-    with open(path) as f:
-        return json.load(f)
 
 
-def expand_pattern(pattern: str) -> list[str]:
-    """Brace pattern and/or glob -> sorted unique existing paths."""
-    found: set[str] = set()
-    for part in braceexpand.braceexpand(pattern):
-        found.update(glob.glob(part) if glob.has_magic(part) else ([part] if os.path.exists(part) else []))
-    return sorted(found)
+def _listed(name: str, index_dir: str) -> str:
+    if "://" in name or name.startswith("/"):
+        return remote.normalize(name)
+    return remote.normalize(remote.join(index_dir, name))
 
 
-def resolve_shards(path: str) -> ShardSet:
-    """A shard directory, manifest.json, tar brace pattern or glob -> ShardSet (clear errors otherwise)."""
-    if "://" in path or path.startswith("pipe:"):
-        raise ValueError(f"only local shard files are supported, got {path!r}")
-    if os.path.isdir(path):
-        directory, names = path, None
-    elif path.endswith(".json") and os.path.isfile(path):
-        directory, names = os.path.dirname(path) or ".", None
-    else:
-        files = [p for p in expand_pattern(path) if p.endswith(".tar")]
-        if not files:
-            raise FileNotFoundError(f"no .tar shards match {path!r}")
-        dirs = {os.path.dirname(os.path.abspath(p)) for p in files}
-        if len(dirs) > 1:
-            raise ValueError(f"shards matched by {path!r} span several directories {sorted(dirs)}; use one")
-        directory, names = dirs.pop(), [os.path.basename(p) for p in files]
-    manifest_path = path if path.endswith(".json") else os.path.join(directory, MANIFEST_NAME)
-    manifest = _read_json(manifest_path)
+def load_manifest(index_dir: str, shards_hint: str) -> dict:
+    manifest_url = remote.join(index_dir, MANIFEST_NAME)
+    manifest = _read_json(manifest_url)
     if manifest is None:
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {directory}. {manifest_hint(directory)}")
-    listed = {s["name"]: s for s in manifest.get("shards", [])}
-    names = names if names is not None else [s["name"] for s in manifest.get("shards", [])]
-    if not names:
-        raise ValueError(f"{manifest_path} lists no shards. {manifest_hint(directory)}")
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {index_dir}. {manifest_hint(shards_hint, index_dir)}")
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_url} has format {manifest.get('format')!r}, this version reads {FORMAT!r} "
+                         f"(dense rows, source keys). {manifest_hint(shards_hint, index_dir)}")  # fmt: skip
+    return manifest
+
+
+def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> ShardSet:
+    """Shards named by `path` (directory, manifest.json, brace pattern/glob, local or URL; "" = all in the
+    index) with their index from `index` (default: the shards' own directory). Shards that do not exist
+    stop here with a list of them, unless `allow_missing`."""
+    wanted: list[str] | None
+    if path.endswith(".json"):
+        index, wanted = index or remote.dirname(path), None
+    elif not path or remote.isdir(path):
+        index, wanted = index or path, None
+        if path and remote.normalize(index) != remote.normalize(path):
+            wanted = ["dir:" + remote.normalize(path)]
+    else:
+        wanted = [remote.normalize(u) for u in remote.expand(path)]
+        wanted = [u for u in wanted if u.endswith(".tar")] or wanted
+        if not index:
+            dirs = sorted({remote.dirname(u) for u in wanted})
+            if len(dirs) > 1:
+                raise ValueError(f"shards matched by {path!r} span several directories {dirs[:5]}: index them into "
+                                 f"one place and set data.index. {manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
+            index = dirs[0]
+    index = remote.normalize(index)
+    found = remote.sizes(wanted) if wanted and not wanted[0].startswith("dir:") else {}
+    missing = [u for u in found if found[u] is None]
+    if missing and not allow_missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(found)} shard(s) named by {path!r} do not exist: "
+                                f"{_listing(missing)}. Fix data.path (a typo in the pattern?) or set "
+                                "data.allow_missing_shards: true to train without them")  # fmt: skip
+    manifest = load_manifest(index, path or index)
+    entries = {_listed(s["path"], index): s for s in manifest.get("shards", [])}
+    if not entries:
+        raise ValueError(f"{remote.join(index, MANIFEST_NAME)} lists no shards. {manifest_hint(path or index, index)}")
+    if wanted is None:
+        urls = list(entries)
+    elif wanted[0].startswith("dir:"):
+        urls = [u for u in entries if remote.dirname(u) == wanted[0][4:]]
+    else:
+        urls = wanted
+    found = found or remote.sizes(urls)
+    missing = [u for u in urls if found[u] is None]
+    unindexed = [u for u in urls if found[u] is not None and u not in entries]
+    if unindexed:
+        raise ValueError(f"{len(unindexed)} shard(s) of {path!r} are not in the index {index}: {_listing(unindexed)}. "
+                         f"{manifest_hint(path, index)}")  # fmt: skip
+    if missing and not allow_missing:  # listed in the index, gone since
+        raise FileNotFoundError(f"{len(missing)} of {len(urls)} indexed shard(s) under {path or index!r} do not "
+                                f"exist: {_listing(missing)}. Restore them, re-index, or set "
+                                "data.allow_missing_shards: true to train without them")  # fmt: skip
+    if missing:
+        log.warning("data.allow_missing_shards: %d of %d shards named by %r do not exist; training without them",
+                    len(missing), len(urls), path)  # fmt: skip
     shards = []
-    for name in names:
-        entry = listed.get(name)
-        if entry is None:
-            raise ValueError(f"shard {name} is not in {manifest_path}. {manifest_hint(directory)}")
-        tar = os.path.join(directory, name)
-        if not os.path.isfile(tar):
-            raise FileNotFoundError(f"shard {tar} listed in {manifest_path} does not exist")
-        if os.path.getsize(tar) != entry["bytes"] or not os.path.isfile(index_path(tar)):
-            raise ValueError(f"{manifest_path} is stale for {name} (size changed or index missing). "
-                             f"{manifest_hint(directory)}")
-        shards.append(ShardInfo(name, tar, int(entry["count"]), index_path(tar)))
-    return ShardSet(directory, shards, int(manifest["num_samples"]), manifest.get("classes"), manifest)
+    for url in urls:
+        if url in missing:
+            continue
+        e = entries[url]
+        if found[url] != e["bytes"]:
+            raise ValueError(f"the index {index} is stale for {url} (size {found[url]}, indexed {e['bytes']}). "
+                             f"{manifest_hint(path or index, index)}")  # fmt: skip
+        shards.append(ShardInfo(e["path"], url, int(e["count"]), int(e["rows"]), int(e["row_start"]),
+                                remote.join(index, e["index"]), int(e["bytes"])))  # fmt: skip
+    if not shards:
+        raise FileNotFoundError(f"none of the shards named by {path!r} exist")
+    return ShardSet(index, shards, int(manifest["num_samples"]), manifest.get("classes"), manifest, missing)
+
+
+def _listing(urls: list[str]) -> str:
+    return ", ".join(urls) if len(urls) <= 10 else ", ".join(urls[:10]) + f" and {len(urls) - 10} more"
+
+
+def load_index(info: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+    """(INDEX_DTYPE records, source keys) of one shard."""
+    try:
+        with np.load(io.BytesIO(remote.read_bytes(info.index_url)), allow_pickle=False) as z:
+            index, keys = z["index"], z["keys"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"index file {info.index_url} of {info.url} is missing; re-run "
+                                f"tools/make_shards.py manifest") from None  # fmt: skip
+    if len(index) != info.count:
+        raise ValueError(f"index of {info.url} disagrees with the manifest; re-run tools/make_shards.py manifest")
+    return index, keys
+

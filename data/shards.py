@@ -1,12 +1,12 @@
 """webdataset tar shards in the img2dataset layout: writing them and indexing them.
 
-A sample is the run of consecutive tar members sharing a prefix (`000000042.png`,
-`000000042.txt`, `000000042.json`), grouped as webdataset does. Its json carries the stable
-integer "key" (img2dataset writes it as a digit string; both are accepted) and optionally a
-class "label". Each shard `X.tar` gets a sidecar index `X.idx.npy` (one record per sample:
-key, label and the byte ranges of image and caption), which lets the loader read any sample
-with two `pread`s: shuffling, splitting across ranks/workers and mid-epoch resume then need
-no sequential tar scan.
+A sample is the run of consecutive tar members sharing a prefix (`000000042.jpg`,
+`000000042.txt`, `000000042.json`), grouped as webdataset does. Its source key is the json
+"key" (img2dataset's digit string or an int), else the json "uid" (DataComp), else the tar's
+`__key__` (the member prefix). Indexing a shard gives one record per sample: its dense row
+within the shard (-1 when it has no image), label and the byte ranges of image and caption,
+which lets the loader read any sample with two slices of the shard: shuffling, splitting
+across ranks/workers and mid-epoch resume then need no sequential tar scan.
 """
 
 from __future__ import annotations
@@ -17,69 +17,67 @@ import os
 import re
 import tarfile
 from collections import Counter
+from typing import IO
 
 import numpy as np
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 INDEX_DTYPE = np.dtype(
-    [("key", "<i8"), ("label", "<i8"), ("img_off", "<i8"), ("img_len", "<i8"), ("txt_off", "<i8"), ("txt_len", "<i8")]
+    [("row", "<i8"), ("label", "<i8"), ("img_off", "<i8"), ("img_len", "<i8"), ("txt_off", "<i8"), ("txt_len", "<i8")]
 )
-KEY_MISSING = -1  # no json, or json without "key"
-KEY_INVALID = -2  # json unreadable or key not a non-negative integer
 _PREFIX_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
-def index_path(tar_path: str) -> str:
-    """Sidecar index of a shard: `dir/000000.tar` -> `dir/000000.idx.npy`."""
-    base = tar_path[:-4] if tar_path.endswith(".tar") else tar_path
-    return base + ".idx.npy"
+def source_key(meta: dict | None, prefix: str) -> str:
+    """json "key" (int or digit string), else json "uid", else the tar member prefix (webdataset's __key__)."""
+    for name in ("key", "uid"):
+        value = (meta or {}).get(name)
+        if isinstance(value, int | str) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
+    return prefix
 
 
-def parse_key(value) -> int:
-    """json "key" -> int; img2dataset's zero-padded digit strings are accepted."""
-    if isinstance(value, bool):
-        return KEY_INVALID
-    if isinstance(value, int):
-        return value if value >= 0 else KEY_INVALID
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return KEY_INVALID
-
-
-def _record(members: dict[str, tarfile.TarInfo], tf: tarfile.TarFile) -> tuple:
-    key, label = KEY_MISSING, -1
-    if "json" in members:
+def _record(members: dict[str, tarfile.TarInfo], meta_bytes: bytes | None, prefix: str) -> tuple[tuple, str]:
+    label, meta = -1, None
+    if meta_bytes is not None:
         try:
-            meta = json.loads(tf.extractfile(members["json"]).read())
-            key = parse_key(meta["key"]) if "key" in meta else KEY_MISSING
-            if isinstance(meta.get("label"), int) and not isinstance(meta.get("label"), bool):
-                label = meta["label"]
-        except (ValueError, TypeError, AttributeError):  # not json / not an object
-            key = KEY_INVALID
+            meta = json.loads(meta_bytes)
+            meta = meta if isinstance(meta, dict) else None
+        except (ValueError, TypeError):  # not json: the sample keeps its tar key
+            meta = None
+        if meta and isinstance(meta.get("label"), int) and not isinstance(meta.get("label"), bool):
+            label = meta["label"]
     img = next((members[e] for e in IMAGE_EXTS if e in members), None)
     txt = members.get("txt")
-    return (
-        key,
-        label,
-        img.offset_data if img else -1,
-        img.size if img else -1,
-        txt.offset_data if txt else -1,
-        txt.size if txt else -1,
-    )
+    rec = (0, label, img.offset_data if img else -1, img.size if img else -1,
+           txt.offset_data if txt else -1, txt.size if txt else -1)  # fmt: skip
+    return rec, source_key(meta, prefix.rsplit("/", 1)[-1])
 
 
-def index_tar(tar_path: str) -> np.ndarray:
-    """Scan a shard's headers (plus the small json members) into an INDEX_DTYPE array.
+def scan_tar(fileobj: IO[bytes], size: int, stream: bool = False) -> tuple[np.ndarray, list[str], str]:
+    """Scan a shard's headers (plus the small json members) -> (INDEX_DTYPE records, source keys, problem).
 
-    Members with no image/txt/json extension are ignored; a truncated tar keeps the samples
-    read before the damage (the error is reported by `build_index`'s caller via a short count).
+    `stream` reads the tar front to back (remote files: one sequential read); otherwise it seeks past
+    the member data. `problem` is "" or what is wrong with the tar: a truncated tar keeps the samples
+    that are complete before the damage and says where it was cut.
     """
-    records: list[tuple] = []
+    records, keys = [], []
     current: dict[str, tarfile.TarInfo] = {}
-    prefix = None
-    with tarfile.open(tar_path, "r:") as tf:
+    prefix, problem, end, meta_bytes = None, "", 0, None
+
+    def flush() -> None:
+        if current:
+            rec, key = _record(current, meta_bytes, prefix)
+            records.append(rec)
+            keys.append(key)
+
+    with tarfile.open(fileobj=fileobj, mode="r|" if stream else "r:") as tf:
         try:
             for member in tf:
+                if member.offset_data + member.size > size:
+                    problem = f"truncated: member {member.name} ends past the file's {size} bytes"
+                    break
+                end = member.offset_data + member.size
                 if not member.isfile():
                     continue
                 m = _PREFIX_EXT.match(member.name)
@@ -89,24 +87,35 @@ def index_tar(tar_path: str) -> np.ndarray:
                 if ext not in IMAGE_EXTS and ext not in ("txt", "json"):
                     continue
                 if pre != prefix or ext in current:
-                    if current:
-                        records.append(_record(current, tf))
-                    current, prefix = {}, pre
+                    flush()
+                    current, prefix, meta_bytes = {}, pre, None
                 current[ext] = member
-        except (tarfile.ReadError, EOFError, OSError):
-            pass  # truncated shard: keep what was complete
-        if current:
-            records.append(_record(current, tf))
-    return np.array(records, dtype=INDEX_DTYPE)
+                if ext == "json":  # read now: a stream cannot go back to it
+                    meta_bytes = tf.extractfile(member).read()
+        except (tarfile.ReadError, EOFError, OSError) as e:
+            problem = f"truncated or damaged after byte {end}: {e}"
+        if not problem and size < -(-end // 512) * 512 + 1024:  # no end-of-archive blocks: cut at a member boundary
+            problem = f"truncated: no end-of-archive marker after byte {end}"
+        if problem and current:  # the sample at the cut may be incomplete: drop it
+            current = {}
+        flush()
+    index = np.array(records, dtype=INDEX_DTYPE)
+    has_image = index["img_len"] >= 0
+    index["row"] = np.where(has_image, np.cumsum(has_image) - 1, -1)
+    return index, keys, problem
+
+
+def index_tar(path: str) -> tuple[np.ndarray, list[str], str]:
+    """`scan_tar` of a local file."""
+    with open(path, "rb") as f:
+        return scan_tar(f, os.fstat(f.fileno()).st_size)
 
 
 def index_stats(index: np.ndarray) -> Counter:
     """Counts of samples that the loader will skip, by reason (what the index already shows)."""
     c = Counter()
-    c["missing_key"] = int((index["key"] == KEY_MISSING).sum())
-    c["bad_key"] = int((index["key"] == KEY_INVALID).sum())
     c["missing_image"] = int((index["img_len"] < 0).sum())
-    c["missing_caption"] = int((index["txt_len"] < 0).sum())
+    c["missing_caption"] = int((index["txt_len"] <= 0).sum())
     return +c
 
 

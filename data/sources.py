@@ -13,14 +13,16 @@ import glob
 import mmap
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from data.cache import ShardCache
 from data.config import DataConfig
-from data.manifest import resolve_shards
-from data.shards import KEY_MISSING
+from data.manifest import load_index, resolve_shards
+from data.remote import is_remote, local_path
 
 BLOCK = 1000  # rows per virtual shard for csv / datasets sources
 _MAX_OPEN = 64  # mapped shard files / cached indices per process
@@ -48,18 +50,28 @@ def _blocks(n: int) -> np.ndarray:
 
 
 class ShardSource:
-    """webdataset shards + sidecar indices; each read slices one memory-mapped shard file (no system call)."""
+    """webdataset shards + their index; each read slices one memory-mapped shard file (no system call).
+
+    Remote shards (fsspec URLs) are copied whole into the bounded `cache_dir` first (data/cache.py).
+    `key_offset` moves this source's dense rows (several sources share one per-sample table).
+    """
 
     kind = "webdataset"
 
-    def __init__(self, path: str, num_samples: int | None = None) -> None:
-        self.shardset = resolve_shards(path)
-        self.paths = [s.path for s in self.shardset.shards]
-        self._index_paths = [s.index_path for s in self.shardset.shards]
-        self.shard_sizes = np.array([s.count for s in self.shardset.shards], dtype=np.int64)
-        self.num_samples = num_samples or self.shardset.num_samples
+    def __init__(self, cfg: DataConfig, path: str | None = None, index: str | None = None,
+                 key_offset: int = 0) -> None:  # fmt: skip
+        path = cfg.path if path is None else path
+        index = cfg.index if index is None else index
+        self.shardset = resolve_shards(path, index, cfg.allow_missing_shards)
+        self.shards = self.shardset.shards
+        self.paths = [s.url for s in self.shards]
+        self.shard_sizes = np.array([s.count for s in self.shards], dtype=np.int64)
+        self.key_offset = key_offset
+        self.num_samples = cfg.num_samples or self.shardset.num_samples
         self.classes = self.shardset.classes
         self.has_labels = self.classes is not None
+        self._cache_args = (cfg.cache_dir, int(cfg.cache_max_gb * 2**30))
+        self._cache: ShardCache | None = None
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
         self._pid = os.getpid()
@@ -67,13 +79,25 @@ class ShardSource:
     def _index(self, shard: int) -> np.ndarray:
         idx = self._indices.get(shard)
         if idx is None:
-            idx = np.load(self._index_paths[shard])
-            if len(idx) != self.shard_sizes[shard]:
-                raise ValueError(f"index of {self.paths[shard]} disagrees with the manifest; rebuild the manifest")
-            self._indices[shard] = idx
+            idx = self._indices[shard] = load_index(self.shards[shard])[0]
             if len(self._indices) > _MAX_OPEN:
                 self._indices.popitem(last=False)
         return idx
+
+    def _local(self, shard: int) -> str:
+        info = self.shards[shard]
+        if not is_remote(info.url):
+            return local_path(info.url)
+        if self._cache is None:
+            self._cache = ShardCache(*self._cache_args)
+        return self._cache.local(info.url, info.bytes)
+
+    def prefetch(self, shards) -> None:
+        """Fetch the not yet cached remote shards among `shards` concurrently (a batch may need several)."""
+        todo = [int(s) for s in shards if is_remote(self.shards[int(s)].url) and int(s) not in self._maps]
+        if len(todo) > 1:
+            with ThreadPoolExecutor(min(8, len(todo))) as pool:
+                list(pool.map(self._local, todo))
 
     def _map(self, shard: int) -> mmap.mmap:
         if self._pid != os.getpid():  # forked into a DataLoader worker: map our own files
@@ -81,7 +105,7 @@ class ShardSource:
             self._pid = os.getpid()
         mapped = self._maps.get(shard)
         if mapped is None:
-            with open(self.paths[shard], "rb") as f:
+            with open(self._local(shard), "rb") as f:
                 if os.fstat(f.fileno()).st_size == 0:
                     raise SkipSample("corrupt_image")  # shard emptied after indexing
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -91,15 +115,14 @@ class ShardSource:
         return mapped
 
     def key(self, shard: int, i: int) -> int:
-        return int(self._index(shard)["key"][i])
+        row = int(self._index(shard)["row"][i])
+        return self.key_offset + self.shards[shard].row_start + row if row >= 0 else -1
 
     def read(self, shard: int, i: int, need_caption: bool = True) -> RawSample:
         rec = self._index(shard)[i]
-        key = int(rec["key"])
-        if key < 0:
-            raise SkipSample("missing_key" if key == KEY_MISSING else "bad_key")
-        if rec["img_len"] < 0:
+        if rec["row"] < 0 or rec["img_len"] < 0:
             raise SkipSample("missing_image")
+        key = self.key_offset + self.shards[shard].row_start + int(rec["row"])
         caption = ""
         mapped = self._map(shard)
         if rec["txt_len"] >= 0:
@@ -248,8 +271,16 @@ def _load_hf(path: str, split: str):
 
 
 def open_source(cfg: DataConfig, label_key: str | None = None):
+    if cfg.sources:
+        from data.mixing import MixedSource
+
+        return MixedSource(cfg)
     if cfg.source == "webdataset":
-        return ShardSource(cfg.path, cfg.num_samples)
+        return ShardSource(cfg)
     if cfg.source == "csv":
         return CsvSource(cfg, label_key)
+    if cfg.source == "imagefolder":
+        from data.imagefolder import ImageFolderSource
+
+        return ImageFolderSource(cfg)
     return HFSource(cfg, label_key)

@@ -19,11 +19,12 @@ GPUS_PER_NODE = 4
 NODES = (1, 2, 4, 8)
 
 # name: (model, per-GPU batch, epochs, lr, lr_min, warmup steps at the paper's global batch, wd, lr_tau, rho,
-#        gamma_min, gamma_epochs, eps, key space N, dataset pairs)
+#        gamma_min, gamma_epochs, eps, dataset pairs). The per-sample state has one row per pair: the index's
+#        dense rows (data.num_samples comes from the index at launch).
 FASTCLIP = {
-    "cc3m": ("ViT-B-32", 128, 37, 1e-3, 0.0, 10_000, 0.1, 2e-4, 6.5, 0.2, 18, 1e-14, 3_318_333, 2_700_000),
-    "cc12m": ("ViT-B-32", 256, 33, 4e-4, 0.0, 10_000, 0.1, 1e-4, 8.5, 0.2, 16, 1e-14, 12_423_374, 9_100_000),
-    "laion315m": ("ViT-B-16", 320, 30, 2e-4, 4e-5, 13_200, 0.2, 5e-5, 16.0, 0.8, 10, 1e-6, 414_080_000, 315_000_000),
+    "cc3m": ("ViT-B-32", 128, 37, 1e-3, 0.0, 10_000, 0.1, 2e-4, 6.5, 0.2, 18, 1e-14, 2_700_000),
+    "cc12m": ("ViT-B-32", 256, 33, 4e-4, 0.0, 10_000, 0.1, 1e-4, 8.5, 0.2, 16, 1e-14, 9_100_000),
+    "laion315m": ("ViT-B-16", 320, 30, 2e-4, 4e-5, 13_200, 0.2, 5e-5, 16.0, 0.8, 10, 1e-6, 315_000_000),
 }
 
 # The paper's global batch per dataset: warmup steps are rescaled to the same number of samples at every scale.
@@ -40,7 +41,7 @@ FLIP_TUNING_SAMPLES = 128_000_000  # ~0.32 epoch of LAION-400M
 
 
 def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
-    model, batch, epochs, lr, lr_min, warmup, wd, lr_tau, rho, gamma_min, gamma_epochs, eps, keys, pairs = FASTCLIP[
+    model, batch, epochs, lr, lr_min, warmup, wd, lr_tau, rho, gamma_min, gamma_epochs, eps, pairs = FASTCLIP[
         data
     ]
     world = nodes * GPUS_PER_NODE
@@ -60,7 +61,7 @@ def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
         "model": {"name": model},
         "data": {
             "source": "webdataset", "path": f"data/{data}/train", "batch_size": batch, "workers": 6,
-            "image_size": 224, "seed": 2024, "num_samples": keys,
+            "image_size": 224, "seed": 2024,
         },
         "loss": loss_section,
         "optim": {

@@ -31,20 +31,21 @@ def epoch(loader, e: int | None = None) -> list[dict]:
 
 
 def test_keys_round_trip(tmp_path):
+    """Sparse source keys 1, 4, 7, ... become dense rows 0..11 in (shard, position) order."""
     keys = write_shards(tmp_path, [5, 7], keys=[3 * i + 1 for i in range(12)])
     loader = build_train_loader(cfg(tmp_path), 0, 1)
-    assert loader.num_samples == max(keys) + 1 and loader.steps_per_epoch == 3
+    assert loader.num_samples == 12 and loader.steps_per_epoch == 3
     batches = epoch(loader)
-    assert sorted(keys_of(batches)) == keys
+    assert sorted(keys_of(batches)) == list(range(12))
     tok = get_tokenizer()
     for b in batches:
         assert b["pixels"].dtype == torch.uint8 and b["pixels"].shape == (4, 8, 8, 3)  # normalised on the device
         assert b["tokens"].dtype == torch.int64 and b["tokens"].shape == (4, 77)
         assert b["index"].dtype == torch.int64
         colors = decode_colors(normalize_pixels(b["pixels"]), MEAN, STD)
-        for j, k in enumerate(b["index"].tolist()):
-            assert tuple(colors[j]) == key_color(k)  # the pixels belong to this key
-            assert torch.equal(b["tokens"][j], tok([caption_of(k)])[0])
+        for j, row in enumerate(b["index"].tolist()):
+            assert tuple(colors[j]) == key_color(keys[row])  # the pixels belong to this row's sample
+            assert torch.equal(b["tokens"][j], tok([caption_of(keys[row])])[0])
 
 
 def test_two_ranks_disjoint_and_cover(tmp_path):
@@ -147,32 +148,31 @@ def test_resume_with_other_world_size(tmp_path):
 
 
 def _bad_shards(directory) -> tuple[list[int], dict[str, int]]:
-    """20 good samples (keys 0..19) and one of each kind of bad sample (keys 100..105)."""
+    """22 good samples and one of each kind of bad one; returns the good rows and the planted skips."""
     w = ShardWriter(str(directory), shard_size=13)
-    good = list(range(20))
-    for k in good[:10]:
+    for k in range(10):  # rows 0..9
         w.write(k, png(k), "png", caption_of(k))
-    w.write(100, b"this is not an image", "jpg", "corrupt")
-    w.write(101, png(101)[:40], "png", "truncated png")
-    w.write(None, png(102), "png", "no key")
-    w.write("abc", png(103), "png", "key not an integer")
-    w.write(104, png(104), "png", None)
-    w.write(105, None, "png", "no image")
-    w.write(106, png(106), "png", "key beyond num_samples")
-    for k in good[10:]:
+    w.write(100, b"this is not an image", "jpg", "corrupt")  # row 10
+    w.write(101, png(101)[:40], "png", "truncated png")  # row 11
+    w.write(None, png(102), "png", "no key: the tar key stands in")  # row 12, good
+    w.write("abc", png(103), "png", "a string key")  # row 13, good
+    w.write(104, png(104), "png", None)  # row 14, no caption
+    w.write(105, None, "png", "no image")  # no row
+    for k in range(10, 20):  # rows 15..24
         w.write(k, png(k), "png", caption_of(k))
+    w.write(106, png(106), "png", "row beyond num_samples")  # row 25
     w.close()
     from data.manifest import build_manifest
 
     build_manifest(w.paths, str(directory))
-    planted = {"corrupt_image": 2, "missing_key": 1, "bad_key": 1, "missing_caption": 1, "missing_image": 1,
-               "key_out_of_range": 1}  # fmt: skip
+    good = [*range(10), 12, 13, *range(15, 25)]
+    planted = {"corrupt_image": 2, "missing_caption": 1, "missing_image": 1, "key_out_of_range": 1}
     return good, planted
 
 
 def test_bad_samples_skipped_and_counted(tmp_path):
-    good, planted = _bad_shards(tmp_path)  # 27 samples; num_samples=106 makes key 106 out of range
-    c = cfg(tmp_path, batch_size=3, num_samples=106, shuffle_window=0)
+    good, planted = _bad_shards(tmp_path)  # 27 samples; num_samples=25 makes row 25 out of range
+    c = cfg(tmp_path, batch_size=3, num_samples=25, shuffle_window=0)
     counts = {}
     for w in (0, 2):
         loader = build_train_loader(c.__class__(**{**c.__dict__, "workers": w}), 0, 1)
@@ -217,7 +217,7 @@ def test_img2dataset_string_keys_and_manifest_tool(tmp_path):
 
 
 def test_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no .tar shards match"):
+    with pytest.raises(FileNotFoundError, match="10 of 10 shard"):
         build_train_loader(cfg(tmp_path / "missing-{000..009}.tar"), 0, 1)
     write_shards(tmp_path / "empty", [0])
     with pytest.raises(ValueError, match="no samples"):
@@ -232,11 +232,11 @@ def test_clear_errors(tmp_path):
         build_train_loader(cfg(tmp_path / "ok"), 0, 1)
 
 
-def test_index_space_matches_keys(tmp_path):
+def test_index_space_is_the_dense_row_count(tmp_path):
     write_shards(tmp_path, [3, 3], keys=[0, 5, 9, 2, 40, 7])
     loader = build_train_loader(cfg(tmp_path, batch_size=2), 0, 1)
-    assert loader.num_samples == 41
-    assert np.array_equal(np.sort(keys_of(epoch(loader))), [0, 2, 5, 7, 9, 40])
+    assert loader.num_samples == 6  # not max key + 1 = 41
+    assert np.array_equal(np.sort(keys_of(epoch(loader))), np.arange(6))
 
 
 @pytest.mark.parametrize("priority", ["low", "idle"])

@@ -125,7 +125,7 @@ def test_eval_loader_fixed_order_with_labels(tmp_path):
     for _ in range(2):  # every pass is the same single pass
         batches = list(ev)
         assert [len(b["index"]) for b in batches] == [4, 4, 4, 3]
-        assert keys_of(batches) == keys  # shard order, then tar order
+        assert keys_of(batches) == list(range(15))  # dense rows: shard order, then tar order
         assert torch.cat([b["label"] for b in batches]).tolist() == [k % 3 for k in keys]
         colors = decode_colors(torch.cat([b["images"] for b in batches]), MEAN, STD)
         assert [tuple(c) for c in colors] == [key_color(k) for k in keys]
@@ -142,8 +142,8 @@ def test_eval_loader_counts_bad_samples_exactly(tmp_path):
 
     build_manifest(w.paths, str(tmp_path), {"classes": ["x", "y"]})
     ev = build_eval_loader(str(tmp_path), 8, 3, workers=2)
-    assert keys_of(ev) == list(range(6))
-    assert {k: v for k, v in ev.skipped_counts().items() if v} == {"corrupt_image": 1, "missing_key": 1}
+    assert keys_of(ev) == [0, 1, 2, 3, 4, 5, 7]  # row 6 is broken; row 7 has no json key: its tar key stands in
+    assert {k: v for k, v in ev.skipped_counts().items() if v} == {"corrupt_image": 1}
 
 
 def test_make_shards_fashion_mnist(tmp_path):
@@ -185,16 +185,18 @@ def test_make_shards_folder_and_csv(tmp_path):
                 (src / cls / f"{k}.txt").write_text(f"a {cls} number {k}")
     make_shards.main(["folder", "--src", str(src), "--out", str(tmp_path / "s1"), "--labels-from-dirs",
                       "--shard-size", "2"])  # fmt: skip
-    ev = build_eval_loader(str(tmp_path / "s1"), 8, 10)
+    ev = build_eval_loader(str(tmp_path / "s1"), 8, 10, need_caption=False)
     (batch,) = list(ev)
     assert ev.class_names == ["cat", "dog"]
-    assert batch["index"].tolist() == [0, 1, 2, 3, 4] and batch["label"].tolist() == [0, 0, 0, 1, 1]
+    # labelled: dog/2 has no caption and is kept (a zero-shot set needs no captions)
+    assert batch["index"].tolist() == [0, 1, 2, 3, 4, 5] and batch["label"].tolist() == [0, 0, 0, 1, 1, 1]
 
     path = write_csv(tmp_path)
     make_shards.main(["csv", "--src", path, "--out", str(tmp_path / "s2"), "--shard-size", "4"])
     ev = build_eval_loader(str(tmp_path / "s2"), 8, 10, need_caption=False)
-    assert keys_of(ev) == [0, 1, 2, 4, 6, 8, 9]  # row 3 (no file) and row 5 (no caption) left out by the tool
-    assert {k: v for k, v in ev.skipped_counts().items() if v} == {"corrupt_image": 1}  # row 7 kept, not decodable
+    # csv rows 3 (no file) and 5 (no caption) left out by the tool; csv row 7 (dense row 5) kept, not decodable
+    assert keys_of(ev) == [0, 1, 2, 3, 4, 6, 7]
+    assert {k: v for k, v in ev.skipped_counts().items() if v} == {"corrupt_image": 1}
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from train.setup import load_config
 
 @pytest.mark.slow  # a studies/study.py subprocess
 def test_dry_run_lists_the_arms() -> None:
-    out = subprocess.run([sys.executable, str(REPO / "tools" / "study.py"), "--dry-run"], capture_output=True,
+    out = subprocess.run([sys.executable, str(REPO / "studies" / "study.py"), "--dry-run"], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout  # fmt: skip
     lines = [line.split()[1] for line in out.splitlines() if line[:3].strip().endswith(".")]
     for seed in range(5):

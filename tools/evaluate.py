@@ -25,7 +25,8 @@ from train.evaluator import Evaluator
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--zeroshot", default="", help="labelled webdataset shards (json 'label' + manifest classes)")
+    parser.add_argument("--zeroshot", default="", help="labelled webdataset shards (json 'label' + manifest classes) "
+                        "or a class-per-folder image tree (ImageNet val)")
     parser.add_argument("--classnames", default="", help="registry name (imagenet, fashion-mnist); default manifest")
     parser.add_argument("--templates", default="", help="registry name; default = classnames' or generic")
     parser.add_argument("--retrieval", default="", help="caption set: webdataset shards, or a .csv/.tsv file with "

@@ -5,10 +5,11 @@
   python tools/make_shards.py fashion-mosaic --out DIR       # 2x2 mosaics: train/, test/ (+ test.csv), zeroshot/
   python tools/make_shards.py folder --src IMAGES --out DIR  # image files with same-stem .txt captions
   python tools/make_shards.py csv --src FILE.csv --out DIR   # image path + caption columns
-  python tools/make_shards.py manifest --shards DIR          # index + manifest for e.g. img2dataset output
+  python tools/make_shards.py manifest --shards SRC --out INDEX  # index e.g. img2dataset output (SRC read only)
 
-Every sample gets json {"key": int} (the index into per-sample training state): the row of
-the source (Fashion-MNIST / csv) or the position in the sorted file list (folder).
+Every sample gets json {"key": int}: the row of the source (Fashion-MNIST / csv) or the position
+in the sorted file list (folder). The index gives each sample with an image a dense row 0..N-1
+(its row in the per-sample training state) and keeps that key as its source key.
 """
 
 from __future__ import annotations
@@ -17,20 +18,24 @@ import argparse
 import csv
 import gzip
 import io
+import json
 import os
 import random
 import struct
+import time
 from collections import Counter
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data import remote
 from data.config import DataConfig
-from data.manifest import build_manifest, expand_pattern
+from data.manifest import build_manifest
 from data.shards import IMAGE_EXTS, ShardWriter
 from data.sources import CsvSource, SkipSample
 from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES
+from evaluation.prompts import get_classnames
 from tools.mosaic import distinct_mosaics, random_mosaics, tiled_items
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -78,7 +83,7 @@ def _png(pixels: np.ndarray) -> bytes:
 def _finish(out: str, paths: list[str], extra: dict | None, skipped: Counter, workers: int = 1) -> dict:
     manifest = build_manifest(paths, out, extra, workers=workers, progress=lambda it: tqdm(it, total=len(paths),
                               desc=f"indexing {out}", unit="shard"))  # fmt: skip
-    print(f"{out}: {manifest['total']} samples in {len(paths)} shards, index space {manifest['num_samples']}"
+    print(f"{out}: {manifest['total']} samples in {len(paths)} shards, {manifest['num_samples']} with an image"
           + (f", skipped while building: {dict(skipped)}" if skipped else ""))  # fmt: skip
     return manifest
 
@@ -156,6 +161,7 @@ def _write_csv(rows: list[tuple[int, bytes, str]], csv_path: str) -> None:
 
 
 def folder(args) -> None:
+    """Images with same-stem .txt captions; --labels-from-dirs: a class-per-folder tree (captions optional)."""
     found = []
     for root, _, names in os.walk(args.src):
         found += [os.path.join(root, f) for f in names if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
@@ -163,19 +169,26 @@ def folder(args) -> None:
     if not found:
         raise SystemExit(f"no {'/'.join(IMAGE_EXTS)} images under {args.src}")
     classes = sorted({os.path.relpath(os.path.dirname(p), args.src) for p in found}) if args.labels_from_dirs else None
+    names = classes
+    if classes and args.classnames:
+        names = list(get_classnames(args.classnames))
+        if len(names) != len(classes):
+            raise SystemExit(f"--classnames {args.classnames} names {len(names)} classes, {args.src} has "
+                             f"{len(classes)} class folders")  # fmt: skip
     skipped: Counter = Counter()
     with ShardWriter(args.out, args.shard_size) as w:
         for key, path in enumerate(tqdm(found, desc="folder", unit="img")):
             txt = os.path.splitext(path)[0] + ".txt"
             text = open(txt, encoding="utf-8").read().strip() if os.path.exists(txt) else ""
-            if not text:
+            if not text and not classes:
                 skipped["missing_caption"] += 1
                 continue
             with open(path, "rb") as f:
                 data = f.read()
             meta = {"label": classes.index(os.path.relpath(os.path.dirname(path), args.src))} if classes else {}
-            w.write(key, data, path.rsplit(".", 1)[-1], text, **meta)
-    _finish(args.out, w.paths, {"classes": classes} if classes else None, skipped)
+            w.write(key, data, path.rsplit(".", 1)[-1], text or None, **meta)
+    extra = {"classes": names, "class_folders": classes} if classes else None
+    _finish(args.out, w.paths, extra, skipped)
 
 
 def from_csv(args) -> None:
@@ -202,15 +215,32 @@ def from_csv(args) -> None:
 
 
 def manifest(args) -> None:
-    if os.path.isdir(args.shards):
-        directory = args.shards
-        paths = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".tar"))
+    """Index shards that are only read (a read-only mount, a bucket, an HTTP server) into --out."""
+    if remote.isdir(args.shards) and not args.shards.endswith(".tar"):
+        paths = remote.list_tars(args.shards)
     else:
-        paths = [p for p in expand_pattern(args.shards) if p.endswith(".tar")]
-        directory = os.path.dirname(paths[0]) if paths else args.shards
+        paths = [u for u in remote.expand(args.shards) if u.endswith(".tar")]
+        found = remote.sizes(paths)
+        missing = [u for u in paths if found[u] is None]
+        if missing:
+            listing = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            if not args.allow_missing:
+                raise SystemExit(f"{len(missing)} of {len(paths)} shards named by {args.shards!r} do not exist: "
+                                 f"{listing}. Fix the pattern or pass --allow-missing")  # fmt: skip
+            print(f"indexing without {len(missing)} missing shards: {listing}")
+            paths = [u for u in paths if found[u] is not None]
     if not paths:
         raise SystemExit(f"no .tar shards found at {args.shards!r}")
-    _finish(directory, paths, None, Counter(), workers=args.workers)
+    dirs = {remote.dirname(u) for u in paths}
+    out = args.out or (dirs.pop() if len(dirs) == 1 else None)
+    if out is None:
+        raise SystemExit("shards in several directories: name the index directory with --out")
+    start = time.perf_counter()
+    m = _finish(out, paths, None, Counter(), workers=args.workers)
+    elapsed = time.perf_counter() - start
+    print(f"indexed {m['total']} samples in {len(paths)} shards in {elapsed:.1f} s "
+          f"({m['total'] / elapsed:.0f} samples/s, {sum(s['bytes'] for s in m['shards']) / elapsed / 2**20:.1f} MiB/s)"
+          + (f"; problems: {json.dumps(m['problems'])[:2000]}" if m["problems"] else ""))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,7 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     mo.add_argument("--seed", type=int, default=0, help="seed of the item, tuple and wording choices")
     fo = sub.add_parser("folder", help="image folder with same-stem .txt captions")
     fo.add_argument("--src", required=True)
-    fo.add_argument("--labels-from-dirs", action="store_true", help="label = index of the sorted sub-folder name")
+    fo.add_argument("--labels-from-dirs", action="store_true", help="label = index of the sorted sub-folder name; "
+                    "images without a caption are kept (zero-shot sets)")
+    fo.add_argument("--classnames", default="", help="class names from a registry (imagenet: folders are sorted "
+                    "WordNet ids) instead of the folder names")
     cs = sub.add_parser("csv", help="csv with an image path and a caption column (row number = key)")
     cs.add_argument("--src", required=True)
     cs.add_argument("--image-key", default="filepath")
@@ -240,8 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--out", required=True)
         q.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     ma = sub.add_parser("manifest", help="index existing shards (e.g. img2dataset output) and write manifest.json")
-    ma.add_argument("--shards", required=True, help="directory of .tar shards, or a brace pattern / glob")
-    ma.add_argument("--workers", type=int, default=1)
+    ma.add_argument("--shards", required=True, help="directory of .tar shards or a brace pattern / glob over one "
+                    "or several directories; local paths or fsspec URLs (s3://, gs://, https://)")
+    ma.add_argument("--out", default="", help="index directory (local or URL; default: the shards' directory)")
+    ma.add_argument("--workers", type=int, default=4, help="shards indexed in parallel")
+    ma.add_argument("--allow-missing", action="store_true", help="index the shards that exist, list the others")
     args = p.parse_args(argv)
     commands = {"fashion-mnist": fashion_mnist, "fashion-mosaic": fashion_mosaic, "folder": folder, "csv": from_csv,
                 "manifest": manifest}  # fmt: skip

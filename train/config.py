@@ -152,7 +152,7 @@ class EvalConfig:
     """Zero-shot / retrieval evaluation in the loop (paths empty = off)."""
 
     every_steps: int = 0  # 0 = only at the end
-    zeroshot: str = ""  # labelled webdataset shards
+    zeroshot: str = ""  # labelled webdataset shards or a class-per-folder image tree (ImageNet val)
     classnames: str = ""  # registry name ("imagenet", "fashion-mnist"); "" = from the shards' manifest
     templates: str = ""  # registry name; "" = same as classnames
     retrieval: str = ""  # caption shards or csv

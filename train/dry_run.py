@@ -11,6 +11,7 @@ from data.plan import steps_per_epoch as steps_per_epoch_for
 from model import CLIP, CLIPConfig
 from model.masking import num_kept
 from train.config import TrainConfig
+from train.losses.sample_state import state_bytes_per_rank
 from train.schedules import phase_plan_for
 from train.setup import RunSetup
 
@@ -61,4 +62,17 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
         f"memory per GPU (estimate, GiB): {(sum(state.values()) + acts) / GIB:.1f} = {detail}, "
         f"activations {acts / GIB:.2f}"
     )
+    lines += _sample_state_line(cfg, world)
     return "\n".join(lines)
+
+
+def _sample_state_line(cfg: TrainConfig, world: int) -> list[str]:
+    """FastCLIP's per-sample table: one row per dense sample row of the index (data.num_samples or dataset_samples)."""
+    loss = cfg.loss.resolved()
+    rows = cfg.data.num_samples or cfg.dataset_samples
+    if loss.name != "fastclip" or not rows:
+        return []
+    columns = 2 + (7 if loss.version == "v2" else 0)  # log_u1, log_u2 (+ v2's taus and their Adam moments)
+    per_rank = state_bytes_per_rank(rows, columns, world, loss.state_layout, getattr(torch, loss.state_dtype).itemsize)
+    return [f"per-sample state: {rows:,} dense rows x {columns} columns, {loss.state_layout} {loss.state_dtype}: "
+            f"{per_rank / GIB:.2f} GiB per rank"]

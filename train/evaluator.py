@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from data.eval_loader import EvalLoader, build_eval_loader
+from data.imagefolder import is_image_folder
 from data.tokenizer import Tokenizer
 from evaluation import evaluate_retrieval, evaluate_zeroshot, get_classnames, get_templates
 from train.config import EvalConfig
@@ -21,7 +22,10 @@ CSV_SUFFIXES = (".csv", ".tsv")
 
 
 def eval_source(path: str) -> str:
-    """The data source of an eval set: a .csv / .tsv file is a caption csv, anything else webdataset shards."""
+    """The data source of an eval set: a .csv / .tsv file is a caption csv, a class-per-folder tree an image
+    folder, anything else webdataset shards."""
+    if is_image_folder(path):
+        return "imagefolder"
     return "csv" if path.lower().endswith(CSV_SUFFIXES) else "webdataset"
 
 
@@ -58,7 +62,7 @@ class Evaluator:
         return self.zeroshot_loader is not None or self.retrieval_loader is not None
 
     def _open(self, key: str, path: str, image_size: int, label_key: str, rank: int, world: int) -> EvalLoader:
-        if not Path(path).exists() and not any(c in path for c in "*{"):
+        if not Path(path).exists() and not any(c in path for c in "*{") and "://" not in path:
             raise FileNotFoundError(f"{key}: {path} does not exist (labelled shards or a caption csv)")
         need_caption = key == "eval.retrieval"
         loader = build_eval_loader(
@@ -68,9 +72,13 @@ class Evaluator:
         return loader.shard(rank, world)
 
     def _classnames(self) -> list[str]:
-        if self.cfg.classnames:
-            return list(get_classnames(self.cfg.classnames))
         names = self.zeroshot_loader.class_names
+        if self.cfg.classnames:
+            registry = list(get_classnames(self.cfg.classnames))
+            if names and len(names) != len(registry):
+                raise ValueError(f"eval.zeroshot: {self.cfg.zeroshot} has {len(names)} classes, eval.classnames "
+                                 f"{self.cfg.classnames!r} names {len(registry)}")  # fmt: skip
+            return registry
         if not names:
             raise ValueError(
                 f"eval.zeroshot: {self.cfg.zeroshot} has no class names in its manifest; set eval.classnames"

@@ -320,7 +320,7 @@ class Trainer:
 
     def _dataset_facts(self) -> dict[str, Any]:
         """What the data measured (the per-sample table's size): a resume on other data is refused."""
-        return {"num_samples": self.loader.num_samples}
+        return {"num_samples": self.loader.num_samples, "rows": "dense"}
 
     def _weights_finite(self) -> bool:
         """All ranks agree whether every rank's parameter shards (and the temperature) are finite."""
@@ -330,8 +330,9 @@ class Trainer:
         """Restore the state map after the Checkpointer accepted the checkpoint (train.checkpoint.compat);
         a different world size re-partitions the state."""
         meta = self.checkpoints.check_resumable(
-            path, self._dataset_facts(), self.global_batch, self.backend.resumes_on_other_world_size
-        )
+            path, self._dataset_facts(), self.global_batch, self.backend.resumes_on_other_world_size,
+            keys_are_rows=getattr(self.loader, "keys_are_rows", True),
+        )  # fmt: skip
         saved_world, world = meta["world_size"], self.backend.world_size
         with self._collectives(f"loading checkpoint {path.name}", self.cfg.backend.timeout_s):
             self.checkpoints.load(path, saved_world)

@@ -112,11 +112,15 @@ class Checkpointer:
             progress["step"], lambda directory: save_parts(self.parts, directory, self.rank), meta, weights_finite
         )
 
-    def check_resumable(self, path: Path, dataset: dict[str, Any], global_batch: int, resumes_elsewhere: bool) -> dict:
+    def check_resumable(
+        self, path: Path, dataset: dict[str, Any], global_batch: int, resumes_elsewhere: bool, keys_are_rows: bool
+    ) -> dict:
         """Refuse a checkpoint this run cannot continue (before anything is loaded); return its meta.
 
         `dataset`: this run's facts measured from the data; `resumes_elsewhere`: whether the backend's
-        checkpoints load on another number of ranks. The per-rank batch may differ when the global batch is kept.
+        checkpoints load on another number of ranks; `keys_are_rows`: whether the index's dense rows equal the
+        integer source keys (then a checkpoint from before dense rows indexes the same samples). The per-rank
+        batch may differ when the global batch is kept.
         """
         meta = read_meta(path)
         if meta["backend"] != self.cfg.backend.name:
@@ -125,7 +129,13 @@ class Checkpointer:
             )
         saved, current = meta["config"], to_dict(self.cfg)
         if "dataset" in meta:  # facts measured from the data (older checkpoints lack them)
-            saved, current = saved | {"dataset": meta["dataset"]}, current | {"dataset": dataset}
+            facts = dict(meta["dataset"])
+            if "rows" not in facts and not keys_are_rows:  # per-sample state indexed by source key
+                raise ConfigError(f"{path} indexes its per-sample state by source key (max key + 1 rows); this "
+                                  "data's index gives dense rows 0..N-1 that differ from those keys, so the saved "
+                                  "state would belong to other samples. Start a new run, or resume it with the "
+                                  "version that wrote it")  # fmt: skip
+            saved, current = saved | {"dataset": facts | {"rows": "dense"}}, current | {"dataset": dataset}
         allowed = list(self.cfg.checkpoint.allow_changes)
         if meta["world_size"] * saved["data"]["batch_size"] == global_batch:  # another world size, same global
             allowed.append("data.batch_size")  # batch: the per-rank batch follows the number of ranks

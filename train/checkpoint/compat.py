@@ -21,6 +21,7 @@ REFUSED = (
     "loss.version",
     "data.source",
     "data.path",
+    "data.sources",
     "data.num_samples",
     "data.batch_size",
     "dataset",

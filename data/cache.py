@@ -1,0 +1,93 @@
+"""Whole remote shards copied to a bounded local cache directory, shared by all workers of a machine.
+
+A remote shard is fetched with one sequential download (never one request per sample) the first
+time any worker needs it, then memory-mapped like a local shard. Workers agree through a lock file
+per shard, so a shard is downloaded once per machine. When the cache grows past its bound, the
+shards used longest ago are deleted (a worker that still maps one keeps reading it: Linux keeps
+an unlinked file's pages until the last mapping closes).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+
+from data.remote import BIG_BLOCK, basename, filesystem
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"fastflip-shard-cache-{os.getuid()}")
+
+
+class ShardCache:
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = directory or default_cache_dir()
+        self.max_bytes = max_bytes
+        os.makedirs(self.directory, exist_ok=True)
+
+    def _name(self, url: str, size: int) -> str:
+        digest = hashlib.sha1(f"{url}\0{size}".encode()).hexdigest()[:16]
+        return os.path.join(self.directory, f"{digest}-{basename(url)}")
+
+    def local(self, url: str, size: int) -> str:
+        """A local copy of `url` (`size` bytes as indexed), downloading it if no worker has yet."""
+        path = self._name(url, size)
+        if _has(path, size):
+            os.utime(path)  # most recently used
+            return path
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not _has(path, size):
+                    self._download(url, path, size)
+                os.utime(path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        self._evict(keep=path)
+        return path
+
+    def _download(self, url: str, path: str, size: int) -> None:
+        tmp = f"{path}.part{os.getpid()}"
+        fs, remote_path = filesystem(url)
+        with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, BIG_BLOCK)
+        got = os.path.getsize(tmp)
+        if got != size:
+            os.unlink(tmp)
+            raise OSError(f"{url} has {got} bytes, the index says {size}: the shard changed since it was "
+                          "indexed; re-run tools/make_shards.py manifest")  # fmt: skip
+        os.replace(tmp, path)
+        log.debug("cached %s (%d bytes) as %s", url, size, path)
+
+    def _evict(self, keep: str) -> None:
+        entries = []
+        for name in os.listdir(self.directory):
+            full = os.path.join(self.directory, name)
+            if name.endswith(".tar") and full != keep:
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:  # another worker evicted it
+                    continue
+                entries.append((st.st_mtime, st.st_size, full))
+        total = sum(e[1] for e in entries) + (os.path.getsize(keep) if os.path.exists(keep) else 0)
+        for _, nbytes, full in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            try:
+                os.unlink(full)
+                total -= nbytes
+            except FileNotFoundError:
+                pass
+
+
+def _has(path: str, size: int) -> bool:
+    try:
+        return os.path.getsize(path) == size
+    except FileNotFoundError:
+        return False
