@@ -119,6 +119,9 @@ def resolve(config: str, overrides: list[str], ranks: int, steps: int, mask_rati
         'eval.retrieval=""', "checkpoint.every_steps=0", "checkpoint.resume=null",
         f"logging.every_steps={log_every}", "logging.tensorboard=false", f"run.world_size={ranks}",
     ]  # fmt: skip
+    if steps % max(1, cfg.data.workers):  # open_clip_train rounds its epoch up to whole batches per worker
+        raise SystemExit(f"--steps {steps} is not a multiple of data.workers={cfg.data.workers}: the peer would run "
+                         f"{math.ceil(steps / cfg.data.workers) * cfg.data.workers} steps")  # fmt: skip
     if steps > steps_per_epoch:
         raise SystemExit(f"--steps {steps} > one epoch of the shards ({steps_per_epoch} steps): the peer would stop "
                          "at the end of its shards")  # fmt: skip
