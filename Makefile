@@ -13,7 +13,7 @@ DEMO_RUN := runs/demo_fashion_mnist
 LAUNCH := OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 $(VENV)/bin/accelerate launch \
 	--config_file ds_configs/accelerate_cpu_2proc.yaml
 
-.PHONY: setup demo demo-openclip test test-fast lint fashion-mnist
+.PHONY: setup demo demo-openclip test test-fast lint fashion-mnist gpu-wheels
 
 setup: $(STAMP) fashion-mnist
 
@@ -52,6 +52,11 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Wheels the GPU machine (python 3.12, no internet) lacks, into the ignored .whl/ that the GPU check carries
+# (benchmarks/gpu_check.sh installs them; README "The GPU check").
+gpu-wheels: setup
+	PYTHON=$(PY) bash benchmarks/gpu_wheels.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -57,6 +57,13 @@ class CLIP(nn.Module):
         """The repeated transformer blocks of both towers: the units a sharding backend wraps (FSDP2)."""
         return [*self.visual.blocks, *self.text.blocks]
 
+    def compile_blocks(self) -> None:
+        """Regional compile: each block compiles on its own (seconds, not minutes, and the module tree and
+        state-dict keys stay as they are, so every backend wraps it unchanged). `dynamic=False`: one static
+        graph per sequence length, i.e. one per FLIP mask ratio, reused by every block of a tower."""
+        for block in self.blocks():
+            block.compile(dynamic=False)
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.visual.set_grad_checkpointing(enabled)
         self.text.grad_checkpointing = enabled

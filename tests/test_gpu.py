@@ -21,13 +21,15 @@ from train.backends import variants
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def _gpu_trainer(out_dir: str, backend: str, steps: int, **logging: Any) -> Any:
+def _gpu_trainer(out_dir: str, backend: str, steps: int, loss: dict | None = None, mask_ratio: float = 0.0,
+                 **logging: Any) -> Any:  # fmt: skip
     from train.trainer import Trainer
 
     os.environ.pop("ACCELERATE_USE_CPU", None)  # the test harness sets it for CPU ranks
-    cfg = tiny_config(out_dir, backend)
+    cfg = tiny_config(out_dir, backend, **(loss or {}))
     cfg.backend = dataclasses.replace(cfg.backend, precision="bf16")
     cfg.logging = dataclasses.replace(cfg.logging, **logging)
+    cfg.flip = dataclasses.replace(cfg.flip, mask_ratio=mask_ratio)
     return Trainer(cfg, FixedBatches(8, 0, 1, steps))
 
 
@@ -47,12 +49,21 @@ def test_bf16_steps_on_each_backend(tmp_path, backend: str) -> None:
     assert len(result["losses"]) == 3 and all(math.isfinite(x) for x in result["losses"])
 
 
-def _step_under_sync_error(rank: int, world_size: int, out_dir: str, backend: str, loss: str) -> str:
-    trainer = _gpu_trainer(out_dir, backend, steps=8, every_steps=1000)
-    if loss == "openclip":
-        from train.losses import LossConfig, build_loss
+# Every loss (OpenCLIP; FastCLIP v0-v3, which SogCLR / iSogCLR share), and FLIP masking.
+SYNC_CASES = {
+    "openclip": ("ddp", {"name": "openclip", "version": None, "lr_tau": None}, 0.0),
+    "fastclip-v0": ("ddp", {"version": "v0"}, 0.0),
+    "fastclip-v1": ("ddp", {"version": "v1"}, 0.0),
+    "fastclip-v2": ("ddp", {"version": "v2"}, 0.0),
+    "fastclip-v3": ("ddp", {"version": "v3"}, 0.0),
+    "fastclip-v3-flip50": ("ddp", {"version": "v3"}, 0.5),
+    "fastclip-v3-fsdp2": ("fsdp2", {"version": "v3"}, 0.0),
+}
 
-        trainer.loss = build_loss(LossConfig(name="openclip"), trainer.loader.num_samples)
+
+def _step_under_sync_error(rank: int, world_size: int, out_dir: str, case: str) -> str:
+    backend, loss, mask_ratio = SYNC_CASES[case]
+    trainer = _gpu_trainer(out_dir, backend, steps=8, loss=loss, mask_ratio=mask_ratio, every_steps=1000)
     try:
         g = torch.Generator().manual_seed(0)
         batch = {  # what the loader hands over: pinned uint8 pixels, tokens, keys
@@ -68,12 +79,14 @@ def _step_under_sync_error(rank: int, world_size: int, out_dir: str, backend: st
             trainer.train_step(batch)  # step 4: not a logging step
         finally:
             torch.cuda.set_sync_debug_mode(0)
+        if trainer.backend.raw_model.mask_ratio != mask_ratio:
+            return f"mask ratio {trainer.backend.raw_model.mask_ratio}, expected {mask_ratio}"
         state = getattr(trainer.loss, "state", None)  # FastCLIP: state_device auto keeps the table on the GPU
         return "no sync" if state is None or state.table.is_cuda else f"table on {state.table.device}"
     finally:
         trainer.close()
 
 
-@pytest.mark.parametrize("backend,loss", [("ddp", "fastclip"), ("ddp", "openclip"), ("fsdp2", "fastclip")])
-def test_training_step_never_waits_for_the_device(tmp_path, backend: str, loss: str) -> None:
-    assert run_on_ranks(_step_under_sync_error, 1, (str(tmp_path), backend, loss)) == ["no sync"]
+@pytest.mark.parametrize("case", sorted(SYNC_CASES))
+def test_training_step_never_waits_for_the_device(tmp_path, case: str) -> None:
+    assert run_on_ranks(_step_under_sync_error, 1, (str(tmp_path), case)) == ["no sync"]

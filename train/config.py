@@ -32,6 +32,7 @@ class ModelSection:
     name: str = "ViT-B-32"
     overrides: dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile each transformer block (regional compile; model.compile_blocks)
     init_from: str = ""  # start from pretrained towers: "open_clip:PATH" or "hf:PATH" (model/init_from.py)
 
     def validate(self) -> None:

@@ -115,6 +115,8 @@ class Trainer:
         model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
         model.logit_scale.requires_grad_(False)  # trained by self.temperature in fp32, outside the backend
         model.set_grad_checkpointing(cfg.grad_checkpointing)
+        if cfg.compile:
+            model.compile_blocks()
         if cfg.init_from and not model.logit_scale.is_meta:  # full_model() rebuilds on meta: nothing to load
             load_pretrained(model, cfg.init_from)
         return model

@@ -1,0 +1,36 @@
+"""benchmarks/gpu_check.sh in its small mode (CPU, tiny model, few steps): every stage of the GPU check runs and
+writes its JSON, so the one prepared call cannot rot between GPU sessions. Builds the peer's environment
+(.peer/site, from PyPI) on first use."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+STAGES = ["env", "shards", "gpu_tests", "bench_train", "bench_model", "bench_e2e"]
+
+
+@pytest.mark.slow
+def test_gpu_check_small_mode_runs_every_stage(tmp_path) -> None:
+    env = os.environ | {"OUT": str(tmp_path), "GPU_CHECK_SMALL": "1", "GPU_CHECK_BUDGET_S": "3000",
+                        "PYTHON": sys.executable}  # fmt: skip
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=3600)  # fmt: skip
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    failed = {s["stage"]: (tmp_path / f"{s['stage']}.log").read_text()[-3000:] for s in summary["stages"] if s["rc"]}
+    assert proc.returncode == 0 and not failed, (proc.stdout, failed)
+    assert [s["stage"] for s in summary["stages"]] == STAGES
+    assert summary["tests"] and "failed" not in summary["tests"].values()
+    runs = summary["bench_train"]["runs"]
+    assert [r["ds_config"].split("/")[-1] or r["backend"] for r in runs] == ["ddp", "zero2.json", "fsdp2", "zero3.json"]
+    assert all(r["trainer_samples_per_s"] > 0 for r in runs)
+    assert summary["bench_model"]["results"][0]["ours_over_open_clip"]["ours"] > 0
+    e2e = summary["bench_e2e"]
+    assert e2e["setting"]["loss"] == "openclip" and e2e["summary"]["ours_over_peer"] > 0
+    assert set(summary["goals"]) >= {"no_sync_in_a_step", "zero2_vs_ddp>=0.9", "ours_over_open_clip_train>=1.1"}
