@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from train.rank_sync import free_port
 
+from benchmarks.bench_common import machine_description, write_json
 from data.manifest import resolve_shards
 from model import get_model_config
 from model.convert_open_clip import model_cfg
-from tools.bench_common import machine_description, write_json
 from train.config import TrainConfig, load_config
-from train.rank_sync import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = "recipes/configs/demo_fashion_mnist.yaml"

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.bench_common import interleaved_medians, machine_description, write_json
 from model import create_model, get_model_config
 from model.convert_open_clip import model_cfg
-from tools.bench_common import interleaved_medians, machine_description, write_json
 from train.losses import OpenCLIPLoss
 
 VARIANTS = ("ours", "ours_compiled", "open_clip")

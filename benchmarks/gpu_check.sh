@@ -80,7 +80,7 @@ if [[ ! -f $SHARDS/manifest.json ]]; then
 fi
 stage gpu_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device_inputs.py \
   --junitxml "$OUT/gpu_tests.xml"
-stage bench_train 180 "$PY" tools/bench_train.py "${DATA[@]}" "${TRAIN[@]}" --ranks 1 \
+stage bench_train 180 "$PY" benchmarks/bench_train.py "${DATA[@]}" "${TRAIN[@]}" --ranks 1 \
   --backends ddp,zero2,fsdp2,zero3 --out "$OUT/bench_train.json"
 stage bench_model 100 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --out "$OUT/bench_model.json"
 stage bench_e2e 150 "$PY" benchmarks/bench_e2e.py "${DATA[@]}" "${E2E[@]}" --ranks 1 "${PEER_WHEELS[@]}" \
