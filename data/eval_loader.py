@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from data.batching import SKIP_REASONS, collate, finish, load_sample, make_dataloader
 from data.config import DataConfig
-from data.sources import SkipSample, open_source
+from data.open_source import open_source
+from data.sources import SkipSample
 from data.tokenizer import get_tokenizer
 from data.transforms import EvalTransform
 

@@ -35,8 +35,9 @@ from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, load_sample, make
 from data.config import DataConfig
 from data.eval_loader import EvalLoader, build_eval_loader
 from data.mixing import MixedPlan, MixedSource
+from data.open_source import open_source
 from data.plan import EpochPlan, steps_per_epoch
-from data.sources import SkipSample, open_source
+from data.sources import SkipSample
 from data.tokenizer import get_tokenizer
 from data.transforms import TrainTransform
 

@@ -268,19 +268,3 @@ def _load_hf(path: str, split: str):
             raise ValueError(f"split {split!r} not in {path} (splits: {list(ds)}); set hf_split")
         ds = ds[split]
     return ds
-
-
-def open_source(cfg: DataConfig, label_key: str | None = None):
-    if cfg.sources:
-        from data.mixing import MixedSource
-
-        return MixedSource(cfg)
-    if cfg.source == "webdataset":
-        return ShardSource(cfg)
-    if cfg.source == "csv":
-        return CsvSource(cfg, label_key)
-    if cfg.source == "imagefolder":
-        from data.imagefolder import ImageFolderSource
-
-        return ImageFolderSource(cfg)
-    return HFSource(cfg, label_key)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from tests.trainer_utils import FixedBatches, tiny_config
 
-from tests.conftest import run_on_ranks
+from tests.ranks import run_on_ranks
+from tests.tiny_run import FixedBatches, tiny_config
 
 TOL = 1e-5
 MASKED_STEPS, TUNING_STEPS = 3, 2  # FLIP 50%, then unmasked tuning: two mask ratios

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tests.trainer_utils import tiny_config
 
 import tools.make_shards as make_shards
 from data.config import DataConfig
@@ -19,6 +18,7 @@ from data.loader import build_eval_loader, build_train_loader
 from data.manifest import load_index, resolve_shards
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from tests.ranks import run_on_ranks
+from tests.tiny_run import tiny_config
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "img2dataset", "shards")
 MEAN, STD = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float64), torch.tensor(OPENAI_CLIP_STD, dtype=torch.float64)

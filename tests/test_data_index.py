@@ -138,14 +138,12 @@ def test_old_manifest_format_is_refused_with_the_command(tmp_path):
 
 def test_recipes_size_the_state_by_dense_rows():
     """The paper recipes no longer carry img2dataset's sparse key space: the dry run sizes the state by pairs."""
-    from train.config import TrainConfig
-    from train.config_io import from_dict, load_yaml
     from train.dry_run import dry_run
+    from train.setup import load_setup
 
-    path = "recipes/configs/fastclip_laion315m_vitb16_4node.yaml"
-    cfg = from_dict(TrainConfig, load_yaml(path), path)
-    assert cfg.data.num_samples is None and cfg.dataset_samples == 315_000_000
-    assert "per-sample state: 315,000,000 dense rows x 2 columns" in dry_run(cfg)
+    setup = load_setup("recipes/configs/fastclip_laion315m_vitb16_4node.yaml")
+    assert setup.cfg.data.num_samples is None and setup.cfg.dataset_samples == 315_000_000
+    assert "per-sample state: 315,000,000 dense rows x 2 columns" in dry_run(setup)
 
 
 @pytest.mark.parametrize("key", ["path", "index"])

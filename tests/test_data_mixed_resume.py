@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.trainer_utils import tiny_config
 
 from data.config import SourceSpec
 from tests.data_fixtures import write_shards
 from tests.ranks import KILLED_EXIT_CODE, run_on_ranks
+from tests.tiny_run import tiny_config
 from train.checkpoint.files import resolve_resume
 
 WORLD, LOCAL_BATCH, KILL_AT, EVERY = 2, 4, 5, 3  # checkpoint at step 3: mid epoch 0 (4 steps)

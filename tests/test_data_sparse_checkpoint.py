@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.trainer_utils import tiny_config
 
 from tests.data_fixtures import write_shards
 from tests.ranks import run_on_ranks
+from tests.tiny_run import tiny_config
 from train.checkpoint.files import resolve_resume
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.ranks import REPO
 
 STAGES = ["env", "shards", "gpu_tests", "bench_train", "bench_model", "bench_e2e"]
 

@@ -11,6 +11,7 @@ from data.plan import steps_per_epoch as steps_per_epoch_for
 from model import CLIP, CLIPConfig
 from model.masking import num_kept
 from train.config import TrainConfig
+from train.losses import LossConfig
 from train.losses.sample_state import state_bytes_per_rank
 from train.schedules import phase_plan_for
 from train.setup import RunSetup
@@ -62,13 +63,12 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
         f"memory per GPU (estimate, GiB): {(sum(state.values()) + acts) / GIB:.1f} = {detail}, "
         f"activations {acts / GIB:.2f}"
     )
-    lines += _sample_state_line(cfg, world)
+    lines += _sample_state_line(cfg, run.loss, world)
     return "\n".join(lines)
 
 
-def _sample_state_line(cfg: TrainConfig, world: int) -> list[str]:
+def _sample_state_line(cfg: TrainConfig, loss: LossConfig, world: int) -> list[str]:
     """FastCLIP's per-sample table: one row per dense sample row of the index (data.num_samples or dataset_samples)."""
-    loss = cfg.loss.resolved()
     rows = cfg.data.num_samples or cfg.dataset_samples
     if loss.name != "fastclip" or not rows:
         return []
