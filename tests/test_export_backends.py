@@ -76,4 +76,11 @@ def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     assert lines[2].startswith("model tiny") and f"init_from open_clip:{tmp_path / 'pretrained'}" in lines[2]
     shards = [line for line in lines if line.lstrip().startswith("loss_rank")]
     assert len(shards) == 2 and all("table=float32[24, 2]" in line for line in shards), shards
+    assert "health: healthy" in lines
+    verified = [line for line in lines if line.startswith("verification: ")]
+    assert verified[0].endswith(" files intact") and int(verified[0].split()[1]) >= 5, verified
+    with (find_checkpoint(str(checkpoint)) / "loss_rank1.pt").open("r+b") as shard:
+        shard.truncate(10)
+    assert any(line.startswith("verification: DAMAGED: ") and "loss_rank1.pt: 10 bytes" in line
+               for line in info(checkpoint))  # fmt: skip
     assert meta["step"] == STEPS
