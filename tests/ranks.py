@@ -83,3 +83,15 @@ def run_on_ranks(
                 if process.is_alive():
                     process.kill()
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+
+
+def die_after_logging(trainer: Any, kill_at: int) -> None:
+    """Make a rank end like a SIGKILL (no cleanup, no final checkpoint) right after it logs step `kill_at`."""
+    log = trainer.metrics.log
+
+    def log_then_die(step: int, scalars: dict) -> None:
+        log(step, scalars)
+        if step == kill_at:
+            os._exit(KILLED_EXIT_CODE)
+
+    trainer.metrics.log = log_then_die

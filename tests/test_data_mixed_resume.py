@@ -10,7 +10,7 @@ import torch
 
 from data.config import SourceSpec
 from tests.data_fixtures import write_shards
-from tests.ranks import KILLED_EXIT_CODE, run_on_ranks
+from tests.ranks import die_after_logging, run_on_ranks
 from tests.tiny_run import tiny_config
 from train.checkpoint.files import resolve_resume
 
@@ -28,14 +28,7 @@ def _run(rank: int, world_size: int, out_dir: str, shards: str, kill_at: int, re
     cfg.checkpoint.every_steps, cfg.checkpoint.resume = EVERY, resume
     trainer = Trainer(cfg)
     if kill_at:
-        log = trainer.metrics.log
-
-        def log_then_die(step: int, scalars: dict) -> None:
-            log(step, scalars)
-            if step == kill_at:
-                os._exit(KILLED_EXIT_CODE)  # like SIGKILL: no cleanup, no final checkpoint
-
-        trainer.metrics.log = log_then_die
+        die_after_logging(trainer, kill_at)
     first_step = trainer.step
     result = trainer.fit()
     return {"first_step": first_step, "losses": result["losses"], "num_samples": trainer.loader.num_samples}

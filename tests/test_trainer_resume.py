@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.ranks import KILLED_EXIT_CODE, run_on_ranks
+from tests.ranks import die_after_logging, run_on_ranks
 from tests.tiny_run import tiny_config
 from train.checkpoint.files import CheckpointWriter, is_complete, resolve_resume
 from train.losses.sample_state import merge_shards
@@ -32,14 +31,7 @@ def _run(rank: int, world_size: int, out_dir: str, shards: str, backend: str, ki
 
     trainer = Trainer(_config(out_dir, shards, backend, world_size, resume))
     if kill_at:
-        log = trainer.metrics.log
-
-        def log_then_die(step: int, scalars: dict) -> None:
-            log(step, scalars)
-            if step == kill_at:
-                os._exit(KILLED_EXIT_CODE)  # like SIGKILL: no cleanup, no final checkpoint
-
-        trainer.metrics.log = log_then_die
+        die_after_logging(trainer, kill_at)
     first_step = trainer.step
     result = trainer.fit()
     return {
