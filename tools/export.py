@@ -24,7 +24,7 @@ from model.convert_hf import save_hf
 from model.convert_open_clip import save_open_clip
 from tools.evaluate import resolve_checkpoint
 from train.checkpoint import read_meta
-from train.consolidate import consolidated_state_dict
+from train.consolidate import consolidated_state_dict, model_overrides
 
 logger = logging.getLogger("export")
 
@@ -32,8 +32,7 @@ FORMATS = {"open_clip": save_open_clip, "hf": save_hf}
 
 
 def model_config(meta: dict[str, Any]) -> CLIPConfig:
-    section = meta["config"]["model"]
-    return get_model_config(section["name"], **section.get("overrides", {}))
+    return get_model_config(meta["config"]["model"]["name"], **model_overrides(meta))
 
 
 def export(checkpoint: str | Path, to: str, out: str | Path) -> Path:

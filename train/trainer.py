@@ -116,8 +116,11 @@ class Trainer:
     # ----- construction -------------------------------------------------------------------
     def _build_model(self) -> CLIP:
         cfg = self.cfg.model
-        model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
-        model.logit_scale.requires_grad_(False)  # trained by self.temperature in fp32, outside the backend
+        bias = {} if self.tau.init_logit_bias is None else {"init_logit_bias": self.tau.init_logit_bias}  # siglip
+        model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale} | bias))
+        for name in ("logit_scale", "logit_bias"):  # trained by self.temperature in fp32, outside the backend
+            if hasattr(model, name):
+                getattr(model, name).requires_grad_(False)
         model.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.init_from and not model.logit_scale.is_meta:  # full_model() rebuilds on meta: nothing to load
             load_pretrained(model, cfg.init_from)
@@ -158,7 +161,8 @@ class Trainer:
         with self.backend.train_autocast():
             image_features, text_features, _ = self.backend.model(images, tokens)
         probe("forward")
-        out = self.loss(image_features.float(), text_features.float(), index, self.temperature.logit_scale)
+        t = self.temperature
+        out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias)
         probe("loss_and_state")
         self.backend.backward(out.loss)
         probe("backward")
