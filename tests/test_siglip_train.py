@@ -33,7 +33,7 @@ def _train(rank: int, world_size: int, out_dir: str, backend: str) -> dict:
 def test_siglip_trains_checkpoints_and_exports_the_bias(backend: str, tmp_path: Path) -> None:
     import open_clip
 
-    ranks = run_on_ranks(_train, 2, (str(tmp_path / "run"), backend))
+    ranks = run_on_ranks(_train, 2, (str(tmp_path / "run"), backend), timeout=900)
     bias = ranks[0]["bias"]
     assert torch.equal(bias, ranks[1]["bias"]) and bias.item() != -10.0  # replicated, and it moved
     assert all(math.isfinite(v) for v in ranks[0]["losses"])

@@ -62,6 +62,9 @@ class OptimConfig:
     eps: float = 1e-6
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     max_nonfinite_steps: int = 5  # stop after this many skipped (NaN / inf loss or grad norm) steps in a row
+    # Micro-batches per optimizer step (train.accumulate): data.batch_size is split into accum_steps forwards;
+    # the loss still sees the whole batch, so the gradient is the big batch's.
+    accum_steps: int = 1
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -72,6 +75,8 @@ class OptimConfig:
             raise ValueError(f"optim needs 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+        if self.accum_steps < 1:
+            raise ValueError(f"optim.accum_steps must be >= 1, got {self.accum_steps}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"optim.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
@@ -191,6 +196,9 @@ class TrainConfig:
         for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint, self.logging, self.eval):
             section.validate()
         self.loss.validate()
+        if self.data.batch_size % self.optim.accum_steps:
+            raise ValueError(f"data.batch_size {self.data.batch_size} must split evenly into optim.accum_steps "
+                             f"{self.optim.accum_steps} micro-batches")  # fmt: skip
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
         vision = get_model_config(self.model.name, **self.model.overrides).vision

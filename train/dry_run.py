@@ -18,8 +18,9 @@ GIB = 1024**3
 
 
 def activation_bytes_per_gpu(cfg: TrainConfig) -> float:
-    """Rough activation memory for one local batch: ~34 bytes per (token, channel, layer) at 16 bit
-    (Korthikanti et al.), doubled for fp32; with checkpointing only each block's input is kept."""
+    """Rough activation memory for one micro-batch (data.batch_size / optim.accum_steps): ~34 bytes per
+    (token, channel, layer) at 16 bit (Korthikanti et al.), doubled for fp32; with checkpointing only each
+    block's input is kept."""
     mcfg = get_model_config(cfg.model.name, **cfg.model.overrides)
     per_value = 2 if cfg.backend.precision in ("bf16", "fp16") else 4
     kept = 1 + num_kept(mcfg.vision.num_patches, cfg.flip.mask_ratio)
@@ -28,7 +29,8 @@ def activation_bytes_per_gpu(cfg: TrainConfig) -> float:
         (mcfg.text.context_length, mcfg.text.width, mcfg.text.layers),
     )
     factor = per_value if cfg.model.grad_checkpointing else 17 * per_value
-    return sum(cfg.data.batch_size * t * w * n * factor for t, w, n in towers)
+    micro_batch = cfg.data.batch_size // cfg.optim.accum_steps
+    return sum(micro_batch * t * w * n * factor for t, w, n in towers)
 
 
 def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int = 4) -> str:

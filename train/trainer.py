@@ -23,6 +23,7 @@ from data.transforms import normalize_pixels
 from model import CLIP, create_model, get_model_config
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
+from train.accumulate import cached_feature_backward
 from train.backends import make_backend
 from train.checkpoint import CheckpointWriter, checkpoint_name, is_complete, read_meta, resolve_resume_on_main
 from train.checkpoint_state import checkpoint_parts, load_parts, save_parts
@@ -148,6 +149,11 @@ class Trainer:
         index = batch["index"].to(device, non_blocking=True)
         return self.backend.cast_inputs(images), tokens, index
 
+    def _encode(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.backend.train_autocast():
+            image_features, text_features, _ = self.backend.model(images, tokens)
+        return image_features, text_features
+
     def train_step(self, batch: dict[str, torch.Tensor], probe: Probe = _no_probe) -> dict[str, Any]:
         """Forward, loss, backward, optimizer and temperature steps. Returns device tensors (and host
         floats) to log; reads nothing back from the device. `probe(phase)` is called after each phase
@@ -158,13 +164,19 @@ class Trainer:
         self.backend.raw_model.set_mask_ratio(phase.mask_ratio, generator=self.mask_generator)
         images, tokens, index = self.inputs(batch)
         probe("host_to_device")
-        with self.backend.train_autocast():
-            image_features, text_features, _ = self.backend.model(images, tokens)
-        probe("forward")
         t = self.temperature
-        out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias)
-        probe("loss_and_state")
-        self.backend.backward(out.loss)
+        if self.cfg.optim.accum_steps > 1:  # forward, loss and backward per micro-batch (train.accumulate)
+            out = cached_feature_backward(
+                self._encode, images, tokens, self.cfg.optim.accum_steps,
+                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias), self.backend.backward,
+                self.mask_generator,
+            )  # fmt: skip
+        else:
+            image_features, text_features = self._encode(images, tokens)
+            probe("forward")
+            out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias)
+            probe("loss_and_state")
+            self.backend.backward(out.loss)
         probe("backward")
         grad_norm = self.backend.step(self.cfg.optim.grad_clip, lambda norm: self.guard.agree(out.value, norm))
         self.temperature.step(lr, phase.lr, skip=self.guard.skip)  # non-finite somewhere: nothing moves
