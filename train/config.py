@@ -14,6 +14,7 @@ from train.backends import BACKENDS, backend_class
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.resume_config import check_allow_changes
+from train.trackers import TRACKERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")
@@ -147,11 +148,16 @@ class LoggingConfig:
 
     every_steps: int = 10
     tensorboard: bool = True
+    trackers: list[str] = field(default_factory=list)  # more of train.trackers.TRACKERS: wandb, mlflow
+    project: str = "fastflip"  # the wandb project / MLflow experiment
     peak_tflops: float = 989.0
 
     def validate(self) -> None:
         if self.every_steps < 1:
             raise ValueError("logging.every_steps must be >= 1")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"logging.trackers: {unknown} unknown; choose from {TRACKERS}")
         if not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
             raise ValueError(f"logging.peak_tflops must be a positive number, got {self.peak_tflops}")
 

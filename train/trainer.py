@@ -39,6 +39,7 @@ from train.rank_sync import all_ranks, summed
 from train.resume_config import check_resume_config
 from train.schedules import PhasePlan, phase_plan_for
 from train.timeouts import set_collective_timeout, watch
+from train.trackers import open_trackers
 
 logger = logging.getLogger("fastflip")
 
@@ -89,6 +90,7 @@ class Trainer:
         )
 
         self.step, self.epoch = 0, 0
+        self._tracker_ids: dict[str, str] = {}  # a resumed run continues its tracked runs (load_checkpoint)
         self._batches: Iterator[dict] | None = None
         self.out = Path(cfg.run.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -107,9 +109,13 @@ class Trainer:
         self.evaluator = Evaluator(
             cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world, self.backend.dp_group,
         )  # fmt: skip
+        log = cfg.logging
+        trackers = open_trackers(log.trackers, self.out, log.project, cfg.run.name, to_dict(cfg),
+                                 self._tracker_ids) if self.backend.is_main else {}  # fmt: skip
         self.metrics = MetricsLogger(
-            self.out, self.backend.is_main, cfg.logging.tensorboard, self.plan.total_steps, resume_step=self.step
-        )
+            self.out, self.backend.is_main, log.tensorboard or "tensorboard" in log.trackers, self.plan.total_steps,
+            resume_step=self.step, trackers=trackers,
+        )  # fmt: skip
         self.losses = torch.full((self.plan.total_steps,), float("nan"), dtype=torch.float64, device=device)
         self._flops: dict[float, float] = {}  # train FLOPs per sample, by mask ratio (counted once)
         self._window = _Window()
@@ -333,6 +339,7 @@ class Trainer:
             "backend": self.cfg.backend.name,
             "config": to_dict(self.cfg),
             "dataset": {"num_samples": self.loader.num_samples},
+            "trackers": self.metrics.run_ids(),  # rank 0's, the one that writes meta.json
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
             path = self.writer.save(
@@ -379,6 +386,7 @@ class Trainer:
         self.step, self.epoch = int(meta["step"]), int(self.loader.state_dict()["epoch"])
         if "nonfinite" in meta:
             self.guard.load_state_dict(meta["nonfinite"])
+        self._tracker_ids = meta.get("trackers", {})
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
                         saved_world)  # fmt: skip
