@@ -38,6 +38,13 @@ class ModelSection:
     overrides: dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False
     init_from: str = ""  # start from pretrained towers: "open_clip:PATH" or "hf:PATH" (model/init_from.py)
+    # Fine-tuning (model/lock.py): freeze a tower except its last N blocks (and then its head); lock_norms=False
+    # keeps the frozen part's LayerNorms trainable.
+    lock_image: bool = False
+    lock_image_unlocked_layers: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    lock_norms: bool = True
 
     def validate(self) -> None:
         if self.name not in MODEL_CONFIGS:
@@ -48,6 +55,11 @@ class ModelSection:
             raise ValueError(f"model.overrides: {err}") from err
         if self.init_from:
             parse_init_from(self.init_from)
+        cfg = get_model_config(self.name, **self.overrides)
+        for tower, layers, blocks in (("image", self.lock_image_unlocked_layers, cfg.vision.layers),
+                                      ("text", self.lock_text_unlocked_layers, cfg.text.layers)):  # fmt: skip
+            if not 0 <= layers <= blocks:
+                raise ValueError(f"model.lock_{tower}_unlocked_layers must lie in [0, {blocks}], got {layers}")
 
 
 @dataclass
@@ -66,6 +78,10 @@ class OptimConfig:
     # Micro-batches per optimizer step (train.accumulate): data.batch_size is split into accum_steps forwards;
     # the loss still sees the whole batch, so the gradient is the big batch's.
     accum_steps: int = 1
+    layer_decay: float = 1.0  # lr x layer_decay ** (blocks from the top) per tower (train.optim.param_groups)
+    lr_scale_image: float = 1.0  # per-tower lr scales
+    lr_scale_text: float = 1.0
+    wd_exclude: list[str] = field(default_factory=list)  # fnmatch patterns of parameter names not decayed
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -76,6 +92,8 @@ class OptimConfig:
             raise ValueError(f"optim needs 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+        if not (0 < self.layer_decay <= 1 and self.lr_scale_image >= 0 and self.lr_scale_text >= 0):
+            raise ValueError("optim.layer_decay must lie in (0, 1] and optim.lr_scale_image / lr_scale_text be >= 0")
         if self.accum_steps < 1:
             raise ValueError(f"optim.accum_steps must be >= 1, got {self.accum_steps}")
         if self.max_nonfinite_steps < 1:

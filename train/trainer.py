@@ -23,6 +23,7 @@ from data.transforms import normalize_pixels
 from model import CLIP, create_model, get_model_config
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
+from model.lock import lock_tower
 from train.accumulate import cached_feature_backward
 from train.backends import make_backend
 from train.checkpoint import CheckpointWriter, checkpoint_name, is_complete, read_meta, resolve_resume_on_main
@@ -128,13 +129,19 @@ class Trainer:
         for name in ("logit_scale", "logit_bias"):  # trained by self.temperature in fp32, outside the backend
             if hasattr(model, name):
                 getattr(model, name).requires_grad_(False)
+        for tower, locked, layers in (("visual", cfg.lock_image, cfg.lock_image_unlocked_layers),
+                                      ("text", cfg.lock_text, cfg.lock_text_unlocked_layers)):  # fmt: skip
+            if locked:
+                lock_tower(model, tower, layers, cfg.lock_norms)
         model.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.init_from and not model.logit_scale.is_meta:  # full_model() rebuilds on meta: nothing to load
             load_pretrained(model, cfg.init_from)
         return model
 
     def _param_groups(self, model: torch.nn.Module) -> list[dict[str, object]]:
-        return param_groups(model, self.cfg.optim.weight_decay)
+        o = self.cfg.optim
+        scales = {"visual": o.lr_scale_image, "text": o.lr_scale_text}
+        return param_groups(model, o.weight_decay, o.layer_decay, scales, o.wd_exclude)
 
     def _optimizer(self, groups: list[dict[str, object]]) -> torch.optim.Optimizer:
         o = self.cfg.optim

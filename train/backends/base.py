@@ -138,7 +138,7 @@ class Backend(ABC):
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lrs[group["name"]]
+            group["lr"] = group_lr(group, lrs)  # lr_scale: layer decay, per-tower scales
 
     @abstractmethod
     def save(self, directory: Path) -> None:
@@ -180,6 +180,12 @@ class Backend(ABC):
             self.barrier()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def group_lr(group: dict, lrs: dict[str, float]) -> float:
+    """The lr of one optimizer group: the lr of its kind (decay / no_decay, see train.optim.param_groups) times
+    its lr_scale (layer decay, per-tower scales)."""
+    return lrs[group.get("kind", group["name"])] * group.get("lr_scale", 1.0)
 
 
 def select_local_device() -> None:

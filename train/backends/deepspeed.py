@@ -28,6 +28,7 @@ from train.backends.base import (
     ModelFn,
     OptimizerFn,
     adam_state_bytes,
+    group_lr,
     select_local_device,
 )
 from train.rank_sync import free_port
@@ -180,7 +181,7 @@ class DeepSpeedBackend(Backend):
 
     def set_group_lrs(self, lrs: dict[str, float]) -> None:
         for group in self.engine.optimizer.param_groups:
-            group["lr"] = lrs[group["name"]]
+            group["lr"] = group_lr(group, lrs)  # lr_scale: layer decay, per-tower scales
 
     def _full_value(self, param: nn.Parameter) -> torch.Tensor:
         """fp32 master value of a trained parameter, or the (gathered) weight of a frozen one."""
