@@ -92,3 +92,17 @@ def test_locked_parameters_unchanged_on_every_backend(backend: str, tmp_path: Pa
     for name, (lr, scale) in result["lrs"].items():
         assert lr == pytest.approx(result["last_lr"] * scale), name
         assert scale in (pytest.approx(1.0), pytest.approx(0.5)), name  # visual head, visual block 1
+
+
+def test_dry_run_reports_trainable_parameters_and_the_micro_batch() -> None:
+    from train.config import load_config
+    from train.dry_run import dry_run
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "siglip_cc3m_vitb32_1node.yaml"
+    plain = dry_run(load_config(recipe))
+    locked = dry_run(load_config(recipe, ["model.lock_image=true", "optim.accum_steps=4"]))
+    assert "trainable: all" in plain
+    assert "trainable: 63." in locked and "locked towers save" in locked  # the text tower of ViT-B-32
+    assert "4 micro-batches of 32 per rank" in locked
+    mem = [float(t.split("=")[0].split()[-1]) for t in (plain, locked) for t in [t.split("(estimate, GiB): ")[1]]]
+    assert mem[1] < mem[0]

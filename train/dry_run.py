@@ -9,6 +9,7 @@ import torch
 
 from data.plan import steps_per_epoch as steps_per_epoch_for
 from model import create_model, get_model_config
+from model.lock import lock_tower
 from model.masking import num_kept
 from train.backends import backend_class
 from train.config import TrainConfig
@@ -37,13 +38,21 @@ def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int 
     """The resolved plan as text; `world_size` defaults to the recipe's run.world_size, then WORLD_SIZE, then 1."""
     world = world_size or cfg.run.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     with torch.device("meta"):
-        params = sum(p.numel() for p in create_model(cfg.model.name, **cfg.model.overrides).parameters())
+        model = create_model(cfg.model.name, **cfg.model.overrides)
+    params = sum(p.numel() for p in model.parameters())
+    for tower, locked, layers in (("visual", cfg.model.lock_image, cfg.model.lock_image_unlocked_layers),
+                                  ("text", cfg.model.lock_text, cfg.model.lock_text_unlocked_layers)):  # fmt: skip
+        if locked:
+            lock_tower(model, tower, layers, cfg.model.lock_norms)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     global_batch = cfg.data.batch_size * world
     lines = [
         f"recipe: {cfg.run.name}  model {cfg.model.name} ({params / 1e6:.2f}M parameters)",
         f"ranks: {world} ({math.ceil(world / gpus_per_node)} node(s) of {gpus_per_node})  backend {cfg.backend.name}"
         f"  precision {cfg.backend.precision}  grad checkpointing {cfg.model.grad_checkpointing}",
-        f"global batch: {global_batch} = {world} x {cfg.data.batch_size}",
+        f"global batch: {global_batch} = {world} x {cfg.data.batch_size}"
+        + (f" ({cfg.optim.accum_steps} micro-batches of {cfg.data.batch_size // cfg.optim.accum_steps} per rank)"
+           if cfg.optim.accum_steps > 1 else ""),
         f"loss: {cfg.loss.resolved()}",
     ]
     if cfg.dataset_samples:
@@ -56,7 +65,16 @@ def dry_run(cfg: TrainConfig, world_size: int | None = None, gpus_per_node: int 
         lines += [f"  {m}" for m in plan.milestones()]
     else:
         lines.append("data: dataset_samples not set: steps come from the shard manifest at launch")
-    state = backend_class(cfg.backend.name).state_bytes_per_gpu(cfg, params, world)
+    backend = backend_class(cfg.backend.name)
+    state = backend.state_bytes_per_gpu(cfg, params, world)
+    if trainable < params:  # frozen parameters keep their weights but have no gradient or optimizer state
+        frozen = backend.state_bytes_per_gpu(cfg, params - trainable, world)
+        saved = frozen["grads"] + frozen["optimizer"]
+        state = state | {k: state[k] - frozen[k] for k in ("grads", "optimizer")}
+        lines.append(f"trainable: {trainable / 1e6:.2f}M of {params / 1e6:.2f}M parameters (locked towers save "
+                     f"{saved / GIB:.2f} GiB of gradients and optimizer state per GPU)")  # fmt: skip
+    else:
+        lines.append(f"trainable: all {params / 1e6:.2f}M parameters")
     acts = activation_bytes_per_gpu(cfg)
     detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in state.items())
     lines.append(
