@@ -1,10 +1,11 @@
-"""Communication per training step: OpenCLIP vs FastCLIP v0-v3, counted from the collectives issued.
+"""Communication per training step: OpenCLIP, SigLIP and FastCLIP v0-v3, counted from the collectives issued.
 
 Runs a few steps of each loss on K gloo ranks (CPU) with the tiny CLIP wrapped in DDP, and
 records every torch.distributed collective issued by wrapping the torch.distributed functions:
 op, bytes, phase (forward / backward) and what it carries:
 
-- features      the forward gather of features (and sample keys)
+- features      the forward gather of features (and sample keys); SigLIP's K-1 ring passes of its
+                [image | text] features (counted as the bytes each rank sends)
 - feature_grad  collectives in backward outside the DDP hook (OpenCLIP's gather-with-grad)
 - state         per-sample state traffic (`train/sample_state.py`)
 - param_grad    DDP's gradient all-reduce (a recording comm hook around all_reduce)
@@ -42,6 +43,7 @@ from train.losses.sample_state import state_bytes_per_rank
 
 LOSSES = {
     "openclip": LossConfig(name="openclip"),
+    "siglip": LossConfig(name="siglip"),
     "fastclip_v0": LossConfig(version="v0"),
     "fastclip_v1": LossConfig(version="v1"),
     "fastclip_v2": LossConfig(version="v2", lr_tau=0.0133, tau_init=0.03),
@@ -60,6 +62,7 @@ SIZED_ARGS = {
     "all_to_all_single": "input",
     "all_gather": "tensor_list",
     "all_to_all": "input_tensor_list",
+    "isend": "tensor",
 }
 STATE_N = 315_000_000
 STATE_COLUMNS = {"v0/v1/v3": 2, "v2": 9}  # log u1, log u2 (+ tau, Adam m, v per side, visit count)
@@ -141,6 +144,7 @@ def _rank_main(rank: int, world_size: int, init_method: str, out_dir: str, args:
         ddp = DistributedDataParallel(model, forward_sync_buffers=False)
         ddp.register_comm_hook(None, _recording_allreduce_hook(recorder))
         loss = build_loss(cfg, args.num_samples)
+        bias = None if spec.init_logit_bias is None else torch.full((1,), spec.init_logit_bias, requires_grad=True)
         gen = torch.Generator().manual_seed(rank)
         size, context = model.config.vision.image_size, model.config.text.context_length
         steps = []
@@ -151,7 +155,7 @@ def _rank_main(rank: int, world_size: int, init_method: str, out_dir: str, args:
             keys = (torch.arange(args.batch) + rank * args.batch + step * args.batch * world_size) % args.num_samples
             recorder.events, recorder.phase = [], "forward"
             image_features, text_features, logit_scale = ddp(images, tokens)
-            out = loss(image_features, text_features, keys, logit_scale)
+            out = loss(image_features, text_features, keys, logit_scale, bias)
             recorder.phase = "backward"
             out.loss.backward()
             recorder.phase = None

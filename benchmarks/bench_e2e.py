@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from train.rank_sync import free_port
 
 from benchmarks.bench_common import machine_description, write_json
 from data.manifest import resolve_shards
 from model import get_model_config
 from model.convert_open_clip import model_cfg
-from train.config import TrainConfig, load_config
+from train.config import TrainConfig
+from train.faults.rank_sync import free_port
+from train.setup import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = "recipes/configs/demo_fashion_mnist.yaml"

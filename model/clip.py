@@ -24,6 +24,8 @@ class CLIP(nn.Module):
         self.visual = create_vision_tower(cfg.vision, cfg.embed_dim, cfg.quick_gelu)
         self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
         self.logit_scale = nn.Parameter(torch.full((1,), cfg.init_logit_scale))
+        if cfg.init_logit_bias is not None:  # SigLIP: logits are exp(logit_scale) * s + logit_bias
+            self.logit_bias = nn.Parameter(torch.full((1,), cfg.init_logit_bias))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = encode_patches(self.visual, images)

@@ -47,6 +47,7 @@ class CLIPConfig:
     text: TextConfig = field(default_factory=TextConfig)
     quick_gelu: bool = False
     init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07)
+    init_logit_bias: float | None = None  # SigLIP's learnable bias (open_clip's field); None = no bias
 
 
 MODEL_CONFIGS: dict[str, CLIPConfig] = {

@@ -135,6 +135,9 @@ def from_hf(state: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tens
 
 def save_hf(state: Mapping[str, torch.Tensor], cfg: CLIPConfig, out: str | Path) -> Path:
     """Write a `CLIPModel.save_pretrained` folder with processor and tokenizer files into `out`."""
+    if "logit_bias" in state:
+        raise ValueError("a Hugging Face CLIPModel has no logit bias, so this SigLIP-trained model cannot be exported "
+                         "to hf without changing its logits; export it --to open_clip (which keeps the bias)")
     folder = Path(out)
     config = hf_config(cfg, float(state["logit_scale"].reshape(-1)[0]))
     with torch.device("meta"):  # only the key/shape check; the weights are assigned below

@@ -48,6 +48,7 @@ def _norm(ours: str, theirs: str) -> list[Rule]:
 
 RULES: list[Rule] = [
     Rule("logit_scale", ("logit_scale",), "squeeze"),
+    Rule("logit_bias", ("logit_bias",), "squeeze"),  # SigLIP models only
     Rule("visual.cls_token", ("visual.class_embedding",), "squeeze"),
     Rule("visual.pos_embed", ("visual.positional_embedding",), "squeeze"),
     Rule("visual.patch_embed.proj.weight", ("visual.conv1.weight",)),
@@ -77,6 +78,8 @@ def model_cfg(cfg: CLIPConfig) -> dict[str, Any]:
     }  # fmt: skip
     if cfg.quick_gelu:
         out["quick_gelu"] = True
+    if cfg.init_logit_bias is not None:  # open_clip then builds (and loads) its logit_bias parameter
+        out["init_logit_bias"] = cfg.init_logit_bias
     return out
 
 

@@ -49,7 +49,9 @@ def pretrained_state(spec: str, model: CLIP) -> dict[str, torch.Tensor]:
     try:
         if path.is_dir():
             check_config(path, model.config)
-        return convert(load(path), model.state_dict())
+        # The bias is the loss's (SigLIP's), like the temperature: neither side's is required or taken.
+        template = {k: v for k, v in model.state_dict().items() if k != "logit_bias"}
+        return convert({k: v for k, v in load(path).items() if k != "logit_bias"}, template)
     except ValueError as err:
         raise ValueError(f"model.init_from {spec!r}: {err}") from err
 
@@ -59,6 +61,8 @@ def load_pretrained(model: CLIP, spec: str) -> None:
     state = pretrained_state(spec, model)
     theirs = float(state["logit_scale"].reshape(-1)[0])
     state["logit_scale"] = model.logit_scale.detach().clone()
+    if hasattr(model, "logit_bias"):
+        state["logit_bias"] = model.logit_bias.detach().clone()
     model.load_state_dict(state, strict=True)
     logger.info(
         "loaded %d tensors from %s; its temperature (tau %.4f) is not used, the loss starts "

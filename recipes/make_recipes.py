@@ -2,7 +2,8 @@
 
 FastCLIP (arXiv 2407.01445) CC3M / CC12M / LAION-315M settings at 1, 2, 4 and 8 nodes of 4 GPUs with the
 per-GPU batch of the paper fixed (so the global batch grows with nodes; warmup is rescaled to the same number
-of samples as the paper's), each with an OpenCLIP-loss twin;
+of samples as the paper's), each with an OpenCLIP-loss twin, and SigLIP twins of the CC3M / CC12M ones (the other
+small-batch loss: t' = log 10, b = -10 as the SigLIP paper; everything else as the FastCLIP recipe);
 FLIP (mask 0.5 / 0.75 + unmasked tuning) recipes for ViT-B/16, ViT-L/14 and ViT-H/14. Edit a table and
 rerun `python recipes/make_recipes.py` to regenerate; the YAMLs are what users launch (a test checks that
 they equal this script's output; copy one without its header to make a variant).
@@ -30,6 +31,8 @@ FASTCLIP = {
 # The paper's global batch per dataset: warmup steps are rescaled to the same number of samples at every scale.
 PAPER_GLOBAL_BATCH = {"cc3m": 1024, "cc12m": 2048, "laion315m": 5120}
 
+SIGLIP_DATA = ("cc3m", "cc12m")  # SigLIP twins of these FastCLIP recipes
+
 # FLIP on LAION-315M with FastCLIP-v3: model -> (per-GPU batch, nodes, backend, ds_config)
 FLIP = {
     "ViT-B-16": (320, 4, "ddp", ""),
@@ -50,6 +53,8 @@ def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
     loss_section = (
         {"name": "openclip", "lr_tau_schedule": "model"}
         if loss == "openclip"
+        else {"name": "siglip", "tau_init": 0.1, "bias_init": -10.0, "lr_tau_schedule": "model"}
+        if loss == "siglip"
         else {
             "name": "fastclip", "version": "v3", "tau_grad": "reference", "eps": eps, "tau_init": 0.07,
             "lr_tau": lr_tau, "rho": rho, "gamma_schedule": "cosine", "gamma_min": gamma_min,
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(parser.parse_args(argv).out)
     out.mkdir(parents=True, exist_ok=True)
     recipes = [fastclip_recipe(d, n, loss) for d in FASTCLIP for n in NODES for loss in ("fastclip", "openclip")]
+    recipes += [fastclip_recipe(d, n, "siglip") for d in SIGLIP_DATA for n in NODES]
     recipes += [flip_recipe(m, mask) for m in FLIP for mask in (0.5, 0.75)]
     for recipe in recipes:
         path = out / f"{recipe['run']['name']}.yaml"

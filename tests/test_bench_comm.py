@@ -23,8 +23,11 @@ def test_bench_comm_counts_collectives(tmp_path) -> None:
     assert openclip["feature_bytes"] == 2 * g * d * fp32
     param_bytes = openclip["param_grad_bytes"]
     assert param_bytes > 1_000_000
+    siglip = result["siglip"]  # K - 1 = 1 ring pass of the local [image | text] features, nothing in backward
+    assert siglip["feature_bytes"] == (g // 2) * 2 * d * fp32 and siglip["feature_grad_bytes"] == 0
+    assert siglip["state_bytes"] == 0 and abs(siglip["param_grad_bytes"] - param_bytes) <= fp32
     for name in LOSSES:
-        if name == "openclip":
+        if name in ("openclip", "siglip"):
             continue
         r = result[name]
         assert r["feature_grad_bytes"] == 0, name

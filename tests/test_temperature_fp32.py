@@ -24,9 +24,9 @@ class RecordingLoss:
     def __init__(self, loss: Any) -> None:
         self.loss, self.received = loss, []
 
-    def __call__(self, image_features, text_features, index, logit_scale):  # noqa: ANN001, ANN204
+    def __call__(self, image_features, text_features, index, logit_scale, logit_bias=None):  # noqa: ANN001, ANN204
         self.received.append(logit_scale)
-        return self.loss(image_features, text_features, index, logit_scale)
+        return self.loss(image_features, text_features, index, logit_scale, logit_bias)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loss, name)

@@ -5,7 +5,7 @@
   python tools/export.py --info runs/X/checkpoints/latest
 
 Any backend's checkpoint works (ddp model.pt, fsdp2 DCP, DeepSpeed ZeRO-1/2/3): it is consolidated on the
-CPU in this process (train/consolidate.py). --info reads only metadata and the per-sample state's headers.
+CPU in this process (train/checkpoint/consolidate.py). --info reads only metadata and the per-sample state's headers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from model import CLIPConfig, create_model, get_model_config
 from model.convert_hf import save_hf
 from model.convert_open_clip import save_open_clip
 from train.checkpoint.checkpointer import find_checkpoint
-from train.checkpoint.consolidate import consolidated_state_dict
+from train.checkpoint.consolidate import consolidated_state_dict, model_overrides
 from train.checkpoint.files import damage, read_meta
 
 logger = logging.getLogger("export")
@@ -32,8 +32,7 @@ FORMATS = {"open_clip": save_open_clip, "hf": save_hf}
 
 
 def model_config(meta: dict[str, Any]) -> CLIPConfig:
-    section = meta["config"]["model"]
-    return get_model_config(section["name"], **section.get("overrides", {}))
+    return get_model_config(meta["config"]["model"]["name"], **model_overrides(meta))
 
 
 def export(checkpoint: str | Path, to: str, out: str | Path) -> Path:

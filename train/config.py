@@ -10,6 +10,7 @@ from data.config import DataConfig
 from model import MODEL_CONFIGS
 from model.init_from import parse_init_from
 from train.losses import LossConfig
+from train.trackers import TRACKERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")
@@ -34,12 +35,21 @@ class ModelSection:
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile each transformer block (regional compile; model.compile_blocks)
     init_from: str = ""  # start from pretrained towers: "open_clip:PATH" or "hf:PATH" (model/init_from.py)
+    # Fine-tuning (model/lock.py): freeze a tower except its last N blocks (and then its head); lock_norms=False
+    # keeps the frozen part's LayerNorms trainable.
+    lock_image: bool = False
+    lock_image_unlocked_layers: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    lock_norms: bool = True
 
     def validate(self) -> None:
         if self.name not in MODEL_CONFIGS:
             raise ValueError(f"model.name {self.name!r} is unknown; choose one of {sorted(MODEL_CONFIGS)}")
         if self.init_from:
             parse_init_from(self.init_from)
+        if min(self.lock_image_unlocked_layers, self.lock_text_unlocked_layers) < 0:
+            raise ValueError("model.lock_image_unlocked_layers and model.lock_text_unlocked_layers must be >= 0")
 
 
 @dataclass
@@ -55,6 +65,13 @@ class OptimConfig:
     eps: float = 1e-6
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     max_nonfinite_steps: int = 5  # stop after this many skipped (NaN / inf loss or grad norm) steps in a row
+    # Micro-batches per optimizer step (train.accumulate): data.batch_size is split into accum_steps forwards;
+    # the loss still sees the whole batch, so the gradient is the big batch's.
+    accum_steps: int = 1
+    layer_decay: float = 1.0  # lr x layer_decay ** (blocks from the top) per tower (train.optim.param_groups)
+    lr_scale_image: float = 1.0  # per-tower lr scales
+    lr_scale_text: float = 1.0
+    wd_exclude: list[str] = field(default_factory=list)  # fnmatch patterns of parameter names not decayed
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -65,6 +82,10 @@ class OptimConfig:
             raise ValueError(f"optim needs 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+        if not (0 < self.layer_decay <= 1 and self.lr_scale_image >= 0 and self.lr_scale_text >= 0):
+            raise ValueError("optim.layer_decay must lie in (0, 1] and optim.lr_scale_image / lr_scale_text be >= 0")
+        if self.accum_steps < 1:
+            raise ValueError(f"optim.accum_steps must be >= 1, got {self.accum_steps}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"optim.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
@@ -139,11 +160,16 @@ class LoggingConfig:
 
     every_steps: int = 10
     tensorboard: bool = True
+    trackers: list[str] = field(default_factory=list)  # more of train.trackers.TRACKERS: wandb, mlflow
+    project: str = "fastflip"  # the wandb project / MLflow experiment
     peak_tflops: float = 989.0
 
     def validate(self) -> None:
         if self.every_steps < 1:
             raise ValueError("logging.every_steps must be >= 1")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"logging.trackers: {unknown} unknown; choose from {TRACKERS}")
         if not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
             raise ValueError(f"logging.peak_tflops must be a positive number, got {self.peak_tflops}")
 
@@ -189,5 +215,8 @@ class TrainConfig:
         for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint, self.logging, self.eval):
             section.validate()
         self.loss.validate()
+        if self.data.batch_size % self.optim.accum_steps:
+            raise ValueError(f"data.batch_size {self.data.batch_size} must split evenly into optim.accum_steps "
+                             f"{self.optim.accum_steps} micro-batches")  # fmt: skip
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")

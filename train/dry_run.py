@@ -9,6 +9,7 @@ import torch
 
 from data.plan import steps_per_epoch as steps_per_epoch_for
 from model import CLIP, CLIPConfig
+from model.lock import lock_tower
 from model.masking import num_kept
 from train.config import TrainConfig
 from train.losses import LossConfig
@@ -20,8 +21,9 @@ GIB = 1024**3
 
 
 def activation_bytes_per_gpu(cfg: TrainConfig, mcfg: CLIPConfig) -> float:
-    """Rough activation memory for one local batch: ~34 bytes per (token, channel, layer) at 16 bit
-    (Korthikanti et al.), doubled for fp32; with checkpointing only each block's input is kept."""
+    """Rough activation memory for one micro-batch (data.batch_size / optim.accum_steps): ~34 bytes per
+    (token, channel, layer) at 16 bit (Korthikanti et al.), doubled for fp32; with checkpointing only each
+    block's input is kept."""
     per_value = 2 if cfg.backend.precision in ("bf16", "fp16") else 4
     kept = 1 + num_kept(mcfg.vision.num_patches, cfg.flip.mask_ratio)
     towers = (
@@ -29,7 +31,8 @@ def activation_bytes_per_gpu(cfg: TrainConfig, mcfg: CLIPConfig) -> float:
         (mcfg.text.context_length, mcfg.text.width, mcfg.text.layers),
     )
     factor = per_value if cfg.model.grad_checkpointing else 17 * per_value
-    return sum(cfg.data.batch_size * t * w * n * factor for t, w, n in towers)
+    micro_batch = cfg.data.batch_size // cfg.optim.accum_steps
+    return sum(micro_batch * t * w * n * factor for t, w, n in towers)
 
 
 def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4) -> str:
@@ -37,13 +40,21 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
     cfg = run.cfg
     world = world_size or cfg.run.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     with torch.device("meta"):
-        params = sum(p.numel() for p in CLIP(run.model_config).parameters())
+        model = CLIP(run.model_config)
+    params = sum(p.numel() for p in model.parameters())
+    for tower, locked, layers in (("visual", cfg.model.lock_image, cfg.model.lock_image_unlocked_layers),
+                                  ("text", cfg.model.lock_text, cfg.model.lock_text_unlocked_layers)):  # fmt: skip
+        if locked:
+            lock_tower(model, tower, layers, cfg.model.lock_norms)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     global_batch = cfg.data.batch_size * world
     lines = [
         f"recipe: {cfg.run.name}  model {cfg.model.name} ({params / 1e6:.2f}M parameters)",
         f"ranks: {world} ({math.ceil(world / gpus_per_node)} node(s) of {gpus_per_node})  backend {cfg.backend.name}"
         f"  precision {cfg.backend.precision}  grad checkpointing {cfg.model.grad_checkpointing}",
-        f"global batch: {global_batch} = {world} x {cfg.data.batch_size}",
+        f"global batch: {global_batch} = {world} x {cfg.data.batch_size}"
+        + (f" ({cfg.optim.accum_steps} micro-batches of {cfg.data.batch_size // cfg.optim.accum_steps} per rank)"
+           if cfg.optim.accum_steps > 1 else ""),
         f"loss: {run.loss}",
     ]
     if cfg.dataset_samples:
@@ -57,6 +68,14 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
     else:
         lines.append("data: dataset_samples not set: steps come from the shard manifest at launch")
     state = run.backend_cls.state_bytes_per_gpu(cfg, run.backend_options, params, world)
+    if trainable < params:  # frozen parameters keep their weights but have no gradient or optimizer state
+        frozen = run.backend_cls.state_bytes_per_gpu(cfg, run.backend_options, params - trainable, world)
+        saved = frozen["grads"] + frozen["optimizer"]
+        state = state | {k: state[k] - frozen[k] for k in ("grads", "optimizer")}
+        lines.append(f"trainable: {trainable / 1e6:.2f}M of {params / 1e6:.2f}M parameters (locked towers save "
+                     f"{saved / GIB:.2f} GiB of gradients and optimizer state per GPU)")  # fmt: skip
+    else:
+        lines.append(f"trainable: all {params / 1e6:.2f}M parameters")
     acts = activation_bytes_per_gpu(cfg, run.model_config)
     detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in state.items())
     lines.append(

@@ -1,4 +1,4 @@
-"""Run logging: TensorBoard scalars and a console progress line, both on rank 0 only."""
+"""Run logging: metrics.jsonl, TensorBoard, other trackers (train.trackers) and a console line, on rank 0 only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import logging
 import time
 from pathlib import Path
+
+from train.trackers import Tracker
 
 logger = logging.getLogger("fastflip")
 
@@ -27,10 +29,15 @@ class MetricsLogger:
     The trainer calls `log` on logging steps only, with values already read from the device.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, resume_step: int = 0) -> None:
+    def __init__(
+        self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, resume_step: int = 0,
+        trackers: dict[str, Tracker] | None = None,
+    ) -> None:  # fmt: skip
         """`resume_step`: the step training continues from. What a crashed run logged after it is dropped from
-        metrics.jsonl and hidden in TensorBoard (purge_step), so no step appears twice."""
+        metrics.jsonl and hidden in TensorBoard (purge_step), so no step appears twice. `trackers` (wandb, mlflow)
+        get the same rows as metrics.jsonl."""
         self.enabled = enabled
+        self.trackers = trackers or {}
         self.total_steps = total_steps
         self.writer = None
         self.jsonl = None
@@ -51,6 +58,8 @@ class MetricsLogger:
                 self.writer.add_scalar(key, value, step)
         self.jsonl.write(json.dumps({"step": step} | scalars) + "\n")
         self.jsonl.flush()
+        for tracker in self.trackers.values():
+            tracker.log(step, scalars)
         line = f"step {step}/{self.total_steps}  epoch {int(scalars.get('train/epoch', 0))}"
         for key, label, fmt in _CONSOLE:  # only what this run has (no "gamma nan" for OpenCLIP)
             if key in scalars:
@@ -63,11 +72,21 @@ class MetricsLogger:
         for key, value in results.items():
             if self.writer is not None:
                 self.writer.add_scalar(f"eval/{key}", value, step)
-        self.jsonl.write(json.dumps({"step": step} | {f"eval/{k}": v for k, v in results.items()}) + "\n")
+        row = {f"eval/{k}": v for k, v in results.items()}
+        self.jsonl.write(json.dumps({"step": step} | row) + "\n")
         self.jsonl.flush()
+        for tracker in self.trackers.values():
+            tracker.log(step, row)
         logger.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
 
+    def run_ids(self) -> dict[str, str]:
+        """Tracker name -> run id, kept in the checkpoint so a resumed run continues the same tracked run."""
+        return {name: tracker.run_id for name, tracker in self.trackers.items()}
+
     def close(self) -> None:
+        for tracker in self.trackers.values():
+            tracker.close()
+        self.trackers = {}
         if self.writer is not None:
             self.writer.close()
         if self.jsonl is not None:

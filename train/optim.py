@@ -5,10 +5,13 @@ The temperature is not among them: `train.losses.temperature.GlobalTemperature` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fnmatch
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+
+from model.lock import layer_id, tower_of
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
@@ -17,22 +20,39 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return effective_ndim < 2 or name.endswith(".bias") or "logit_scale" in name
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Groups `decay` and `no_decay`, each with a `name`. Frozen parameters (the model's logit_scale while
-    training: GlobalTemperature owns tau) are left out."""
-    decay, plain = [], []
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    tower_lr_scales: dict[str, float] | None = None,
+    wd_exclude: Sequence[str] = (),
+) -> list[dict[str, object]]:
+    """Groups of trainable parameters, each with a `name`, its `kind` (decay / no_decay: which lr of
+    its weight decay follows) and an `lr_scale`. Frozen parameters (locked towers, and the model's
+    logit_scale while training: GlobalTemperature owns tau) are left out.
+
+    lr_scale = tower scale x layer_decay ** (blocks + 1 - layer id) (the head 1, block i of L decay^(L - i),
+    the embeddings decay^(L + 1)), per tower. `wd_exclude`: fnmatch patterns of names not decayed.
+    With the defaults there are the two groups `decay` and `no_decay`, as before.
+    """
+    scales = {"visual": 1.0, "text": 1.0} | (tower_lr_scales or {})
+    groups: dict[str, dict[str, object]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if no_weight_decay(name, param):
-            plain.append(param)
-        else:
-            decay.append(param)
-    groups: list[dict[str, object]] = [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": plain, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+        excluded = any(fnmatch.fnmatchcase(name, pattern) for pattern in wd_exclude)
+        kind = "no_decay" if excluded or no_weight_decay(name, param) else "decay"
+        tower = tower_of(name)
+        scale, key = 1.0, kind
+        if tower is not None and (layer_decay != 1.0 or scales[tower] != 1.0):
+            blocks = len(getattr(model, tower).blocks)
+            layer = layer_id(name, blocks)
+            scale = scales[tower] * layer_decay ** (blocks + 1 - layer)
+            key = f"{kind}/{tower}/{layer}"
+        group = groups.setdefault(key, {"name": key, "kind": kind, "lr_scale": scale, "params": [],
+                                        "weight_decay": weight_decay if kind == "decay" else 0.0})  # fmt: skip
+        group["params"].append(param)
+    return sorted(groups.values(), key=lambda g: g["kind"] != "decay")  # decay first, as the optimizer state was saved
 
 
 class Lamb(torch.optim.Optimizer):

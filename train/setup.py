@@ -38,6 +38,10 @@ def resolve(cfg: TrainConfig) -> RunSetup:
     except (KeyError, TypeError) as err:
         raise ValueError(f"model.overrides: {err}") from err
     vision = model_config.vision
+    for tower, layers, blocks in (("image", cfg.model.lock_image_unlocked_layers, vision.layers),
+                                  ("text", cfg.model.lock_text_unlocked_layers, model_config.text.layers)):  # fmt: skip
+        if layers > blocks:
+            raise ValueError(f"model.lock_{tower}_unlocked_layers must lie in [0, {blocks}], got {layers}")
     if cfg.data.image_size != vision.image_size:
         raise ValueError(
             f"data.image_size {cfg.data.image_size} differs from model {cfg.model.name}'s image size "

@@ -23,6 +23,8 @@ from data.transforms import normalize_pixels
 from model import CLIP, create_model
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
+from model.lock import lock_tower
+from train.accumulate import cached_feature_backward
 from train.checkpoint.checkpointer import Checkpointer
 from train.checkpoint.files import checkpoint_name
 from train.checkpoint.parts import checkpoint_parts
@@ -39,6 +41,7 @@ from train.metrics import MetricsLogger, ThroughputWindow, setup_console_logging
 from train.optim import build_optimizer, param_groups
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
+from train.trackers import open_trackers
 
 logger = logging.getLogger("fastflip")
 
@@ -90,6 +93,7 @@ class Trainer:
         self.checkpoints = Checkpointer(cfg, parts, self.backend.rank, self.backend.world_size, self.backend.barrier)
 
         self.step, self.epoch = 0, 0
+        self._tracker_ids: dict[str, str] = {}  # a resumed run continues its tracked runs (load_checkpoint)
         self._batches: Iterator[dict] | None = None
         self.out = Path(cfg.run.output_dir)
         self.lock = RunLock.for_run(self.out, self.backend.is_main)  # rank 0 holds it; all raise if taken
@@ -102,9 +106,13 @@ class Trainer:
         self.evaluator = Evaluator(
             cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world, self.backend.dp_group,
         )  # fmt: skip
+        log = cfg.logging
+        trackers = open_trackers(log.trackers, self.out, log.project, cfg.run.name, to_dict(cfg),
+                                 self._tracker_ids) if self.backend.is_main else {}  # fmt: skip
         self.metrics = MetricsLogger(
-            self.out, self.backend.is_main, cfg.logging.tensorboard, self.plan.total_steps, resume_step=self.step
-        )
+            self.out, self.backend.is_main, log.tensorboard or "tensorboard" in log.trackers, self.plan.total_steps,
+            resume_step=self.step, trackers=trackers,
+        )  # fmt: skip
         self.losses = torch.full((self.plan.total_steps,), float("nan"), dtype=torch.float64, device=device)
         self._flops: dict[float, float] = {}  # train FLOPs per sample, by mask ratio (counted once)
         self._window = ThroughputWindow()
@@ -112,8 +120,15 @@ class Trainer:
     # ----- construction -------------------------------------------------------------------
     def _build_model(self) -> CLIP:
         cfg = self.cfg.model
-        model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale}))
-        model.logit_scale.requires_grad_(False)  # trained by self.temperature in fp32, outside the backend
+        bias = {} if self.tau.init_logit_bias is None else {"init_logit_bias": self.tau.init_logit_bias}  # siglip
+        model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale} | bias))
+        for name in ("logit_scale", "logit_bias"):  # trained by self.temperature in fp32, outside the backend
+            if hasattr(model, name):
+                getattr(model, name).requires_grad_(False)
+        for tower, locked, layers in (("visual", cfg.lock_image, cfg.lock_image_unlocked_layers),
+                                      ("text", cfg.lock_text, cfg.lock_text_unlocked_layers)):  # fmt: skip
+            if locked:
+                lock_tower(model, tower, layers, cfg.lock_norms)
         model.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.compile:
             model.compile_blocks()
@@ -122,7 +137,9 @@ class Trainer:
         return model
 
     def _param_groups(self, model: torch.nn.Module) -> list[dict[str, object]]:
-        return param_groups(model, self.cfg.optim.weight_decay)
+        o = self.cfg.optim
+        scales = {"visual": o.lr_scale_image, "text": o.lr_scale_text}
+        return param_groups(model, o.weight_decay, o.layer_decay, scales, o.wd_exclude)
 
     def _optimizer(self, groups: list[dict[str, object]]) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -140,6 +157,11 @@ class Trainer:
         index = batch["index"].to(device, non_blocking=True)
         return self.backend.cast_inputs(images), tokens, index
 
+    def _encode(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.backend.train_autocast():
+            image_features, text_features, _ = self.backend.model(images, tokens)
+        return image_features, text_features
+
     def train_step(self, batch: dict[str, torch.Tensor], probe: Probe = _no_probe) -> dict[str, Any]:
         """Forward, loss, backward, optimizer and temperature steps. Returns device tensors (and host
         floats) to log; reads nothing back from the device. `probe(phase)` is called after each phase
@@ -150,12 +172,19 @@ class Trainer:
         self.backend.raw_model.set_mask_ratio(phase.mask_ratio, generator=self.mask_generator)
         images, tokens, index = self.inputs(batch)
         probe("host_to_device")
-        with self.backend.train_autocast():
-            image_features, text_features, _ = self.backend.model(images, tokens)
-        probe("forward")
-        out = self.loss(image_features.float(), text_features.float(), index, self.temperature.logit_scale)
-        probe("loss_and_state")
-        self.backend.backward(out.loss)
+        t = self.temperature
+        if self.cfg.optim.accum_steps > 1:  # forward, loss and backward per micro-batch (train.accumulate)
+            out = cached_feature_backward(
+                self._encode, images, tokens, self.cfg.optim.accum_steps,
+                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias), self.backend.backward,
+                self.mask_generator,
+            )  # fmt: skip
+        else:
+            image_features, text_features = self._encode(images, tokens)
+            probe("forward")
+            out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias)
+            probe("loss_and_state")
+            self.backend.backward(out.loss)
         probe("backward")
         grad_norm = self.backend.step(self.cfg.optim.grad_clip, lambda norm: self.guard.agree(out.value, norm))
         self.temperature.step(lr, phase.lr, skip=self.guard.skip)  # non-finite somewhere: nothing moves
@@ -313,6 +342,7 @@ class Trainer:
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
             "nonfinite": nonfinite,
             "health": self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"]),
+            "trackers": self.metrics.run_ids(),  # rank 0's, the one that writes meta.json
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
             path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)
@@ -347,6 +377,7 @@ class Trainer:
         self.step, self.epoch = int(meta["step"]), int(self.loader.state_dict()["epoch"])
         if "nonfinite" in meta:
             self.guard.load_state_dict(meta["nonfinite"])
+        self._tracker_ids = meta.get("trackers", {})
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
                         saved_world)  # fmt: skip

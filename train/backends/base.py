@@ -157,7 +157,7 @@ class Backend(ABC):
     def set_lr(self, lr: float) -> None:
         """The scheduled learning rate, times each group's `lr_scale` (1 unless train.optim set one)."""
         for group in self.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = group_lr(group, lr)
 
     def local_shards(self) -> list[torch.Tensor]:
         """This rank's part of every parameter (replicated here: the parameters themselves); sharded
@@ -204,6 +204,12 @@ class Backend(ABC):
             self.barrier()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def group_lr(group: dict, lr: float) -> float:
+    """The lr of one optimizer group: the scheduled lr times its lr_scale (layer decay, per-tower scales; see
+    train.optim.param_groups)."""
+    return lr * group.get("lr_scale", 1.0)
 
 
 def select_local_device() -> None:

@@ -33,8 +33,11 @@ from train.backends.base import (
 from train.faults.rank_sync import free_port
 
 
-def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: str, hidden: int) -> dict[str, Any]:
-    """Load a DeepSpeed JSON and fill its "auto" values; reject settings this trainer owns."""
+def resolve_ds_config(
+    path: str, batch: int, grad_clip: float, precision: str, hidden: int, accum_steps: int = 1
+) -> dict[str, Any]:
+    """Load a DeepSpeed JSON and fill its "auto" values (the micro-batch and gradient_accumulation_steps follow
+    optim.accum_steps); reject settings this trainer owns."""
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"backend.ds_config: {path} does not exist (see ds_configs/ for zero1/2/3 examples)")
@@ -52,8 +55,8 @@ def resolve_ds_config(path: str, micro_batch: int, grad_clip: float, precision: 
     if zero.get("stage", 0) not in (1, 2, 3):
         raise ValueError(f"{path}: zero_optimization.stage must be 1, 2 or 3, got {zero.get('stage')!r}")
     fills = {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": batch // accum_steps,
+        "gradient_accumulation_steps": accum_steps,
         "gradient_clipping": grad_clip,
     }
     for key, value in fills.items():
@@ -101,7 +104,7 @@ class DeepSpeedBackend(Backend):
         super().check_config(cfg, hidden_size)
         b = cfg.backend
         return {"ds_config": resolve_ds_config(b.ds_config, cfg.data.batch_size, cfg.optim.grad_clip, b.precision,
-                                               hidden_size)}  # fmt: skip
+                                               hidden_size, cfg.optim.accum_steps)}  # fmt: skip
 
     @classmethod
     def state_bytes_per_gpu(cls, cfg, options: dict[str, Any], params: int, world: int) -> dict[str, float]:  # noqa: ANN001, E501
@@ -158,7 +161,12 @@ class DeepSpeedBackend(Backend):
         return self.engine.module
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+        """With gradient_accumulation_steps > 1 (train.accumulate) the micro-batch losses already sum to the
+        batch's gradient (no 1/gas scaling), and the engine's micro-step counter advances between them; the
+        boundary's optimizer step is `step`."""
+        self.engine.backward(loss, scale_wrt_gas=False)
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()
 
     def step(self, grad_clip: float, agree: Agree) -> torch.Tensor | float | None:
         """The engine computes the norm inside its step and skips the update itself when the norm is not finite

@@ -15,10 +15,18 @@ from train.backends import backend_class
 from train.checkpoint.files import is_complete, read_meta
 
 
+def model_overrides(meta: dict) -> dict:
+    """The checkpoint's model overrides, plus the logit bias a SigLIP run's model carries."""
+    config = meta["config"]
+    overrides = dict(config["model"].get("overrides", {}))
+    if config.get("loss", {}).get("name") == "siglip":
+        overrides["init_logit_bias"] = config["loss"].get("bias_init", -10.0)
+    return overrides
+
+
 def model_from_meta(meta: dict) -> CLIP:
     """An empty (randomly initialised) model with the checkpoint's architecture."""
-    section = meta["config"]["model"]
-    return create_model(section["name"], **section.get("overrides", {}))
+    return create_model(meta["config"]["model"]["name"], **model_overrides(meta))
 
 
 def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -31,7 +39,10 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     state = {k: v.detach().float().cpu() for k, v in state.items()}
     temperature = path / "temperature.pt"  # the trained fp32 temperature (the model's own copy is frozen)
     if temperature.is_file():
-        state["logit_scale"] = torch.load(temperature, map_location="cpu")["logit_scale"].float()
+        trained = torch.load(temperature, map_location="cpu")
+        state["logit_scale"] = trained["logit_scale"].float()
+        if "logit_bias" in trained:  # SigLIP
+            state["logit_bias"] = trained["logit_bias"].float()
     return state, meta
 
 

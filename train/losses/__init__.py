@@ -1,11 +1,11 @@
-"""Contrastive losses: OpenCLIP baseline and FastCLIP v0-v3 with sharded per-sample state.
+"""Contrastive losses: OpenCLIP and SigLIP baselines, and FastCLIP v0-v3 with sharded per-sample state.
 
 The trainer calls::
 
     loss = build_loss(cfg, num_samples, group)   # num_samples = rows of the per-sample table; group = data-parallel
     loss.set_epoch(epoch)                        # every epoch (gamma), also after resuming
     temperature = GlobalTemperature(tau_spec(cfg), betas, eps, device, group)   # fp32 logit_scale, every rank
-    out = loss(img_f, txt_f, index, temperature.logit_scale)
+    out = loss(img_f, txt_f, index, temperature.logit_scale, temperature.logit_bias)  # bias: siglip
     out.loss.backward()                      # backend then AVERAGES parameter gradients
     temperature.step(lr, base_lr)            # averages its gradient over ranks, Adam step, clamp
 
@@ -24,6 +24,7 @@ from train.losses.dist_utils import Group
 from train.losses.fastclip import FastCLIPLoss
 from train.losses.openclip import OpenCLIPLoss
 from train.losses.sample_state import repartition_shards
+from train.losses.siglip import SigLIPLoss
 from train.losses.temperature import GlobalTemperature, TauSpec, tau_spec
 
 
@@ -32,6 +33,8 @@ def build_loss(cfg: LossConfig, num_samples: int, group: Group = None) -> Contra
     cfg = cfg.resolved()
     if cfg.name == "openclip":
         return OpenCLIPLoss(group)
+    if cfg.name == "siglip":
+        return SigLIPLoss(group)
     return FastCLIPLoss(cfg, num_samples, group)
 
 
@@ -52,6 +55,7 @@ __all__ = [
     "LossConfig",
     "LossOutput",
     "OpenCLIPLoss",
+    "SigLIPLoss",
     "TauSpec",
     "build_loss",
     "repartition_loss_states",

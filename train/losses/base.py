@@ -40,9 +40,11 @@ class ContrastiveLoss(ABC):
         text_features: torch.Tensor,
         index: torch.Tensor,
         logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
     ) -> LossOutput:
         """Local L2-normalised features [B, d] (with autograd), int64 sample keys [B], and the
-        model's logit_scale parameter [1] (= ln(1/tau))."""
+        model's logit_scale parameter [1] (= ln(1/tau)); `logit_bias` [1]: SigLIP's learnable bias
+        (`GlobalTemperature.logit_bias`; the other losses have none and ignore it)."""
 
     def set_epoch(self, epoch: int) -> None:
         """Per-epoch settings (gamma); call before the epoch's first step, also after resuming."""

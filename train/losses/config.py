@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from train.losses.gamma import GAMMA_SCHEDULES
 from train.losses.sample_state import LAYOUTS
 
-NAMES = ("openclip", "fastclip", "sogclr", "isogclr")
+NAMES = ("openclip", "siglip", "fastclip", "sogclr", "isogclr")
 VERSIONS = ("v0", "v1", "v2", "v3")
 TAU_GRADS = ("exact", "reference")
 LR_TAU_SCHEDULES = ("model", "const", "step_thresh")
@@ -18,14 +19,17 @@ STATE_DEVICES = ("auto", "cpu", "features")
 # What the aliases mean: (version, gamma schedule).
 _ALIASES = {"sogclr": ("v1", "constant"), "isogclr": ("v2", "constant")}
 _DEFAULT_LR_TAU_SCHEDULE = {"v0": "model", "v1": "const", "v2": "const", "v3": "step_thresh"}
+# Per-loss default tau_init: 0.07 (CLIP); SigLIP starts at t' = log 10, i.e. tau = 0.1 (Zhai et al. 2023).
+_DEFAULT_TAU_INIT = {"siglip": 0.1}
+_MINI_BATCH = ("openclip", "siglip")  # losses without per-sample state or versions
 
 
 @dataclass
 class LossConfig:
     """Loss choice and its hyper-parameters; fields left None take the per-version default.
 
-    name: openclip (mini-batch InfoNCE), fastclip, or the aliases sogclr (= fastclip v1 with
-      constant gamma) and isogclr (= fastclip v2 with constant gamma).
+    name: openclip (mini-batch InfoNCE), siglip (pairwise sigmoid, learnable tau and bias), fastclip,
+      or the aliases sogclr (= fastclip v1 with constant gamma) and isogclr (= fastclip v2 with constant gamma).
     version: v0 global tau learned through the GCL surrogate; v1 constant tau = tau_init;
       v2 per-sample taus (RGCL, per-sample Adam inside the loss); v3 RGCL-g (global tau >=
       tau_min, trained by GlobalTemperature with lr_tau). Default: v3 (v1 / v2 for the aliases).
@@ -33,7 +37,8 @@ class LossConfig:
       gradients (see `train.losses.fastclip`). Paper-reproducing recipes use reference.
     eps: the epsilon in log(eps + g); 1e-14 (fast_clip default), 1e-6 in the LAION recipe.
     tau_init: initial tau (logit_scale = ln(1/tau_init)); v1's constant tau; v2's initial
-      per-sample tau (fast_clip uses 0.03 for v2).
+      per-sample tau (fast_clip uses 0.03 for v2). None: 0.1 for siglip, 0.07 otherwise.
+    bias_init: siglip's initial logit bias b (-10, the SigLIP paper's); trained like the temperature.
     tau_min, tau_max: tau bounds: logit_scale is clamped to [ln(1/tau_max), ln(1/tau_min)]
       after every step (= [0, ln 100] by default); v2's per-sample taus are clamped to them.
       tau_min is the tau0 of RGCL / RGCL-g.
@@ -55,7 +60,8 @@ class LossConfig:
     version: str | None = None
     tau_grad: str = "exact"
     eps: float = 1e-14
-    tau_init: float = 0.07
+    tau_init: float | None = None
+    bias_init: float = -10.0
     tau_min: float = 0.01
     tau_max: float = 1.0
     rho: float = 8.0
@@ -72,19 +78,21 @@ class LossConfig:
     state_device: str = "auto"
 
     def resolved(self) -> LossConfig:
-        """A validated copy with aliases and per-version defaults filled in (name openclip or fastclip);
+        """A validated copy with aliases and per-version defaults filled in (name openclip, siglip or fastclip);
         a config that is already resolved is returned as it is (train.setup resolves once per run)."""
         if self.is_resolved:
             return self
         self.validate()
-        if self.name == "openclip":
-            return dataclasses.replace(self, lr_tau_schedule=self.lr_tau_schedule or "model")
+        tau_init = self.tau_init if self.tau_init is not None else _DEFAULT_TAU_INIT.get(self.name, 0.07)
+        if self.name in _MINI_BATCH:
+            return dataclasses.replace(self, tau_init=tau_init, lr_tau_schedule=self.lr_tau_schedule or "model")
         version, schedule = _ALIASES.get(self.name, ("v3", "cosine"))
         version = self.version or version
         return dataclasses.replace(
             self,
             name="fastclip",
             version=version,
+            tau_init=tau_init,
             gamma_schedule=self.gamma_schedule or schedule,
             lr_tau_schedule=self.lr_tau_schedule or _DEFAULT_LR_TAU_SCHEDULE[version],
         )
@@ -92,7 +100,9 @@ class LossConfig:
     @property
     def is_resolved(self) -> bool:
         """Whether `resolved()` made this config (no alias, every per-version default filled in)."""
-        if self.name == "openclip":
+        if self.tau_init is None:
+            return False
+        if self.name in _MINI_BATCH:
             return self.lr_tau_schedule is not None
         return self.name == "fastclip" and None not in (self.version, self.gamma_schedule, self.lr_tau_schedule)
 
@@ -109,8 +119,8 @@ class LossConfig:
             _choice("gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
         if self.lr_tau_schedule is not None:
             _choice("lr_tau_schedule", self.lr_tau_schedule, LR_TAU_SCHEDULES)
-        if self.name == "openclip" and self.version is not None:
-            raise ValueError("LossConfig.version: openclip has no version (FastCLIP only)")
+        if self.name in _MINI_BATCH and self.version is not None:
+            raise ValueError(f"LossConfig.version: {self.name} has no version (FastCLIP only)")
         if self.name in _ALIASES:
             version, schedule = _ALIASES[self.name]
             if self.version not in (None, version):
@@ -121,8 +131,10 @@ class LossConfig:
             raise ValueError(f"LossConfig.eps must be > 0, got {self.eps}")
         if not 0 < self.tau_min <= self.tau_max:
             raise ValueError(f"LossConfig.tau_min must satisfy 0 < tau_min <= tau_max, got {self.tau_min}")
-        if not self.tau_min <= self.tau_init <= self.tau_max:
+        if self.tau_init is not None and not self.tau_min <= self.tau_init <= self.tau_max:
             raise ValueError(f"LossConfig.tau_init must lie in [tau_min, tau_max], got {self.tau_init}")
+        if not math.isfinite(self.bias_init):
+            raise ValueError(f"LossConfig.bias_init must be a finite number, got {self.bias_init}")
         if self.rho < 0:
             raise ValueError(f"LossConfig.rho must be >= 0, got {self.rho}")
         if not 0 < self.gamma_min <= 1:

@@ -97,3 +97,23 @@ def reduce_scatter_rows(x: torch.Tensor, group: Group = None) -> torch.Tensor:
     out = x.new_empty((x.shape[0] // world_size, *x.shape[1:]))
     dist.reduce_scatter_single(out, x.contiguous(), group=group)
     return out
+
+
+def start_ring_pass(x: torch.Tensor, group: Group = None) -> tuple[torch.Tensor, list[dist.Work]]:
+    """Send `x` to the next rank and receive the previous rank's tensor of the same shape (no autograd).
+
+    Returns (receive buffer, pending works): wait on the works before reading the buffer, so the
+    exchange overlaps with compute. After h passes a rank holds rank (rank - h) mod K's tensor.
+    """
+    rank, world_size = world(group)
+    if world_size == 1:
+        return x, []
+
+    def global_rank(r: int) -> int:
+        return r if group is None else dist.get_global_rank(group, r)
+
+    x = x.detach().contiguous()
+    buffer = torch.empty_like(x)
+    send = dist.isend(x, dst=global_rank((rank + 1) % world_size), group=group)
+    recv = dist.irecv(buffer, src=global_rank((rank - 1) % world_size), group=group)
+    return buffer, [send, recv]

@@ -104,6 +104,7 @@ class FastCLIPLoss(ContrastiveLoss):
         text_features: torch.Tensor,
         index: torch.Tensor,
         logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
     ) -> LossOutput:
         with torch.autocast(image_features.device.type, enabled=False):
             return self._step(image_features, text_features, index, logit_scale)

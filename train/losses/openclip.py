@@ -29,6 +29,7 @@ class OpenCLIPLoss(ContrastiveLoss):
         text_features: torch.Tensor,
         index: torch.Tensor,
         logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
     ) -> LossOutput:
         with torch.autocast(image_features.device.type, enabled=False):
             dtype = torch.promote_types(image_features.dtype, torch.float32)

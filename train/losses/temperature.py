@@ -11,7 +11,8 @@ training; checkpoints store the temperature and consolidation writes it back int
 loss         trainable   lr of the temperature           after every step
 ===========  ==========  ==============================  =====================================
 openclip     yes         lr_tau or the model lr,         clamp logit_scale to
-fastclip v0              following the model schedule    [ln(1/tau_max), ln(1/tau_min)]
+siglip                   following the model schedule    [ln(1/tau_max), ln(1/tau_min)]
+fastclip v0
                                                          (= [0, ln 100]: tau in [0.01, 1])
 fastclip v3  yes         lr_tau, /3 while tau <= 0.03    same clamp; tau_min is RGCL-g's tau0
                          (step_thresh, on the device)
@@ -19,6 +20,11 @@ fastclip v1  no          none                            nothing; the loss uses 
 fastclip v2  no          none                            nothing; per-sample taus live in the
                                                          loss's state, updated by the loss
 ===========  ==========  ==============================  =====================================
+
+SigLIP's logit bias is trained the same way, in the same Adam step (no clamp, no weight decay): a
+parameter used outside the towers' forward needs care under ZeRO-3 and would be bf16 under DeepSpeed,
+exactly as the temperature. The model carries a frozen `logit_bias` copy (open_clip's layout) so that
+consolidation writes the trained value back and export keeps it.
 
 The Adam step is AdamW's arithmetic with weight decay 0 and the model optimizer's betas and eps,
 on the gradient averaged over ranks (as a backend averages parameter gradients). The temperature
@@ -69,6 +75,7 @@ class TauSpec:
     max_logit_scale: float
     lr: float | None  # base lr of the temperature; None = the model's base lr
     schedule: str  # model | const | step_thresh | frozen
+    init_logit_bias: float | None = None  # siglip's learnable bias; None = no bias
 
 
 class GlobalTemperature:
@@ -84,10 +91,18 @@ class GlobalTemperature:
         self.spec, self.betas, self.eps, self.group = spec, tuple(betas), eps, group
         self.logit_scale = torch.full((1,), spec.init_logit_scale, dtype=torch.float32, device=device)
         self.logit_scale.requires_grad_(spec.trainable)
-        self.exp_avg = torch.zeros(1, device=device)
-        self.exp_avg_sq = torch.zeros(1, device=device)
+        self.logit_bias: torch.Tensor | None = None
+        if spec.init_logit_bias is not None:
+            self.logit_bias = torch.full((1,), spec.init_logit_bias, dtype=torch.float32, device=device)
+            self.logit_bias.requires_grad_(spec.trainable)
+        size = len(self._params())
+        self.exp_avg = torch.zeros(size, device=device)  # [logit_scale(, logit_bias)]
+        self.exp_avg_sq = torch.zeros(size, device=device)
         self.steps = torch.zeros(1, device=device)
         self.last_lr = torch.zeros(1, device=device)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [self.logit_scale] + ([] if self.logit_bias is None else [self.logit_bias])
 
     @property
     def tau(self) -> torch.Tensor:
@@ -109,10 +124,11 @@ class GlobalTemperature:
         """
         if not self.spec.trainable:
             return
-        grad = self.logit_scale.grad
-        if grad is None:
-            raise RuntimeError("the temperature got no gradient: pass GlobalTemperature.logit_scale to the loss")
-        grad = all_reduce_mean(grad, self.group)
+        params = self._params()
+        if any(p.grad is None for p in params):
+            raise RuntimeError("the temperature got no gradient: pass GlobalTemperature.logit_scale (and "
+                               "logit_bias) to the loss")  # fmt: skip
+        grad = all_reduce_mean(torch.cat([p.grad for p in params]), self.group)  # one collective for both
         keep = None if skip is None else skip.reshape(1) > 0
         beta1, beta2 = self.betas
         lr = self.lr(model_lr, model_base_lr)
@@ -121,28 +137,34 @@ class GlobalTemperature:
         exp_avg_sq = self.exp_avg_sq * beta2 + (1 - beta2) * grad * grad
         m_hat = exp_avg / (1 - torch.pow(beta1, steps))
         v_hat = exp_avg_sq / (1 - torch.pow(beta2, steps))
-        value = (self.logit_scale - lr * m_hat / (v_hat.sqrt() + self.eps))
-        value = value.clamp(self.spec.min_logit_scale, self.spec.max_logit_scale)
-        for name, new in (("steps", steps), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("logit_scale", value)):
+        values = (torch.cat(params) - lr * m_hat / (v_hat.sqrt() + self.eps)).split(1)
+        clamped = values[0].clamp(self.spec.min_logit_scale, self.spec.max_logit_scale)
+        updates = [("steps", steps), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("logit_scale", clamped)]
+        if self.logit_bias is not None:
+            updates.append(("logit_bias", values[1]))
+        for name, new in updates:
             current = getattr(self, name)
             current.copy_(new if keep is None else torch.where(keep, current, new))
-        self.logit_scale.grad = None
+        for p in params:
+            p.grad = None
         self.last_lr = lr
 
+    def _state_names(self) -> tuple[str, ...]:
+        return ("logit_scale", "exp_avg", "exp_avg_sq", "steps") + (() if self.logit_bias is None else ("logit_bias",))
+
     def state_dict(self) -> dict[str, Any]:
-        names = ("logit_scale", "exp_avg", "exp_avg_sq", "steps")
-        return {name: getattr(self, name).detach().cpu().clone() for name in names}
+        return {name: getattr(self, name).detach().cpu().clone() for name in self._state_names()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
-            for name in ("logit_scale", "exp_avg", "exp_avg_sq", "steps"):
+            for name in self._state_names():
                 getattr(self, name).copy_(state[name])
 
 
 def tau_spec(cfg: LossConfig) -> TauSpec:
     """The logit_scale treatment for a loss config (aliases and defaults resolved)."""
     cfg = cfg.resolved()
-    trainable = cfg.name == "openclip" or cfg.version in ("v0", "v3")
+    trainable = cfg.name in ("openclip", "siglip") or cfg.version in ("v0", "v3")
     return TauSpec(
         trainable=trainable,
         init_logit_scale=math.log(1.0 / cfg.tau_init),
@@ -150,6 +172,7 @@ def tau_spec(cfg: LossConfig) -> TauSpec:
         max_logit_scale=math.log(1.0 / cfg.tau_min),
         lr=cfg.lr_tau if trainable else None,
         schedule=cfg.lr_tau_schedule if trainable else "frozen",
+        init_logit_bias=cfg.bias_init if cfg.name == "siglip" else None,
     )
 
 
