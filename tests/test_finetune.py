@@ -96,11 +96,11 @@ def test_locked_parameters_unchanged_on_every_backend(backend: str, tmp_path: Pa
 
 def test_dry_run_reports_trainable_parameters_and_the_micro_batch() -> None:
     from train.dry_run import dry_run
-    from train.setup import load_config
+    from train.setup import load_setup
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "siglip_cc3m_vitb32_1node.yaml"
-    plain = dry_run(load_config(recipe))
-    locked = dry_run(load_config(recipe, ["model.lock_image=true", "optim.accum_steps=4"]))
+    plain = dry_run(load_setup(recipe))
+    locked = dry_run(load_setup(recipe, ["model.lock_image=true", "optim.accum_steps=4"]))
     assert "trainable: all" in plain
     assert "trainable: 63." in locked and "locked towers save" in locked  # the text tower of ViT-B-32
     assert "4 micro-batches of 32 per rank" in locked
