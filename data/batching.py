@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import logging
 import os
 import signal
+import weakref
 
 import torch
 from PIL import Image
@@ -67,11 +69,23 @@ def make_dataloader(
 ) -> DataLoader:
     """Each item is a whole batch (batch_size=None); workers persist across epochs, run at
     `worker_priority` (see DataConfig) and ignore the preemption signals (`_init_worker`)."""
-    return DataLoader(
+    loader = DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
         worker_init_fn=functools.partial(_init_worker, worker_priority),
     )  # fmt: skip
+    if workers > 0:  # registered after multiprocessing's own exit hook, so it runs first (atexit is LIFO)
+        atexit.register(_stop_workers, weakref.ref(loader))
+    return loader
+
+
+def _stop_workers(ref: weakref.ref) -> None:
+    """At interpreter exit, stop the workers through the loader's own queue: multiprocessing's exit hook would
+    SIGTERM them and wait, and they ignore SIGTERM (WORKER_IGNORED_SIGNALS)."""
+    loader = ref()
+    iterator = None if loader is None else getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 # A launcher signals each rank's whole process group, and `scancel` every process of a job step: a loader

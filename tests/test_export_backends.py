@@ -79,8 +79,9 @@ def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     assert "health: healthy" in lines
     verified = [line for line in lines if line.startswith("verification: ")]
     assert verified[0].endswith(" files intact") and int(verified[0].split()[1]) >= 5, verified
-    with (find_checkpoint(str(checkpoint)) / "loss_rank1.pt").open("r+b") as shard:
+    step_dir = find_checkpoint(str(checkpoint))
+    with (step_dir / "loss_rank1.pt").open("r+b") as shard:
         shard.truncate(10)
     assert any(line.startswith("verification: DAMAGED: ") and "loss_rank1.pt: 10 bytes" in line
-               for line in info(checkpoint))  # fmt: skip
+               for line in info(step_dir))  # fmt: skip
     assert meta["step"] == STEPS
