@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,6 +53,11 @@ def _rank_main(
     if dist.is_initialized():  # leave no gloo thread running at interpreter exit
         dist.barrier()
         dist.destroy_process_group()
+    # End as launched ranks do (train.cli.exit_process): multiprocessing's exit would SIGTERM the rank's loader
+    # workers and wait for them, and they ignore SIGTERM (data.batching.WORKER_IGNORED_SIGNALS).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_on_ranks(
