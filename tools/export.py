@@ -107,7 +107,11 @@ def info(checkpoint: str | Path) -> list[str]:
     ]
     total = 0
     for shard in shards:  # mmap: tensors are described from their headers, their data is not read
-        state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, OSError, EOFError) as err:  # a damaged shard is described, not fatal
+            lines.append(f"  {shard.name}: unreadable ({type(err).__name__})")
+            continue
         total += sum(t.nbytes for t in _tensors(state))
         lines.append(f"  {shard.name}: " + " ".join(_describe(state)))
     lines.append(f"per-sample state total: {_human(total)}")
