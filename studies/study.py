@@ -11,6 +11,10 @@ captions plus zero-shot on single test items, in the loop and at the end. Arms d
 the batch, the epochs (a sweep) and the seed; FLIP arms train masked at twice the batch for the wall-clock
 budget of their unmasked twin (from a side-by-side step-time calibration), then tune unmasked.
 
+The loss choice (the `choice` and `final` groups): each loss's tuned settings (FastCLIP-v3's gamma_min and lr_tau,
+SigLIP's bias init) train on `choice_seeds` seeds and are compared on the 500 validation mosaics only; the setting
+with the best mean validation text->image R@1 then trains on every seed and is evaluated on the test mosaics once.
+
 The study resumes: finished arms are read back from study.json and skipped; an interrupted arm restarts
 from scratch (its wall-clock time would be meaningless otherwise).
 """
@@ -25,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +59,8 @@ class Settings:
     warmup_steps: int = 100
     flip_tuning_epochs: int = 1  # unmasked tuning after FLIP's masked phase
     data_seed: int = 0
+    val_size: int = 500  # validation mosaics (from train images no training mosaic uses), for choosing settings
+    choice_seeds: int = 2  # seeds of every candidate setting on the validation mosaics
 
 
 # The losses, as the `loss:` section of a recipe. FastCLIP-v3's gamma decay is scaled to the run (see
@@ -83,6 +90,23 @@ LOSSES: dict[str, dict] = {
 }  # fmt: skip
 
 
+def _v3(gamma_min: float, lr_tau: float) -> dict:
+    return {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07, "rho": 6.5,
+            "gamma_schedule": "cosine", "gamma_min": gamma_min, "lr_tau": lr_tau, "lr_tau_schedule": "step_thresh"}
+
+
+# The loss choice: every setting a loss may take, compared on the validation mosaics. FastCLIP-v3: gamma_min
+# from the paper's 0.2 to 1 (no moving average) x lr_tau at the model lr or the CC3M recipe's 2e-4; SigLIP: the
+# paper's bias init -10 (about -ln of its 32k batch), -4 (about -ln 64) and 0. OpenCLIP has no knob here.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "openclip": ("openclip",),
+    "fastclip-v3": tuple(f"fastclip-v3-g{g:g}-lt{lt:g}" for g in (0.2, 0.5, 0.8, 1.0) for lt in (1e-3, 2e-4)),
+    "siglip": tuple(f"siglip-bias{b:g}" for b in (-10, -4, 0)),
+}
+LOSSES |= {f"fastclip-v3-g{g:g}-lt{lt:g}": _v3(g, lt) for g in (0.2, 0.5, 0.8, 1.0) for lt in (1e-3, 2e-4)}
+LOSSES |= {f"siglip-bias{b:g}": {"name": "siglip", "tau_init": 0.1, "bias_init": float(b)} for b in (-10, -4, 0)}
+
+
 @dataclass(frozen=True)
 class Arm:
     """One training run of the study."""
@@ -91,15 +115,17 @@ class Arm:
     batch: int
     epochs: int
     seed: int
-    group: str  # main | versions | flip | scale | sweep | ablation | tuning
+    group: str  # main | versions | flip | scale | sweep | ablation | tuning | choice | final
     mask_ratio: float = 0.0
     diagnose: bool = False  # keep per-epoch checkpoints and measure u staleness
     note: str = ""
+    split: str = "test"  # the retrieval mosaics it is evaluated on: test, or val (choice arms: no test, no zero-shot)
 
     @property
     def id(self) -> str:
         mask = f"-mask{self.mask_ratio:g}" if self.mask_ratio else ""
-        return f"{self.loss}-b{self.batch}{mask}-e{self.epochs}-s{self.seed}"
+        val = "-val" if self.split == "val" else ""
+        return f"{self.loss}-b{self.batch}{mask}-e{self.epochs}{val}-s{self.seed}"
 
     @property
     def label(self) -> str:
@@ -131,7 +157,36 @@ def plan_arms(s: Settings, confirm: tuple[str, ...] = ()) -> list[Arm]:
         group = next(a.group for a in arms if a.loss == loss and a.batch == b and a.epochs == e)
         arms += [Arm(loss, b, e, seed, group, note="more seeds") for seed in range(1, s.seeds)]
     arms += [Arm(loss, b, ep, 0, "sweep") for ep in s.long_sweep for loss in ("openclip", "fastclip-v3")]
+    arms += choice_arms(s)
     return [a for i, a in enumerate(arms) if a.id not in {x.id for x in arms[:i]}]
+
+
+def choice_arms(s: Settings) -> list[Arm]:
+    """Every candidate setting of every loss on `choice_seeds` seeds, evaluated on the validation mosaics."""
+    return [Arm(key, s.batch, s.epochs, seed, "choice", split="val", note=f"candidate {loss} setting")
+            for seed in range(s.choice_seeds) for loss, keys in CHOICES.items() for key in keys]  # fmt: skip
+
+
+def choose(runs: dict[str, dict], s: Settings) -> dict[str, str]:
+    """Each loss's setting with the best mean final text->image R@1 on the validation mosaics (every candidate
+    must have finished on every choice seed; ties go to the one listed first)."""
+    chosen = {}
+    for loss, keys in CHOICES.items():
+        scores = []
+        for key in keys:
+            ids = [Arm(key, s.batch, s.epochs, seed, "choice", split="val").id for seed in range(s.choice_seeds)]
+            if any(runs.get(i, {}).get("status") != "done" for i in ids):
+                raise ValueError(f"{loss}: candidate {key} has not finished on every choice seed ({ids})")
+            scores.append(sum(runs[i]["final"]["text_to_image_R@1"] for i in ids) / len(ids))
+        chosen[loss] = keys[scores.index(max(scores))]
+    return chosen
+
+
+def final_arms(s: Settings, chosen: dict[str, str]) -> list[Arm]:
+    """The chosen setting of each loss on every seed, evaluated once on the test mosaics (OpenCLIP's are the
+    main comparison's own arms)."""
+    return [Arm(key, s.batch, s.epochs, seed, "main" if key == "openclip" else "final", note="chosen on validation")
+            for seed in range(s.seeds) for key in chosen.values()]  # fmt: skip
 
 
 def steps_per_epoch(s: Settings, batch: int) -> int:
@@ -175,8 +230,8 @@ def arm_config(arm: Arm, s: Settings, data: Path, out: Path, flip_steps: tuple[i
         "backend": {"name": "ddp", "precision": "fp32"},
         "checkpoint": {"every_steps": spe if arm.diagnose else 0, "keep_last": arm.epochs + 2},
         "logging": {"every_steps": 1, "tensorboard": False},  # every step: per-epoch trajectories
-        "eval": {"retrieval": str(data / "test"), "zeroshot": str(data / "zeroshot"), "templates": "fashion-mosaic",
-                 "batch_size": 500, "every_steps": every},  # fmt: skip
+        "eval": {"retrieval": str(data / arm.split), "zeroshot": "" if arm.split == "val" else str(data / "zeroshot"),
+                 "templates": "fashion-mosaic", "batch_size": 500, "every_steps": every},  # fmt: skip
         "epochs": epochs,
         "max_steps": max_steps,
     }
@@ -215,10 +270,11 @@ def pending(arms: list[Arm], study: Study) -> list[Arm]:
 
 
 def build_data(s: Settings, data: Path, python: str) -> None:
-    if (data / "zeroshot" / "manifest.json").exists():
+    if (data / "zeroshot" / "manifest.json").exists() and (data / "val" / "manifest.json").exists():
         return
     cmd = [python, str(REPO / "tools/make_shards.py"), "fashion-mosaic", "--out", str(data), "--seed",
-           str(s.data_seed), "--train-size", str(s.train_size), "--zeroshot-size", str(s.zeroshot_size)]  # fmt: skip
+           str(s.data_seed), "--train-size", str(s.train_size), "--zeroshot-size", str(s.zeroshot_size),
+           "--val-size", str(s.val_size)]  # fmt: skip
     subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
 
 
@@ -260,6 +316,18 @@ def run_arm(arm: Arm, s: Settings, study: Study, work: Path, python: str, timeou
     return record
 
 
+def run_all(todo: list[Arm], s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int) -> None:
+    """Train `todo`, `jobs` arms at a time, saving study.json after each."""
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(run_arm, arm, s, study, work, sys.executable, timeout): arm for arm in todo}
+        for i, future in enumerate(as_completed(futures)):
+            arm = futures[future]
+            study.runs[arm.id] = rec = future.result()
+            logger.info("[%d/%d] %s: %s, %.0f s, final text->image R@1 %s", i + 1, len(todo), arm.id, rec["status"],
+                        rec["process_seconds"], rec.get("final", {}).get("text_to_image_R@1"))  # fmt: skip
+            study.save(out / "study.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/study", help="data and run directories")
@@ -273,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-epochs", type=int, default=Settings.scale_epochs)
     p.add_argument("--train-size", type=int, default=Settings.train_size)
     p.add_argument("--zeroshot-size", type=int, default=Settings.zeroshot_size)
+    p.add_argument("--jobs", type=int, default=1, help="arms trained at once (one process, one thread each)")
     p.add_argument("--confirm", nargs="*", default=[], help="losses (LOSSES keys) to run on every seed as well")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -281,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     arms = plan_arms(s, tuple(args.confirm))
     if args.dry_run:
         for i, arm in enumerate(arms):
-            print(f"{i + 1:2d}. {arm.id:36s} group {arm.group:9s} {arm.note}")
-        print(f"{len(arms)} arms; each {s.train_size} mosaics, batch {s.batch} unless named")
+            print(f"{i + 1:2d}. {arm.id:40s} group {arm.group:9s} {arm.note}")
+        print(f"{len(arms)} arms; each {s.train_size} mosaics, batch {s.batch} unless named; then the setting of "
+              f"{', '.join(CHOICES)} chosen on validation, on {s.seeds} seeds against the test mosaics")
         return 0
     out, work = Path(args.out), Path(args.work).resolve()
     study = Study.load(out / "study.json", s)
@@ -296,15 +366,16 @@ def main(argv: list[str] | None = None) -> int:
 
             study.calibration = calibrate(s.batch)
         study.save(out / "study.json")
-        todo = pending(arms, study)
-        for i, arm in enumerate(todo):
-            logger.info("[%d/%d] %s", i + 1, len(todo), arm.id)
-            study.runs[arm.id] = run_arm(arm, s, study, work, python, args.timeout)
-            rec = study.runs[arm.id]
-            logger.info("%s: %s, %.0f s, final text->image R@1 %s", arm.id, rec["status"], rec["process_seconds"],
-                        rec.get("final", {}).get("text_to_image_R@1"))  # fmt: skip
-            study.save(out / "study.json")
-    write_report(study.runs, asdict(study.settings), study.calibration, study.data, out)
+        run_all(pending(arms, study), s, study, work, out, args.timeout, args.jobs)
+        chosen = choose(study.runs, s)
+        logger.info("chosen on validation: %s", chosen)
+        run_all(pending(final_arms(s, chosen), study), s, study, work, out, args.timeout, args.jobs)
+    try:
+        chosen = choose(study.runs, s)
+    except ValueError as e:  # --report-only before the choice arms have run
+        logger.info("no loss choice yet: %s", e)
+        chosen = {}
+    write_report(study.runs, asdict(study.settings), study.calibration, study.data, out, chosen)
     return 0
 
 

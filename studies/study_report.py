@@ -51,6 +51,56 @@ def _baseline(arm: dict, settings: dict) -> str:
     return f"openclip-b{settings['batch']}-e{epochs}"
 
 
+def _on_test(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The arms evaluated on the test mosaics (not the loss choice's validation candidates)."""
+    return {k: rs for k, rs in groups.items() if rs[0]["arm"].get("split", "test") == "test"}
+
+
+def _setting(loss: dict) -> str:
+    """What the loss choice varies, from an arm's `loss:` section."""
+    if loss["name"] == "siglip":
+        return f"bias init {loss['bias_init']:g}"
+    if loss["name"] == "fastclip":
+        return f"gamma_min {loss['gamma_min']:g}, lr_tau {loss['lr_tau']:g}"
+    return f"tau init {loss.get('tau_init', 0.07):g}, learnt at the model lr"
+
+
+def _choice(groups: dict[str, list[dict]], settings: dict, chosen: dict[str, str]) -> list[str]:
+    """The loss choice: every candidate on validation, then the chosen settings on test once."""
+    b, e = settings["batch"], settings["epochs"]
+    val = {k: rs for k, rs in groups.items() if rs[0]["arm"]["group"] == "choice"}
+    if not val:
+        return []
+    lines = ["", "### Which loss at small batch: settings chosen on validation", "",
+             f"Every candidate trains on seeds 0-{settings['choice_seeds'] - 1} and is evaluated on the "
+             f"{settings['val_size']} validation mosaics only (train images no training mosaic uses). The best mean "
+             "text→image R@1 is chosen; only the chosen settings are evaluated on the test mosaics.", "",
+             "| loss | setting | seeds | val text→image R@1 | val image→text R@1 | chosen |",
+             "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    for rs in val.values():
+        mark = "**yes**" if rs[0]["arm"]["loss"] in chosen.values() else ""
+        t2i, i2t = _pct([r["final"][METRIC] for r in rs]), _pct([r["final"]["image_to_text_R@1"] for r in rs])
+        lines.append(f"| {rs[0]['config']['loss']['name']} | {_setting(rs[0]['config']['loss'])} | {len(rs)} "
+                     f"| {t2i} | {i2t} | {mark} |")  # fmt: skip
+    lines += ["", f"The chosen settings on the 1000 test mosaics ({e} epochs at b = {b}; mean ± std over seeds; "
+                  "Δ: mean difference to OpenCLIP with its standard error):", "",
+              "| loss | setting | seeds | text→image R@1 | Δ vs OpenCLIP | text→image R@5 | image→text R@1 "
+              "| zero-shot top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for key in chosen.values():
+        rs = groups.get(f"{key}-b{b}-e{e}", [])
+        if not rs:
+            lines.append(f"| {key} | not run yet | | | | | | |")
+            continue
+        final = [r["final"] for r in rs]
+        gap = gap_to_openclip(groups, settings, key) if key != "openclip" else None
+        delta = "" if gap is None else f"{100 * gap['gap']:+.1f} (s.e. {100 * gap['se']:.1f})"
+        metrics = (METRIC, "text_to_image_R@5", "image_to_text_R@1", "zeroshot_top1")
+        cells = [_pct([f[k] for f in final]) for k in metrics]
+        lines.append(f"| {rs[0]['config']['loss']['name']} | {_setting(rs[0]['config']['loss'])} | {len(rs)} "
+                     f"| {cells[0]} | {delta} | {cells[1]} | {cells[2]} | {cells[3]} |")  # fmt: skip
+    return lines
+
+
 def _table(groups: dict[str, list[dict]], settings: dict) -> list[str]:
     lines = [
         "| arm | group | epochs | seeds | samples seen | train s | text→image R@1 | Δ vs OpenCLIP@b | text→image R@5 "
@@ -132,15 +182,18 @@ def _diagnostics(groups: dict[str, list[dict]], settings: dict, data: dict) -> l
     return lines
 
 
-def write_markdown(runs: dict[str, dict], settings: dict, calibration: dict, data: dict, path: Path) -> None:
+def write_markdown(
+    runs: dict[str, dict], settings: dict, calibration: dict, data: dict, chosen: dict[str, str], path: Path
+) -> None:
     groups = pooled(runs)
+    tested = _on_test(groups)
     lines = ["# FastCLIP vs OpenCLIP at small batch on Fashion-MNIST mosaics", "",
              f"Tiny CLIP (56 px, patch 14), {settings['train_size']} training mosaics, b = {settings['batch']}, "
              f"one CPU process per run; final evaluation on 1000 test mosaics with distinct captions (R@k, %) and "
              f"{settings['zeroshot_size']} single test items (zero-shot, %). Mean ± std over seeds.", ""]  # fmt: skip
-    lines += _table(groups, settings)
+    lines += _table(tested, settings)
     b = settings["batch"]
-    for loss in sorted({rs[0]["arm"]["loss"] for rs in groups.values() if len(rs) > 1} - {"openclip"}):
+    for loss in sorted({rs[0]["arm"]["loss"] for rs in tested.values() if len(rs) > 1} - {"openclip"}):
         gap = gap_to_openclip(groups, settings, loss)
         if gap:
             se = "n/a" if math.isnan(gap["se"]) else f"{100 * gap['se']:.2f}"
@@ -148,7 +201,8 @@ def write_markdown(runs: dict[str, dict], settings: dict, calibration: dict, dat
                           f"{100 * gap['gap']:+.2f} points** (standard error {se}; {gap['n_fast']} vs "
                           f"{gap['n_openclip']} seeds)."]  # fmt: skip
     lines += ["", "### Epochs per sample (seed 0)", "", *_sweep(groups, settings)]
-    lines += _diagnostics(groups, settings, data)
+    lines += _choice(groups, settings, chosen)
+    lines += _diagnostics(tested, settings, data)
     if calibration:
         r = calibration["ratio_to_b"]
         lines += ["", f"FLIP budget: step time relative to b unmasked, measured side by side: 2b {r['2b']:.2f}, "
@@ -165,7 +219,7 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    groups = pooled(runs)
+    groups = _on_test(pooled(runs))
     fig, axes = plt.subplots(1, 3, figsize=(17, 6.2))
     styles = {"main": ("-", 2.5), "flip": ("-.", 1.2), "scale": (":", 1.5), "ablation": ("--", 1.2),
               "tuning": ("--", 1.2)}  # fmt: skip
@@ -205,8 +259,11 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(runs: dict[str, dict], settings: dict, calibration: dict, data: dict, out: Path) -> None:
+def write_report(
+    runs: dict[str, dict], settings: dict, calibration: dict, data: dict, out: Path, chosen: dict[str, str]
+) -> None:
+    """study.md and study.png; `chosen`: each loss's setting chosen on validation ({} before the choice)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_markdown(runs, settings, calibration, data, out / "study.md")
+    write_markdown(runs, settings, calibration, data, chosen, out / "study.md")
     if pooled(runs):
         write_plot(runs, settings, out / "study.png")

@@ -39,7 +39,7 @@ def mosaics(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for name in ("a", "b"):
         out = tmp_path_factory.mktemp(name)
         make_shards.main(["fashion-mosaic", "--out", str(out), "--train-size", "60", "--test-size", "50",
-                          "--zeroshot-size", "30", "--shard-size", "25", "--seed", "3"])  # fmt: skip
+                          "--val-size", "40", "--zeroshot-size", "30", "--shard-size", "25", "--seed", "3"])  # fmt: skip
         dirs.append(out)
     return dirs[0], dirs[1]
 
@@ -59,7 +59,7 @@ def test_retrieval_set_has_distinct_captions_naming_its_cells(mosaics: tuple[Pat
 
 
 def test_keys_are_stable_and_the_build_is_deterministic(mosaics: tuple[Path, Path]) -> None:
-    for split, n in (("train", 60), ("test", 50), ("zeroshot", 30)):
+    for split, n in (("train", 60), ("test", 50), ("val", 40), ("zeroshot", 30)):
         a, b = _samples(mosaics[0] / split), _samples(mosaics[1] / split)
         assert [s["key"] for s in a] == list(range(n))
         assert a == b, f"{split} differs between two builds with one seed"
@@ -78,6 +78,26 @@ def test_cells_come_from_their_split() -> None:
     m = next(random_mosaics(train_x, train_y, 1, "0/train"))
     assert m.pixels.shape == (56, 56) and m.pixels.dtype == np.uint8
     assert all(m.pixels[r:r + 28, c:c + 28].tobytes() in train_set for r in (0, 28) for c in (0, 28))
+
+
+def test_validation_mosaics_use_train_images_no_training_mosaic_uses(
+    mosaics: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train_x, train_y = (make_shards._read_idx(str(SRC / f)) for f in make_shards.FASHION_FILES["train"])
+    used = {i for m in random_mosaics(train_x, train_y, 60, "3/train") for i in m.sources}
+    val = list(distinct_mosaics(train_x, train_y, 40, "3/val", exclude=frozenset(used)))
+    assert not used & {i for m in val for i in m.sources} and len({m.labels for m in val}) == 40
+    built = _samples(mosaics[0] / "val")
+    assert [s["meta"]["cells"] for s in built] == [list(m.labels) for m in val]
+    assert [s["caption"] for s in built] == [m.caption for m in val]
+    # Adding the split changed nothing else: the train and test shards equal a build without it.
+    make_shards.main(["fashion-mosaic", "--out", str(tmp_path), "--train-size", "60", "--test-size", "50",
+                      "--val-size", "0", "--zeroshot-size", "30", "--shard-size", "25", "--seed", "3"])  # fmt: skip
+    assert not (tmp_path / "val").exists()
+    for split in ("train", "test"):
+        assert _samples(tmp_path / split) == _samples(mosaics[0] / split)
+    with pytest.raises(ValueError, match="no image left for class"):
+        next(distinct_mosaics(train_x[:20], train_y[:20], 1, "x", exclude=frozenset(range(20))))
 
 
 def test_zeroshot_items_are_tiled_and_prompted_like_training_captions(mosaics: tuple[Path, Path]) -> None:

@@ -6,13 +6,29 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from studies.study import Arm, Settings, Study, arm_config, flip_steps, pending, plan_arms, steps_per_epoch
+from studies.study import (
+    CHOICES,
+    LOSSES,
+    Arm,
+    Settings,
+    Study,
+    arm_config,
+    choice_arms,
+    choose,
+    final_arms,
+    flip_steps,
+    loss_section,
+    pending,
+    plan_arms,
+    steps_per_epoch,
+)
 from studies.study_diagnostics import _log_g, _log_g_batch, parse_metrics
 from studies.study_report import gap_to_openclip, write_report
 from tests.ranks import REPO
@@ -95,8 +111,9 @@ def test_g_estimates_match_a_float64_loop() -> None:
 def _run(arm: Arm, r1: float) -> dict:
     final = {"text_to_image_R@1": r1, "text_to_image_R@5": 2 * r1, "image_to_text_R@1": r1, "zeroshot_top1": 0.5,
              "samples": 1000, "step": 10, "train_seconds": 10.0}  # fmt: skip
+    loss = loss_section(arm, Settings(), arm.epochs)
     return {"id": arm.id, "label": arm.label, "arm": arm.__dict__, "status": "done", "final": final,
-            "evals": [final], "train_seconds": 10.0, "trajectory": []}  # fmt: skip
+            "evals": [final], "train_seconds": 10.0, "trajectory": [], "config": {"loss": loss}}  # fmt: skip
 
 
 def test_report_table_and_gap(tmp_path: Path) -> None:
@@ -111,9 +128,42 @@ def test_report_table_and_gap(tmp_path: Path) -> None:
     gap = gap_to_openclip({k.rsplit("-s", 1)[0]: [r for r in runs.values() if r["id"].startswith(k.rsplit("-s", 1)[0])]
                     for k in runs if runs[k]["status"] == "done"}, s.__dict__)  # fmt: skip
     assert gap["gap"] == pytest.approx(0.03) and gap["se"] == pytest.approx(math.sqrt(2 * 0.0002 / 2))
-    write_report(runs, s.__dict__, {}, {}, tmp_path)
+    write_report(runs, s.__dict__, {}, {}, tmp_path, {})
     assert (tmp_path / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (tmp_path / "study.md").read_text()
     assert "| openclip@64 | main | 20 | 2 | 1,000 | 10 | 11.0 ± 1.4 |  |" in text
     assert "| fastclip-v3@64 | main | 20 | 2 | 1,000 | 10 | 14.0 ± 1.4 | +3.0 |" in text and "+3.00 points" in text
     assert "Not finished: fastclip-v2-b64-e20-s0: failed (exit 1)" in text
+
+
+def test_choice_arms_see_validation_only_and_the_choice_is_the_best_validation_mean(tmp_path: Path) -> None:
+    s = Settings(seeds=2, choice_seeds=2)
+    arms = choice_arms(s)
+    assert len(arms) == 2 * sum(len(keys) for keys in CHOICES.values())
+    for arm in arms:
+        ev = arm_config(arm, s, tmp_path, tmp_path / arm.id)["eval"]
+        assert ev["retrieval"] == str(tmp_path / "val") and ev["zeroshot"] == ""
+        assert arm.id.endswith(f"-val-s{arm.seed}")
+    assert {LOSSES[k]["bias_init"] for k in CHOICES["siglip"]} == {-10.0, -4.0, 0.0}
+    # seed 0 favours the first siglip candidate, seed 1 the second by more: the mean decides.
+    r1 = {("siglip-bias-10", 0): 0.12, ("siglip-bias-10", 1): 0.08, ("siglip-bias-4", 0): 0.10,
+          ("siglip-bias-4", 1): 0.11, ("fastclip-v3-g0.8-lt0.001", 1): 0.2}  # fmt: skip
+    runs = {a.id: _run(a, r1.get((a.loss, a.seed), 0.05)) for a in arms}
+    assert choose(runs, s) == {"openclip": "openclip", "fastclip-v3": "fastclip-v3-g0.8-lt0.001",
+                               "siglip": "siglip-bias-4"}  # fmt: skip
+    final = final_arms(s, choose(runs, s))
+    assert {(a.loss, a.split, a.group) for a in final} == {("openclip", "test", "main"),
+                                                            ("fastclip-v3-g0.8-lt0.001", "test", "final"),
+                                                            ("siglip-bias-4", "test", "final")}  # fmt: skip
+    assert "openclip-b64-e20-s1" in {a.id for a in final}, "OpenCLIP's test arms are the main comparison's"
+    for a in final:
+        runs[a.id] = _run(a, {"openclip": 0.10, "siglip-bias-4": 0.12}.get(a.loss, 0.09) + 0.01 * a.seed)
+    write_report(runs, asdict(s), {}, {}, tmp_path, choose(runs, s))
+    text = (tmp_path / "study.md").read_text()
+    assert "| siglip | bias init -4 | 2 | 10.5 ± 0.7 | 10.5 ± 0.7 | **yes** |" in text
+    assert "| siglip | bias init -10 | 2 | 10.0 ± 2.8 | 10.0 ± 2.8 |  |" in text
+    assert "| siglip | bias init -4 | 2 | 12.5 ± 0.7 | +2.0 (s.e. 0.7) |" in text
+    assert "-val" not in text.split("### Which loss")[0], "validation candidates stay out of the test table"
+    del runs[arms[-1].id]
+    with pytest.raises(ValueError, match="has not finished on every choice seed"):
+        choose(runs, s)

@@ -2,7 +2,7 @@
 """Build webdataset shards (img2dataset layout) + manifest.json, or a manifest for existing shards.
 
   python tools/make_shards.py fashion-mnist --out DIR        # DIR/train and DIR/test (labelled)
-  python tools/make_shards.py fashion-mosaic --out DIR       # 2x2 mosaics: train/, test/ (+ test.csv), zeroshot/
+  python tools/make_shards.py fashion-mosaic --out DIR       # 2x2 mosaics: train/, test/ (+ test.csv), val/, zeroshot/
   python tools/make_shards.py folder --src IMAGES --out DIR  # image files with same-stem .txt captions
   python tools/make_shards.py csv --src FILE.csv --out DIR   # image path + caption columns
   python tools/make_shards.py manifest --shards SRC --out INDEX  # index e.g. img2dataset output (SRC read only)
@@ -24,6 +24,7 @@ import random
 import struct
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -36,7 +37,7 @@ from data.shards import IMAGE_EXTS, ShardWriter
 from data.sources import CsvSource, SkipSample
 from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES
 from evaluation.prompts import get_classnames
-from tools.mosaic import distinct_mosaics, random_mosaics, tiled_items
+from tools.mosaic import Mosaic, distinct_mosaics, random_mosaics, tiled_items
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -120,18 +121,26 @@ def fashion_mosaic(args) -> None:
     train_images, train_labels = _read_fashion(args.src, "train")
     test_images, test_labels = _read_fashion(args.src, "test")
     base = {"classes": list(FASHION_CLASSES), "seed": args.seed}
-    splits = {
-        "train": random_mosaics(train_images, train_labels, args.train_size, f"{args.seed}/train"),
-        "test": distinct_mosaics(test_images, test_labels, args.test_size, f"{args.seed}/test"),
-    }
+    used_by_train: set[int] = set()
+
+    def splits() -> Iterator[tuple[str, Iterable[Mosaic]]]:
+        # val is drawn after train has been written: from the train images no training mosaic uses.
+        yield "train", random_mosaics(train_images, train_labels, args.train_size, f"{args.seed}/train")
+        yield "test", distinct_mosaics(test_images, test_labels, args.test_size, f"{args.seed}/test")
+        if args.val_size:
+            yield "val", distinct_mosaics(train_images, train_labels, args.val_size, f"{args.seed}/val",
+                                          exclude=frozenset(used_by_train))  # fmt: skip
+
     test_rows: list[tuple[int, bytes, str]] = []
-    for split, mosaics in splits.items():
+    for split, mosaics in splits():
         out = os.path.join(args.out, split)
         extra = base | {"description": f"Fashion-MNIST 2x2 mosaics ({split} images), json carries cell labels"}
         with ShardWriter(out, args.shard_size) as w:
             for key, m in enumerate(tqdm(mosaics, desc=f"mosaic {split}", unit="img")):
                 data = _png(m.pixels)
                 w.write(key, data, "png", m.caption, cells=list(m.labels))
+                if split == "train":
+                    used_by_train.update(m.sources)
                 if split == "test":
                     test_rows.append((key, data, m.caption))
         _finish(out, w.paths, extra, Counter())
@@ -255,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     mo.add_argument("--src", default=FASHION_MNIST_DIR)
     mo.add_argument("--train-size", type=int, default=20_000, help="training mosaics (from the train images)")
     mo.add_argument("--test-size", type=int, default=1000, help="retrieval mosaics with distinct captions")
+    mo.add_argument("--val-size", type=int, default=500, help="validation mosaics with distinct captions, from "
+                    "train images no training mosaic uses (0: none)")
     mo.add_argument("--zeroshot-size", type=int, default=10_000, help="single test items for zero-shot")
     mo.add_argument("--seed", type=int, default=0, help="seed of the item, tuple and wording choices")
     fo = sub.add_parser("folder", help="image folder with same-stem .txt captions")

@@ -7,6 +7,8 @@ the four cells ("top left a bag, top right a sneaker, ..."): 10^4 label tuples, 
 Splits (keys are row numbers, so they are stable for a seed):
 - train: `train_size` mosaics of 4 items drawn at random from the Fashion-MNIST train images;
 - test: `test_size` mosaics from the test images with pairwise distinct label tuples (retrieval);
+- val: `val_size` mosaics with distinct label tuples from the train images no training mosaic uses
+  (retrieval for choosing settings, so the test set is read once);
 - zeroshot: single test items shown in all four cells, labelled with their class.
 """
 
@@ -26,11 +28,13 @@ NUM_TUPLES = len(FASHION_MNIST_CLASSNAMES) ** CELLS
 
 @dataclass(frozen=True)
 class Mosaic:
-    """One sample: grey pixels [2h, 2w], its caption and the class of each cell (row-major)."""
+    """One sample: grey pixels [2h, 2w], its caption, the class and the source image index of each cell
+    (row-major)."""
 
     pixels: np.ndarray
     caption: str
     labels: tuple[int, int, int, int]
+    sources: tuple[int, int, int, int]
 
 
 def compose(items: list[np.ndarray]) -> np.ndarray:
@@ -51,19 +55,25 @@ def random_mosaics(images: np.ndarray, labels: np.ndarray, count: int, seed: str
     for _ in range(count):
         picks = [rng.randrange(len(images)) for _ in range(CELLS)]
         cell_labels = tuple(int(labels[i]) for i in picks)
-        yield Mosaic(compose([images[i] for i in picks]), _caption(cell_labels, rng), cell_labels)
+        yield Mosaic(compose([images[i] for i in picks]), _caption(cell_labels, rng), cell_labels, tuple(picks))
 
 
-def distinct_mosaics(images: np.ndarray, labels: np.ndarray, count: int, seed: str) -> Iterator[Mosaic]:
-    """`count` mosaics whose label tuples are pairwise distinct (a retrieval set with one right caption each)."""
+def distinct_mosaics(
+    images: np.ndarray, labels: np.ndarray, count: int, seed: str, exclude: frozenset[int] = frozenset()
+) -> Iterator[Mosaic]:
+    """`count` mosaics whose label tuples are pairwise distinct (a retrieval set with one right caption each),
+    built from the images whose index is not in `exclude`."""
     if not 0 < count <= NUM_TUPLES:
         raise ValueError(f"a distinct-caption set holds 1..{NUM_TUPLES} mosaics, got {count}")
     rng = random.Random(seed)
-    by_class = [np.flatnonzero(labels == c).tolist() for c in range(len(FASHION_MNIST_CLASSNAMES))]
+    by_class = [[i for i in np.flatnonzero(labels == c).tolist() if i not in exclude]
+                for c in range(len(FASHION_MNIST_CLASSNAMES))]  # fmt: skip
+    if empty := [FASHION_MNIST_CLASSNAMES[c] for c, members in enumerate(by_class) if not members]:
+        raise ValueError(f"no image left for class(es) {empty} once {len(exclude)} images are excluded")
     for code in rng.sample(range(NUM_TUPLES), count):
         cell_labels = tuple(int(d) for d in f"{code:0{CELLS}d}")
         picks = [rng.choice(by_class[c]) for c in cell_labels]
-        yield Mosaic(compose([images[i] for i in picks]), _caption(cell_labels, rng), cell_labels)
+        yield Mosaic(compose([images[i] for i in picks]), _caption(cell_labels, rng), cell_labels, tuple(picks))
 
 
 def tiled_items(images: np.ndarray, labels: np.ndarray, count: int) -> Iterator[tuple[np.ndarray, int, str]]:
