@@ -68,16 +68,18 @@ def _setting(loss: dict) -> str:
 def _choice(groups: dict[str, list[dict]], settings: dict, chosen: dict[str, str]) -> list[str]:
     """The loss choice: every candidate on validation, then the chosen settings on test once."""
     b, e = settings["batch"], settings["epochs"]
-    val = {k: rs for k, rs in groups.items() if rs[0]["arm"]["group"] == "choice"}
+    val = [rs for rs in groups.values() if rs[0]["arm"]["group"] == "choice"]
     if not val:
         return []
+    order = ["openclip", "fastclip", "siglip"]
+    val.sort(key=lambda rs: (order.index(rs[0]["config"]["loss"]["name"]), _setting(rs[0]["config"]["loss"])))
     lines = ["", "### Which loss at small batch: settings chosen on validation", "",
              f"Every candidate trains on seeds 0-{settings['choice_seeds'] - 1} and is evaluated on the "
              f"{settings['val_size']} validation mosaics only (train images no training mosaic uses). The best mean "
              "text→image R@1 is chosen; only the chosen settings are evaluated on the test mosaics.", "",
              "| loss | setting | seeds | val text→image R@1 | val image→text R@1 | chosen |",
              "|---|---|---:|---:|---:|---|"]  # fmt: skip
-    for rs in val.values():
+    for rs in val:
         mark = "**yes**" if rs[0]["arm"]["loss"] in chosen.values() else ""
         t2i, i2t = _pct([r["final"][METRIC] for r in rs]), _pct([r["final"]["image_to_text_R@1"] for r in rs])
         lines.append(f"| {rs[0]['config']['loss']['name']} | {_setting(rs[0]['config']['loss'])} | {len(rs)} "
