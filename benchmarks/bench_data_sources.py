@@ -1,6 +1,6 @@
 """`bench_data.py --source local,http,s3`: loader samples/s from local files, HTTP and S3 side by side.
 
-The servers are the ones the tests use (tests/remote_servers.py), started on 127.0.0.1 for the run.
+The servers are the ones the tests use (benchmarks/local_servers.py), started on 127.0.0.1 for the run.
 Each remote run starts with an empty shard cache, so it times the whole-shard downloads too.
 """
 
@@ -14,8 +14,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.local_servers import http_server, s3_server
 from data.manifest import build_manifest, resolve_shards
-from tests.remote_servers import http_server, s3_server
 
 SOURCES = ("local", "http", "s3")
 

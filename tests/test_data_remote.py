@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import tools.make_shards as make_shards
+from benchmarks.local_servers import http_server, s3_server
 from data.config import DataConfig
 from data.loader import build_train_loader
 from tests.data_fixtures import write_shards
-from tests.remote_servers import http_server, s3_server
 
 SIZES = [6, 5, 7, 6]
 

@@ -38,8 +38,8 @@ def mosaics(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     dirs = []
     for name in ("a", "b"):
         out = tmp_path_factory.mktemp(name)
-        make_shards.main(["fashion-mosaic", "--out", str(out), "--train-size", "60", "--test-size", "50",
-                          "--val-size", "40", "--zeroshot-size", "30", "--shard-size", "25", "--seed", "3"])  # fmt: skip
+        make_shards.main(["fashion-mosaic", "--out", str(out), "--train-size", "60", "--test-size", "50", "--val-size",
+                          "40", "--zeroshot-size", "30", "--shard-size", "25", "--seed", "3"])  # fmt: skip
         dirs.append(out)
     return dirs[0], dirs[1]
 

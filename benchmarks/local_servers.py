@@ -1,4 +1,4 @@
-"""Real servers on 127.0.0.1 for the remote-shard tests: an HTTP file server (with Range requests, as
+"""Real servers on 127.0.0.1 for the remote-shard tests and `bench_data.py --source`: an HTTP file server (with Range
 object stores and CDNs serve them) that records every request, and moto's S3 server read through s3fs."""
 
 from __future__ import annotations
