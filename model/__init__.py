@@ -1,15 +1,34 @@
-"""CLIP models: named configs, towers, FLIP masking."""
+"""CLIP models: named configs, towers, FLIP masking.
+
+The towers (`CLIP`, `create_model`) load on first use: importing timm costs seconds, and a recipe reads and checks
+its config (which needs only the named configs) before it builds a model, so a config error is reported that much
+sooner.
+"""
 
 from __future__ import annotations
 
-from model.clip import CLIP
+from typing import TYPE_CHECKING, Any
+
 from model.configs import MODEL_CONFIGS, CLIPConfig, TextConfig, VisionConfig, get_model_config
 from model.masking import FlipMasking, num_kept
+
+if TYPE_CHECKING:
+    from model.clip import CLIP
 
 
 def create_model(name: str, **overrides: object) -> CLIP:
     """Build a named CLIP (`ViT-B-32`, `ViT-B-16`, `ViT-L-14`, `ViT-H-14`, `tiny`, `demo`)."""
+    from model.clip import CLIP  # noqa: PLC0415 (timm loads on first use)
+
     return CLIP(get_model_config(name, **overrides))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CLIP":
+        from model.clip import CLIP  # noqa: PLC0415 (timm loads on first use)
+
+        return CLIP
+    raise AttributeError(f"module 'model' has no attribute {name!r}")
 
 
 __all__ = [

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from model.clip import CLIP
+if TYPE_CHECKING:
+    from model.clip import CLIP
 
 logger = logging.getLogger(__name__)
 
