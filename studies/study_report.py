@@ -189,7 +189,7 @@ def write_markdown(
 ) -> None:
     groups = pooled(runs)
     tested = _on_test(groups)
-    lines = ["# FastCLIP vs OpenCLIP at small batch on Fashion-MNIST mosaics", "",
+    lines = ["# FastCLIP vs OpenCLIP vs SigLIP at small batch on Fashion-MNIST mosaics", "",
              f"Tiny CLIP (56 px, patch 14), {settings['train_size']} training mosaics, b = {settings['batch']}, "
              f"one CPU process per run; final evaluation on 1000 test mosaics with distinct captions (R@k, %) and "
              f"{settings['zeroshot_size']} single test items (zero-shot, %). Mean ± std over seeds.", ""]  # fmt: skip
