@@ -90,21 +90,16 @@ LOSSES: dict[str, dict] = {
 }  # fmt: skip
 
 
-def _v3(gamma_min: float, lr_tau: float) -> dict:
-    return {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07, "rho": 6.5,
-            "gamma_schedule": "cosine", "gamma_min": gamma_min, "lr_tau": lr_tau, "lr_tau_schedule": "step_thresh"}
-
-
-# The loss choice: every setting a loss may take, compared on the validation mosaics. FastCLIP-v3: gamma_min
-# from the paper's 0.2 to 1 (no moving average) x lr_tau at the model lr or the CC3M recipe's 2e-4; SigLIP: the
-# paper's bias init -10 (about -ln of its 32k batch), -4 (about -ln 64) and 0. OpenCLIP has no knob here.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "openclip": ("openclip",),
-    "fastclip-v3": tuple(f"fastclip-v3-g{g:g}-lt{lt:g}" for g in (0.2, 0.5, 0.8, 1.0) for lt in (1e-3, 2e-4)),
-    "siglip": tuple(f"siglip-bias{b:g}" for b in (-10, -4, 0)),
-}
-LOSSES |= {f"fastclip-v3-g{g:g}-lt{lt:g}": _v3(g, lt) for g in (0.2, 0.5, 0.8, 1.0) for lt in (1e-3, 2e-4)}
-LOSSES |= {f"siglip-bias{b:g}": {"name": "siglip", "tau_init": 0.1, "bias_init": float(b)} for b in (-10, -4, 0)}
+# The loss choice: every setting a loss may take (key -> its `loss:` section), compared on the validation mosaics.
+# FastCLIP-v3: gamma_min from the paper's 0.2 to 1 (no moving average) x lr_tau at the model lr or the CC3M recipe's
+# 2e-4; SigLIP: the paper's bias init -10 (about -ln of its 32k batch), -4 (about -ln 64) and 0. OpenCLIP has no knob.
+CHOICES: dict[str, dict[str, dict]] = {
+    "openclip": {"openclip": LOSSES["openclip"]},
+    "fastclip-v3": {f"fastclip-v3-g{g:g}-lt{lt:g}": LOSSES["fastclip-v3"] | {"gamma_min": g, "lr_tau": lt}
+                    for g in (0.2, 0.5, 0.8, 1.0) for lt in (1e-3, 2e-4)},
+    "siglip": {f"siglip-bias{b:g}": {"name": "siglip", "tau_init": 0.1, "bias_init": b} for b in (-10.0, -4.0, 0.0)},
+}  # fmt: skip
+LOSSES |= {key: loss for candidates in CHOICES.values() for key, loss in candidates.items()}
 
 
 @dataclass(frozen=True)
@@ -171,8 +166,8 @@ def choose(runs: dict[str, dict], s: Settings) -> dict[str, str]:
     """Each loss's setting with the best mean final text->image R@1 on the validation mosaics (every candidate
     must have finished on every choice seed; ties go to the one listed first)."""
     chosen = {}
-    for loss, keys in CHOICES.items():
-        scores = []
+    for loss, candidates in CHOICES.items():
+        keys, scores = list(candidates), []
         for key in keys:
             ids = [Arm(key, s.batch, s.epochs, seed, "choice", split="val").id for seed in range(s.choice_seeds)]
             if any(runs.get(i, {}).get("status") != "done" for i in ids):

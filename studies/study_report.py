@@ -62,7 +62,7 @@ def _setting(loss: dict) -> str:
         return f"bias init {loss['bias_init']:g}"
     if loss["name"] == "fastclip":
         return f"gamma_min {loss['gamma_min']:g}, lr_tau {loss['lr_tau']:g}"
-    return f"tau init {loss.get('tau_init', 0.07):g}, learnt at the model lr"
+    return f"tau init {loss['tau_init']:g}, learnt at the model lr"
 
 
 def _choice(groups: dict[str, list[dict]], settings: dict, chosen: dict[str, str]) -> list[str]:
