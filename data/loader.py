@@ -141,8 +141,9 @@ class TrainLoader:
         tokenizer = tokenizer or get_tokenizer()
         self._batches = _TrainBatches(self.source, cfg, rank, world_size, tokenizer, self.num_samples)
         self._loader = make_dataloader(
-            self._batches, _Positions(self), cfg.workers, cfg.pin_memory, cfg.prefetch_factor, cfg.worker_priority
-        )
+            self._batches, _Positions(self), cfg.workers, cfg.pin_memory, cfg.prefetch_factor, cfg.worker_priority,
+            cfg.seed,
+        )  # fmt: skip
         if rank == 0:
             log.info(
                 "train data: %s %s, %d samples, index space %d, %d steps/epoch of %d x %d",

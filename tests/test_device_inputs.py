@@ -39,8 +39,11 @@ def test_trainer_inputs_normalise_uint8_pixels_and_pass_float_images(tmp_path) -
     from tests.tiny_run import tiny_config
     from train.trainer import Trainer
 
-    class OneBatch:  # the TrainLoader interface the trainer needs at construction
+    class OneBatch:  # the TrainLoader interface the trainer needs at construction and close
         num_samples, steps_per_epoch = 8, 1
+
+        def close(self) -> None:
+            """No workers."""
 
     trainer = Trainer(tiny_config(str(tmp_path)), OneBatch())
     try:

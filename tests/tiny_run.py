@@ -52,6 +52,9 @@ class FixedBatches:
     def skipped_counts(self) -> dict[str, int]:
         return {}
 
+    def close(self) -> None:
+        """No worker processes to stop."""
+
 
 def tiny_recipe(out_dir: str, data_path: str = "synthetic", **sections: Any) -> dict[str, Any]:
     """The tiny fp32 FastCLIP-v3 run as a recipe dict; `sections` are merged into (or replace) its sections."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -77,6 +79,8 @@ class Trainer:
             )  # fmt: skip
         self.plan = phase_plan_for(cfg, self.loader.steps_per_epoch, self.global_batch)
 
+        random.seed(cfg.run.seed)  # the global RNGs a checkpoint saves: the same in a resumed and an uninterrupted run
+        np.random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.backend.setup(self._build_model, self._param_groups, self._optimizer)
         self._timeout = cfg.backend.timeout_s  # on every group that exists now (DeepSpeed's too)
@@ -319,9 +323,11 @@ class Trainer:
         return results
 
     def close(self, completed: bool = True) -> None:
-        """Close the metric files (also after an error) and leave the process group (see `Backend.close`);
-        `with Trainer(cfg) as trainer:` calls it."""
+        """Close the metric files (also after an error), stop the loader workers and leave the process group (see
+        `Backend.close`); `with Trainer(cfg) as trainer:` calls it. Workers left to the launcher, which stops each
+        rank's process group at the end, would hold it until they notice their rank is gone (they ignore SIGTERM)."""
         self.metrics.close()
+        self.loader.close()
         if self.lock is not None:
             self.lock.release()
         self.backend.close(completed)
