@@ -1,19 +1,22 @@
 """CLIP models: named configs, towers, FLIP masking.
 
-The towers (`CLIP`, `create_model`) load on first use: importing timm costs seconds, and a recipe reads and checks
-its config (which needs only the named configs) before it builds a model, so a config error is reported that much
-sooner.
+The towers (`CLIP`, `create_model`) and FLIP masking load on first use: importing torch and timm costs seconds,
+and a recipe reads and checks its config (which needs only the named configs) before any of them, so a config
+error is reported that much sooner.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from model.configs import MODEL_CONFIGS, CLIPConfig, TextConfig, VisionConfig, get_model_config
-from model.masking import FlipMasking, num_kept
 
 if TYPE_CHECKING:
     from model.clip import CLIP
+    from model.masking import FlipMasking, num_kept
+
+_ON_FIRST_USE = {"CLIP": "model.clip", "FlipMasking": "model.masking", "num_kept": "model.masking"}
 
 
 def create_model(name: str, **overrides: object) -> CLIP:
@@ -24,10 +27,8 @@ def create_model(name: str, **overrides: object) -> CLIP:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "CLIP":
-        from model.clip import CLIP  # noqa: PLC0415 (timm loads on first use)
-
-        return CLIP
+    if name in _ON_FIRST_USE:
+        return getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
     raise AttributeError(f"module 'model' has no attribute {name!r}")
 
 

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
+
     from model.clip import CLIP
 
 logger = logging.getLogger(__name__)

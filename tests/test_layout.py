@@ -83,6 +83,14 @@ def test_config_dataclasses_import_no_backend() -> None:
     assert not {m for m in graph["train.config"] if m.startswith(("train.backends", "train.setup", "train.checkpoint"))}
 
 
+def test_a_recipe_is_read_and_checked_before_torch_loads() -> None:
+    """train.cli reads and checks the config torch-free, so each launched rank reports a bad value at once."""
+    script = ("import sys; from train.cli import main; code = main(['--config', sys.argv[1], 'optim.lr=-1']); "
+              "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", script, str(DEMO)], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.split() == ["2", "[]"] and "optim needs 0 <= lr_min <= lr" in out.stderr, out.stderr
+
+
 def test_setup_resolves_everything_once() -> None:
     setup = load_setup(DEMO, ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero2.json"])
     assert setup.loss.is_resolved and setup.loss.version == "v3"

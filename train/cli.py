@@ -18,39 +18,18 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record
-
-from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError
+from train.config import read_config
 from train.config_io import ConfigError
-from train.faults.nonfinite import TrainingDiverged
 from train.faults.preemption import die_with_parent
-from train.faults.run_lock import RunDirectoryLocked
-from train.faults.status import write_status
-from train.faults.timeouts import CollectiveTimeout
-from train.setup import load_setup
+from train.faults.report import EXIT_CONFIG, report_failure
 
-logger = logging.getLogger("fastflip")
+if TYPE_CHECKING:
+    from train.supervise import Report
 
-EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_HUNG, EXIT_PREEMPTED = 1, 2, 3, 4, 5, 75
-# Known failures: exit code, label, and whether every rank raises the same error (then rank 0 alone reports).
-KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
-    (RunDirectoryLocked, EXIT_CONFIG, "run directory in use", False),
-    (CheckpointDamaged, EXIT_CONFIG, "damaged checkpoint", False),
-    (ConfigError, EXIT_CONFIG, "config error", False),  # every rank prints it: a launcher that stops the job when
-    (FileNotFoundError, EXIT_CONFIG, "missing file", False),  # rank 1 exits first would otherwise lose rank 0's line
-    (FileExistsError, EXIT_CONFIG, "config error", False),
-    (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
-    (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
-    (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),
-    (CollectiveTimeout, EXIT_HUNG, "hung rank", False),
-)
-
-
-FASTCLIP_LOSSES = ("fastclip", "sogclr", "isogclr")  # what the fastclip_*.py entry points train
+__all__ = ["EXIT_CONFIG", "exit_process", "main", "parse_args"]
 
 
 def parse_args(argv: list[str] | None, description: str, default_config: Path | None = None) -> argparse.Namespace:
@@ -78,92 +57,28 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-Report = Callable[[dict[str, Any]], None]
-
-
-@record
 def main(
     argv: list[str] | None = None, description: str = "Train a CLIP recipe.", model_family: str = "",
     flagship: Path | None = None, report: Report | None = None,
 ) -> int:  # fmt: skip
-    """Load and validate the config (errors name the file and key), then dry-run or train.
+    """Read and check the config (errors name the file and key), then dry-run or train (train.supervise).
 
     `model_family` (e.g. "ViT-L-14") is what a named FastCLIP recipe script trains; another model or a loss
     outside FASTCLIP_LOSSES is an error. `flagship` is the recipe it runs when --config is left out.
     `report(result)` runs on rank 0 after a run that was not preempted (the demo prints its summary line).
-    Known failures end with one readable message and an exit code from the table above.
+    Known failures end with one readable message and an exit code from the table above. The recipe's own
+    checks run before torch loads, so each rank of a launched job reports a bad value within a second.
     """
     if "LOCAL_RANK" in os.environ:  # started by a launcher: do not outlive it
         die_with_parent()
     args = parse_args(argv, description, flagship)
-    outcome = _Outcome()
     try:
-        code = _main(args, model_family, report, outcome)
-    except Exception as err:
-        for kind, code, label, agreed in KNOWN_ERRORS:
-            if isinstance(err, kind):
-                if not isinstance(err, RunDirectoryLocked):  # that directory's status belongs to the job holding it
-                    outcome.write(code, f"{label}: {err}", everyone=agreed or code == EXIT_CONFIG)
-                return _report(err, code, label, agreed)
-        outcome.write(EXIT_ERROR, f"{type(err).__name__}: {err}", everyone=False)
-        raise
-    outcome.write(code, outcome.message, everyone=False)
-    return code
+        read_config(args.config, args.overrides)
+    except ConfigError as err:  # every rank prints it: a launcher that stops the job when rank 1 exits first
+        return report_failure(err, EXIT_CONFIG, "config error", agreed=False)  # would otherwise lose rank 0's line
+    from train.supervise import supervise  # noqa: PLC0415 (torch, the model and the backends load here)
 
-
-class _Outcome:
-    """What status.json says (train.faults.status): the run directory once the config is known, the step reached."""
-
-    def __init__(self) -> None:
-        self.output_dir: str | None = None
-        self.trainer: Any = None
-        self.message = ""
-
-    def write(self, code: int, message: str, everyone: bool) -> None:
-        """Rank 0 writes (every rank when `everyone`: the same outcome, so rank 0 being stopped first loses nothing);
-        nothing before the config named a run directory, or after a dry run."""
-        if self.output_dir is None or not (everyone or int(os.environ.get("RANK", "0")) == 0):
-            return
-        step = None if self.trainer is None else self.trainer.step
-        try:
-            write_status(self.output_dir, code, message, step)
-        except OSError as err:  # a full disk must not hide the run's own error
-            logger.warning("could not write %s/status.json: %s", self.output_dir, err)
-
-
-def _main(args: argparse.Namespace, model_family: str, report: Report | None, outcome: _Outcome) -> int:
-    setup = load_setup(args.config, args.overrides)
-    cfg = setup.cfg
-    if model_family and cfg.model.name != model_family:
-        raise ConfigError(
-            f"{args.config}: model.name is {cfg.model.name!r} but this script trains {model_family}; "
-            "use the matching recipes/fastclip_*.py or recipes/run_recipe.py"
-        )
-    if model_family and cfg.loss.name not in FASTCLIP_LOSSES:
-        raise ConfigError(
-            f"{args.config}: loss.name is {cfg.loss.name!r} but this script trains FastCLIP "
-            f"({', '.join(FASTCLIP_LOSSES)}); launch other losses (the openclip_* twins) with recipes/run_recipe.py"
-        )
-    if args.dry_run:
-        from train.dry_run import dry_run
-
-        print(dry_run(setup))
-        return 0
-    from train.trainer import Trainer
-
-    outcome.output_dir = cfg.run.output_dir
-    with Trainer(setup) as trainer:
-        outcome.trainer = trainer
-        result = trainer.fit()
-    if result["preempted"]:
-        outcome.message = f"preempted at step {result['steps']}: checkpoint saved; resume with checkpoint.resume=latest"
-        logger.info(outcome.message)
-        return EXIT_PREEMPTED
-    outcome.message = f"done: {result['steps']} steps"
-    if report is not None and trainer.backend.is_main:
-        report(result)
-    logger.info("done: %d steps, %.0f s of training", result["steps"], result["train_seconds"])
-    return 0
+    return supervise(args, model_family, report)
 
 
 def exit_process(code: int) -> NoReturn:
@@ -182,13 +97,3 @@ def exit_process(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _report(err: Exception, code: int, label: str, agreed: bool) -> int:
-    """One line per failure (not a traceback per rank); the launcher's summary shows it from the error file."""
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0 or not agreed:
-        prefix = "" if rank == 0 else f"[rank {rank}] "
-        print(f"{prefix}{label}: {err}", file=sys.stderr, flush=True)
-    ErrorHandler().record_exception(err)
-    return code

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from data.config import DataConfig
 from model import MODEL_CONFIGS
 from model.init_from import parse_init_from
+from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml
 from train.losses import LossConfig
 from train.trackers import TRACKERS
 
@@ -220,3 +222,15 @@ class TrainConfig:
                              f"{self.optim.accum_steps} micro-batches")  # fmt: skip
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
+
+
+def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file + `key.path=value` overrides -> a TrainConfig that passed each section's checks; every error is
+    a ConfigError naming the file and key. Torch-free, so a launched rank reports a bad value before torch loads;
+    train.setup.load_setup adds the checks across sections."""
+    cfg = from_dict(TrainConfig, apply_overrides(load_yaml(path), overrides or []), str(path))
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return cfg

@@ -12,8 +12,8 @@ from typing import Any
 from model import CLIPConfig, get_model_config
 from train.backends import Backend, backend_class
 from train.checkpoint.compat import check_allow_changes
-from train.config import TrainConfig
-from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from train.config import TrainConfig, read_config
+from train.config_io import ConfigError, to_dict
 from train.losses import LossConfig, TauSpec, tau_spec
 
 
@@ -81,8 +81,7 @@ def launcher_conflicts(cfg: TrainConfig, env: Mapping[str, str]) -> list[str]:
 
 def load_setup(path: str | Path, overrides: list[str] | None = None) -> RunSetup:
     """YAML file + `key.path=value` overrides -> RunSetup; every error is a ConfigError naming file and key."""
-    raw = apply_overrides(load_yaml(path), overrides or [])
-    cfg = from_dict(TrainConfig, raw, str(path))
+    cfg = read_config(path, overrides)
     try:
         return resolve(cfg)
     except ValueError as err:

@@ -15,37 +15,31 @@ rank states and calls `repartition_loss_states(states, new_world_size)[rank]`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from train.losses.base import ContrastiveLoss, LossOutput
-from train.losses.config import LossConfig
-from train.losses.dist_utils import Group
-from train.losses.fastclip import FastCLIPLoss
-from train.losses.openclip import OpenCLIPLoss
-from train.losses.sample_state import repartition_shards
-from train.losses.siglip import SigLIPLoss
-from train.losses.temperature import GlobalTemperature, TauSpec, tau_spec
+from train.losses.config import LossConfig  # torch-free: a recipe's loss section is checked before torch loads
 
+if TYPE_CHECKING:
+    from train.losses.base import ContrastiveLoss, LossOutput
+    from train.losses.build import build_loss, repartition_loss_states
+    from train.losses.fastclip import FastCLIPLoss
+    from train.losses.openclip import OpenCLIPLoss
+    from train.losses.siglip import SigLIPLoss
+    from train.losses.temperature import GlobalTemperature, TauSpec, tau_spec
 
-def build_loss(cfg: LossConfig, num_samples: int, group: Group = None) -> ContrastiveLoss:
-    """The configured loss over the data-parallel `group` (None: the default group, if initialised)."""
-    cfg = cfg.resolved()
-    if cfg.name == "openclip":
-        return OpenCLIPLoss(group)
-    if cfg.name == "siglip":
-        return SigLIPLoss(group)
-    return FastCLIPLoss(cfg, num_samples, group)
+# The rest (torch) loads on first use.
+_ON_FIRST_USE = {
+    "ContrastiveLoss": "base", "LossOutput": "base", "build_loss": "build", "repartition_loss_states": "build",
+    "FastCLIPLoss": "fastclip", "OpenCLIPLoss": "openclip", "SigLIPLoss": "siglip",
+    "GlobalTemperature": "temperature", "TauSpec": "temperature", "tau_spec": "temperature",
+}  # fmt: skip
 
 
-def repartition_loss_states(states: Sequence[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
-    """Turn the K per-rank loss states of one checkpoint into `world_size` per-rank states."""
-    if not states:
-        raise ValueError("no loss states given")
-    if "sample_state" not in states[0]:
-        return [dict(states[0]) for _ in range(world_size)]
-    shards = repartition_shards([s["sample_state"] for s in states], world_size)
-    return [{**states[0], "sample_state": shard} for shard in shards]
+def __getattr__(name: str) -> Any:
+    if name in _ON_FIRST_USE:
+        return getattr(importlib.import_module(f"train.losses.{_ON_FIRST_USE[name]}"), name)
+    raise AttributeError(f"module 'train.losses' has no attribute {name!r}")
 
 
 __all__ = [

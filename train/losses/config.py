@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 from train.losses.gamma import GAMMA_SCHEDULES
-from train.losses.sample_state import LAYOUTS
 
 NAMES = ("openclip", "siglip", "fastclip", "sogclr", "isogclr")
 VERSIONS = ("v0", "v1", "v2", "v3")
@@ -15,6 +14,7 @@ TAU_GRADS = ("exact", "reference")
 LR_TAU_SCHEDULES = ("model", "const", "step_thresh")
 STATE_DTYPES = ("float32", "float64")
 STATE_DEVICES = ("auto", "cpu", "features")
+LAYOUTS = ("sharded", "replicated")  # of the per-sample table over ranks (train.losses.sample_state)
 
 # What the aliases mean: (version, gamma schedule).
 _ALIASES = {"sogclr": ("v1", "constant"), "isogclr": ("v2", "constant")}

@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
+from train.losses.config import LAYOUTS
 from train.losses.dist_utils import Group, all_gather_rows, reduce_scatter_rows, world
-
-LAYOUTS = ("sharded", "replicated")
 
 
 def shard_bounds(num_samples: int, world_size: int, rank: int) -> tuple[int, int]:

@@ -1,0 +1,39 @@
+"""Exit codes (train.cli documents them) and the one-line report of a known failure, for the console and for
+the launcher's failure summary. Torch-free: a config error is reported before torch loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from train.faults.preemption import EXIT_PREEMPTED
+
+EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_HUNG = 1, 2, 3, 4, 5
+__all__ = ["EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DIVERGED", "EXIT_ERROR", "EXIT_HUNG", "EXIT_PREEMPTED",
+           "record_for_launcher", "report_failure"]  # fmt: skip
+
+
+def report_failure(err: BaseException, code: int, label: str, agreed: bool) -> int:
+    """One line per failure (not a traceback per rank): rank 0 prints it, and every rank when the ranks do not
+    all raise the same error (`agreed`); the launcher's summary shows it from the error file. Returns `code`."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 or not agreed:
+        prefix = "" if rank == 0 else f"[rank {rank}] "
+        print(f"{prefix}{label}: {err}", file=sys.stderr, flush=True)
+    record_for_launcher(err)
+    return code
+
+
+def record_for_launcher(err: BaseException) -> None:
+    """Write `err` to TORCHELASTIC_ERROR_FILE in torchelastic's error-file format (what its ErrorHandler writes),
+    which the launcher reads for its failure summary instead of `error_file: <N/A>`."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": f"{type(err).__name__}: {err}", "extraInfo": {
+        "py_callstack": traceback.format_exc(), "timestamp": str(int(time.time()))}}}  # fmt: skip
+    Path(path).write_text(json.dumps(record))

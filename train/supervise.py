@@ -1,0 +1,122 @@
+"""A recipe's run under supervision: load the setup, dry-run or train, and turn known failures into one line,
+an exit code (see train.cli) and `<output_dir>/status.json`. Imported by train.cli once the recipe's config has
+passed its own checks (this module loads torch, the model and the backends)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError
+from train.config_io import ConfigError
+from train.faults.nonfinite import TrainingDiverged
+from train.faults.report import (
+    EXIT_CHECKPOINT,
+    EXIT_CONFIG,
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_HUNG,
+    EXIT_PREEMPTED,
+    report_failure,
+)
+from train.faults.run_lock import RunDirectoryLocked
+from train.faults.status import write_status
+from train.faults.timeouts import CollectiveTimeout
+from train.setup import load_setup
+
+logger = logging.getLogger("fastflip")
+
+# Known failures: exit code, label, and whether every rank raises the same error (then rank 0 alone reports).
+KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
+    (RunDirectoryLocked, EXIT_CONFIG, "run directory in use", False),
+    (CheckpointDamaged, EXIT_CONFIG, "damaged checkpoint", False),
+    (ConfigError, EXIT_CONFIG, "config error", False),  # every rank prints it: a launcher that stops the job when
+    (FileNotFoundError, EXIT_CONFIG, "missing file", False),  # rank 1 exits first would otherwise lose rank 0's line
+    (FileExistsError, EXIT_CONFIG, "config error", False),
+    (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
+    (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
+    (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),
+    (CollectiveTimeout, EXIT_HUNG, "hung rank", False),
+)
+
+
+FASTCLIP_LOSSES = ("fastclip", "sogclr", "isogclr")  # what the fastclip_*.py entry points train
+Report = Callable[[dict[str, Any]], None]
+
+
+@record
+def supervise(args: argparse.Namespace, model_family: str = "", report: Report | None = None) -> int:
+    """Run the parsed command line (see train.cli.main); a known failure returns its exit code."""
+    outcome = _Outcome()
+    try:
+        code = _main(args, model_family, report, outcome)
+    except Exception as err:
+        for kind, code, label, agreed in KNOWN_ERRORS:
+            if isinstance(err, kind):
+                if not isinstance(err, RunDirectoryLocked):  # that directory's status belongs to the job holding it
+                    outcome.write(code, f"{label}: {err}", everyone=agreed or code == EXIT_CONFIG)
+                return report_failure(err, code, label, agreed)
+        outcome.write(EXIT_ERROR, f"{type(err).__name__}: {err}", everyone=False)
+        raise
+    outcome.write(code, outcome.message, everyone=False)
+    return code
+
+
+class _Outcome:
+    """What status.json says (train.faults.status): the run directory once the config is known, the step reached."""
+
+    def __init__(self) -> None:
+        self.output_dir: str | None = None
+        self.trainer: Any = None
+        self.message = ""
+
+    def write(self, code: int, message: str, everyone: bool) -> None:
+        """Rank 0 writes (every rank when `everyone`: the same outcome, so rank 0 being stopped first loses nothing);
+        nothing before the config named a run directory, or after a dry run."""
+        if self.output_dir is None or not (everyone or int(os.environ.get("RANK", "0")) == 0):
+            return
+        step = None if self.trainer is None else self.trainer.step
+        try:
+            write_status(self.output_dir, code, message, step)
+        except OSError as err:  # a full disk must not hide the run's own error
+            logger.warning("could not write %s/status.json: %s", self.output_dir, err)
+
+
+def _main(args: argparse.Namespace, model_family: str, report: Report | None, outcome: _Outcome) -> int:
+    setup = load_setup(args.config, args.overrides)
+    cfg = setup.cfg
+    if model_family and cfg.model.name != model_family:
+        raise ConfigError(
+            f"{args.config}: model.name is {cfg.model.name!r} but this script trains {model_family}; "
+            "use the matching recipes/fastclip_*.py or recipes/run_recipe.py"
+        )
+    if model_family and cfg.loss.name not in FASTCLIP_LOSSES:
+        raise ConfigError(
+            f"{args.config}: loss.name is {cfg.loss.name!r} but this script trains FastCLIP "
+            f"({', '.join(FASTCLIP_LOSSES)}); launch other losses (the openclip_* twins) with recipes/run_recipe.py"
+        )
+    if args.dry_run:
+        from train.dry_run import dry_run
+
+        print(dry_run(setup))
+        return 0
+    from train.trainer import Trainer
+
+    outcome.output_dir = cfg.run.output_dir
+    with Trainer(setup) as trainer:
+        outcome.trainer = trainer
+        result = trainer.fit()
+    if result["preempted"]:
+        outcome.message = f"preempted at step {result['steps']}: checkpoint saved; resume with checkpoint.resume=latest"
+        logger.info(outcome.message)
+        return EXIT_PREEMPTED
+    outcome.message = f"done: {result['steps']} steps"
+    if report is not None and trainer.backend.is_main:
+        report(result)
+    logger.info("done: %d steps, %.0f s of training", result["steps"], result["train_seconds"])
+    return 0
