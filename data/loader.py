@@ -146,8 +146,9 @@ class TrainLoader:
         )  # fmt: skip
         if rank == 0:
             log.info(
-                "train data: %s %s, %d samples, index space %d, %d steps/epoch of %d x %d",
-                cfg.source, cfg.path, self.total, self.num_samples, self.steps_per_epoch, cfg.batch_size, world_size,
+                "train data: %s, %d samples, index space %d, %d steps/epoch of %d x %d",
+                f"{len(cfg.sources)} mixed webdataset sources" if mixed else f"{cfg.source} {cfg.path}", self.total,
+                self.num_samples, self.steps_per_epoch, cfg.batch_size, world_size,
             )  # fmt: skip
             if mixed:
                 log.info("train data: mixed sources per epoch: %s", self.source.describe())

@@ -17,6 +17,19 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     in_chans: int = 3
 
+    def __post_init__(self) -> None:
+        """A patch grid must cover the image exactly: a remainder would be cropped away without a word."""
+        size, patch = self.image_size, self.patch_size
+        if size % patch:
+            below, above = size - size % patch, size - size % patch + patch
+            patches = [p for p in range(2, size // 2 + 1) if size % p == 0]
+            raise ValueError(
+                f"image size {size} is not a multiple of the patch size {patch} ({size // patch}x{size // patch} "
+                f"patches would drop {size % patch} pixel(s) of each row and column); use image size {below} or "
+                f"{above} (data.image_size and model.overrides.vision_image_size) or a patch size that divides {size}"
+                f" (model.overrides.vision_patch_size: {', '.join(map(str, patches)) or 'none'})"
+            )
+
     @property
     def heads(self) -> int:
         return self.width // self.head_width

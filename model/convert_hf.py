@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from model.configs import CLIPConfig
+from model.file_modes import follow_umask
 from model.hf_tokenizer import build_hf_tokenizer, save_tokenizer_files
 from model.state_mapping import Rule, to_ours, to_theirs
 
@@ -148,6 +149,7 @@ def save_hf(state: Mapping[str, torch.Tensor], cfg: CLIPConfig, out: str | Path)
     processor.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)  # preprocessor_config.json, for transformers < 5
     save_tokenizer_files(folder)
+    follow_umask(folder)  # the weights come from safetensors, which writes 0600
     return folder
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from model.configs import CLIPConfig
+from model.file_modes import follow_umask
 from model.state_mapping import Rule, to_ours, to_theirs
 
 FORMAT = "open_clip"
@@ -131,6 +132,7 @@ def save_open_clip(state: Mapping[str, torch.Tensor], cfg: CLIPConfig, out: str 
     config = {"model_cfg": model_cfg(cfg), "preprocess_cfg": preprocess_cfg(cfg)}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     save_file(to_open_clip(state), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    follow_umask(folder / WEIGHTS_FILE)  # safetensors writes 0600
     return folder
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from data import remote
 from data.config import DataConfig
+from data.index_report import checks_line, download_holes, holes_lines, holes_record
 from data.manifest import build_manifest
 from data.shards import IMAGE_EXTS, ShardWriter
 from data.sources import CsvSource, SkipSample
@@ -82,10 +83,14 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 def _finish(out: str, paths: list[str], extra: dict | None, skipped: Counter, workers: int = 1) -> dict:
+    holes = download_holes(paths)  # img2dataset's record of failed downloads beside its shards
+    if holes:
+        extra = (extra or {}) | {"download_holes": holes_record(holes)}
     manifest = build_manifest(paths, out, extra, workers=workers, progress=lambda it: tqdm(it, total=len(paths),
                               desc=f"indexing {out}", unit="shard"))  # fmt: skip
     print(f"{out}: {manifest['total']} samples in {len(paths)} shards, {manifest['num_samples']} with an image"
           + (f", skipped while building: {dict(skipped)}" if skipped else ""))  # fmt: skip
+    print("\n".join([checks_line(manifest), *holes_lines(holes)]))
     return manifest
 
 

@@ -25,6 +25,8 @@ from train.config import read_config
 from train.config_io import ConfigError
 from train.faults.preemption import die_with_parent
 from train.faults.report import EXIT_CONFIG, report_failure
+from train.progress import say
+from train.trackers import check_trackers
 
 if TYPE_CHECKING:
     from train.supervise import Report
@@ -73,9 +75,15 @@ def main(
         die_with_parent()
     args = parse_args(argv, description, flagship)
     try:
-        read_config(args.config, args.overrides)
+        cfg = read_config(args.config, args.overrides)
+        try:
+            check_trackers(cfg.logging.trackers, Path(cfg.run.output_dir))
+        except ValueError as err:
+            raise ConfigError(f"{args.config}: {err}") from err
     except ConfigError as err:  # every rank prints it: a launcher that stops the job when rank 1 exits first
         return report_failure(err, EXIT_CONFIG, "config error", agreed=False)  # would otherwise lose rank 0's line
+    say(f"recipe {_shown(Path(args.config))} read and checked (run {cfg.run.name}, model {cfg.model.name}, "
+        f"backend {cfg.backend.name}); loading torch and the backend")  # fmt: skip
     from train.supervise import supervise  # noqa: PLC0415 (torch, the model and the backends load here)
 
     return supervise(args, model_family, report)

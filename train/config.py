@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from data.config import DataConfig
-from model import MODEL_CONFIGS
+from model import MODEL_CONFIGS, get_model_config
 from model.init_from import parse_init_from
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml
 from train.losses import LossConfig
+from train.overrides import blame, switch_loss
 from train.trackers import TRACKERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,6 +49,12 @@ class ModelSection:
     def validate(self) -> None:
         if self.name not in MODEL_CONFIGS:
             raise ValueError(f"model.name {self.name!r} is unknown; choose one of {sorted(MODEL_CONFIGS)}")
+        try:
+            get_model_config(self.name, **self.overrides)  # the towers' own checks (a patch grid covering the image)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"model.overrides: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"model {self.name}: {err}") from err
         if self.init_from:
             parse_init_from(self.init_from)
         if min(self.lock_image_unlocked_layers, self.lock_text_unlocked_layers) < 0:
@@ -228,9 +235,10 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     """YAML file + `key.path=value` overrides -> a TrainConfig that passed each section's checks; every error is
     a ConfigError naming the file and key. Torch-free, so a launched rank reports a bad value before torch loads;
     train.setup.load_setup adds the checks across sections."""
-    cfg = from_dict(TrainConfig, apply_overrides(load_yaml(path), overrides or []), str(path))
+    overrides = overrides or []
+    cfg = from_dict(TrainConfig, apply_overrides(switch_loss(load_yaml(path), overrides, path), overrides), str(path))
     try:
         cfg.validate()
     except ValueError as err:
-        raise ConfigError(f"{path}: {err}") from err
+        raise ConfigError(f"{blame(path, overrides, str(err))}: {err}") from err
     return cfg

@@ -7,15 +7,17 @@ import os
 
 import torch
 
+from data.config import DataConfig, SourceSpec
+from data.manifest import resolve_shards
 from data.plan import steps_per_epoch as steps_per_epoch_for
-from model import CLIP, CLIPConfig
-from model.lock import lock_tower
+from model import CLIPConfig
 from model.masking import num_kept
 from train.config import TrainConfig
 from train.losses import LossConfig
 from train.losses.sample_state import state_bytes_per_rank
 from train.schedules import phase_plan_for
 from train.setup import RunSetup
+from train.summary import trainable_counts
 
 GIB = 1024**3
 
@@ -39,34 +41,37 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
     """The resolved plan as text; `world_size` defaults to the recipe's run.world_size, then WORLD_SIZE, then 1."""
     cfg = run.cfg
     world = world_size or cfg.run.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    with torch.device("meta"):
-        model = CLIP(run.model_config)
-    params = sum(p.numel() for p in model.parameters())
-    for tower, locked, layers in (("visual", cfg.model.lock_image, cfg.model.lock_image_unlocked_layers),
-                                  ("text", cfg.model.lock_text, cfg.model.lock_text_unlocked_layers)):  # fmt: skip
-        if locked:
-            lock_tower(model, tower, layers, cfg.model.lock_norms)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    source = ("" if world_size or cfg.run.world_size or "WORLD_SIZE" in os.environ
+              else "; run.world_size is not set: the launch decides")  # fmt: skip
+    params, trainable = trainable_counts(cfg.model, run.model_config)
     global_batch = cfg.data.batch_size * world
     lines = [
         f"recipe: {cfg.run.name}  model {cfg.model.name} ({params / 1e6:.2f}M parameters)",
-        f"ranks: {world} ({math.ceil(world / gpus_per_node)} node(s) of {gpus_per_node})  backend {cfg.backend.name}"
-        f"  precision {cfg.backend.precision}  grad checkpointing {cfg.model.grad_checkpointing}",
+        f"planned for {world} rank(s) ({math.ceil(world / gpus_per_node)} node(s) of {gpus_per_node}{source})  "
+        f"backend {cfg.backend.name}  precision {cfg.backend.precision}  grad checkpointing "
+        f"{cfg.model.grad_checkpointing}",
         f"global batch: {global_batch} = {world} x {cfg.data.batch_size}"
         + (f" ({cfg.optim.accum_steps} micro-batches of {cfg.data.batch_size // cfg.optim.accum_steps} per rank)"
            if cfg.optim.accum_steps > 1 else ""),
         f"loss: {run.loss}",
     ]
-    if cfg.dataset_samples:
-        steps_per_epoch = steps_per_epoch_for(cfg.dataset_samples, cfg.data.batch_size, world, cfg.data.drop_last)
+    epoch_samples, rows, data_lines = planned_data(cfg.data)
+    lines += data_lines
+    indexed = bool(epoch_samples)
+    if not indexed:
+        epoch_samples, rows = cfg.dataset_samples, cfg.dataset_samples
+    if epoch_samples:
+        steps_per_epoch = steps_per_epoch_for(epoch_samples, cfg.data.batch_size, world, cfg.data.drop_last)
         plan = phase_plan_for(cfg, steps_per_epoch, global_batch)
+        origin = "from the index" if indexed else "dataset_samples"
         lines.append(
-            f"data: {cfg.dataset_samples:,} pairs, {steps_per_epoch:,} steps/epoch, {cfg.epochs} epochs, "
-            f"{plan.total_steps:,} steps, {plan.total_steps * global_batch / 1e6:.1f}M samples seen"
+            f"data ({origin}): {epoch_samples:,} pairs per epoch, {steps_per_epoch:,} steps/epoch, {cfg.epochs} "
+            f"epochs, {plan.total_steps:,} steps, {plan.total_steps * global_batch / 1e6:.1f}M samples seen"
         )
         lines += [f"  {m}" for m in plan.milestones()]
     else:
-        lines.append("data: dataset_samples not set: steps come from the shard manifest at launch")
+        lines.append("data: no readable index and dataset_samples not set: steps come from the shard manifest at "
+                     "launch")  # fmt: skip
     state = run.backend_cls.state_bytes_per_gpu(cfg, run.backend_options, params, world)
     if trainable < params:  # frozen parameters keep their weights but have no gradient or optimizer state
         frozen = run.backend_cls.state_bytes_per_gpu(cfg, run.backend_options, params - trainable, world)
@@ -82,13 +87,35 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
         f"memory per GPU (estimate, GiB): {(sum(state.values()) + acts) / GIB:.1f} = {detail}, "
         f"activations {acts / GIB:.2f}"
     )
-    lines += _sample_state_line(cfg, run.loss, world)
+    lines += _sample_state_line(cfg, run.loss, world, rows)
     return "\n".join(lines)
 
 
-def _sample_state_line(cfg: TrainConfig, loss: LossConfig, world: int) -> list[str]:
-    """FastCLIP's per-sample table: one row per dense sample row of the index (data.num_samples or dataset_samples)."""
-    rows = cfg.data.num_samples or cfg.dataset_samples
+def planned_data(data: DataConfig) -> tuple[int, int, list[str]]:
+    """(samples per epoch, per-sample state rows, one line per source) from the indexes of webdataset shards, as
+    the launch will count them (data.sources: round(weight x samples) of each); (0, 0, [why]) when an index is not
+    readable (the plan then falls back to dataset_samples)."""
+    if data.source != "webdataset" or not (data.sources or data.path or data.index):
+        return 0, 0, []
+    specs = data.sources or [SourceSpec(data.path, data.index, 1.0)]
+    epoch, rows, lines = 0, 0, []
+    for spec in specs:
+        try:
+            shardset = resolve_shards(spec.path, spec.index, data.allow_missing_shards)
+        except (OSError, ValueError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return 0, 0, [f"data: the index of {spec.path or spec.index} is not readable ({first[:300]})"]
+        per_epoch = round(spec.weight * shardset.total)
+        epoch, rows = epoch + per_epoch, rows + shardset.num_samples
+        lines.append(f"  source {spec.path or spec.index}: {shardset.total:,} samples in {len(shardset.shards)} "
+                     f"shards" + (f" x weight {spec.weight:g} -> {per_epoch:,} per epoch" if data.sources else ""))
+    return epoch, data.num_samples or rows, lines
+
+
+def _sample_state_line(cfg: TrainConfig, loss: LossConfig, world: int, rows: int) -> list[str]:
+    """FastCLIP's per-sample table: one row per dense sample row of the index (data.num_samples, the index's rows or
+    dataset_samples)."""
+    rows = cfg.data.num_samples or rows
     if loss.name != "fastclip" or not rows:
         return []
     columns = 2 + (7 if loss.version == "v2" else 0)  # log_u1, log_u2 (+ v2's taus and their Adam moments)

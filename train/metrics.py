@@ -64,6 +64,8 @@ class MetricsLogger:
         for key, label, fmt in _CONSOLE:  # only what this run has (no "gamma nan" for OpenCLIP)
             if key in scalars:
                 line += f"  {label} {scalars[key]:{fmt}}"
+        if "perf/step_s" in scalars and step < self.total_steps:  # the window's pace (host clocks, no device read)
+            line += f"  eta {eta(self.total_steps - step, scalars['perf/step_s'] + scalars['perf/data_s'])}"
         logger.info("%s", line)
 
     def log_eval(self, step: int, results: dict[str, float]) -> None:
@@ -91,6 +93,18 @@ class MetricsLogger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def eta(steps: int, seconds_per_step: float) -> str:
+    """The time `steps` more steps take at `seconds_per_step`: '45s', '12m05s', '3h02m', '2d04h'."""
+    left = round(steps * seconds_per_step)
+    if left < 60:
+        return f"{left}s"
+    if left < 3600:
+        return f"{left // 60}m{left % 60:02d}s"
+    if left < 86400:
+        return f"{left // 3600}h{left % 3600 // 60:02d}m"
+    return f"{left // 86400}d{left % 86400 // 3600:02d}h"
 
 
 def _drop_rows_after(path: Path, step: int) -> None:

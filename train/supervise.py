@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError
+from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError, checkpoint_name
 from train.config_io import ConfigError
 from train.faults.nonfinite import TrainingDiverged
 from train.faults.report import (
@@ -28,6 +31,8 @@ from train.faults.run_lock import RunDirectoryLocked
 from train.faults.status import write_status
 from train.faults.timeouts import CollectiveTimeout
 from train.setup import load_setup
+from train.summary import end_summary
+from train.trackers import TrackerError
 
 logger = logging.getLogger("fastflip")
 
@@ -42,6 +47,7 @@ KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
     (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
     (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),
     (CollectiveTimeout, EXIT_HUNG, "hung rank", False),
+    (TrackerError, EXIT_CONFIG, "tracker error", False),
 )
 
 
@@ -111,12 +117,30 @@ def _main(args: argparse.Namespace, model_family: str, report: Report | None, ou
     with Trainer(setup) as trainer:
         outcome.trainer = trainer
         result = trainer.fit()
+    saved = trainer.checkpoints.root / checkpoint_name(result["steps"])
     if result["preempted"]:
         outcome.message = f"preempted at step {result['steps']}: checkpoint saved; resume with checkpoint.resume=latest"
-        logger.info(outcome.message)
+        if trainer.backend.is_main:  # the entry point's last line, before the launcher's own report of the signal
+            print(preempted_line(result["steps"], saved, args), file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     outcome.message = f"done: {result['steps']} steps"
     if report is not None and trainer.backend.is_main:
         report(result)
-    logger.info("done: %d steps, %.0f s of training", result["steps"], result["train_seconds"])
+    if trainer.backend.is_main:
+        for line in end_summary(result, saved if saved.is_dir() else None, cfg.model, setup.model_config):
+            logger.info("%s", line)
     return 0
+
+
+def preempted_line(step: int, saved: Path, args: argparse.Namespace) -> str:
+    """'preempted at step N, saved DIR; resume with: <launcher> <script> --config X ... checkpoint.resume=latest'."""
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:  # exported by `accelerate launch` to its ranks
+        launcher = "accelerate launch [same options]"
+    elif "TORCHELASTIC_RUN_ID" in os.environ:
+        launcher = "torchrun [same options]"
+    else:
+        launcher = "python"
+    kept = [o for o in args.overrides if not o.startswith("checkpoint.resume=")]
+    command = [launcher, shlex.quote(sys.argv[0]), "--config", shlex.quote(args.config), *map(shlex.quote, kept),
+               "checkpoint.resume=latest"]  # fmt: skip
+    return f"preempted at step {step}, saved {saved}; resume with: {' '.join(command)}"

@@ -6,13 +6,16 @@ instead of starting a new one. No tracker package is required by the project: a 
 error naming the extra to install (`pip install 'fastflip[trackers]'`).
 
 wandb honours its own environment (WANDB_MODE=offline, WANDB_DIR, WANDB_API_KEY); MLflow logs to
-MLFLOW_TRACKING_URI (a server, or sqlite:///path.db), or to a file store under the run directory (`mlruns/`)
-when that is unset (MLflow 3 asks for MLFLOW_ALLOW_FILE_STORE=true for that).
+MLFLOW_TRACKING_URI (a server, or sqlite:///path.db), or, when that is unset, to the SQLite store MLflow 3
+recommends, `<run dir>/mlflow.db` (`mlflow ui --backend-store-uri sqlite:///<run dir>/mlflow.db`).
+`check_trackers` (torch-free) checks the packages and the store before a launched run loads torch; a tracker
+that fails to open or log raises TrackerError, reported in one line.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -20,6 +23,35 @@ from typing import Any, Protocol
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 _PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}
+# What each tracker imports besides its own package (MLflow's SQLite store: SQLAlchemy and its migrations).
+_NEEDS = {"wandb": ("wandb",), "mlflow": ("mlflow", "sqlalchemy", "alembic")}
+MLFLOW_DB = "mlflow.db"
+
+
+class TrackerError(RuntimeError):
+    """A tracker that cannot start or log (missing package, refused store, unreachable server): one line."""
+
+
+def mlflow_uri(out_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the run directory's SQLite store (MLflow 3's recommended local backend)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out_dir / MLFLOW_DB).resolve()}"
+
+
+def check_trackers(names: list[str], out_dir: Path) -> None:
+    """Before torch loads: every named tracker's packages import, and MLflow's store is one MLflow 3 accepts.
+    Raises ValueError naming logging.trackers and the fix."""
+    for name in names:
+        missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(f"logging.trackers includes {name!r} but {', '.join(missing)} is not installed: "
+                             "pip install 'fastflip[trackers]'")  # fmt: skip
+    if "mlflow" in names:
+        uri = mlflow_uri(out_dir)
+        file_store = "://" not in uri or uri.startswith("file:")
+        if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise ValueError(f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 refuses; unset it (the run "
+                             f"logs to sqlite:///{out_dir}/{MLFLOW_DB}), point it at sqlite:///PATH.db or a server, "
+                             "or export MLFLOW_ALLOW_FILE_STORE=true")  # fmt: skip
 
 
 class Tracker(Protocol):
@@ -64,7 +96,10 @@ class MlflowTracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (out_dir / "mlruns").resolve().as_uri()
+        uri = mlflow_uri(out_dir)
+        if uri == f"sqlite:///{(out_dir / MLFLOW_DB).resolve()}" and not (out_dir / MLFLOW_DB).exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / MLFLOW_DB).touch()  # SQLite would create it 0644 whatever the umask; an empty file is a new db
         self.client = MlflowClient(tracking_uri=uri)
         if run_id is None:
             experiment = self.client.get_experiment_by_name(project)
@@ -104,4 +139,17 @@ def open_trackers(
 ) -> dict[str, Tracker]:
     """The wandb / mlflow trackers named in `names` (tensorboard is MetricsLogger's own), resuming `run_ids`."""
     classes = {"wandb": WandbTracker, "mlflow": MlflowTracker}
-    return {n: classes[n](out_dir, project, name, config, run_ids.get(n)) for n in names if n in classes}
+    opened = {}
+    for n in (n for n in names if n in classes):
+        try:
+            opened[n] = classes[n](out_dir, project, name, config, run_ids.get(n))
+        except ImportError:
+            raise
+        except Exception as err:  # the tracker's own exception types (MlflowException, wandb.Error, ...)
+            raise TrackerError(f"logging.trackers: {n} could not start: {_first_line(err)}") from err
+    return opened
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"

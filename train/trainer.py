@@ -43,6 +43,7 @@ from train.metrics import MetricsLogger, ThroughputWindow, setup_console_logging
 from train.optim import build_optimizer, param_groups
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
+from train.summary import describe_data, frozen_line
 from train.trackers import open_trackers
 
 logger = logging.getLogger("fastflip")
@@ -70,6 +71,8 @@ class Trainer:
             logger.warning("accelerate config: %s", line)
         rank, world = self.backend.dp_rank, self.backend.dp_world_size  # data-parallel position
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
+        if self.backend.is_main and loader is None:
+            logger.info("reading the training data's index: %s", describe_data(cfg.data))
         self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
         self.global_batch = cfg.data.batch_size * world
         if cfg.run.world_size and cfg.run.world_size != world and self.backend.is_main:
@@ -82,6 +85,11 @@ class Trainer:
         random.seed(cfg.run.seed)  # the global RNGs a checkpoint saves: the same in a resumed and an uninterrupted run
         np.random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        if self.backend.is_main:
+            logger.info("building the model %s on %d rank(s) (backend %s, %s)%s", cfg.model.name,
+                        self.backend.world_size, cfg.backend.name, cfg.backend.precision,
+                        f", starting from {cfg.model.init_from}" if cfg.model.init_from else "")  # fmt: skip
+            logger.info("%s", frozen_line(cfg.model, self.model_config))
         self.backend.setup(self._build_model, self._param_groups, self._optimizer)
         self._timeout = cfg.backend.timeout_s  # on every group that exists now (DeepSpeed's too)
         set_collective_timeout(self._timeout)

@@ -120,13 +120,16 @@ class LossConfig:
         if self.lr_tau_schedule is not None:
             _choice("lr_tau_schedule", self.lr_tau_schedule, LR_TAU_SCHEDULES)
         if self.name in _MINI_BATCH and self.version is not None:
-            raise ValueError(f"LossConfig.version: {self.name} has no version (FastCLIP only)")
+            raise ValueError(f"LossConfig.version: {self.name} has no version (FastCLIP only); "
+                             "set loss.version=null")
         if self.name in _ALIASES:
             version, schedule = _ALIASES[self.name]
             if self.version not in (None, version):
-                raise ValueError(f"LossConfig.version: {self.name} is FastCLIP {version}, got {self.version!r}")
+                raise ValueError(f"LossConfig.version: {self.name} is FastCLIP {version}, got {self.version!r}; "
+                                 "set loss.version=null")
             if self.gamma_schedule not in (None, schedule):
-                raise ValueError(f"LossConfig.gamma_schedule: {self.name} uses a {schedule} gamma")
+                raise ValueError(f"LossConfig.gamma_schedule: {self.name} uses a {schedule} gamma; "
+                                 "set loss.gamma_schedule=null")
         if not self.eps > 0:
             raise ValueError(f"LossConfig.eps must be > 0, got {self.eps}")
         if not 0 < self.tau_min <= self.tau_max:
