@@ -17,16 +17,22 @@ LAUNCH := OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 $(VENV)/bin/accelerate launch \
 
 setup: $(STAMP) fashion-mnist
 
+# pip says what it fetches and installs (no -q): a fresh install takes minutes and should not look hung.
+PIP := $(PY) -m pip install --progress-bar off
 $(STAMP): $(REQS)
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@test -x $(PY) || (echo "setup: creating $(VENV) with $(PYTHON)" && $(PYTHON) -m venv $(VENV))
+	@echo "setup: installing the pinned stack (requirements.txt, requirements-dev.txt: torch, DeepSpeed, ...) into $(VENV); a few minutes on a fresh machine"
+	$(PIP) --upgrade pip
+	$(PIP) -r requirements.txt -r requirements-dev.txt
+	@echo "setup: installing this repository (editable) into $(VENV)"
+	$(PIP) --no-deps --no-build-isolation -e .
+	@echo "setup: done ($(VENV) is reinstalled only when requirements*.txt or pyproject.toml change)"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 fashion-mnist:
-	@test -f $(FASHION_MNIST) || (apt-get install -y -q dataset-fashion-mnist \
+	@test -f $(FASHION_MNIST) || (echo "setup: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)" \
+	  && apt-get install -y -q dataset-fashion-mnist \
 	  || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))
 
 $(DEMO_DATA)/train/manifest.json: | setup

@@ -5,12 +5,14 @@
   python tools/export.py --info runs/X/checkpoints/latest
 
 Any backend's checkpoint works (ddp model.pt, fsdp2 DCP, DeepSpeed ZeRO-1/2/3): it is consolidated on the
-CPU in this process (train/checkpoint/consolidate.py). --info reads only metadata and the per-sample state's headers.
+CPU in this process (train/checkpoint/consolidate.py). --info reads only metadata and the per-sample state's headers,
+and imports neither the model code nor the exporters (torch alone, for those headers).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Iterator
@@ -19,19 +21,20 @@ from typing import Any
 
 import torch
 
-from model import CLIPConfig, create_model, get_model_config
-from model.convert_hf import save_hf
-from model.convert_open_clip import save_open_clip
-from train.checkpoint.checkpointer import find_checkpoint
-from train.checkpoint.consolidate import consolidated_state_dict, model_overrides
-from train.checkpoint.files import damage, read_meta
+from model import CLIPConfig, get_model_config
+from model.param_count import parameter_counts
+from train.checkpoint.files import damage, read_meta, resolve_checkpoint
 
 logger = logging.getLogger("export")
 
-FORMATS = {"open_clip": save_open_clip, "hf": save_hf}
+# Each format's writer, imported when exporting (transformers and open_clip take seconds to import; --info needs
+# neither, nor the backends that consolidation imports).
+FORMATS = {"open_clip": "model.convert_open_clip:save_open_clip", "hf": "model.convert_hf:save_hf"}
 
 
 def model_config(meta: dict[str, Any]) -> CLIPConfig:
+    from train.checkpoint.consolidate import model_overrides
+
     return get_model_config(meta["config"]["model"]["name"], **model_overrides(meta))
 
 
@@ -42,9 +45,12 @@ def export(checkpoint: str | Path, to: str, out: str | Path) -> Path:
     folder = Path(out)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"--out {folder} is not empty; choose a new folder (an export never mixes files)")
-    path = find_checkpoint(str(checkpoint))
+    from train.checkpoint.consolidate import consolidated_state_dict
+
+    path = resolve_checkpoint(checkpoint)
     state, meta = consolidated_state_dict(path)
-    FORMATS[to](state, model_config(meta), folder)
+    module, name = FORMATS[to].split(":")
+    getattr(importlib.import_module(module), name)(state, model_config(meta), folder)
     logger.info("exported %s (step %d, model %s) to %s format in %s", path, meta["step"],
                 meta["config"]["model"]["name"], to, folder)  # fmt: skip
     return folder
@@ -77,9 +83,8 @@ def _describe(obj: Any, prefix: str = "") -> Iterator[str]:
 
 
 def _model_line(section: dict[str, Any]) -> str:
-    with torch.device("meta"):  # parameter count without allocating (or reading) any weight
-        model = create_model(section["name"], **section.get("overrides", {}))
-    visual, text = (sum(p.numel() for p in tower.parameters()) / 1e6 for tower in (model.visual, model.text))
+    counts = parameter_counts(get_model_config(section["name"], **section.get("overrides", {})))  # no model built
+    visual, text = counts["visual"] / 1e6, counts["text"] / 1e6
     line = (f"model {section['name']} overrides {section.get('overrides', {})}: {visual + text:.2f}M parameters "
             f"(visual {visual:.2f}M, text {text:.2f}M)")  # fmt: skip
     return line + (f", init_from {section['init_from']}" if section.get("init_from") else "")
@@ -87,7 +92,7 @@ def _model_line(section: dict[str, Any]) -> str:
 
 def info(checkpoint: str | Path) -> list[str]:
     """Lines describing a checkpoint: step, epoch, ranks, backend, model, files, per-sample state layout."""
-    path = find_checkpoint(str(checkpoint))
+    path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
     cfg = meta["config"]
     backend, loss = cfg.get("backend", {}), cfg.get("loss", {})
@@ -149,6 +154,9 @@ def main() -> int:
     parser.add_argument("--info", metavar="CHECKPOINT", help="describe a checkpoint instead of exporting it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # transformers imports accelerate, which imports DeepSpeed, whose accelerator probe warns that it found no GPU:
+    # exports are consolidated on the CPU on purpose (the filter outlives DeepSpeed's own logger setup).
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
     if args.info:
         print("\n".join(info(args.info)))
         return 0

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from train.backends.base import Agree, Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes
@@ -31,6 +30,8 @@ class DDPBackend(Backend):
     def __init__(self, precision: str) -> None:
         super().__init__(precision)
         # Precision comes from the recipe (our autocast / GradScaler), never from the launcher's accelerate config.
+        from accelerate import Accelerator  # here: accelerate imports DeepSpeed, which consolidation does not need
+
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from accelerate import PartialState
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
@@ -51,6 +50,8 @@ class FSDP2Backend(Backend):
     def __init__(self, precision: str) -> None:
         super().__init__(precision)
         select_local_device()
+        from accelerate import PartialState  # here: accelerate imports DeepSpeed (not needed to consolidate)
+
         state = PartialState(cpu=not torch.cuda.is_available())
         self.device = state.device
         if not dist.is_initialized():  # a single process still needs a (trivial) group for DTensor

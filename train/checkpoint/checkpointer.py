@@ -13,14 +13,13 @@ import torch
 
 from train.checkpoint.compat import check_resume_config
 from train.checkpoint.files import (
-    LATEST,
     CheckpointDamaged,
     CheckpointWriter,
     checkpoint_name,
     is_complete,
     last_healthy,
     read_meta,
-    resolve_resume,
+    resolve_checkpoint,
     resolve_resume_on_main,
 )
 from train.checkpoint.parts import Part, load_parts, save_parts
@@ -32,14 +31,8 @@ logger = logging.getLogger("fastflip")
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A step_* directory, or a run's checkpoints dir / its `latest` pointer (resolved as resume does);
-    what tools/evaluate.py and tools/export.py accept."""
-    p = Path(path)
-    if p.name == LATEST and p.is_file():
-        p = p.parent
-    if is_complete(p):
-        return p
-    return resolve_resume(p, LATEST) or p
+    """What tools/evaluate.py and tools/export.py accept: see train.checkpoint.files.resolve_checkpoint."""
+    return resolve_checkpoint(path)
 
 
 class Checkpointer:

@@ -12,7 +12,7 @@ import torch
 
 from model import CLIP, create_model
 from train.backends import backend_class
-from train.checkpoint.files import is_complete, read_meta
+from train.checkpoint.files import read_meta, resolve_checkpoint
 
 
 def model_overrides(meta: dict) -> dict:
@@ -30,10 +30,9 @@ def model_from_meta(meta: dict) -> CLIP:
 
 
 def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(fp32 CPU state dict, meta) of a complete checkpoint directory, whatever backend wrote it."""
-    path = Path(checkpoint)
-    if not is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete checkpoint directory (no meta.json); use a step_* dir")
+    """(fp32 CPU state dict, meta) of a checkpoint, whatever backend wrote it: a step_* directory, or `latest` (the
+    pointer, a run's checkpoints/ directory or the run directory; train.checkpoint.files.resolve_checkpoint)."""
+    path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
     state = backend_class(meta["backend"]).consolidate(path, model_from_meta(meta).state_dict())
     state = {k: v.detach().float().cpu() for k, v in state.items()}
@@ -47,7 +46,7 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
 
 
 def load_model(checkpoint: str | Path) -> tuple[CLIP, dict]:
-    """The trained model (eval mode) and the checkpoint's meta."""
+    """The trained model (eval mode) and the checkpoint's meta; `checkpoint` as for `consolidated_state_dict`."""
     state, meta = consolidated_state_dict(checkpoint)
     model = model_from_meta(meta)
     model.load_state_dict(state)

@@ -136,6 +136,22 @@ def resolve_resume(root: Path, resume: str | None) -> Path | None:
     return None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A step_* directory, a run's checkpoints/ directory, its `latest` pointer or the run directory -> the step_*
+    directory (for all but the first: the newest intact one, as `checkpoint.resume=latest` picks). What the tools,
+    train.checkpoint.consolidate and model.api accept; anything else is a FileNotFoundError saying what to give."""
+    p = Path(path)
+    if p.name == LATEST and not p.is_dir():  # the pointer file
+        p = p.parent
+    if is_complete(p):
+        return p
+    for root in (p, p / "checkpoints"):
+        if root.is_dir() and (found := resolve_resume(root, LATEST)) is not None:
+            return found
+    raise FileNotFoundError(f"{path}: no checkpoint there; give a step_* directory, a run's checkpoints/ directory, "
+                            f"its {LATEST!r} or the run directory")
+
+
 def resolve_resume_on_main(root: Path, resume: str | None) -> Path | None:
     """`resolve_resume` decided by rank 0 and broadcast: ranks that read a shared filesystem at slightly
     different moments (a save in flight, NFS attribute caching) could otherwise resume different steps."""
