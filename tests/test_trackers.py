@@ -1,4 +1,5 @@
-"""logging.trackers offline: wandb in offline mode and MLflow's local file store get the scalars of metrics.jsonl
+"""logging.trackers offline: wandb in offline mode and MLflow's default SQLite store (the run directory's mlflow.db)
+get the scalars of metrics.jsonl
 from rank 0, and a resumed run continues the same tracked runs (their ids are kept in the checkpoint)."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ STEPS = 4
 def _train(rank: int, world_size: int, out_dir: str, resume: bool) -> dict[str, str]:
     from train.trainer import Trainer
 
-    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MLFLOW_ALLOW_FILE_STORE": "true"})
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     cfg = tiny_config(out_dir, "ddp", batch_size=8 // world_size)
     cfg.logging.trackers = ["wandb", "mlflow"]
@@ -39,7 +40,6 @@ def _train(rank: int, world_size: int, out_dir: str, resume: bool) -> dict[str, 
 def test_trackers_log_the_jsonl_scalars_and_resume_the_same_run(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3.x keeps the local file store behind this flag
     out = tmp_path / "run"
     first = run_on_ranks(_train, 2, (str(out), False))
     second = run_on_ranks(_train, 2, (str(out), True))
@@ -50,7 +50,7 @@ def test_trackers_log_the_jsonl_scalars_and_resume_the_same_run(tmp_path: Path) 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
     assert sorted(losses) == list(range(1, STEPS + 1))
-    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}")
     history = {m.step: m.value for m in client.get_metric_history(first[0]["mlflow"], "train/loss")}
     assert history == pytest.approx(losses, rel=1e-12)
     assert client.get_run(first[0]["mlflow"]).info.status == "FINISHED"
