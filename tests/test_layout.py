@@ -12,7 +12,7 @@ import pytest
 from tests.ranks import REPO
 from train.setup import launcher_conflicts, load_setup
 
-PACKAGES = ("model", "data", "train", "evaluation", "tools", "benchmarks", "studies")
+PACKAGES = ("fastflip", "model", "data", "train", "evaluation", "tools", "benchmarks", "studies")
 DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
 
 
