@@ -44,7 +44,7 @@ from train.optim import build_optimizer, param_groups
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
 from train.summary import describe_data, frozen_line
-from train.trackers import open_trackers
+from train.trackers import mlflow_uri, open_trackers
 
 logger = logging.getLogger("fastflip")
 
@@ -119,6 +119,9 @@ class Trainer:
             cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world, self.backend.dp_group,
         )  # fmt: skip
         log = cfg.logging
+        if self.backend.is_main and {"wandb", "mlflow"} & set(log.trackers):
+            logger.info("starting the trackers: %s", ", ".join(
+                f"mlflow ({mlflow_uri(self.out)})" if t == "mlflow" else t for t in log.trackers))  # fmt: skip
         trackers = open_trackers(log.trackers, self.out, log.project, cfg.run.name, to_dict(cfg),
                                  self._tracker_ids) if self.backend.is_main else {}  # fmt: skip
         self.metrics = MetricsLogger(
