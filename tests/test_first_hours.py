@@ -77,7 +77,9 @@ def test_the_step_line_has_samples_per_s_and_an_eta(tmp_path: Path, caplog: pyte
 
 
 # ----- 4. a loss switch says what to type ---------------------------------------------------------------------
-def test_switching_the_loss_on_the_command_line_drops_the_old_loss_keys(capsys: pytest.CaptureFixture) -> None:
+def test_switching_the_loss_on_the_command_line_drops_the_old_loss_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     cfg = read_config(MIX, ["loss.name=siglip"])
     assert cfg.loss.name == "siglip" and cfg.loss.version is None and cfg.loss.tau_init is None  # SigLIP's defaults
     assert cfg.loss.resolved().tau_init == 0.1
@@ -85,6 +87,9 @@ def test_switching_the_loss_on_the_command_line_drops_the_old_loss_keys(capsys: 
     assert "loss.name=siglip on the command line replaces" in line and "version" in line and "rho" in line
     kept = read_config(MIX, ["loss.name=openclip", "loss.lr_tau=1e-4"])  # loss keys typed with it stay
     assert kept.loss.lr_tau == 1e-4 and kept.loss.rho == 8.0  # the recipe's rho 6.5 went with FastCLIP
+    bounded = tmp_path / "bounded.yaml"
+    bounded.write_text(MIX.read_text().replace("loss:\n", "loss:\n  tau_min: 0.02\n", 1))
+    assert read_config(bounded, ["loss.name=siglip"]).loss.tau_min == 0.02  # every loss's temperature bound stays
 
 
 def test_a_loss_conflict_on_the_command_line_names_it_and_the_fix() -> None:

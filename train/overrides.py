@@ -9,6 +9,8 @@ from typing import Any
 
 from train.progress import say
 
+KEPT = ("name", "tau_min", "tau_max")  # every loss's temperature is clamped to [tau_min, tau_max]: not a loss's own
+
 
 def override_keys(overrides: list[str]) -> dict[str, str]:
     """Dotted key -> the `key=value` item that sets it (the last one wins, as in apply_overrides)."""
@@ -18,21 +20,21 @@ def override_keys(overrides: list[str]) -> dict[str, str]:
 def switch_loss(raw: dict[str, Any], overrides: list[str], path: str | Path) -> dict[str, Any]:
     """`raw` (the YAML) without its loss keys when the command line names another loss.
 
-    A loss's own keys (FastCLIP's version, rho and gamma, SigLIP's bias, the temperature's defaults) mean nothing
+    A loss's own keys (FastCLIP's version, rho and gamma, SigLIP's bias, the temperature's init and lr) mean nothing
     or the wrong thing for another loss, so `loss.name=siglip` on a FastCLIP recipe trains SigLIP with SigLIP's
-    defaults; loss keys given on the command line still apply."""
+    defaults; the temperature's bounds (KEPT) stay, and loss keys given on the command line apply."""
     given = override_keys(overrides)
     section = raw.get("loss")
     if "loss.name" not in given or not isinstance(section, dict):
         return raw
     new = given["loss.name"].split("=", 1)[1].strip()
     old = section.get("name", "fastclip")
-    dropped = sorted(k for k in section if k != "name" and f"loss.{k}" not in given)
+    dropped = sorted(k for k in section if k not in KEPT and f"loss.{k}" not in given)
     if new == old or not dropped:
         return raw
     say(f"loss.name={new} on the command line replaces {path}'s loss {old!r}: its loss keys "
         f"{', '.join(dropped)} are dropped ({new}'s defaults apply; set any of them on the command line)", once=True)
-    return raw | {"loss": {"name": old}}
+    return raw | {"loss": {k: v for k, v in section.items() if k not in dropped}}
 
 
 def blame(path: str | Path, overrides: list[str], message: str) -> str:
