@@ -210,3 +210,16 @@ def test_make_setup_says_what_it_installs() -> None:
     installs = [line for line in plan.splitlines() if "pip install" in line]
     assert len(installs) == 3 and not any(" -q" in line for line in installs)  # pip prints what it fetches
     assert "setup: installing the pinned stack" in plan and "setup: installing this repository" in plan
+
+
+def test_a_tracker_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import train.trackers as trackers
+
+    def refuse(*_: object) -> None:
+        raise RuntimeError("API request to endpoint /api/2.0/mlflow/experiments failed\n<140 lines of traceback>")
+
+    monkeypatch.setattr(trackers.MlflowTracker, "__init__", refuse)
+    with pytest.raises(trackers.TrackerError) as failed:
+        trackers.open_trackers(["tensorboard", "mlflow"], tmp_path, "p", "n", {}, {})
+    assert str(failed.value) == ("logging.trackers: mlflow could not start: RuntimeError: API request to endpoint "
+                                 "/api/2.0/mlflow/experiments failed")  # fmt: skip
