@@ -223,3 +223,23 @@ def test_a_tracker_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch
         trackers.open_trackers(["tensorboard", "mlflow"], tmp_path, "p", "n", {}, {})
     assert str(failed.value) == ("logging.trackers: mlflow could not start: RuntimeError: API request to endpoint "
                                  "/api/2.0/mlflow/experiments failed")  # fmt: skip
+
+
+def _train_and_save(rank: int, world_size: int, out_dir: str, backend: str, umask: int) -> None:
+    """A 2-step tiny run on `backend` that checkpoints at its end, written under `umask`."""
+    from tests.tiny_run import FixedBatches, tiny_config
+    from train.trainer import Trainer
+
+    os.umask(umask)
+    with Trainer(tiny_config(out_dir, backend, batch_size=4), FixedBatches(8, rank, world_size, 2)) as trainer:
+        trainer.fit()
+
+
+@pytest.mark.slow
+def test_a_dcp_checkpoint_follows_the_umask(tmp_path: Path) -> None:
+    """ddp's checkpoints are checked by the launched run (tests/test_first_hours_launch.py), fsdp2's DCP here."""
+    from tests.ranks import run_on_ranks
+
+    run_on_ranks(_train_and_save, 2, (str(tmp_path / "run"), "fsdp2", 0o002))
+    assert any((tmp_path / "run" / "checkpoints").glob("step_*/*"))
+    assert_modes_follow(tmp_path / "run", 0o002)
