@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from train.checkpoint.compat import check_resume_config
 from train.checkpoint.files import (
@@ -152,6 +153,10 @@ class Checkpointer:
         load (damaged after the resume check, or by a bug) ends the run in one line naming the checkpoint."""
         try:
             load_parts(self.parts, path, self.rank, saved_world, self.world_size)
+        except CheckpointException as err:  # torch.distributed.checkpoint: each rank's traceback; keep the cause
+            cause = [line for line in str(err).splitlines() if line.strip()][-1]
+            raise CheckpointDamaged(f"{path} could not be loaded on rank {self.rank} ({cause}); resume from an "
+                                    "earlier step_* directory") from None  # fmt: skip
         except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
             if is_timeout(err):  # a silent rank, not a bad file: train.faults.timeouts.watch names it
                 raise
