@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from train.config import read_config
 from train.config_io import ConfigError
-from train.faults.preemption import die_with_parent
+from train.faults.preemption import die_with_parent, preempt_during_startup
 from train.faults.report import EXIT_CONFIG, report_failure
 
 if TYPE_CHECKING:
@@ -73,9 +73,11 @@ def main(
         die_with_parent()
     args = parse_args(argv, description, flagship)
     try:
-        read_config(args.config, args.overrides)
+        cfg = read_config(args.config, args.overrides)
     except ConfigError as err:  # every rank prints it: a launcher that stops the job when rank 1 exits first
         return report_failure(err, EXIT_CONFIG, "config error", agreed=False)  # would otherwise lose rank 0's line
+    if "LOCAL_RANK" in os.environ and not args.dry_run:  # a job's rank: a signal while it starts is a preemption
+        preempt_during_startup(cfg.run.output_dir)
     from train.supervise import supervise  # noqa: PLC0415 (torch, the model and the backends load here)
 
     return supervise(args, model_family, report)

@@ -15,6 +15,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError
 from train.config_io import ConfigError
 from train.faults.nonfinite import TrainingDiverged
+from train.faults.preemption import ignore_preemption_after_training
 from train.faults.report import (
     EXIT_CHECKPOINT,
     EXIT_CONFIG,
@@ -111,6 +112,7 @@ def _main(args: argparse.Namespace, model_family: str, report: Report | None, ou
     with Trainer(setup) as trainer:
         outcome.trainer = trainer
         result = trainer.fit()
+        ignore_preemption_after_training()  # the loop has saved; a late signal must not end the teardown
     if result["preempted"]:
         outcome.message = f"preempted at step {result['steps']}: checkpoint saved; resume with checkpoint.resume=latest"
         logger.info(outcome.message)

@@ -17,6 +17,8 @@ import sys
 import threading
 from types import FrameType
 
+from train.faults.status import write_status
+
 logger = logging.getLogger(__name__)
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -65,3 +67,33 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
         err = ctypes.get_errno()
         logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s; workers may outlive a killed launcher", os.strerror(err))
         return
+
+
+_startup: list[str] = []  # the run directory while the start-up handler is installed
+STARTUP_MESSAGE = ("preempted during start-up, before training began: nothing new to save; requeue with "
+                   "checkpoint.resume=latest (it resumes from the last checkpoint, if any)")  # fmt: skip
+
+
+def preempt_during_startup(output_dir: str) -> None:
+    """From the moment the config names the run directory until the training loop takes the signals over
+    (PreemptionFlag.install): a preemption signal writes status.json "preempted" (no step) and ends the process
+    with EXIT_PREEMPTED, so a batch script can requeue a job stopped while its ranks start. Main thread only."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        try:
+            write_status(output_dir, EXIT_PREEMPTED, STARTUP_MESSAGE, None)
+            print(f"{STARTUP_MESSAGE} (signal {signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        finally:
+            os._exit(EXIT_PREEMPTED)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in PREEMPTION_SIGNALS:
+            signal.signal(sig, stop)
+        _startup.append(output_dir)
+
+
+def ignore_preemption_after_training() -> None:
+    """Once the training loop has ended (and saved), a late signal must not turn a finished run's teardown into a
+    start-up preemption: the run ends on its own with its own status."""
+    if _startup and threading.current_thread() is threading.main_thread():
+        for sig in PREEMPTION_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
