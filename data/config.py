@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
+
+from data.url_secrets import refuse_url_secrets
 
 SOURCES = ("webdataset", "csv", "hf", "imagefolder")  # imagefolder: evaluation only (no captions)
 WORKER_PRIORITIES = ("normal", "low", "idle")
@@ -127,14 +128,8 @@ class DataConfig:
         ):  # fmt: skip
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"data.{name} must be a string, got {getattr(self, name)!r}")
-        urls = [("data.path", self.path), ("data.index", self.index)]
-        urls += [(f"data.sources[{i}].{k}", getattr(s, k)) for i, s in enumerate(self.sources) for k in ("path",
-                                                                                                       "index")]
-        for name, url in urls:
-            if re.match(r"^[a-z0-9+.-]+://[^/@]*@", url):
-                raise ValueError(f"{name} carries credentials in its URL ({url.split('://')[0]}://...@...); they "
-                                 "would be saved with the config: give them through the environment (AWS_*, "
-                                 "~/.aws, gcloud)")
+        sources = [{"path": source.path, "index": source.index} for source in self.sources]
+        refuse_url_secrets({"data": {"path": self.path, "index": self.index, "sources": sources}})
         if len(self.csv_separator) > 1:
             raise ValueError(f"data.csv_separator must be one character or empty, got {self.csv_separator!r}")
 

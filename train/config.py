@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from data.config import DataConfig
+from data.url_secrets import refuse_url_secrets
 from model import MODEL_CONFIGS
 from model.init_from import parse_init_from
-from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml
+from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.trackers import TRACKERS
 
@@ -231,6 +232,7 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     cfg = from_dict(TrainConfig, apply_overrides(load_yaml(path), overrides or []), str(path))
     try:
         cfg.validate()
+        refuse_url_secrets(to_dict(cfg))  # every URL the recipe accepts (data, eval, init_from, ...)
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from err
     return cfg
