@@ -4,7 +4,8 @@ A remote shard is fetched with one sequential download (never one request per sa
 time any worker needs it, then memory-mapped like a local shard. Workers agree through a lock file
 per shard, so a shard is downloaded once per machine. When the cache grows past its bound, the
 shards used longest ago are deleted (a worker that still maps one keeps reading it: Linux keeps
-an unlinked file's pages until the last mapping closes).
+an unlinked file's pages until the last mapping closes). A cached copy that no longer matches its index entry
+(size, fingerprint: data/integrity.py) is fetched again (`refetch`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
+from data.integrity import ShardChanged
 from data.remote import BIG_BLOCK, basename, filesystem
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,20 @@ class ShardCache:
         self._evict(keep=path)
         return path
 
+    def refetch(self, url: str, size: int, problem: Callable[[str], str | None]) -> str:
+        """Download `url` again over a cached copy that `problem(path)` finds damaged (unless another worker
+        already did: the check runs again under the shard's lock)."""
+        path = self._name(url, size)
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not _has(path, size) or problem(path) is not None:
+                    self._download(url, path, size)
+                os.utime(path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return path
+
     def _download(self, url: str, path: str, size: int) -> None:
         tmp = f"{path}.part{os.getpid()}"
         fs, remote_path = filesystem(url)
@@ -60,8 +77,8 @@ class ShardCache:
         got = os.path.getsize(tmp)
         if got != size:
             os.unlink(tmp)
-            raise OSError(f"{url} has {got} bytes, the index says {size}: the shard changed since it was "
-                          "indexed; re-run tools/make_shards.py manifest")  # fmt: skip
+            raise ShardChanged(f"shard {url} has {got} bytes, {size} when indexed: it changed since it was indexed; "
+                               "restore it, or re-index with tools/make_shards.py manifest")  # fmt: skip
         os.replace(tmp, path)
         log.debug("cached %s (%d bytes) as %s", url, size, path)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from data.integrity import IndexMismatch, ShardChanged
 from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError
 from train.config_io import ConfigError
 from train.faults.nonfinite import TrainingDiverged
@@ -39,6 +40,8 @@ KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
     (ConfigError, EXIT_CONFIG, "config error", False),  # every rank prints it: a launcher that stops the job when
     (FileNotFoundError, EXIT_CONFIG, "missing file", False),  # rank 1 exits first would otherwise lose rank 0's line
     (FileExistsError, EXIT_CONFIG, "config error", False),
+    (ShardChanged, EXIT_CONFIG, "changed shard", False),  # raised by the rank (or loader worker) that opened it
+    (IndexMismatch, EXIT_CONFIG, "index mismatch", False),
     (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
     (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
     (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),
