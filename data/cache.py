@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from data.integrity import ShardChanged
 from data.remote import BIG_BLOCK, basename, filesystem
+from data.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,10 @@ def default_cache_dir() -> str:
 
 
 class ShardCache:
-    def __init__(self, directory: str, max_bytes: int) -> None:
+    def __init__(self, directory: str, max_bytes: int, retry_s: float = 0.0) -> None:
         self.directory = directory or default_cache_dir()
         self.max_bytes = max_bytes
+        self.retry_s = retry_s  # transient download errors are retried this long (data/retry.py)
         os.makedirs(self.directory, exist_ok=True)
 
     def _name(self, url: str, size: int) -> str:
@@ -72,8 +74,12 @@ class ShardCache:
     def _download(self, url: str, path: str, size: int) -> None:
         tmp = f"{path}.part{os.getpid()}"
         fs, remote_path = filesystem(url)
-        with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, BIG_BLOCK)
+
+        def fetch() -> None:
+            with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, BIG_BLOCK)
+
+        retrying(fetch, url, self.retry_s)
         got = os.path.getsize(tmp)
         if got != size:
             os.unlink(tmp)

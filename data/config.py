@@ -59,6 +59,9 @@ class DataConfig:
     # dir), which keeps at most cache_max_gb, evicting the shards used longest ago.
     cache_dir: str = ""
     cache_max_gb: float = 50.0
+    # Remote reads that fail transiently are retried with backoff for this long; then the run saves and ends with
+    # status "data unavailable" (exit 69), which tools/slurm_train.sbatch requeues (data/retry.py).
+    remote_retry_s: float = 600.0
     # Shards named by data.path that do not exist stop the run (listed); true trains without them.
     allow_missing_shards: bool = False
     # Several webdataset sources mixed with weights instead of path/index: [{path, index, weight}, ...].
@@ -96,6 +99,9 @@ class DataConfig:
         if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and self.index)
                                                   or self.sources):  # fmt: skip
             raise ValueError("data.path must be a non-empty string (shard dir/pattern/URL, csv file or datasets dir)")
+        if not isinstance(self.remote_retry_s, int | float) or isinstance(self.remote_retry_s, bool) or \
+                self.remote_retry_s < 0:  # fmt: skip
+            raise ValueError(f"data.remote_retry_s must be a number of seconds >= 0, got {self.remote_retry_s!r}")
         if not isinstance(self.cache_max_gb, int | float) or isinstance(self.cache_max_gb, bool) or \
                 self.cache_max_gb <= 0:  # fmt: skip
             raise ValueError(f"data.cache_max_gb must be a number > 0, got {self.cache_max_gb!r}")

@@ -23,17 +23,19 @@ TAR_BLOCK = 512
 Reader = Callable[[list[tuple[int, int]]], list[bytes]]  # [(start, end)] -> the bytes of each range
 
 
-class ShardChanged(ValueError):
-    """A shard differs from the one its index describes (truncated, replaced, or another shard under its name).
-
-    Raised in a DataLoader worker, it is re-raised in the rank with the worker's traceback in its message; the
-    message is cut back to its own line so that the report stays one line."""
+class OneLineError(Exception):
+    """A data error reported in one line. Raised in a DataLoader worker, it is re-raised in the rank with the
+    worker's traceback in its message; the message is cut back to its own line."""
 
     def __init__(self, message: str) -> None:
         mark = f"{type(self).__name__}: "
         if "Original Traceback" in message and mark in message:
             message = message.rsplit(mark, 1)[1].strip()
         super().__init__(message)
+
+
+class ShardChanged(OneLineError, ValueError):
+    """A shard differs from the one its index describes (truncated, replaced, or another shard under its name)."""
 
 
 def ranges(size: int, index: np.ndarray) -> list[tuple[int, int]]:
@@ -95,5 +97,5 @@ def shard_problem(path: str, info, index: np.ndarray) -> str | None:  # noqa: AN
     return None
 
 
-class IndexMismatch(ValueError):
+class IndexMismatch(OneLineError, ValueError):
     """data.path and data.index name different datasets, or shards that the index does not list."""

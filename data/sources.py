@@ -25,6 +25,7 @@ from data.config import DataConfig
 from data.integrity import ShardChanged, shard_problem
 from data.manifest import load_index, resolve_shards
 from data.remote import is_remote, local_path
+from data.retry import retrying
 
 log = logging.getLogger(__name__)
 BLOCK = 1000  # rows per virtual shard for csv / datasets sources
@@ -65,7 +66,9 @@ class ShardSource:
                  key_offset: int = 0) -> None:  # fmt: skip
         path = cfg.path if path is None else path
         index = cfg.index if index is None else index
-        self.shardset = resolve_shards(path, index, cfg.allow_missing_shards)
+        self.retry_s = cfg.remote_retry_s
+        self.shardset = retrying(lambda: resolve_shards(path, index, cfg.allow_missing_shards),
+                                 f"the shards {path or index!r} and their index", self.retry_s)  # fmt: skip
         self.shards = self.shardset.shards
         self.paths = [s.url for s in self.shards]
         self.shard_sizes = np.array([s.count for s in self.shards], dtype=np.int64)
@@ -73,7 +76,7 @@ class ShardSource:
         self.num_samples = cfg.num_samples or self.shardset.num_samples
         self.classes = self.shardset.classes
         self.has_labels = self.classes is not None
-        self._cache_args = (cfg.cache_dir, int(cfg.cache_max_gb * 2**30))
+        self._cache_args = (cfg.cache_dir, int(cfg.cache_max_gb * 2**30), cfg.remote_retry_s)
         self._cache: ShardCache | None = None
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
@@ -82,7 +85,8 @@ class ShardSource:
     def _index(self, shard: int) -> np.ndarray:
         idx = self._indices.get(shard)
         if idx is None:
-            idx = self._indices[shard] = load_index(self.shards[shard])[0]
+            info = self.shards[shard]
+            idx = self._indices[shard] = retrying(lambda: load_index(info)[0], info.index_url, self.retry_s)
             if len(self._indices) > _MAX_OPEN:
                 self._indices.popitem(last=False)
         return idx

@@ -9,6 +9,7 @@ Exit codes (what a cluster script can act on):
   3   diverged: too many non-finite steps in a row, or non-finite weights at a checkpoint
   4   a checkpoint could not be written (full disk, quota): the previous one is intact
   5   a rank stopped answering: a collective timed out (backend.timeout_s / backend.step_timeout_s)
+  69  data unavailable: remote shards stayed unreachable past data.remote_retry_s; the step was saved; requeue
   75  preempted (SIGTERM / SIGUSR1): the current step was saved; requeue with checkpoint.resume=latest
 """
 

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from data.loader import build_train_loader
+from data.retry import DataUnavailable
 from data.tokenizer import get_tokenizer
 from data.transforms import normalize_pixels
 from model import CLIP, create_model
@@ -99,6 +100,8 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self._tracker_ids: dict[str, str] = {}  # a resumed run continues its tracked runs (load_checkpoint)
         self._batches: Iterator[dict] | None = None
+        self._last_batch: dict | None = None  # a rank whose data became unavailable repeats it until all stop
+        self._data_lost: dict | None = None
         self.out = Path(cfg.run.output_dir)
         self.lock = RunLock.for_run(self.out, self.backend.is_main)  # rank 0 holds it; all raise if taken
         resume_from = self.checkpoints.resume_target()
@@ -244,6 +247,7 @@ class Trainer:
             "samples": (self.step - first_step) * self.global_batch,
             "eval": results,
             "preempted": preempted,
+            "data_unavailable": self.guard.data_unavailable,
         }
 
     def train_steps(self, until: int) -> None:
@@ -284,7 +288,16 @@ class Trainer:
             self.loader.set_epoch(self.epoch)
             self.loss.set_epoch(self.epoch)
             self._batches = iter(self.loader)
-        batch = next(self._batches, None)
+        try:
+            batch = next(self._batches, None) if self._data_lost is None else self._data_lost
+        except DataUnavailable as err:
+            if self._last_batch is None:  # nothing trained in this job: `latest` is already where to resume
+                raise
+            logger.error("data unavailable on rank %d: %s; saving at the current step, then stopping (this rank "
+                         "repeats its last batch for the few steps the ranks take to agree)", self.backend.rank, err)
+            self.guard.preemption.data_unavailable = str(err)
+            self._data_lost = batch = self._last_batch
+        self._last_batch = batch if batch is not None else self._last_batch
         if batch is None:
             self._batches = None
             self.epoch += 1
