@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 
 from data.integrity import ShardChanged
-from data.remote import BIG_BLOCK, basename, filesystem
+from data.remote import BIG_BLOCK, access_denied, basename, filesystem
 from data.retry import retrying
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,11 @@ class ShardCache:
         fs, remote_path = filesystem(url)
 
         def fetch() -> None:
-            with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, BIG_BLOCK)
+            try:
+                with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, BIG_BLOCK)
+            except PermissionError as err:
+                raise access_denied(url, err) from None
 
         retrying(fetch, url, self.retry_s)
         got = os.path.getsize(tmp)

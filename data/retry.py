@@ -25,7 +25,11 @@ class DataUnavailable(OneLineError, OSError):
 
 
 def is_transient(err: BaseException) -> bool:
-    """Connection refused / reset, timeouts, 5xx answers: errors that a later attempt may not meet."""
+    """Connection refused / reset, timeouts, 5xx answers: errors that a later attempt may not meet. fsspec's HTTP
+    filesystem reports an unreachable server as FileNotFoundError raised from the connection error: its cause
+    decides."""
+    if isinstance(err, FileNotFoundError) and err.__cause__ is not None:
+        return is_transient(err.__cause__)
     if isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError | OneLineError):
         return False
     if isinstance(err, OSError | TimeoutError | ConnectionError):

@@ -13,6 +13,7 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from data.integrity import IndexMismatch, ShardChanged
+from data.remote import AccessDenied
 from data.retry import EXIT_DATA_UNAVAILABLE, DataUnavailable
 from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError
 from train.config_io import ConfigError
@@ -43,6 +44,7 @@ KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
     (FileExistsError, EXIT_CONFIG, "config error", False),
     (ShardChanged, EXIT_CONFIG, "changed shard", False),  # raised by the rank (or loader worker) that opened it
     (IndexMismatch, EXIT_CONFIG, "index mismatch", False),
+    (AccessDenied, EXIT_CONFIG, "access denied", False),
     (DataUnavailable, EXIT_DATA_UNAVAILABLE, "data unavailable", False),  # before training: `latest` is current
     (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
     (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
