@@ -36,7 +36,7 @@ from train.config_io import to_dict
 from train.evaluator import Evaluator
 from train.faults.nonfinite import StepGuard, TrainingDiverged, all_finite
 from train.faults.preemption import PreemptionFlag
-from train.faults.rank_sync import all_ranks, summed
+from train.faults.rank_sync import all_ranks, largest, summed
 from train.faults.run_lock import RunLock
 from train.faults.timeouts import set_collective_timeout, watch
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states
@@ -360,10 +360,11 @@ class Trainer:
             "epoch": self.epoch,
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
             "nonfinite": nonfinite,
-            "health": self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"]),
             "trackers": self.metrics.run_ids(),  # rank 0's, the one that writes meta.json
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
+            progress["health"] = self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"],
+                                                         self._max_abs_weight())  # fmt: skip
             path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)
         if self.backend.is_main:
             logger.info("saved checkpoint %s", path)
@@ -372,6 +373,11 @@ class Trainer:
     def _dataset_facts(self) -> dict[str, Any]:
         """What the data measured (the per-sample table's size): a resume on other data is refused."""
         return {"num_samples": self.loader.num_samples, "rows": "dense"}
+
+    def _max_abs_weight(self) -> float:
+        """The largest |parameter| over every rank's shards (checkpoint health; a MAX all-reduce)."""
+        local = [t.detach().abs().max() for t in self.backend.local_shards() if t.numel()]
+        return largest(float(torch.stack(local).max()) if local else 0.0)
 
     def _weights_finite(self) -> bool:
         """All ranks agree whether every rank's parameter shards (and the temperature) are finite."""
