@@ -96,6 +96,14 @@ class DataConfig:
             raise ValueError("data.sources replaces data.path / data.index (webdataset shards only); set one of them")
         if not all(isinstance(s, SourceSpec) for s in self.sources):
             raise ValueError(f"data.sources must be a list of {{path, index, weight}} mappings, got {self.sources!r}")
+        seen: dict[tuple[str, str], int] = {}
+        for i, spec in enumerate(self.sources):
+            key = (_location(spec.path), _location(spec.index))
+            if key in seen:
+                raise ValueError(f"data.sources[{i}] repeats data.sources[{seen[key]}] ({spec.path or spec.index!r}): "
+                                 "its samples would be read twice under two sets of rows. List it once; to draw it "
+                                 "more often, raise its weight (weight: 2 shows every sample twice per epoch)")
+            seen[key] = i
         if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and self.index)
                                                   or self.sources):  # fmt: skip
             raise ValueError("data.path must be a non-empty string (shard dir/pattern/URL, csv file or datasets dir)")
@@ -138,6 +146,13 @@ class DataConfig:
         refuse_url_secrets({"data": {"path": self.path, "index": self.index, "sources": sources}})
         if len(self.csv_separator) > 1:
             raise ValueError(f"data.csv_separator must be one character or empty, got {self.csv_separator!r}")
+
+
+def _location(path: str) -> str:
+    """One spelling per location, for comparing sources (no filesystem access)."""
+    if not path or "://" in path:
+        return path.rstrip("/")
+    return os.path.normpath(os.path.abspath(path))
 
 
 def _int(cfg: DataConfig, name: str, minimum: int) -> None:
