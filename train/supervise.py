@@ -26,6 +26,7 @@ from train.faults.report import (
     EXIT_ERROR,
     EXIT_HUNG,
     EXIT_PREEMPTED,
+    one_line,
     report_failure,
 )
 from train.faults.run_lock import RunDirectoryLocked
@@ -68,7 +69,7 @@ def supervise(args: argparse.Namespace, model_family: str = "", report: Report |
             if isinstance(err, kind):
                 if not isinstance(err, RunDirectoryLocked):  # that directory's status belongs to the job holding it
                     everyone = agreed or code in (EXIT_CONFIG, EXIT_DATA_UNAVAILABLE)
-                    outcome.write(code, f"{label}: {err}", everyone=everyone)
+                    outcome.write(code, f"{label}: {one_line(err)}", everyone=everyone)
                 return report_failure(err, code, label, agreed)
         outcome.write(EXIT_ERROR, f"{type(err).__name__}: {err}", everyone=False)
         raise
