@@ -223,8 +223,8 @@ def load_manifest(index_dir: str, shards_hint: str) -> dict:
     if manifest is None:
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {index_dir}. {manifest_hint(shards_hint, index_dir)}")
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_url} has format {manifest.get('format')!r}, this version reads {FORMAT!r} "
-                         f"(dense rows, source keys). {manifest_hint(shards_hint, index_dir)}")  # fmt: skip
+        raise IndexMismatch(f"{manifest_url} has format {manifest.get('format')!r}, this version reads {FORMAT!r} "
+                            f"(dense rows, source keys). {manifest_hint(shards_hint, index_dir)}")  # fmt: skip
     return manifest
 
 
@@ -250,8 +250,8 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
         if not index:
             dirs = sorted({remote.dirname(u) for u in wanted})
             if len(dirs) > 1:
-                raise ValueError(f"shards matched by {path!r} span several directories {dirs[:5]}: index them into "
-                                 f"one place and set data.index. {manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
+                raise IndexMismatch(f"shards matched by {path!r} span several directories {dirs[:5]}: index them into "
+                                    f"one place and set data.index. {manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
             index = dirs[0]
     index = remote.normalize(index)
     found = remote.sizes(wanted) if wanted and not wanted[0].startswith("dir:") else {}
@@ -263,7 +263,8 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
     manifest = load_manifest(index, path or index)
     entries = {_listed(s["path"], index): s for s in manifest.get("shards", [])}
     if not entries:
-        raise ValueError(f"{remote.join(index, MANIFEST_NAME)} lists no shards. {manifest_hint(path or index, index)}")
+        raise IndexMismatch(f"{remote.join(index, MANIFEST_NAME)} lists no shards. "
+                            f"{manifest_hint(path or index, index)}")  # fmt: skip
     if wanted is None:
         located = entries
     elif wanted[0].startswith("dir:"):
@@ -360,6 +361,6 @@ def load_index(info: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"index file {info.index_url} of {info.url} is missing; re-run "
                                 f"tools/make_shards.py manifest") from None  # fmt: skip
     if len(index) != info.count:
-        raise ValueError(f"index of {info.url} disagrees with the manifest; re-run tools/make_shards.py manifest")
+        raise IndexMismatch(f"index of {info.url} disagrees with the manifest; re-run tools/make_shards.py manifest")
     return index, keys
 
