@@ -13,6 +13,8 @@ import posixpath
 import braceexpand
 import fsspec
 
+from data.retry import unreachable
+
 BIG_BLOCK = 64 * 2**20  # remote reads are made of ranges this large (never one request per sample)
 
 
@@ -157,7 +159,7 @@ def sizes(urls: list[str]) -> dict[str, int | None]:
             except PermissionError as err:
                 raise access_denied(url, err) from None
             except FileNotFoundError as err:
-                if err.__cause__ is not None and not isinstance(err.__cause__, FileNotFoundError):
+                if unreachable(err):
                     raise  # fsspec's HTTP names an unreachable server so: data/retry.py retries it
                 out[url] = None
             except (KeyError, TypeError):

@@ -28,14 +28,26 @@ def is_transient(err: BaseException) -> bool:
     """Connection refused / reset, timeouts, 5xx answers: errors that a later attempt may not meet. fsspec's HTTP
     filesystem reports an unreachable server as FileNotFoundError raised from the connection error: its cause
     decides."""
-    if isinstance(err, FileNotFoundError) and err.__cause__ is not None:
-        return is_transient(err.__cause__)
+    if isinstance(err, FileNotFoundError):
+        return unreachable(err)
     if isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError | OneLineError):
         return False
     if isinstance(err, OSError | TimeoutError | ConnectionError):
         return True
     module = type(err).__module__.split(".")[0]
     return module in ("aiohttp", "botocore", "urllib3", "requests", "fsspec", "s3fs", "gcsfs")
+
+
+def unreachable(err: FileNotFoundError) -> bool:
+    """Whether a FileNotFoundError stands for a server that did not answer (fsspec's HTTP filesystem raises it
+    from the connection error), not for a missing file (a 404, S3's NoSuchKey)."""
+    cause = err.__cause__
+    if cause is None or isinstance(cause, FileNotFoundError | PermissionError):
+        return False
+    if isinstance(cause, ConnectionError | TimeoutError | OSError):
+        return True
+    name = type(cause).__name__
+    return type(cause).__module__.startswith("aiohttp") and any(w in name for w in ("Connect", "Disconnect", "Timeout"))
 
 
 def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
