@@ -56,11 +56,12 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_server(directory: str):
-    """Serve `directory` on 127.0.0.1 (a free port); yields (base URL, request log)."""
+def http_server(directory: str, port: int = 0):
+    """Serve `directory` on 127.0.0.1 (`port`, default a free one: a test restarts a server on its old port);
+    yields (base URL, request log)."""
     log: list = []
     handler = functools.partial(type("Handler", (_RangeHandler,), {"log": log}), directory=directory)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

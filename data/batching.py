@@ -18,7 +18,10 @@ from data.sources import RawSample, SkipSample
 from data.transforms import normalize_batch, stack_pixels
 
 log = logging.getLogger(__name__)
-SKIP_REASONS = ("corrupt_image", "missing_image", "missing_caption", "key_out_of_range")
+SKIP_REASONS = ("corrupt_image", "missing_image", "missing_caption", "key_out_of_range", "image_too_large")
+# Images with more pixels are skipped (counted as image_too_large) before they are decoded: a 12000 x 12000 PNG
+# would stall its worker for seconds every time it is drawn. 8192 x 8192 passes; PIL's own bomb check is looser.
+MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_ATTEMPTS = 1000  # substitutes tried for one slot before the data is declared unusable
 
 
@@ -33,7 +36,9 @@ def load_sample(source, shard: int, i: int, transform, rng, num_samples: int, ne
             return raw, transform.pixels(image, rng)
         if isinstance(image, str) and not os.path.isfile(image):
             raise SkipSample("missing_image")
-        with Image.open(image if isinstance(image, str) else io.BytesIO(image)) as img:
+        with Image.open(image if isinstance(image, str) else io.BytesIO(image)) as img:  # reads the header only
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise SkipSample("image_too_large")
             return raw, transform.pixels(img, rng)
     except SkipSample:
         raise

@@ -4,7 +4,8 @@ A remote shard is fetched with one sequential download (never one request per sa
 time any worker needs it, then memory-mapped like a local shard. Workers agree through a lock file
 per shard, so a shard is downloaded once per machine. When the cache grows past its bound, the
 shards used longest ago are deleted (a worker that still maps one keeps reading it: Linux keeps
-an unlinked file's pages until the last mapping closes).
+an unlinked file's pages until the last mapping closes). A cached copy that no longer matches its index entry
+(size, fingerprint: data/integrity.py) is fetched again (`refetch`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
-from data.remote import BIG_BLOCK, basename, filesystem
+from data.integrity import ShardChanged
+from data.remote import BIG_BLOCK, access_denied, basename, filesystem
+from data.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +30,10 @@ def default_cache_dir() -> str:
 
 
 class ShardCache:
-    def __init__(self, directory: str, max_bytes: int) -> None:
+    def __init__(self, directory: str, max_bytes: int, retry_s: float = 0.0) -> None:
         self.directory = directory or default_cache_dir()
         self.max_bytes = max_bytes
+        self.retry_s = retry_s  # transient download errors are retried this long (data/retry.py)
         os.makedirs(self.directory, exist_ok=True)
 
     def _name(self, url: str, size: int) -> str:
@@ -52,16 +57,37 @@ class ShardCache:
         self._evict(keep=path)
         return path
 
+    def refetch(self, url: str, size: int, problem: Callable[[str], str | None]) -> str:
+        """Download `url` again over a cached copy that `problem(path)` finds damaged (unless another worker
+        already did: the check runs again under the shard's lock)."""
+        path = self._name(url, size)
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not _has(path, size) or problem(path) is not None:
+                    self._download(url, path, size)
+                os.utime(path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return path
+
     def _download(self, url: str, path: str, size: int) -> None:
         tmp = f"{path}.part{os.getpid()}"
         fs, remote_path = filesystem(url)
-        with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, BIG_BLOCK)
+
+        def fetch() -> None:
+            try:
+                with fs.open(remote_path, "rb", block_size=BIG_BLOCK) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, BIG_BLOCK)
+            except PermissionError as err:
+                raise access_denied(url, err) from None
+
+        retrying(fetch, url, self.retry_s)
         got = os.path.getsize(tmp)
         if got != size:
             os.unlink(tmp)
-            raise OSError(f"{url} has {got} bytes, the index says {size}: the shard changed since it was "
-                          "indexed; re-run tools/make_shards.py manifest")  # fmt: skip
+            raise ShardChanged(f"shard {url} has {got} bytes, {size} when indexed: it changed since it was indexed; "
+                               "restore it, or re-index with tools/make_shards.py manifest")  # fmt: skip
         os.replace(tmp, path)
         log.debug("cached %s (%d bytes) as %s", url, size, path)
 

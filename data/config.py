@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
+
+from data.url_secrets import refuse_url_secrets
 
 SOURCES = ("webdataset", "csv", "hf", "imagefolder")  # imagefolder: evaluation only (no captions)
 WORKER_PRIORITIES = ("normal", "low", "idle")
@@ -58,6 +59,9 @@ class DataConfig:
     # dir), which keeps at most cache_max_gb, evicting the shards used longest ago.
     cache_dir: str = ""
     cache_max_gb: float = 50.0
+    # Remote reads that fail transiently are retried with backoff for this long; then the run saves and ends with
+    # status "data unavailable" (exit 69), which tools/slurm_train.sbatch requeues (data/retry.py).
+    remote_retry_s: float = 600.0
     # Shards named by data.path that do not exist stop the run (listed); true trains without them.
     allow_missing_shards: bool = False
     # Several webdataset sources mixed with weights instead of path/index: [{path, index, weight}, ...].
@@ -92,9 +96,20 @@ class DataConfig:
             raise ValueError("data.sources replaces data.path / data.index (webdataset shards only); set one of them")
         if not all(isinstance(s, SourceSpec) for s in self.sources):
             raise ValueError(f"data.sources must be a list of {{path, index, weight}} mappings, got {self.sources!r}")
+        seen: dict[tuple[str, str], int] = {}
+        for i, spec in enumerate(self.sources):
+            key = (_location(spec.path), _location(spec.index))
+            if key in seen:
+                raise ValueError(f"data.sources[{i}] repeats data.sources[{seen[key]}] ({spec.path or spec.index!r}): "
+                                 "its samples would be read twice under two sets of rows. List it once; to draw it "
+                                 "more often, raise its weight (weight: 2 shows every sample twice per epoch)")
+            seen[key] = i
         if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and self.index)
                                                   or self.sources):  # fmt: skip
             raise ValueError("data.path must be a non-empty string (shard dir/pattern/URL, csv file or datasets dir)")
+        if not isinstance(self.remote_retry_s, int | float) or isinstance(self.remote_retry_s, bool) or \
+                self.remote_retry_s < 0:  # fmt: skip
+            raise ValueError(f"data.remote_retry_s must be a number of seconds >= 0, got {self.remote_retry_s!r}")
         if not isinstance(self.cache_max_gb, int | float) or isinstance(self.cache_max_gb, bool) or \
                 self.cache_max_gb <= 0:  # fmt: skip
             raise ValueError(f"data.cache_max_gb must be a number > 0, got {self.cache_max_gb!r}")
@@ -127,16 +142,17 @@ class DataConfig:
         ):  # fmt: skip
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"data.{name} must be a string, got {getattr(self, name)!r}")
-        urls = [("data.path", self.path), ("data.index", self.index)]
-        urls += [(f"data.sources[{i}].{k}", getattr(s, k)) for i, s in enumerate(self.sources) for k in ("path",
-                                                                                                       "index")]
-        for name, url in urls:
-            if re.match(r"^[a-z0-9+.-]+://[^/@]*@", url):
-                raise ValueError(f"{name} carries credentials in its URL ({url.split('://')[0]}://...@...); they "
-                                 "would be saved with the config: give them through the environment (AWS_*, "
-                                 "~/.aws, gcloud)")
+        sources = [{"path": source.path, "index": source.index} for source in self.sources]
+        refuse_url_secrets({"data": {"path": self.path, "index": self.index, "sources": sources}})
         if len(self.csv_separator) > 1:
             raise ValueError(f"data.csv_separator must be one character or empty, got {self.csv_separator!r}")
+
+
+def _location(path: str) -> str:
+    """One spelling per location, for comparing sources (no filesystem access)."""
+    if not path or "://" in path:
+        return path.rstrip("/")
+    return os.path.normpath(os.path.abspath(path))
 
 
 def _int(cfg: DataConfig, name: str, minimum: int) -> None:

@@ -5,7 +5,8 @@ pattern over one or several directories, local or fsspec URLs). The shards are o
 read-only mount or bucket can be indexed. Every sample with an image gets a dense row 0..N-1 in
 (shard order, position); its source key (json "key", json "uid" or the tar's __key__) is kept in
 the per-shard index. Duplicate source keys and truncated tars are reported by shard at index time.
-The loader never scans tars: it trusts the manifest and checks each shard's byte size against it.
+The loader never scans tars: it checks each shard's byte size against the manifest, and its fingerprint when it
+opens the shard (data/integrity.py). One index serves every copy of its shards, matched by name and size.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data import remote
+from data.integrity import IndexMismatch, ShardChanged, file_reader, fingerprint, fs_reader
 from data.shards import index_stats, scan_tar
 
 MANIFEST_NAME = "manifest.json"
@@ -47,6 +49,7 @@ class ShardInfo:
     row_start: int
     index_url: str
     bytes: int
+    fingerprint: str | None = None  # data/integrity.py; None in indexes written before fingerprints
 
 
 @dataclass
@@ -92,23 +95,26 @@ def _index_one(job: tuple[str, str]) -> dict:
             with fs.open(path, "rb", block_size=remote.BIG_BLOCK, cache_type="readahead") as f:
                 size = int(f.size)
                 idx, keys, problem = scan_tar(f, size, stream=True)
+            read = fs_reader(fs, path)
         else:
             with open(remote.local_path(url), "rb") as f:
                 f.seek(0, 2)
                 size = f.tell()
                 f.seek(0)
                 idx, keys, problem = scan_tar(f, size)
+            read = file_reader(remote.local_path(url))
     except (tarfile.ReadError, EOFError) as e:  # not a tar at all: keep going, report it
         from data.shards import INDEX_DTYPE
 
         idx, keys, problem = np.zeros(0, dtype=INDEX_DTYPE), [], f"unreadable: {e}"
         size = remote.sizes([url]).get(url) or 0
+        read = fs_reader(*remote.filesystem(url)) if remote.is_remote(url) else file_reader(remote.local_path(url))
     buf = io.BytesIO()
     np.savez(buf, index=idx, keys=np.array(keys, dtype=str))
     remote.write_bytes(index_url, buf.getvalue())
     valid_keys = [k for k, r in zip(keys, idx["row"].tolist(), strict=True) if r >= 0]
     return {"url": url, "count": len(idx), "rows": len(valid_keys), "bytes": size, "stats": dict(index_stats(idx)),
-            "problem": problem, **_key_facts(valid_keys)}  # fmt: skip
+            "problem": problem, "fingerprint": fingerprint(read, size, idx), **_key_facts(valid_keys)}  # fmt: skip
 
 
 def _key_facts(keys: list[str]) -> dict:
@@ -149,7 +155,7 @@ def build_manifest(
     for (url, index_url), r in zip(jobs, results, strict=True):
         name = _relative(url, out_dir)
         shards.append({"path": name, "count": r["count"], "rows": r["rows"], "row_start": row, "bytes": r["bytes"],
-                       "index": remote.basename(index_url)})  # fmt: skip
+                       "fingerprint": r["fingerprint"], "index": remote.basename(index_url)})  # fmt: skip
         row += r["rows"]
         for reason, n in r["stats"].items():
             stats[reason] = stats.get(reason, 0) + n
@@ -217,15 +223,20 @@ def load_manifest(index_dir: str, shards_hint: str) -> dict:
     if manifest is None:
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {index_dir}. {manifest_hint(shards_hint, index_dir)}")
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_url} has format {manifest.get('format')!r}, this version reads {FORMAT!r} "
-                         f"(dense rows, source keys). {manifest_hint(shards_hint, index_dir)}")  # fmt: skip
+        raise IndexMismatch(f"{manifest_url} has format {manifest.get('format')!r}, this version reads {FORMAT!r} "
+                            f"(dense rows, source keys). {manifest_hint(shards_hint, index_dir)}")  # fmt: skip
     return manifest
 
 
 def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> ShardSet:
     """Shards named by `path` (directory, manifest.json, brace pattern/glob, local or URL; "" = all in the
     index) with their index from `index` (default: the shards' own directory). Shards that do not exist
-    stop here with a list of them, unless `allow_missing`."""
+    stop here with a list of them, unless `allow_missing`.
+
+    One index serves every copy of its shards (a read-only mount, an HTTP mirror, a local NVMe copy): a shard
+    not at an indexed location is matched by its name (the shortest unambiguous tail of its path) and must have
+    the indexed size; its content is verified against the indexed fingerprint when it is opened
+    (data/integrity.py)."""
     wanted: list[str] | None
     if path.endswith(".json"):
         index, wanted = index or remote.dirname(path), None
@@ -239,8 +250,8 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
         if not index:
             dirs = sorted({remote.dirname(u) for u in wanted})
             if len(dirs) > 1:
-                raise ValueError(f"shards matched by {path!r} span several directories {dirs[:5]}: index them into "
-                                 f"one place and set data.index. {manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
+                raise IndexMismatch(f"shards matched by {path!r} span several directories {dirs[:5]}: index them into "
+                                    f"one place and set data.index. {manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
             index = dirs[0]
     index = remote.normalize(index)
     found = remote.sizes(wanted) if wanted and not wanted[0].startswith("dir:") else {}
@@ -252,19 +263,24 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
     manifest = load_manifest(index, path or index)
     entries = {_listed(s["path"], index): s for s in manifest.get("shards", [])}
     if not entries:
-        raise ValueError(f"{remote.join(index, MANIFEST_NAME)} lists no shards. {manifest_hint(path or index, index)}")
+        raise IndexMismatch(f"{remote.join(index, MANIFEST_NAME)} lists no shards. "
+                            f"{manifest_hint(path or index, index)}")  # fmt: skip
     if wanted is None:
-        urls = list(entries)
+        located = entries
     elif wanted[0].startswith("dir:"):
-        urls = [u for u in entries if remote.dirname(u) == wanted[0][4:]]
-    else:
-        urls = wanted
-    found = found or remote.sizes(urls)
+        directory = wanted[0][4:]
+        located = {u: e for u, e in entries.items() if remote.dirname(u) == directory} or {
+            remote.join(directory, rel): entries[u] for u, rel in _relative_names(list(entries)).items()}  # a copy
+    else:  # shards that do not exist (allow_missing) keep their place, unmatched
+        matched = _match_by_name([u for u in wanted if found[u] is not None], entries, path, index)
+        located = {u: matched.get(u, {}) for u in wanted}
+    urls = list(located)
+    found = found if set(urls) <= set(found) else remote.sizes(urls)
     missing = [u for u in urls if found[u] is None]
-    unindexed = [u for u in urls if found[u] is not None and u not in entries]
-    if unindexed:
-        raise ValueError(f"{len(unindexed)} shard(s) of {path!r} are not in the index {index}: {_listing(unindexed)}. "
-                         f"{manifest_hint(path, index)}")  # fmt: skip
+    if missing and len(missing) == len(urls) and any(u not in entries for u in urls):
+        raise IndexMismatch(f"none of the {len(urls)} shard(s) that the index {index} lists exist under {path!r} "
+                            f"(looked for {_listing(missing[:3])}): data.path and data.index name different "
+                            f"datasets. {manifest_hint(path, index)}")  # fmt: skip
     if missing and not allow_missing:  # listed in the index, gone since
         raise FileNotFoundError(f"{len(missing)} of {len(urls)} indexed shard(s) under {path or index!r} do not "
                                 f"exist: {_listing(missing)}. Restore them, re-index, or set "
@@ -276,15 +292,60 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
     for url in urls:
         if url in missing:
             continue
-        e = entries[url]
+        e = located[url]
         if found[url] != e["bytes"]:
-            raise ValueError(f"the index {index} is stale for {url} (size {found[url]}, indexed {e['bytes']}). "
-                             f"{manifest_hint(path or index, index)}")  # fmt: skip
+            raise ShardChanged(f"shard {url} changed since it was indexed (the index {index} is stale for it: "
+                               f"{found[url]} bytes, {e['bytes']} when indexed as {e['path']}: truncated or replaced); "
+                               f"restore it, or re-index. {manifest_hint(path or index, index)}")  # fmt: skip
         shards.append(ShardInfo(e["path"], url, int(e["count"]), int(e["rows"]), int(e["row_start"]),
-                                remote.join(index, e["index"]), int(e["bytes"])))  # fmt: skip
+                                remote.join(index, e["index"]), int(e["bytes"]), e.get("fingerprint")))  # fmt: skip
     if not shards:
         raise FileNotFoundError(f"none of the shards named by {path!r} exist")
+    moved = sum(s.url not in entries for s in shards)
+    if moved:
+        log.info("index %s serves %d shard(s) of %r at another location (matched by name and size; each shard's "
+                 "content is verified when it is opened)", index, moved, path)  # fmt: skip
     return ShardSet(index, shards, int(manifest["num_samples"]), manifest.get("classes"), manifest, missing)
+
+
+def _relative_names(urls: list[str]) -> dict[str, str]:
+    """url -> its path below the deepest directory all `urls` share."""
+    split = [u.split("/") for u in urls]
+    depth = 0
+    while all(len(p) > depth + 1 for p in split) and len({p[depth] for p in split}) == 1:
+        depth += 1
+    return {u: "/".join(p[depth:]) for u, p in zip(urls, split, strict=True)}
+
+
+def _match_by_name(wanted: list[str], entries: dict[str, dict], path: str, index: str) -> dict[str, dict]:
+    """Each wanted shard's index entry: at its own location, else the one entry whose path ends like it (the
+    basename, or more of the path where basenames repeat)."""
+    tails: dict[str, list[str]] = {}
+    for url in entries:
+        tails.setdefault(remote.basename(url), []).append(url)
+    located, unindexed = {}, []
+    for url in wanted:
+        if url in entries:
+            located[url] = entries[url]
+            continue
+        candidates, parts = tails.get(remote.basename(url), []), url.split("/")
+        depth = 1
+        while len(candidates) > 1 and depth < len(parts):
+            depth += 1
+            candidates = [c for c in candidates if c.split("/")[-depth:] == parts[-depth:]]
+        if len(candidates) == 1:
+            located[url] = entries[candidates[0]]
+        else:
+            unindexed.append(url)
+    if unindexed and not located:
+        raise IndexMismatch(f"the index {index} belongs to other shards: it lists {len(entries)} shard(s) "
+                            f"({_listing(list(entries)[:3])}), none named like the {len(wanted)} of {path!r} "
+                            f"({_listing(wanted[:3])}). Set data.index to this data's index, or build one. "
+                            f"{manifest_hint(path, index)}")  # fmt: skip
+    if unindexed:
+        raise IndexMismatch(f"{len(unindexed)} shard(s) of {path!r} are not in the index {index}: "
+                            f"{_listing(unindexed)}. {manifest_hint(path, index)}")  # fmt: skip
+    return located
 
 
 def _listing(urls: list[str]) -> str:
@@ -300,6 +361,6 @@ def load_index(info: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"index file {info.index_url} of {info.url} is missing; re-run "
                                 f"tools/make_shards.py manifest") from None  # fmt: skip
     if len(index) != info.count:
-        raise ValueError(f"index of {info.url} disagrees with the manifest; re-run tools/make_shards.py manifest")
+        raise IndexMismatch(f"index of {info.url} disagrees with the manifest; re-run tools/make_shards.py manifest")
     return index, keys
 

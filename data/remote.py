@@ -13,6 +13,8 @@ import posixpath
 import braceexpand
 import fsspec
 
+from data.retry import unreachable
+
 BIG_BLOCK = 64 * 2**20  # remote reads are made of ranges this large (never one request per sample)
 
 
@@ -63,9 +65,29 @@ def isdir(url: str) -> bool:
         return True
 
 
+class AccessDenied(PermissionError):
+    """The store refused to serve a file (403 / access denied): credentials, not missing data."""
+
+
+def access_denied(url: str, err: BaseException) -> AccessDenied:
+    """One line naming the bucket (or host) and the credentials to check; dropping data is never the fix."""
+    where = url.split("://", 1)[-1].split("/", 1)[0]
+    kind = "bucket" if url.startswith(("s3://", "gs://", "gcs://", "az://", "abfs://")) else "host"
+    said = str(err).strip().splitlines()[0] if str(err).strip() else "forbidden"
+    return AccessDenied(
+        f"access denied to {url} ({type(err).__name__}: {said}): "
+        f"the credentials in use may not read {kind} {where!r}. Check them (AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY / AWS_PROFILE / ~/.aws, gcloud auth, FSSPEC_* settings) and the "
+        f"{kind}'s policy; the shards exist but cannot be read with them"
+    )
+
+
 def read_bytes(url: str) -> bytes:
-    with fsspec.open(url, "rb") as f:
-        return f.read()
+    try:
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    except PermissionError as err:
+        raise access_denied(url, err) from None
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -124,7 +146,9 @@ def sizes(urls: list[str]) -> dict[str, int | None]:
         fs, path = filesystem(directory)
         try:
             listing = {basename(e["name"]): e.get("size") for e in fs.ls(path, detail=True)}
-        except Exception:
+        except PermissionError as err:
+            raise access_denied(directory, err) from None
+        except Exception:  # a store without listings (plain HTTP): ask for each file below
             listing = None
         for url in members:
             if listing is not None and listing.get(basename(url)) is not None:
@@ -132,6 +156,12 @@ def sizes(urls: list[str]) -> dict[str, int | None]:
                 continue
             try:
                 out[url] = int(fs.info(filesystem(url)[1])["size"])
-            except (FileNotFoundError, OSError, KeyError, TypeError):
+            except PermissionError as err:
+                raise access_denied(url, err) from None
+            except FileNotFoundError as err:
+                if unreachable(err):
+                    raise  # fsspec's HTTP names an unreachable server so: data/retry.py retries it
+                out[url] = None
+            except (KeyError, TypeError):
                 out[url] = None
     return out

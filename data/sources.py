@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import logging
 import mmap
 import os
 from collections import OrderedDict
@@ -21,9 +22,12 @@ from PIL import Image
 
 from data.cache import ShardCache
 from data.config import DataConfig
+from data.integrity import ShardChanged, shard_problem
 from data.manifest import load_index, resolve_shards
 from data.remote import is_remote, local_path
+from data.retry import retrying
 
+log = logging.getLogger(__name__)
 BLOCK = 1000  # rows per virtual shard for csv / datasets sources
 _MAX_OPEN = 64  # mapped shard files / cached indices per process
 
@@ -62,7 +66,9 @@ class ShardSource:
                  key_offset: int = 0) -> None:  # fmt: skip
         path = cfg.path if path is None else path
         index = cfg.index if index is None else index
-        self.shardset = resolve_shards(path, index, cfg.allow_missing_shards)
+        self.retry_s = cfg.remote_retry_s
+        self.shardset = retrying(lambda: resolve_shards(path, index, cfg.allow_missing_shards),
+                                 f"the shards {path or index!r} and their index", self.retry_s)  # fmt: skip
         self.shards = self.shardset.shards
         self.paths = [s.url for s in self.shards]
         self.shard_sizes = np.array([s.count for s in self.shards], dtype=np.int64)
@@ -70,7 +76,7 @@ class ShardSource:
         self.num_samples = cfg.num_samples or self.shardset.num_samples
         self.classes = self.shardset.classes
         self.has_labels = self.classes is not None
-        self._cache_args = (cfg.cache_dir, int(cfg.cache_max_gb * 2**30))
+        self._cache_args = (cfg.cache_dir, int(cfg.cache_max_gb * 2**30), cfg.remote_retry_s)
         self._cache: ShardCache | None = None
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
@@ -79,7 +85,8 @@ class ShardSource:
     def _index(self, shard: int) -> np.ndarray:
         idx = self._indices.get(shard)
         if idx is None:
-            idx = self._indices[shard] = load_index(self.shards[shard])[0]
+            info = self.shards[shard]
+            idx = self._indices[shard] = retrying(lambda: load_index(info)[0], info.index_url, self.retry_s)
             if len(self._indices) > _MAX_OPEN:
                 self._indices.popitem(last=False)
         return idx
@@ -105,14 +112,28 @@ class ShardSource:
             self._pid = os.getpid()
         mapped = self._maps.get(shard)
         if mapped is None:
-            with open(self._local(shard), "rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
-                    raise SkipSample("corrupt_image")  # shard emptied after indexing
+            path = self._verified(shard)
+            with open(path, "rb") as f:
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps[shard] = mapped
             if len(self._maps) > _MAX_OPEN:
                 self._maps.popitem(last=False)[1].close()
         return mapped
+
+    def _verified(self, shard: int) -> str:
+        """The shard's local file, checked against its index entry (size, fingerprint: data/integrity.py). A cached
+        copy that fails is fetched again once; a shard that still fails stops the run (ShardChanged)."""
+        info = self.shards[shard]
+        path = self._local(shard)
+        problem = shard_problem(path, info, self._index(shard))
+        if problem is not None and is_remote(info.url):
+            log.warning("cached copy %s of %s is damaged (%s); fetching it again", path, info.url, problem)
+            path = self._cache.refetch(info.url, info.bytes, lambda p: shard_problem(p, info, self._index(shard)))
+            problem = shard_problem(path, info, self._index(shard))
+        if problem is not None:
+            raise ShardChanged(f"shard {info.url} changed since it was indexed as {info.name}: {problem}. Restore "
+                               "it, or re-index with tools/make_shards.py manifest")  # fmt: skip
+        return path
 
     def key(self, shard: int, i: int) -> int:
         row = int(self._index(shard)["row"][i])
@@ -132,8 +153,6 @@ class ShardSource:
             raise SkipSample("missing_caption")
         start = int(rec["img_off"])
         image = mapped[start : start + int(rec["img_len"])]
-        if len(image) != rec["img_len"]:
-            raise SkipSample("corrupt_image")  # shard truncated after indexing
         return RawSample(key, caption, image, int(rec["label"]))
 
 

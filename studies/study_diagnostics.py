@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.checkpoint.trusted import load_file
+
 TRACKED = ("schedule/tau", "schedule/gamma", "train/loss", "state/log_u1_mean", "state/log_u2_mean")
 
 
@@ -126,7 +128,7 @@ def u_staleness(checkpoint_root: Path, train_dir: Path, batch: int, seed: int) -
     results = []
     for ckpt in sorted(checkpoint_root.glob("step_*")):
         img, txt, keys, scale = _features(ckpt, train_dir)
-        state = torch.load(ckpt / "loss_rank0.pt", weights_only=False)["sample_state"]
+        state = load_file(ckpt / "loss_rank0.pt")["sample_state"]
         table, columns = state["table"].double(), state["columns"]
         n = len(keys)
         sim = img @ txt.T

@@ -123,7 +123,7 @@ def test_health_compares_the_recent_loss_with_the_last_healthy_checkpoint(tmp_pa
     cfg = tiny_config(str(tmp_path))
     checkpointer = Checkpointer(cfg, {}, 0, 1, lambda: None)
     first = checkpointer.health(torch.tensor([3.0, 2.0, float("nan"), 2.0], dtype=torch.float64), 0)
-    assert first == {"healthy": True, "recent_loss": 7 / 3, "reason": ""}  # no reference yet; NaN steps left out
+    assert first == {"healthy": True, "recent_loss": 7 / 3, "max_abs_weight": None, "reason": ""}  # NaN steps left out
     checkpointer.save({"step": 4, "health": first}, {}, lambda: True)
     assert checkpointer.health(torch.full((20,), 3.4), 0)["healthy"]  # within 1.5 x 2.33
     blown = checkpointer.health(torch.full((20,), 3.6), 0)
@@ -131,4 +131,10 @@ def test_health_compares_the_recent_loss_with_the_last_healthy_checkpoint(tmp_pa
     streak = checkpointer.health(torch.full((20,), 1.0), 2)
     assert not streak["healthy"] and "streak of 2 non-finite steps" in streak["reason"]
     assert checkpointer.health(torch.tensor([]), 0)["healthy"]  # nothing trained since a restart
-    assert checkpointer.resume_advice().endswith(f"checkpoint.resume={tmp_path / 'checkpoints' / 'step_00000004'}")
+    assert checkpointer.health(torch.full((20,), 2.0), 0, 1e6)["healthy"]  # step 4 recorded no weights
+    checkpointer.save({"step": 5, "health": checkpointer.health(torch.full((20,), 2.0), 0, 2.66)}, {}, lambda: True)
+    assert checkpointer.health(torch.full((20,), 2.0), 0, 26.6)["healthy"]  # within 10 x 2.66
+    jumped = checkpointer.health(torch.full((20,), 2.0), 0, 181.6)  # the probe's step 54: a low, finite loss
+    assert not jumped["healthy"] and jumped["reason"] == (
+        "largest |weight| 181.6 jumped past 10 x 2.66 (the last healthy checkpoint's, step_00000005)")
+    assert checkpointer.resume_advice().endswith(f"checkpoint.resume={tmp_path / 'checkpoints' / 'step_00000005'}")

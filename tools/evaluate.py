@@ -15,6 +15,7 @@ import sys
 import torch
 
 from data.tokenizer import get_tokenizer
+from data.url_secrets import refuse_url_secrets
 from evaluation import format_table, write_json
 from train.checkpoint.checkpointer import find_checkpoint
 from train.checkpoint.consolidate import load_model
@@ -34,6 +35,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default="", help="write results JSON here")
     args = parser.parse_args()
+    try:  # an index or results file would keep a URL's secret
+        refuse_url_secrets({"--" + name.replace("_", "-"): value for name, value in vars(args).items()})
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (args.zeroshot or args.retrieval):
         parser.error("give --zeroshot and/or --retrieval")

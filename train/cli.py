@@ -9,6 +9,7 @@ Exit codes (what a cluster script can act on):
   3   diverged: too many non-finite steps in a row, or non-finite weights at a checkpoint
   4   a checkpoint could not be written (full disk, quota): the previous one is intact
   5   a rank stopped answering: a collective timed out (backend.timeout_s / backend.step_timeout_s)
+  69  data unavailable: remote shards stayed unreachable past data.remote_retry_s; the step was saved; requeue
   75  preempted (SIGTERM / SIGUSR1): the current step was saved; requeue with checkpoint.resume=latest
 """
 
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from train.config import read_config
 from train.config_io import ConfigError
-from train.faults.preemption import die_with_parent
+from train.faults.preemption import die_with_parent, preempt_during_startup
 from train.faults.report import EXIT_CONFIG, report_failure
 from train.progress import say
 from train.trackers import check_trackers
@@ -84,6 +85,8 @@ def main(
         return report_failure(err, EXIT_CONFIG, "config error", agreed=False)  # would otherwise lose rank 0's line
     say(f"recipe {_shown(Path(args.config))} read and checked (run {cfg.run.name}, model {cfg.model.name}, "
         f"backend {cfg.backend.name}); loading torch and the backend")  # fmt: skip
+    if "LOCAL_RANK" in os.environ and not args.dry_run:  # a job's rank: a signal while it starts is a preemption
+        preempt_during_startup(cfg.run.output_dir)
     from train.supervise import supervise  # noqa: PLC0415 (torch, the model and the backends load here)
 
     return supervise(args, model_family, report)

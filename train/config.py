@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from data.config import DataConfig
+from data.url_secrets import refuse_url_secrets
 from model import MODEL_CONFIGS, get_model_config
 from model.init_from import parse_init_from
-from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml
+from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.overrides import blame, switch_loss
 from train.trackers import TRACKERS
@@ -147,6 +148,9 @@ class CheckpointConfig:
     # A checkpoint is healthy when no step before it was skipped as non-finite in a row and its recent loss (mean
     # of the last 10 steps) is at most this factor times the newest healthy checkpoint's (train.checkpoint.files).
     healthy_loss_factor: float = 1.5
+    # ... and its largest |weight| is at most this factor times the newest healthy checkpoint's: weights that blew
+    # up (a too-high optim.lr) can still give a finite, even low, loss for a while.
+    healthy_weight_factor: float = 10.0
     resume: str | None = None
     # Keys (or sections) that may differ from the checkpoint's config on resume although they change what is
     # trained or how the run is planned (see train.checkpoint.compat.REFUSED), e.g. [data.batch_size].
@@ -155,8 +159,10 @@ class CheckpointConfig:
     def validate(self) -> None:
         if self.every_steps < 0 or self.keep_last < 1 or self.keep_every_steps < 0:
             raise ValueError("checkpoint.every_steps and keep_every_steps must be >= 0 and checkpoint.keep_last >= 1")
-        if not (math.isfinite(self.healthy_loss_factor) and self.healthy_loss_factor >= 1):
-            raise ValueError(f"checkpoint.healthy_loss_factor must be >= 1, got {self.healthy_loss_factor}")
+        for name in ("healthy_loss_factor", "healthy_weight_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 1:
+                raise ValueError(f"checkpoint.{name} must be a number >= 1, got {value!r}")
 
 
 @dataclass
@@ -239,6 +245,7 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     cfg = from_dict(TrainConfig, apply_overrides(switch_loss(load_yaml(path), overrides, path), overrides), str(path))
     try:
         cfg.validate()
+        refuse_url_secrets(to_dict(cfg))  # every URL the recipe accepts (data, eval, init_from, ...)
     except ValueError as err:
         raise ConfigError(f"{blame(path, overrides, str(err))}: {err}") from err
     return cfg

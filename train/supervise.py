@@ -15,9 +15,13 @@ from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from data.integrity import IndexMismatch, ShardChanged
+from data.remote import AccessDenied
+from data.retry import EXIT_DATA_UNAVAILABLE, DataUnavailable
 from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError, checkpoint_name
 from train.config_io import ConfigError
 from train.faults.nonfinite import TrainingDiverged
+from train.faults.preemption import ignore_preemption_after_training
 from train.faults.report import (
     EXIT_CHECKPOINT,
     EXIT_CONFIG,
@@ -25,6 +29,7 @@ from train.faults.report import (
     EXIT_ERROR,
     EXIT_HUNG,
     EXIT_PREEMPTED,
+    one_line,
     report_failure,
 )
 from train.faults.run_lock import RunDirectoryLocked
@@ -43,6 +48,10 @@ KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
     (ConfigError, EXIT_CONFIG, "config error", False),  # every rank prints it: a launcher that stops the job when
     (FileNotFoundError, EXIT_CONFIG, "missing file", False),  # rank 1 exits first would otherwise lose rank 0's line
     (FileExistsError, EXIT_CONFIG, "config error", False),
+    (ShardChanged, EXIT_CONFIG, "changed shard", False),  # raised by the rank (or loader worker) that opened it
+    (IndexMismatch, EXIT_CONFIG, "index mismatch", False),
+    (AccessDenied, EXIT_CONFIG, "access denied", False),
+    (DataUnavailable, EXIT_DATA_UNAVAILABLE, "data unavailable", False),  # before training: `latest` is current
     (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
     (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
     (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),
@@ -65,7 +74,8 @@ def supervise(args: argparse.Namespace, model_family: str = "", report: Report |
         for kind, code, label, agreed in KNOWN_ERRORS:
             if isinstance(err, kind):
                 if not isinstance(err, RunDirectoryLocked):  # that directory's status belongs to the job holding it
-                    outcome.write(code, f"{label}: {err}", everyone=agreed or code == EXIT_CONFIG)
+                    everyone = agreed or code in (EXIT_CONFIG, EXIT_DATA_UNAVAILABLE)
+                    outcome.write(code, f"{label}: {one_line(err)}", everyone=everyone)
                 return report_failure(err, code, label, agreed)
         outcome.write(EXIT_ERROR, f"{type(err).__name__}: {err}", everyone=False)
         raise
@@ -117,6 +127,12 @@ def _main(args: argparse.Namespace, model_family: str, report: Report | None, ou
     with Trainer(setup) as trainer:
         outcome.trainer = trainer
         result = trainer.fit()
+        ignore_preemption_after_training()  # the loop has saved; a late signal must not end the teardown
+    if result["data_unavailable"]:  # every rank agreed on it; one rank's log line names the data and the error
+        outcome.message = (f"data unavailable at step {result['steps']}: checkpoint saved; the remote data stayed "
+                           "unreachable for data.remote_retry_s; resume with checkpoint.resume=latest")
+        logger.info(outcome.message)
+        return EXIT_DATA_UNAVAILABLE
     saved = trainer.checkpoints.root / checkpoint_name(result["steps"])
     if result["preempted"]:
         outcome.message = f"preempted at step {result['steps']}: checkpoint saved; resume with checkpoint.resume=latest"

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from data.loader import build_train_loader
+from data.retry import DataUnavailable
 from data.tokenizer import get_tokenizer
 from data.transforms import normalize_pixels
 from model import CLIP, create_model
@@ -35,7 +36,7 @@ from train.config_io import to_dict
 from train.evaluator import Evaluator
 from train.faults.nonfinite import StepGuard, TrainingDiverged, all_finite
 from train.faults.preemption import PreemptionFlag
-from train.faults.rank_sync import all_ranks, summed
+from train.faults.rank_sync import all_ranks, largest, summed
 from train.faults.run_lock import RunLock
 from train.faults.timeouts import set_collective_timeout, watch
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states
@@ -107,6 +108,8 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self._tracker_ids: dict[str, str] = {}  # a resumed run continues its tracked runs (load_checkpoint)
         self._batches: Iterator[dict] | None = None
+        self._last_batch: dict | None = None  # a rank whose data became unavailable repeats it until all stop
+        self._data_lost: dict | None = None
         self.out = Path(cfg.run.output_dir)
         self.lock = RunLock.for_run(self.out, self.backend.is_main)  # rank 0 holds it; all raise if taken
         resume_from = self.checkpoints.resume_target()
@@ -255,6 +258,7 @@ class Trainer:
             "samples": (self.step - first_step) * self.global_batch,
             "eval": results,
             "preempted": preempted,
+            "data_unavailable": self.guard.data_unavailable,
         }
 
     def train_steps(self, until: int) -> None:
@@ -295,7 +299,16 @@ class Trainer:
             self.loader.set_epoch(self.epoch)
             self.loss.set_epoch(self.epoch)
             self._batches = iter(self.loader)
-        batch = next(self._batches, None)
+        try:
+            batch = next(self._batches, None) if self._data_lost is None else self._data_lost
+        except DataUnavailable as err:
+            if self._last_batch is None:  # nothing trained in this job: `latest` is already where to resume
+                raise
+            logger.error("data unavailable on rank %d: %s; saving at the current step, then stopping (this rank "
+                         "repeats its last batch for the few steps the ranks take to agree)", self.backend.rank, err)
+            self.guard.preemption.data_unavailable = str(err)
+            self._data_lost = batch = self._last_batch
+        self._last_batch = batch if batch is not None else self._last_batch
         if batch is None:
             self._batches = None
             self.epoch += 1
@@ -358,10 +371,11 @@ class Trainer:
             "epoch": self.epoch,
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
             "nonfinite": nonfinite,
-            "health": self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"]),
             "trackers": self.metrics.run_ids(),  # rank 0's, the one that writes meta.json
         }
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
+            progress["health"] = self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"],
+                                                         self._max_abs_weight())  # fmt: skip
             path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)
         if self.backend.is_main:
             logger.info("saved checkpoint %s", path)
@@ -370,6 +384,11 @@ class Trainer:
     def _dataset_facts(self) -> dict[str, Any]:
         """What the data measured (the per-sample table's size): a resume on other data is refused."""
         return {"num_samples": self.loader.num_samples, "rows": "dense"}
+
+    def _max_abs_weight(self) -> float:
+        """The largest |parameter| over every rank's shards (checkpoint health; a MAX all-reduce)."""
+        local = [t.detach().abs().max() for t in self.backend.local_shards() if t.numel()]
+        return largest(float(torch.stack(local).max()) if local else 0.0)
 
     def _weights_finite(self) -> bool:
         """All ranks agree whether every rank's parameter shards (and the temperature) are finite."""

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from train.backends.base import Agree, Backend, GroupsFn, ModelFn, OptimizerFn, adam_state_bytes
+from train.checkpoint.trusted import load_file
 from train.faults.nonfinite import optimizer_step_unless
 
 
@@ -77,8 +78,8 @@ class DDPBackend(Backend):
             torch.save(state, directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
-        self.raw_model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-        state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=False)
+        self.raw_model.load_state_dict(load_file(directory / "model.pt"))
+        state = load_file(directory / "optimizer.pt")  # weights_only: a shared checkpoint cannot run code
         self.optimizer.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

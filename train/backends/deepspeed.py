@@ -30,6 +30,7 @@ from train.backends.base import (
     adam_state_bytes,
     select_local_device,
 )
+from train.checkpoint.trusted import weights_only_deepspeed
 from train.faults.rank_sync import free_port
 
 
@@ -205,6 +206,7 @@ class DeepSpeedBackend(Backend):
         self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False)
 
     def load(self, directory: Path) -> None:
+        weights_only_deepspeed(self.engine)  # a shared checkpoint cannot run code
         path, _ = self.engine.load_checkpoint(
             str(directory / "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from train.checkpoint.compat import check_resume_config
 from train.checkpoint.files import (
@@ -67,24 +68,31 @@ class Checkpointer:
             )
         return path
 
-    def health(self, losses: torch.Tensor, nonfinite_in_a_row: int) -> dict[str, Any]:
-        """Whether a checkpoint written now is healthy: no non-finite streak is running and the recent loss (mean of
+    def health(
+        self, losses: torch.Tensor, nonfinite_in_a_row: int, max_abs_weight: float | None = None
+    ) -> dict[str, Any]:
+        """Whether a checkpoint written now is healthy: no non-finite streak is running, the recent loss (mean of
         the last 10 finite step losses of `losses`; none since a restart: nothing to compare) stays within
-        checkpoint.healthy_loss_factor of the newest healthy checkpoint's (the first one is the reference)."""
+        checkpoint.healthy_loss_factor of the newest healthy checkpoint's, and the largest |weight| (over every
+        rank's parameters) within checkpoint.healthy_weight_factor of its (the first checkpoint is the reference)."""
         recent = losses[-10:]  # a save waits for the device anyway
         recent = recent[torch.isfinite(recent)]
         recent_loss = float(recent.mean()) if recent.numel() else None
-        reference = None
+        reference: dict[str, Any] = {}
         if (healthy := last_healthy(self.root)) is not None:
-            reference = read_meta(healthy).get("health", {}).get("recent_loss")
-        factor = self.cfg.checkpoint.healthy_loss_factor
+            reference = read_meta(healthy).get("health", {})
+        ref_loss, ref_weight = reference.get("recent_loss"), reference.get("max_abs_weight")
+        c = self.cfg.checkpoint
         if nonfinite_in_a_row:
             reason = f"written during a streak of {nonfinite_in_a_row} non-finite steps"
-        elif None not in (recent_loss, reference) and recent_loss > factor * reference:
-            reason = f"recent loss {recent_loss:.4g} left its range (> {factor:g} x {reference:.4g})"
+        elif None not in (recent_loss, ref_loss) and recent_loss > c.healthy_loss_factor * ref_loss:
+            reason = f"recent loss {recent_loss:.4g} left its range (> {c.healthy_loss_factor:g} x {ref_loss:.4g})"
+        elif None not in (max_abs_weight, ref_weight) and max_abs_weight > c.healthy_weight_factor * ref_weight:
+            reason = (f"largest |weight| {max_abs_weight:.4g} jumped past {c.healthy_weight_factor:g} x "
+                      f"{ref_weight:.4g} (the last healthy checkpoint's, {healthy.name})")  # fmt: skip
         else:
             reason = ""
-        return {"healthy": not reason, "recent_loss": recent_loss, "reason": reason}
+        return {"healthy": not reason, "recent_loss": recent_loss, "max_abs_weight": max_abs_weight, "reason": reason}
 
     def resume_advice(self) -> str:
         """Where a diverged run should restart: the newest healthy checkpoint, named."""
@@ -145,6 +153,10 @@ class Checkpointer:
         load (damaged after the resume check, or by a bug) ends the run in one line naming the checkpoint."""
         try:
             load_parts(self.parts, path, self.rank, saved_world, self.world_size)
+        except CheckpointException as err:  # torch.distributed.checkpoint: each rank's traceback; keep the cause
+            cause = [line for line in str(err).splitlines() if line.strip()][-1]
+            raise CheckpointDamaged(f"{path} could not be loaded on rank {self.rank} ({cause}); resume from an "
+                                    "earlier step_* directory") from None  # fmt: skip
         except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
             if is_timeout(err):  # a silent rank, not a bad file: train.faults.timeouts.watch names it
                 raise

@@ -8,7 +8,9 @@ on every backend (the `Stateful` style of torch.distributed.checkpoint: `state_d
   rng              each rank's RNG states (torch, numpy, python, CUDA, FLIP mask generator); same ranks only
   progress         step, epoch, phase and the non-finite counters: meta.json, written last by rank 0
 
-Adding something to the checkpoint is one line in `checkpoint_parts`.
+Adding something to the checkpoint is one line in `checkpoint_parts`. Every part is tensors and plain
+containers and loads with `weights_only=True` (train.checkpoint.trusted): a checkpoint from elsewhere cannot
+run code.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.distributed.checkpoint.stateful import Stateful
+
+from train.checkpoint.trusted import load_file
 
 
 class Part(Protocol):
@@ -63,7 +67,7 @@ class ReplicatedPart:
             torch.save(self.state.state_dict(), directory / self.file)
 
     def load(self, directory: Path, rank: int, saved_world: int, world: int) -> None:
-        self.state.load_state_dict(torch.load(directory / self.file, map_location="cpu", weights_only=False))
+        self.state.load_state_dict(load_file(directory / self.file))
 
 
 @dataclass
@@ -79,9 +83,9 @@ class PerRankPart:
 
     def load(self, directory: Path, rank: int, saved_world: int, world: int) -> None:
         if saved_world == world:
-            self.state.load_state_dict(torch.load(directory / self.file.format(rank=rank), weights_only=False))
+            self.state.load_state_dict(load_file(directory / self.file.format(rank=rank)))
         elif self.on_new_world is not None:
-            self.on_new_world(self.state, torch.load(directory / self.file.format(rank=0), weights_only=False))
+            self.on_new_world(self.state, load_file(directory / self.file.format(rank=0)))
 
 
 @dataclass
@@ -97,15 +101,16 @@ class ShardedPart:
 
     def load(self, directory: Path, rank: int, saved_world: int, world: int) -> None:
         if saved_world == world:
-            shard = torch.load(directory / self.file.format(rank=rank), weights_only=False)
+            shard = load_file(directory / self.file.format(rank=rank))
         else:
-            shards = [torch.load(directory / self.file.format(rank=r), weights_only=False) for r in range(saved_world)]
+            shards = [load_file(directory / self.file.format(rank=r)) for r in range(saved_world)]
             shard = self.repartition(shards, world)[rank]
         self.state.load_state_dict(shard)
 
 
 class RNGState:
-    """Every random stream a rank draws from, as one Stateful (restoring it makes resume bitwise)."""
+    """Every random stream a rank draws from, as one Stateful (restoring it makes resume bitwise). numpy's state is
+    kept as a tensor and plain numbers, so the file loads with `weights_only=True`."""
 
     def __init__(self, mask_generator: torch.Generator) -> None:
         self.mask_generator = mask_generator
@@ -113,7 +118,7 @@ class RNGState:
     def state_dict(self) -> dict[str, Any]:
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state(),
             "python": random.getstate(),
             "mask_generator": self.mask_generator.get_state(),
         }
@@ -123,11 +128,22 @@ class RNGState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_state_from(state["numpy"]))
         random.setstate(state["python"])
         self.mask_generator.set_state(state["mask_generator"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
+
+
+def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state_from(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    keys = keys.numpy().astype(np.uint32) if isinstance(keys, torch.Tensor) else keys  # older checkpoints: ndarray
+    return name, keys, pos, has_gauss, cached
 
 
 def restart_data_from_rank0(loader: Any, state: dict[str, Any]) -> None:

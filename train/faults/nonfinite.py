@@ -57,6 +57,7 @@ class StepGuard:
         self.limit = limit
         self.preemption = preemption
         self.preempted = False
+        self.data_unavailable = False
         self.in_a_row = torch.zeros((), device=device)
         self.total = torch.zeros((), device=device)
         self.limit_hit = torch.zeros(4, device=device, dtype=torch.float64)  # step, loss, grad norm, lr (step 0: no)
@@ -66,7 +67,7 @@ class StepGuard:
     def agree(self, loss: torch.Tensor, grad_norm: torch.Tensor | float | None) -> torch.Tensor:
         """The agreed skip flag of this step (1.0: non-finite on some rank, every rank skips); on the device."""
         norm = None if grad_norm is None else torch.as_tensor(grad_norm, device=loss.device)
-        preempt = torch.full_like(loss.float().reshape(()), 1.0 if self.preemption.requested else 0.0)
+        preempt = torch.full_like(loss.float().reshape(()), self.preemption.code)
         flags = torch.stack([nonfinite_flag(loss, norm), preempt])
         if distributed():
             flags = flags.to(comm_device())
@@ -114,6 +115,7 @@ class StepGuard:
             event.synchronize()  # finished steps ago: returns at once
         _, preempt, hit_step, loss, norm, lr = packed.tolist()
         self.preempted = self.preempted or preempt > 0
+        self.data_unavailable = self.data_unavailable or preempt > 1  # some rank's remote data stayed unreachable
         if hit_step > 0:
             raise TrainingDiverged(
                 f"{self.limit} non-finite steps in a row (optim.max_nonfinite_steps={self.limit}), the last at "

@@ -17,6 +17,8 @@ import sys
 import threading
 from types import FrameType
 
+from train.faults.status import write_status
+
 logger = logging.getLogger(__name__)
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -29,11 +31,17 @@ class PreemptionFlag:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.data_unavailable: str | None = None  # why this rank's remote data stayed unreachable (data/retry.py)
         self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
-        return self.signal is not None
+        return self.signal is not None or self.data_unavailable is not None
+
+    @property
+    def code(self) -> float:
+        """What the ranks agree on (MAX over ranks): 0 train on, 1 a preemption signal, 2 data unavailable."""
+        return 2.0 if self.data_unavailable is not None else 1.0 if self.signal is not None else 0.0
 
     def install(self) -> None:
         """Handle the preemption signals; Python allows that only in the main thread (elsewhere: no-op)."""
@@ -41,6 +49,7 @@ class PreemptionFlag:
             return
         for sig in PREEMPTION_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        _startup.clear()  # start-up is over: the handler restored after training acts as the default again
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -65,3 +74,37 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
         err = ctypes.get_errno()
         logger.warning("prctl(PR_SET_PDEATHSIG) failed: %s; workers may outlive a killed launcher", os.strerror(err))
         return
+
+
+_startup: list[str] = []  # the run directory while the start-up handler is installed
+STARTUP_MESSAGE = ("preempted during start-up, before training began: nothing new to save; requeue with "
+                   "checkpoint.resume=latest (it resumes from the last checkpoint, if any)")  # fmt: skip
+
+
+def preempt_during_startup(output_dir: str) -> None:
+    """From the moment the config names the run directory until the training loop takes the signals over
+    (PreemptionFlag.install): a preemption signal writes status.json "preempted" (no step) and ends the process
+    with EXIT_PREEMPTED, so a batch script can requeue a job stopped while its ranks start. Main thread only."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not _startup:  # restored after training failed (PreemptionFlag.restore): the signal's default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        try:
+            write_status(output_dir, EXIT_PREEMPTED, STARTUP_MESSAGE, None)
+            print(f"{STARTUP_MESSAGE} (signal {signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        finally:
+            os._exit(EXIT_PREEMPTED)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in PREEMPTION_SIGNALS:
+            signal.signal(sig, stop)
+        _startup.append(output_dir)
+
+
+def ignore_preemption_after_training() -> None:
+    """Once the training loop has ended (and saved), a late signal must not end a finished run's teardown: the
+    run ends on its own with its own status."""
+    if threading.current_thread() is threading.main_thread() and "LOCAL_RANK" in os.environ:
+        for sig in PREEMPTION_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)

@@ -39,6 +39,15 @@ def any_rank(flag: bool) -> bool:
     return not all_ranks(not flag)
 
 
+def largest(value: float) -> float:
+    """The largest `value` over the ranks (a MAX all-reduce)."""
+    if not distributed():
+        return value
+    box = torch.tensor([value], dtype=torch.float64, device=comm_device())
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return float(box.item())
+
+
 def from_main(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (what rank 0 decided, so ranks on a shared filesystem cannot disagree)."""
     if not distributed():

@@ -14,7 +14,7 @@ from train.faults.preemption import EXIT_PREEMPTED
 
 EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_HUNG = 1, 2, 3, 4, 5
 __all__ = ["EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DIVERGED", "EXIT_ERROR", "EXIT_HUNG", "EXIT_PREEMPTED",
-           "record_for_launcher", "report_failure"]  # fmt: skip
+           "one_line", "record_for_launcher", "report_failure"]  # fmt: skip
 
 
 def report_failure(err: BaseException, code: int, label: str, agreed: bool) -> int:
@@ -23,9 +23,20 @@ def report_failure(err: BaseException, code: int, label: str, agreed: bool) -> i
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0 or not agreed:
         prefix = "" if rank == 0 else f"[rank {rank}] "
-        print(f"{prefix}{label}: {err}", file=sys.stderr, flush=True)
+        print(f"{prefix}{label}: {one_line(err)}", file=sys.stderr, flush=True)
     record_for_launcher(err)
     return code
+
+
+def one_line(err: BaseException) -> str:
+    """The error's own message: an error re-raised from a DataLoader worker carries the worker's traceback in its
+    message ("Caught X in DataLoader worker process 0. Original Traceback ... X: message"); keep its last line."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    mark = f"{type(err).__name__}: "
+    tail = text.rsplit(mark, 1)[-1].strip()
+    return tail.splitlines()[-1] if tail else text.strip().splitlines()[0]
 
 
 def record_for_launcher(err: BaseException) -> None:

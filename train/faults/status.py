@@ -3,7 +3,7 @@
 `accelerate launch` and `torchrun` exit 1 whatever their ranks returned, so a script cannot tell a
 preempted run (requeue it) from a diverged one or a config error (do not). The ranks write the
 outcome here before they exit: {"status", "exit_code", "step", "message", "time", "host"}.
-`tools/slurm_train.sbatch` requeues only on "preempted".
+`tools/slurm_train.sbatch` requeues only on "preempted" and "data unavailable".
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 STATUS_FILE = "status.json"
 # exit code -> status (train.cli documents the codes)
 STATUSES = {0: "completed", 1: "failed", 2: "config error", 3: "diverged", 4: "checkpoint error", 5: "hung rank",
-            75: "preempted"}  # fmt: skip
+            69: "data unavailable", 75: "preempted"}  # fmt: skip
 
 
 def write_status(output_dir: str | Path, exit_code: int, message: str, step: int | None) -> Path:
