@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data.url_secrets import url_secret
 from train.progress import say
 
 KEPT = ("name", "tau_min", "tau_max")  # every loss's temperature is clamped to [tau_min, tau_max]: not a loss's own
@@ -45,4 +46,6 @@ def blame(path: str | Path, overrides: list[str], message: str) -> str:
              if key in message or (key.startswith("loss.") and f"LossConfig.{key[5:]}" in message)]  # fmt: skip
     if message.startswith("LossConfig.") and not named:  # a loss key of the YAML against a command-line loss.name
         named = [item for key, item in given.items() if key.startswith("loss.")]
-    return f"command line ({' '.join(named)}) applied to {path}" if named else str(path)
+    pairs = [item.split("=", 1) for item in named]
+    shown = [f"{key}=..." if url_secret(value) else f"{key}={value}" for key, value in pairs]  # never echo a secret
+    return f"command line ({' '.join(shown)}) applied to {path}" if named else str(path)
