@@ -5,9 +5,11 @@ beside it, on separate cores (taskset), runs alternated so machine noise hits bo
 
 Training: the demo model (FastCLIP-v3, FLIP 50% masking) on Fashion-MNIST train shards, one process pinned to
 --train-core, a checkpoint every --every steps. Watcher: pinned to --watch-core, evaluating each checkpoint on
-Fashion-MNIST test images in clip_benchmark's webdataset layout. samples/s: the median of the logged windows
-after the first (perf/samples_per_s in metrics.jsonl). On a GPU machine, give the watcher its own GPU with
---watch-device cuda:1 (the training process keeps cuda:0).
+Fashion-MNIST test images in clip_benchmark's webdataset layout. Control: a busy loop pinned to the watcher's
+core instead (the same demand for a core, nothing else): on a machine whose other processes fill both cores,
+taking one core away slows everything, and the control tells that apart from anything the watcher itself does to
+training. samples/s: the median of the logged windows after the first (perf/samples_per_s in metrics.jsonl).
+On a GPU machine, give the watcher its own GPU with --watch-device cuda:1 (the training process keeps cuda:0).
 """
 
 from __future__ import annotations
@@ -88,12 +90,18 @@ def one_run(root: Path, name: str, args: argparse.Namespace, shards: Path, suite
     config = recipe(root, name, shards, args.every, args.epochs, args.batch)
     run_dir = root / name
     job = train(config, args.train_core)
-    watcher = None
-    if name.startswith("watch"):
+    watcher = burner = None
+    if name.startswith(("watch", "busy")):
         while not (run_dir / "metrics.jsonl").exists() and job.poll() is None:
             time.sleep(0.2)
+    if name.startswith("watch"):
         watcher = watch(run_dir, suite, root / "eval", args.watch_core, args.watch_device)
+    if name.startswith("busy"):
+        burner = subprocess.Popen(["taskset", "-c", str(args.watch_core), sys.executable, "-c", "while True: pass"])
     _, err = job.communicate()
+    if burner is not None:
+        burner.kill()
+        burner.wait()
     if job.returncode != 0:
         raise RuntimeError(f"training {name} failed:\n{err[-3000:]}")
     trained_at = time.time()
@@ -107,9 +115,9 @@ def one_run(root: Path, name: str, args: argparse.Namespace, shards: Path, suite
             raise RuntimeError(f"watcher of {name} failed:\n{werr[-3000:]}")
     windows = samples_per_s(run_dir)
     checkpoints = len(list((run_dir / "checkpoints").glob("step_*")))
-    return {"run": name, "watcher": watcher is not None, "median_samples_per_s": statistics.median(windows),
+    return {"run": name, "beside": name.rstrip("0123456789"), "median_samples_per_s": statistics.median(windows),
             "windows": windows, "checkpoints": checkpoints, "evaluated_while_training": evaluated_during,
-            "evaluated_after": checkpoints - evaluated_during if watcher is not None else 0}  # fmt: skip
+            "evaluated_after": checkpoints - evaluated_during if watcher is not None else None}  # fmt: skip
 
 
 def main() -> int:
@@ -119,7 +127,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--every", type=int, default=25, help="checkpoint every N steps")
-    parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (without, with the watcher)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of runs: alone, with the watcher, with a busy "
+                        "loop on the watcher's core")
     parser.add_argument("--train-core", type=int, default=0)
     parser.add_argument("--watch-core", type=int, default=1)
     parser.add_argument("--watch-device", default="cpu")
@@ -130,19 +139,22 @@ def main() -> int:
         shards, suite = prepare(root, args.train_images, args.test_images)
         runs = []
         for i in range(args.rounds):
-            for name in (f"alone{i}", f"watch{i}"):
+            for name in (f"alone{i}", f"watch{i}", f"busy{i}"):
                 runs.append(one_run(root, name, args, shards, suite))
                 print(f"{name}: {runs[-1]['median_samples_per_s']:.1f} samples/s", flush=True)
-    alone = statistics.median(r["median_samples_per_s"] for r in runs if not r["watcher"])
-    watched = statistics.median(r["median_samples_per_s"] for r in runs if r["watcher"])
-    print(f"\n{'run':<8} {'watcher':<8} {'samples/s':>10} {'checkpoints':>12} {'evaluated while training':>25}")
+    medians = {kind: statistics.median(r["median_samples_per_s"] for r in runs if r["beside"] == kind)
+               for kind in ("alone", "watch", "busy")}  # fmt: skip
+    print(f"\n{'run':<8} {'samples/s':>10} {'checkpoints':>12} {'evaluated while training':>25}")
     for r in runs:
-        print(f"{r['run']:<8} {str(r['watcher']):<8} {r['median_samples_per_s']:>10.1f} {r['checkpoints']:>12} "
-              f"{r['evaluated_while_training'] if r['watcher'] else '-':>25}")  # fmt: skip
-    print(f"median without watcher {alone:.1f}, with watcher {watched:.1f} samples/s: ratio {watched / alone:.3f}")
-    write_json(args.out, {"machine": machine_description(), "args": vars(args), "runs": runs,
-                          "samples_per_s_without": alone, "samples_per_s_with": watched,
-                          "with_over_without": watched / alone})  # fmt: skip
+        during = "-" if r["beside"] != "watch" else str(r["evaluated_while_training"])
+        print(f"{r['run']:<8} {r['median_samples_per_s']:>10.1f} {r['checkpoints']:>12} {during:>25}")
+    print(f"median samples/s: alone {medians['alone']:.1f}, beside the watcher {medians['watch']:.1f} "
+          f"({medians['watch'] / medians['alone']:.3f}), beside a busy loop {medians['busy']:.1f} "
+          f"({medians['busy'] / medians['alone']:.3f}); watcher / busy loop {medians['watch'] / medians['busy']:.3f}")
+    write_json(args.out, {"machine": machine_description(), "args": vars(args), "runs": runs, "medians": medians,
+                          "watch_over_alone": medians["watch"] / medians["alone"],
+                          "busy_over_alone": medians["busy"] / medians["alone"],
+                          "watch_over_busy": medians["watch"] / medians["busy"]})  # fmt: skip
     return 0
 
 

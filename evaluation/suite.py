@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ import yaml
 from data.imagefolder import is_image_folder
 
 KINDS = ("zeroshot", "retrieval")
-LAYOUTS = ("wds", "imagefolder", "csv")
 CSV_SUFFIXES = (".csv", ".tsv")
 
 
@@ -65,7 +64,6 @@ class Task:
 class Suite:
     name: str
     tasks: list[Task]
-    averaged: list[str] = field(default_factory=list)  # task names in the average ([] = all)
     expected: int = 0  # how many tasks the published average runs over (DataComp: 38)
 
 

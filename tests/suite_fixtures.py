@@ -97,6 +97,22 @@ def caption_csv(out: Path) -> Path:
     return path
 
 
+def captions_wds(out: Path, captions_csv: Path) -> None:
+    """The caption csv in clip_benchmark's retrieval layout: <key>.png + <key>.txt (one caption per line)."""
+    with captions_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    grouped: dict[str, list[str]] = {}
+    for row in rows:
+        grouped.setdefault(row["filepath"], []).append(row["title"])
+    (out / "test").mkdir(parents=True)
+    with tarfile.open(out / "test" / "0.tar", "w") as tar:
+        for key, (image, captions) in enumerate(grouped.items()):
+            _add(tar, f"s{key:06d}.png", (captions_csv.parent / image).read_bytes())
+            _add(tar, f"s{key:06d}.txt", "\n".join(captions).encode())
+    (out / "test" / "nshards.txt").write_text("1\n")
+    (out / "dataset_type.txt").write_text("retrieval\n")
+
+
 def build_suite(root: Path, fashion_n: int = 300, digits_n: int = 300) -> SuiteData:
     images, labels = fashion_mnist_test(fashion_n)
     labels = [int(x) for x in labels]

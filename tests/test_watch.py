@@ -4,6 +4,7 @@ step in metrics.jsonl (once), TensorBoard and the watcher's own file, and equal 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from evaluation.watch import ID_KEY, RESULTS, WATCH_DIR, read_rows
 from tests.cluster_utils import crash_report, finish, job_env, start, wait_for_step, write_recipe
 from tests.ranks import REPO
 from tests.suite_fixtures import build_suite
+from tools.plot_run import plot_runs, read_run
 from train.faults.status import read_status
 
 pytestmark = pytest.mark.slow
@@ -42,9 +44,14 @@ def _wait(predicate, what: str, timeout: float = 180) -> None:
         time.sleep(0.2)
 
 
-def test_watcher_follows_a_preempted_and_resumed_run(shards: str, tmp_path: Path) -> None:
+def test_watcher_follows_a_preempted_and_resumed_run(
+    shards: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the run's MLflow tracker: a file store in the run dir
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = build_suite(tmp_path / "suite", fashion_n=40, digits_n=40)
-    recipe = write_recipe(tmp_path, shards, epochs=3, checkpoint={"every_steps": 2, "keep_last": 100})  # 15 steps
+    recipe = write_recipe(tmp_path, shards, epochs=3, checkpoint={"every_steps": 2, "keep_last": 100},
+                          logging={"trackers": ["mlflow"]})  # 15 steps  # fmt: skip
     run_dir = tmp_path / "run"
     own = run_dir / WATCH_DIR / RESULTS
 
@@ -79,6 +86,19 @@ def test_watcher_follows_a_preempted_and_resumed_run(shards: str, tmp_path: Path
         assert row["samples"] == row["step"] * 8  # 2 ranks x 4
         assert row["results"]["summary"]["tasks_averaged"] == 3
     assert any((run_dir / "tensorboard" / WATCH_DIR).glob("events.out.tfevents.*"))
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((run_dir / "checkpoints" / "step_00000015" / "meta.json").read_text())["trackers"]["mlflow"]
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    history = client.get_metric_history(run_id, "suite/fashion-mnist/acc1")
+    assert sorted(m.step for m in history) == published, "the training run's MLflow run, once per checkpoint"
+
+    series, mains = read_run(run_dir)
+    assert mains == ["suite/fashion-mnist/acc1", "suite/digits/mean_per_class_recall",
+                     "suite/photos/mean_recall@1", "suite/average"]  # fmt: skip
+    assert sorted(series["suite/average"]) == published and sorted(series["train/loss"]) == list(range(1, 16))
+    png = plot_runs([run_dir], tmp_path / "curves.png")
+    assert png.stat().st_size > 10_000
 
     last = load_checkpoint(run_dir / "checkpoints" / "step_00000015")
     direct = flat_scalars(run_suite(get_suite(str(data.suite_file)), str(data.root), last, torch.device("cpu"),
