@@ -60,6 +60,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def mlflow_name(key: str) -> str:
+    """MLflow refuses '@' in metric names (clip_benchmark's recall@k): recall_at_k."""
+    return key.replace("@", "_at_")
+
+
 def checkpoint_number(identity: str) -> int:
     """A checkpoint's identity as a number metrics.jsonl can hold (48 bits of its meta.json hash)."""
     return int(identity[:12], 16)
@@ -161,9 +166,8 @@ class Watcher:
 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.run / "mlruns").resolve().as_uri()
         now = int(time.time() * 1000)
-        MlflowClient(tracking_uri=uri).log_batch(
-            run_id, metrics=[Metric(PREFIX + k, float(v), now, step) for k, v in scalars.items()]
-        )
+        metrics = [Metric(mlflow_name(PREFIX + k), float(v), now, step) for k, v in scalars.items()]
+        MlflowClient(tracking_uri=uri).log_batch(run_id, metrics=metrics)
 
     # ----- the loop ---------------------------------------------------------------------------
     def lock(self) -> None:

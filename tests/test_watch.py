@@ -36,9 +36,12 @@ def _watcher(run_dir: Path, suite: Path, data_root: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _wait(predicate, what: str, timeout: float = 180) -> None:
+def _wait(predicate, what: str, watcher: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        if watcher.poll() is not None:
+            raise AssertionError(f"the watcher ended (exit {watcher.returncode}) before {what}:\n"
+                                 f"{watcher.stdout.read()[-4000:]}")  # fmt: skip
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not within {timeout:.0f} s")
         time.sleep(0.2)
@@ -63,7 +66,7 @@ def test_watcher_follows_a_preempted_and_resumed_run(
     _, out = finish(job)  # the launcher exits 1 whatever its ranks return; status.json tells
     assert read_status(run_dir)["status"] == "preempted", crash_report(out)
 
-    _wait(lambda: len(read_rows(own)) >= 1, "a first evaluated checkpoint")
+    _wait(lambda: len(read_rows(own)) >= 1, "a first evaluated checkpoint", watcher)
     os.killpg(watcher.pid, signal.SIGKILL)  # the watcher dies too (mid-suite or between checkpoints)
     watcher.communicate()
     assert watcher.poll() is not None and read_status(run_dir)["status"] == "preempted"
@@ -90,8 +93,9 @@ def test_watcher_follows_a_preempted_and_resumed_run(
 
     run_id = json.loads((run_dir / "checkpoints" / "step_00000015" / "meta.json").read_text())["trackers"]["mlflow"]
     client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
-    history = client.get_metric_history(run_id, "suite/fashion-mnist/acc1")
-    assert sorted(m.step for m in history) == published, "the training run's MLflow run, once per checkpoint"
+    for name in ("suite/fashion-mnist/acc1", "suite/photos/image_retrieval_recall_at_5"):
+        history = client.get_metric_history(run_id, name)
+        assert sorted(m.step for m in history) == published, f"{name} in the run's MLflow run, once per checkpoint"
 
     series, mains = read_run(run_dir)
     assert mains == ["suite/fashion-mnist/acc1", "suite/digits/mean_per_class_recall",
