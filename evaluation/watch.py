@@ -10,7 +10,8 @@ A checkpoint is published when its `step_*` directory appears (train.checkpoint.
 - TensorBoard under `tensorboard/eval_watch/` (its own event directory: the trainer's purge on resume never
   touches it), and the run's MLflow run (the run id from the checkpoint's meta.json) when configured.
 The watcher stops once status.json reports an end other than "preempted" (a preempted job is requeued and
-resumes) written after the newest checkpoint, and every checkpoint is evaluated.
+resumes) written after the newest checkpoint, no job of the run is alive on this host (run.lock), and every
+checkpoint is evaluated.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -107,10 +109,27 @@ class Watcher:
             written = status_file.stat().st_mtime
         except (FileNotFoundError, ValueError):
             return False
-        if status.get("status") == "preempted":
+        if status.get("status") == "preempted" or self._job_alive_here():
             return False
         metas = [p.stat().st_mtime for p in self.run.glob("checkpoints/step_*/meta.json")]
         return not metas or written >= max(metas)
+
+    def _job_alive_here(self) -> bool:
+        """Whether run.lock names a live process on this host (a resumed job, before it writes a checkpoint, behind
+        the status.json of the job before it). From another host only status.json can tell."""
+        try:
+            holder = json.loads((self.run / "run.lock").read_text() or "null")
+        except (FileNotFoundError, ValueError):
+            return False
+        if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
 
     # ----- one checkpoint -------------------------------------------------------------------
     def evaluate(self, checkpoint: Path) -> dict[str, Any] | None:
