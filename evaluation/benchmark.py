@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,9 @@ def _loader(task: Task, path: Path, layout: str, transform: Callable, batch_size
 
     retrieval = task.kind == "retrieval"
     if layout == "wds":
-        dataset = build_wds_dataset(task.name, transform=transform, split="test", data_dir=str(path))
+        with warnings.catch_warnings():  # it reads shards in order (no shuffle) but leaves webdataset to say so
+            warnings.filterwarnings("ignore", message=r"WebDataset\(shardshuffle=")
+            dataset = build_wds_dataset(task.name, transform=transform, split="test", data_dir=str(path))
         is_captions = dataset.classes is None and dataset.templates is None  # dataset_type.txt says retrieval
         if is_captions != retrieval:
             raise ValueError(f"task {task.name}: kind {task.kind} but {path}/dataset_type.txt says "
