@@ -26,6 +26,7 @@ from train.config import EvalConfig
 from train.evaluator import Evaluator
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.slow  # builds the real-data suite and briefly trains the demo CLIP (about a minute)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,6 @@ def _train(rank: int, world_size: int, out_dir: str) -> int:
     return Trainer(tiny_config(out_dir), FixedBatches(8, rank, world_size, steps=2)).fit()["steps"]
 
 
-@pytest.mark.slow  # a training rank and tools/evaluate.py subprocesses
 def test_evaluate_suite_on_a_checkpoint_and_its_open_clip_and_hf_exports(tmp_path: Path, data: SuiteData) -> None:
     assert run_on_ranks(_train, 1, (str(tmp_path / "run"),))[0] == 2
     command = [sys.executable, str(REPO / "tools" / "evaluate.py"), "--suite", str(data.suite_file), "--data-root",
