@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-REQS := requirements.txt requirements-dev.txt pyproject.toml
+REQS := requirements.txt requirements-dev.txt requirements-suite.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-16)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_DATA := artifacts/fashion-mnist
@@ -24,6 +24,8 @@ $(STAMP): $(REQS)
 	@echo "setup: installing the pinned stack (requirements.txt, requirements-dev.txt: torch, DeepSpeed, ...) into $(VENV); a few minutes on a fresh machine"
 	$(PIP) --upgrade pip
 	$(PIP) -r requirements.txt -r requirements-dev.txt
+	@echo "setup: installing clip_benchmark without its dependencies (requirements-suite.txt)"
+	$(PIP) --no-deps -r requirements-suite.txt
 	@echo "setup: installing this repository (editable) into $(VENV)"
 	$(PIP) --no-deps --no-build-isolation -e .
 	@echo "setup: done ($(VENV) is reinstalled only when requirements*.txt or pyproject.toml change)"

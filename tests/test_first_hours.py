@@ -208,7 +208,7 @@ def test_make_setup_says_what_it_installs() -> None:
     plan = subprocess.run(["make", "-n", "-W", "requirements.txt", "setup"], cwd=REPO, capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
     installs = [line for line in plan.splitlines() if "pip install" in line]
-    assert len(installs) == 3 and not any(" -q" in line for line in installs)  # pip prints what it fetches
+    assert len(installs) == 4 and not any(" -q" in line for line in installs)  # pip prints what it fetches
     assert "setup: installing the pinned stack" in plan and "setup: installing this repository" in plan
 
 

@@ -116,12 +116,17 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, step) for key, value in scalars.items()]
+        metrics = [Metric(mlflow_name(key), float(value), now, step) for key, value in scalars.items()]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+def mlflow_name(key: str) -> str:
+    """MLflow refuses '@' in metric names (in-loop `eval/text_to_image_R@1`, clip_benchmark's recall@k): `_at_`."""
+    return key.replace("@", "_at_")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
