@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 SOURCES = ("webdataset", "csv", "hf", "imagefolder")  # imagefolder: evaluation only (no captions)
 WORKER_PRIORITIES = ("normal", "low", "idle")
+PLACES = ("host", "device")  # data.resize, data.decode
 
 
 @dataclass
@@ -51,6 +52,13 @@ class DataConfig:
     # rank gets full batches; True: the tail that does not fill a global batch is left out.
     drop_last: bool = False
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
+    # Where the train crop is resized and the JPEG decoded (data/device_transforms.py). "host": the worker crops,
+    # bicubic-resizes and ships the final uint8 pixels. resize "device": the worker decodes and ships the whole
+    # image plus its box (same seeded box); the trainer resizes the batch on its device (Pillow's bicubic within
+    # one level; on CPU, slower). decode "device" (needs resize "device"): the worker ships the JPEG bytes and the
+    # trainer decodes them on its device (nvJPEG on CUDA) too, so a worker only reads bytes and headers.
+    resize: str = "host"
+    decode: str = "host"
     # Where the shard index (manifest.json + X.idx.npz, from `make_shards.py manifest --out`) lives when
     # it is not beside the shards (read-only mounts, buckets, shards in several directories); local or URL.
     index: str = ""
@@ -104,6 +112,11 @@ class DataConfig:
         _int(self, "seed", 0)
         _int(self, "shuffle_window", 0)
         _int(self, "prefetch_factor", 1)
+        for name in ("resize", "decode"):
+            if getattr(self, name) not in PLACES:
+                raise ValueError(f"data.{name} must be one of {PLACES}, got {getattr(self, name)!r}")
+        if self.decode == "device" and self.resize != "device":
+            raise ValueError("data.decode: device needs data.resize: device (the decoded image stays on the device)")
         if self.worker_priority not in WORKER_PRIORITIES:
             raise ValueError(f"data.worker_priority must be one of {WORKER_PRIORITIES}, got {self.worker_priority!r}")
         if self.worker_priority == "idle" and not hasattr(os, "SCHED_IDLE"):

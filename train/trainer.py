@@ -21,6 +21,7 @@ import yaml
 
 from data.loader import build_train_loader
 from data.tokenizer import get_tokenizer
+from data.device_transforms import device_pixels, has_device_work
 from data.transforms import normalize_pixels
 from model import CLIP, create_model
 from model.flops import train_flops_per_sample
@@ -155,6 +156,8 @@ class Trainer:
         device = self.backend.device
         if "pixels" in batch:
             images = normalize_pixels(batch["pixels"].to(device, non_blocking=True))
+        elif has_device_work(batch):  # data.resize / data.decode: device
+            images = normalize_pixels(device_pixels(batch, device, self.cfg.data.image_size))
         else:
             images = batch["images"].to(device, non_blocking=True)
         tokens = batch["tokens"].to(device, non_blocking=True)

@@ -1,0 +1,160 @@
+"""The train crop-resize on the training device (`data.resize: device`, `data.decode: device`).
+
+A loader worker draws each crop box exactly as `TrainTransform` does (same seeded stream, same box, so a resumed
+stream is bit-identical) but does not resample:
+
+- `resize: device`: the worker decodes the JPEG (libjpeg-turbo through simplejpeg; Pillow for other formats and
+  CMYK, same pixels) and ships the whole uint8 image, zero-padded to the batch's largest, with its box and size;
+- `decode: device`: the worker only reads the header (size, for the box) and ships the JPEG bytes; the trainer
+  decodes them on the device (`torchvision.io.decode_jpeg`, nvJPEG on CUDA, batched; libjpeg-turbo on CPU).
+
+The trainer then crops and resizes the whole batch at once (`data.device_resize.crop_resize`, Pillow's bicubic
+within one level) and normalises as usual. The same code runs on CPU (tests) and CUDA.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data.device_resize import crop_resize
+from data.transforms import random_resized_crop_box
+
+log = logging.getLogger(__name__)
+RESIZE_PLACES = ("host", "device")
+DECODE_PLACES = ("host", "device")
+_JPEG_COLOURS = ("YCbCr", "Gray")  # what libjpeg-turbo converts to RGB as Pillow does (not CMYK / YCCK)
+
+
+class _Crop:
+    """Shared by both: the crop box from the same seeded stream as TrainTransform."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+
+    def box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        return random_resized_crop_box(width, height, rng, self.scale, self.ratio)
+
+
+def _rgb(img: Image.Image) -> np.ndarray:
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3] of an encoded image: libjpeg-turbo (simplejpeg) for YCbCr/grey JPEGs, else Pillow."""
+    import simplejpeg
+
+    if data[:2] == b"\xff\xd8":
+        try:
+            if simplejpeg.decode_jpeg_header(data)[2] in _JPEG_COLOURS:
+                return simplejpeg.decode_jpeg(data, "RGB")
+        except ValueError:
+            pass  # what libjpeg-turbo rejects, Pillow may still read (or rejects the same way, below)
+    with Image.open(io.BytesIO(data)) as img:
+        return _rgb(img)
+
+
+class DecodedCrop(_Crop):
+    """`data.resize: device`: per sample (uint8 [H, W, 3] image, box); batches via `stack`."""
+
+    def pixels(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        return _rgb(img), self.box(img.width, img.height, rng)
+
+    def encoded(self, data: bytes, rng: random.Random) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        image = decode_rgb(data)
+        return image, self.box(image.shape[1], image.shape[0], rng)
+
+    @staticmethod
+    def stack(items: list, shared: bool) -> dict[str, torch.Tensor]:
+        """{"decoded": uint8 [B, Hmax, Wmax, 3] (zero-padded), "boxes": int64 [B, 4], "sizes": int64 [B, 2]}."""
+        sizes = torch.tensor([a.shape[:2] for a, _ in items], dtype=torch.int64)
+        h, w = (int(v) for v in sizes.max(0).values)
+        out = torch.zeros((len(items), h, w, 3), dtype=torch.uint8)
+        if shared:
+            out.share_memory_()
+        view = out.numpy()
+        for i, (a, _) in enumerate(items):
+            view[i, : a.shape[0], : a.shape[1]] = a
+        return {"decoded": out, "boxes": torch.tensor([b for _, b in items], dtype=torch.int64), "sizes": sizes}
+
+
+class EncodedCrop(_Crop):
+    """`data.decode: device`: per sample (JPEG bytes, box, (h, w)); other formats are decoded here (uint8 array)."""
+
+    def pixels(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, tuple, tuple[int, int]]:
+        return _rgb(img), self.box(img.width, img.height, rng), (img.height, img.width)
+
+    def encoded(self, data: bytes, rng: random.Random) -> tuple[bytes | np.ndarray, tuple, tuple[int, int]]:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            width, height = img.size
+            device_ok = img.format == "JPEG" and img.mode in ("RGB", "L") and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
+            payload = data if device_ok else _rgb(img)  # truncated JPEGs end without EOI: Pillow raises here
+        return payload, self.box(width, height, rng), (height, width)
+
+    @staticmethod
+    def stack(items: list, shared: bool) -> dict:
+        """{"jpeg": uint8 [total bytes] (JPEGs back to back), "jpeg_ends": int64 [B] (0 = not a JPEG: its pixels are in
+        "other"), "other": [uint8 [h, w, 3]], "boxes": int64 [B, 4], "sizes": int64 [B, 2]}."""
+        blobs = [p for p, _, _ in items if isinstance(p, bytes)]
+        flat = torch.empty(sum(len(b) for b in blobs), dtype=torch.uint8)
+        if shared:
+            flat.share_memory_()
+        view, ends, at = flat.numpy(), [], 0
+        for payload, _, _ in items:
+            if isinstance(payload, bytes):
+                view[at : at + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+                at += len(payload)
+            ends.append(at if isinstance(payload, bytes) else 0)
+        return {
+            "jpeg": flat, "jpeg_ends": torch.tensor(ends, dtype=torch.int64),
+            "other": [torch.from_numpy(np.ascontiguousarray(p)) for p, _, _ in items if not isinstance(p, bytes)],
+            "boxes": torch.tensor([b for _, b, _ in items], dtype=torch.int64),
+            "sizes": torch.tensor([s for _, _, s in items], dtype=torch.int64),
+        }  # fmt: skip
+
+
+def train_crop(resize: str, decode: str, size: int, scale: tuple[float, float]):
+    """The worker-side transform for (data.resize, data.decode); None = the host path (TrainTransform)."""
+    if decode == "device":
+        return EncodedCrop(size, scale)
+    return DecodedCrop(size, scale) if resize == "device" else None
+
+
+def has_device_work(batch: dict) -> bool:
+    return "decoded" in batch or "jpeg" in batch
+
+
+def device_pixels(batch: dict, device: torch.device | str, size: int) -> torch.Tensor:
+    """uint8 [B, size, size, 3] on `device` from a batch of `DecodedCrop` or `EncodedCrop` samples."""
+    device = torch.device(device)
+    if "decoded" in batch:
+        images = batch["decoded"].to(device, non_blocking=True)
+    else:
+        images = _decode_on(device, batch)
+    return crop_resize(images, batch["boxes"], batch["sizes"], size)
+
+
+def _decode_on(device: torch.device, batch: dict) -> torch.Tensor:
+    """JPEG bytes -> zero-padded uint8 [B, Hmax, Wmax, 3] on `device` (one batched decode_jpeg call)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    ends, sizes, flat = batch["jpeg_ends"].tolist(), batch["sizes"], batch["jpeg"]
+    blobs, at = [], 0
+    for end in ends:
+        if end:
+            blobs.append(flat[at:end])
+            at = end
+    decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device) if blobs else []
+    others = iter(batch["other"])
+    h, w = (int(v) for v in sizes.max(0).values)
+    out = torch.zeros((len(ends), h, w, 3), dtype=torch.uint8, device=device)
+    jpegs = iter(decoded)
+    for i, end in enumerate(ends):
+        img = next(jpegs).permute(1, 2, 0) if end else next(others).to(device, non_blocking=True)
+        out[i, : img.shape[0], : img.shape[1]] = img
+    return out
