@@ -28,7 +28,6 @@ from data.transforms import random_resized_crop_box
 log = logging.getLogger(__name__)
 RESIZE_PLACES = ("host", "device")
 DECODE_PLACES = ("host", "device")
-_JPEG_COLOURS = ("YCbCr", "Gray")  # what libjpeg-turbo converts to RGB as Pillow does (not CMYK / YCCK)
 
 
 class _Crop:
@@ -45,29 +44,39 @@ def _rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """uint8 [H, W, 3] of an encoded image: libjpeg-turbo (simplejpeg) for YCbCr/grey JPEGs, else Pillow."""
-    import simplejpeg
+def _ends_whole(data: bytes) -> bool:
+    """A JPEG that ends with its EOI marker (a truncated one does not; Pillow refuses it, libjpeg pads it grey)."""
+    return data.rstrip(b"\0")[-2:] == b"\xff\xd9"
 
-    if data[:2] == b"\xff\xd8":
+
+def decode_rgb(data: bytes, img: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] of `data`, opened as `img`: libjpeg-turbo (simplejpeg) for whole RGB/grey JPEGs, the same
+    pixels as Pillow's; Pillow for everything else."""
+    if img.format == "JPEG" and img.mode in ("RGB", "L") and _ends_whole(data):
+        import simplejpeg
+
         try:
-            if simplejpeg.decode_jpeg_header(data)[2] in _JPEG_COLOURS:
-                return simplejpeg.decode_jpeg(data, "RGB")
+            return simplejpeg.decode_jpeg(data, "RGB")
         except ValueError:
-            pass  # what libjpeg-turbo rejects, Pillow may still read (or rejects the same way, below)
-    with Image.open(io.BytesIO(data)) as img:
-        return _rgb(img)
+            pass  # Pillow reads it or rejects it the same way, below
+    return _rgb(img)
 
 
 class DecodedCrop(_Crop):
-    """`data.resize: device`: per sample (uint8 [H, W, 3] image, box); batches via `stack`."""
+    """`data.resize: device`: per sample (uint8 [H, W, 3] image, box); batches via `stack`.
+
+    Draws the box at the point TrainTransform does (after the header for RGB/grey images, after decoding for other
+    modes), so an image that fails to decode consumes the stream alike and later boxes stay equal."""
 
     def pixels(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         return _rgb(img), self.box(img.width, img.height, rng)
 
     def encoded(self, data: bytes, rng: random.Random) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        image = decode_rgb(data)
-        return image, self.box(image.shape[1], image.shape[0], rng)
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            if img.mode not in ("L", "RGB"):
+                return self.pixels(img, rng)
+            box = self.box(img.width, img.height, rng)
+            return decode_rgb(data, img), box
 
     @staticmethod
     def stack(items: list, shared: bool) -> dict[str, torch.Tensor]:
@@ -91,10 +100,12 @@ class EncodedCrop(_Crop):
 
     def encoded(self, data: bytes, rng: random.Random) -> tuple[bytes | np.ndarray, tuple, tuple[int, int]]:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            width, height = img.size
-            device_ok = img.format == "JPEG" and img.mode in ("RGB", "L") and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
-            payload = data if device_ok else _rgb(img)  # truncated JPEGs end without EOI: Pillow raises here
-        return payload, self.box(width, height, rng), (height, width)
+            if img.mode not in ("L", "RGB"):  # decoded here, before the box (as TrainTransform does)
+                return self.pixels(img, rng)
+            box, size = self.box(img.width, img.height, rng), (img.height, img.width)
+            if img.format == "JPEG" and _ends_whole(data):
+                return data, box, size
+            return _rgb(img), box, size  # other formats; a truncated JPEG raises here, as on the host path
 
     @staticmethod
     def stack(items: list, shared: bool) -> dict:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import yaml
 
+from data.device_transforms import device_pixels, has_device_work
 from data.loader import build_train_loader
 from data.tokenizer import get_tokenizer
-from data.device_transforms import device_pixels, has_device_work
 from data.transforms import normalize_pixels
 from model import CLIP, create_model
 from model.flops import train_flops_per_sample
