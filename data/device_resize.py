@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 BICUBIC_A = -0.5  # Pillow's bicubic (Keys, a = -0.5), support 2
+CHUNK = 64  # samples resized at once
 
 
 def _bicubic(x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,10 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor, 
     if boxes.device.type != "cpu" or sizes.device.type != "cpu":
         raise ValueError("crop_resize takes boxes and sizes as host tensors (they come from the loader)")
     b, h, w, _ = images.shape
+    if b > CHUNK:  # bounds the float32 copies and weights (about 0.4 GB per chunk of 512 px images)
+        parts = [crop_resize(images[i : i + CHUNK], boxes[i : i + CHUNK], sizes[i : i + CHUNK], out_size)
+                 for i in range(0, b, CHUNK)]  # fmt: skip
+        return torch.cat(parts)
     first = vertical_first(sizes, out_size)
     device = images.device
     boxes_d, sizes_d = boxes.to(device, non_blocking=True), sizes.to(device, non_blocking=True)

@@ -14,6 +14,7 @@ within one level) and normalises as usual. The same code runs on CPU (tests) and
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import random
@@ -26,8 +27,6 @@ from data.device_resize import crop_resize
 from data.transforms import random_resized_crop_box
 
 log = logging.getLogger(__name__)
-RESIZE_PLACES = ("host", "device")
-DECODE_PLACES = ("host", "device")
 
 
 class _Crop:
@@ -130,10 +129,19 @@ class EncodedCrop(_Crop):
 
 
 def train_crop(resize: str, decode: str, size: int, scale: tuple[float, float]):
-    """The worker-side transform for (data.resize, data.decode); None = the host path (TrainTransform)."""
+    """The worker-side transform for (data.resize, data.decode); None = the host path (TrainTransform).
+    An unresolved "auto" (no trainer device known: benchmarks, tools) is the host path."""
     if decode == "device":
         return EncodedCrop(size, scale)
     return DecodedCrop(size, scale) if resize == "device" else None
+
+
+def resolve_resize(cfg, device: torch.device):
+    """`cfg` (a DataConfig) with resize "auto" made "device" for a CUDA trainer (or decode "device"), else "host"."""
+    if cfg.resize != "auto":
+        return cfg
+    on_device = torch.device(device).type == "cuda" or cfg.decode == "device"
+    return dataclasses.replace(cfg, resize="device" if on_device else "host")
 
 
 def has_device_work(batch: dict) -> bool:

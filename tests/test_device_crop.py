@@ -16,7 +16,7 @@ from PIL import Image
 from benchmarks.photo_shards import build
 from data.config import DataConfig
 from data.device_resize import crop_resize, vertical_first
-from data.device_transforms import device_pixels, has_device_work
+from data.device_transforms import device_pixels, has_device_work, resolve_resize
 from data.loader import build_train_loader
 from data.manifest import build_manifest
 from data.shards import ShardWriter
@@ -57,6 +57,17 @@ def test_crop_resize_equals_pillow_bicubic_in_both_pass_orders() -> None:
     out = crop_resize(batch, torch.tensor(boxes), sizes_t, 96)
     diff = (out.int() - torch.from_numpy(np.stack(refs)).int()).abs()
     assert diff.max().item() <= MAX_LEVELS and diff.float().mean().item() <= MEAN_LEVELS
+
+
+def test_crop_resize_in_chunks_equals_one_pass(monkeypatch) -> None:
+    import data.device_resize as device_resize
+
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.integers(0, 256, (5, 40, 30, 3), dtype=np.uint8))
+    boxes, sizes = torch.tensor([[1, 2, 29, 38]] * 5), torch.tensor([[40, 30]] * 5)
+    whole = crop_resize(images, boxes, sizes, 16)
+    monkeypatch.setattr(device_resize, "CHUNK", 2)
+    assert torch.equal(crop_resize(images, boxes, sizes, 16), whole)
 
 
 def test_crop_resize_rejects_bad_inputs() -> None:
@@ -134,11 +145,20 @@ def test_decode_device_ships_other_formats_decoded_and_skips_truncated_jpegs(tmp
 @pytest.mark.parametrize("overrides,message", [
     ({"resize": "gpu"}, "data.resize must be one of"),
     ({"decode": "cuda"}, "data.decode must be one of"),
-    ({"decode": "device"}, "data.decode: device needs data.resize: device"),
+    ({"resize": "auto-ish"}, "data.resize must be one of"),
+    ({"decode": "device", "resize": "host"}, "data.decode: device needs data.resize: device or auto"),
 ])  # fmt: skip
 def test_config_names_the_bad_place(overrides, message) -> None:
     with pytest.raises(ValueError, match=message):
         DataConfig(path="x", **overrides)
+
+
+def test_resize_auto_is_device_on_cuda_only() -> None:
+    cfg = DataConfig(path="x")
+    assert cfg.resize == "auto" and resolve_resize(cfg, torch.device("cpu")).resize == "host"
+    assert resolve_resize(cfg, torch.device("cuda", 0)).resize == "device"
+    assert resolve_resize(DataConfig(path="x", decode="device"), torch.device("cpu")).resize == "device"
+    assert resolve_resize(DataConfig(path="x", resize="host"), torch.device("cuda")).resize == "host"
 
 
 def test_trainer_inputs_resize_device_batches(tmp_path, photos) -> None:

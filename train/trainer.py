@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from data.device_transforms import device_pixels, has_device_work
+from data.device_transforms import device_pixels, has_device_work, resolve_resize
 from data.loader import build_train_loader
 from data.tokenizer import get_tokenizer
 from data.transforms import normalize_pixels
@@ -71,7 +71,8 @@ class Trainer:
             logger.warning("accelerate config: %s", line)
         rank, world = self.backend.dp_rank, self.backend.dp_world_size  # data-parallel position
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
-        self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
+        data = resolve_resize(cfg.data, self.backend.device)  # resize "auto": on the device when it is CUDA
+        self.loader = loader if loader is not None else build_train_loader(data, rank, world, self.tokenizer)
         self.global_batch = cfg.data.batch_size * world
         if cfg.run.world_size and cfg.run.world_size != world and self.backend.is_main:
             logger.warning(
