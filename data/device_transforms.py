@@ -4,7 +4,7 @@ A loader worker draws each crop box exactly as `TrainTransform` does (same seede
 stream is bit-identical) but does not resample:
 
 - `resize: device`: the worker decodes the JPEG (libjpeg-turbo through simplejpeg; Pillow for other formats and
-  CMYK, same pixels) and ships the whole uint8 image, zero-padded to the batch's largest, with its box and size;
+  CMYK, same pixels) and ships the whole uint8 image (unpadded, back to back) with its box and size;
 - `decode: device`: the worker only reads the header (size, for the box) and ships the JPEG bytes; the trainer
   decodes them on the device (`torchvision.io.decode_jpeg`, nvJPEG on CUDA, batched; libjpeg-turbo on CPU).
 
@@ -79,16 +79,25 @@ class DecodedCrop(_Crop):
 
     @staticmethod
     def stack(items: list, shared: bool) -> dict[str, torch.Tensor]:
-        """{"decoded": uint8 [B, Hmax, Wmax, 3] (zero-padded), "boxes": int64 [B, 4], "sizes": int64 [B, 2]}."""
+        """{"decoded": uint8 [sum of h*w*3] (the images back to back, unpadded: the device pads), "boxes": int64
+        [B, 4], "sizes": int64 [B, 2] (h, w)}."""
+        flat = _flat([a for a, _ in items], shared)
         sizes = torch.tensor([a.shape[:2] for a, _ in items], dtype=torch.int64)
-        h, w = (int(v) for v in sizes.max(0).values)
-        out = torch.zeros((len(items), h, w, 3), dtype=torch.uint8)
-        if shared:
-            out.share_memory_()
-        view = out.numpy()
-        for i, (a, _) in enumerate(items):
-            view[i, : a.shape[0], : a.shape[1]] = a
-        return {"decoded": out, "boxes": torch.tensor([b for _, b in items], dtype=torch.int64), "sizes": sizes}
+        return {"decoded": flat, "boxes": torch.tensor([b for _, b in items], dtype=torch.int64), "sizes": sizes}
+
+
+def _flat(arrays: list, shared: bool) -> torch.Tensor:
+    """uint8 arrays or bytes back to back in one (shared-memory) tensor."""
+    total = sum(len(a) if isinstance(a, bytes) else a.size for a in arrays)
+    flat = torch.empty(total, dtype=torch.uint8)
+    if shared:
+        flat.share_memory_()
+    view, at = flat.numpy(), 0
+    for a in arrays:
+        a = np.frombuffer(a, dtype=np.uint8) if isinstance(a, bytes) else a.reshape(-1)
+        view[at : at + a.size] = a
+        at += a.size
+    return flat
 
 
 class EncodedCrop(_Crop):
@@ -111,17 +120,10 @@ class EncodedCrop(_Crop):
         """{"jpeg": uint8 [total bytes] (JPEGs back to back), "jpeg_ends": int64 [B] (0 = not a JPEG: its pixels are in
         "other"), "other": [uint8 [h, w, 3]], "boxes": int64 [B, 4], "sizes": int64 [B, 2]}."""
         blobs = [p for p, _, _ in items if isinstance(p, bytes)]
-        flat = torch.empty(sum(len(b) for b in blobs), dtype=torch.uint8)
-        if shared:
-            flat.share_memory_()
-        view, ends, at = flat.numpy(), [], 0
-        for payload, _, _ in items:
-            if isinstance(payload, bytes):
-                view[at : at + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
-                at += len(payload)
-            ends.append(at if isinstance(payload, bytes) else 0)
+        ends = np.cumsum([len(p) if isinstance(p, bytes) else 0 for p, _, _ in items])
+        ends[[not isinstance(p, bytes) for p, _, _ in items]] = 0
         return {
-            "jpeg": flat, "jpeg_ends": torch.tensor(ends, dtype=torch.int64),
+            "jpeg": _flat(blobs, shared), "jpeg_ends": torch.from_numpy(ends.astype(np.int64)),
             "other": [torch.from_numpy(np.ascontiguousarray(p)) for p, _, _ in items if not isinstance(p, bytes)],
             "boxes": torch.tensor([b for _, b, _ in items], dtype=torch.int64),
             "sizes": torch.tensor([s for _, _, s in items], dtype=torch.int64),
@@ -151,29 +153,36 @@ def has_device_work(batch: dict) -> bool:
 def device_pixels(batch: dict, device: torch.device | str, size: int) -> torch.Tensor:
     """uint8 [B, size, size, 3] on `device` from a batch of `DecodedCrop` or `EncodedCrop` samples."""
     device = torch.device(device)
+    sizes = batch["sizes"]
     if "decoded" in batch:
-        images = batch["decoded"].to(device, non_blocking=True)
+        flat = batch["decoded"].to(device, non_blocking=True)  # one copy of the unpadded images
+        ends = (sizes[:, 0] * sizes[:, 1] * 3).cumsum(0).tolist()
+        starts = [0, *ends[:-1]]
+        images = [flat[a:e].view(int(h), int(w), 3) for a, e, (h, w) in zip(starts, ends, sizes.tolist(), strict=True)]
     else:
         images = _decode_on(device, batch)
-    return crop_resize(images, batch["boxes"], batch["sizes"], size)
+    return crop_resize(_pad(images, sizes, device), batch["boxes"], sizes, size)
 
 
-def _decode_on(device: torch.device, batch: dict) -> torch.Tensor:
-    """JPEG bytes -> zero-padded uint8 [B, Hmax, Wmax, 3] on `device` (one batched decode_jpeg call)."""
+def _pad(images: list[torch.Tensor], sizes: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[h, w, 3] images on `device` -> zero-padded uint8 [B, Hmax, Wmax, 3]."""
+    h, w = (int(v) for v in sizes.max(0).values)
+    out = torch.zeros((len(images), h, w, 3), dtype=torch.uint8, device=device)
+    for i, img in enumerate(images):
+        out[i, : img.shape[0], : img.shape[1]] = img
+    return out
+
+
+def _decode_on(device: torch.device, batch: dict) -> list[torch.Tensor]:
+    """JPEG bytes -> [h, w, 3] uint8 images on `device` (one batched decode_jpeg call; the rest arrive decoded)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    ends, sizes, flat = batch["jpeg_ends"].tolist(), batch["sizes"], batch["jpeg"]
+    ends, flat = batch["jpeg_ends"].tolist(), batch["jpeg"]
     blobs, at = [], 0
     for end in ends:
         if end:
             blobs.append(flat[at:end])
             at = end
-    decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device) if blobs else []
+    decoded = iter(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device) if blobs else [])
     others = iter(batch["other"])
-    h, w = (int(v) for v in sizes.max(0).values)
-    out = torch.zeros((len(ends), h, w, 3), dtype=torch.uint8, device=device)
-    jpegs = iter(decoded)
-    for i, end in enumerate(ends):
-        img = next(jpegs).permute(1, 2, 0) if end else next(others).to(device, non_blocking=True)
-        out[i, : img.shape[0], : img.shape[1]] = img
-    return out
+    return [next(decoded).permute(1, 2, 0) if end else next(others).to(device, non_blocking=True) for end in ends]
