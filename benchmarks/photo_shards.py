@@ -1,6 +1,7 @@
 """Benchmark shards made of real photographs, built offline, stored as labs store them.
 
-The photographs are the ones scikit-image (`skimage.data`) and scikit-learn (`load_sample_images`) ship. Each
+The photographs are the ones scikit-image (`skimage.data`) and scikit-learn (`load_sample_images`) ship, read as
+files from the installed packages. Each
 sample is a distinct random view of one of them: a crop (area 20-100%, aspect 1/2-2), scaled to a web-like original
 size (longest side 320-1400 px), maybe mirrored, with colour jitter (brightness, contrast, saturation). Then, as
 img2dataset stores it (JPEG quality 95, its default):
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -35,16 +37,21 @@ from data.manifest import build_manifest
 
 LAYOUTS = {"img2dataset": ("border", 256), "datacomp": ("keep_ratio_largest", 512)}
 QUALITY = 95  # img2dataset's default encode_quality
-# (package, loader, subject): real photographs only (no renders, masks or synthetic patterns).
+# (package, file in its data folder, subject): real photographs only (no renders, masks or synthetic patterns). Read
+# as files with Pillow, without importing the packages (the GPU image carries their wheels, not scipy).
 PHOTOS = (
-    ("skimage", "astronaut", "astronaut in a spacesuit"), ("skimage", "chelsea", "tabby cat"),
-    ("skimage", "coffee", "cup of coffee"), ("skimage", "hubble_deep_field", "deep field of galaxies"),
-    ("skimage", "immunohistochemistry", "stained tissue under a microscope"), ("skimage", "retina", "retina scan"),
-    ("skimage", "rocket", "rocket on the launch pad"), ("skimage", "stereo_motorcycle", "motorcycle in a garage"),
-    ("skimage", "camera", "man with a camera"), ("skimage", "moon", "surface of the moon"),
-    ("skimage", "coins", "old coins"), ("skimage", "clock", "wall clock"), ("skimage", "brick", "brick wall"),
-    ("skimage", "grass", "grass"), ("skimage", "gravel", "gravel path"),
-    ("sklearn", "china.jpg", "chinese temple"), ("sklearn", "flower.jpg", "flower"),
+    ("skimage", "data/astronaut.png", "astronaut in a spacesuit"), ("skimage", "data/chelsea.png", "tabby cat"),
+    ("skimage", "data/coffee.png", "cup of coffee"),
+    ("skimage", "data/hubble_deep_field.jpg", "deep field of galaxies"),
+    ("skimage", "data/ihc.png", "stained tissue under a microscope"), ("skimage", "data/retina.jpg", "retina scan"),
+    ("skimage", "data/rocket.jpg", "rocket on the launch pad"),
+    ("skimage", "data/motorcycle_left.png", "motorcycle in a garage"),
+    ("skimage", "data/motorcycle_right.png", "motorcycle in a garage"),
+    ("skimage", "data/camera.png", "man with a camera"),
+    ("skimage", "data/moon.png", "surface of the moon"), ("skimage", "data/coins.png", "old coins"),
+    ("skimage", "data/clock_motion.png", "wall clock"), ("skimage", "data/brick.png", "brick wall"),
+    ("skimage", "data/grass.png", "grass"), ("skimage", "data/gravel.png", "gravel path"),
+    ("sklearn", "datasets/images/china.jpg", "chinese temple"), ("sklearn", "datasets/images/flower.jpg", "flower"),
 )  # fmt: skip
 OPENERS = ("", "", "", "photo of", "a photo of", "close-up of", "stock image:", "image of", "picture of", "view of")
 ADJECTIVES = ("beautiful", "old", "bright", "dark", "vintage", "colorful", "detailed", "small", "large", "natural",
@@ -59,16 +66,14 @@ PHRASES = ("in the afternoon light", "on a white background", "seen from above",
 @functools.cache
 def photos() -> list[tuple[np.ndarray, str]]:
     """The source photographs as uint8 RGB arrays with a subject (grey ones replicated to three channels)."""
-    import skimage.data
-    from sklearn.datasets import load_sample_image
-
     out = []
     for package, name, subject in PHOTOS:
-        image = getattr(skimage.data, name)() if package == "skimage" else load_sample_image(name)
-        frames = image[:2] if isinstance(image, tuple) else (image,)  # stereo_motorcycle: left and right
-        for frame in frames:
-            frame = np.asarray(frame, dtype=np.uint8)
-            out.append((np.repeat(frame[..., None], 3, 2) if frame.ndim == 2 else frame[..., :3], subject))
+        spec = importlib.util.find_spec(package)  # locates the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"photo_shards needs the {package} package installed (its photographs): pip install "
+                             f"{'scikit-image' if package == 'skimage' else 'scikit-learn'} (see requirements-dev.txt)")
+        with Image.open(os.path.join(spec.submodule_search_locations[0], name)) as img:
+            out.append((np.asarray(img.convert("RGB")), subject))
     return out
 
 

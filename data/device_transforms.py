@@ -24,6 +24,11 @@ import torch
 from PIL import Image
 
 from data.device_resize import crop_resize
+
+try:
+    import simplejpeg
+except ImportError:  # a pinned dependency; without it Pillow decodes (the same pixels, slower)
+    simplejpeg = None
 from data.transforms import random_resized_crop_box
 
 log = logging.getLogger(__name__)
@@ -51,9 +56,7 @@ def _ends_whole(data: bytes) -> bool:
 def decode_rgb(data: bytes, img: Image.Image) -> np.ndarray:
     """uint8 [H, W, 3] of `data`, opened as `img`: libjpeg-turbo (simplejpeg) for whole RGB/grey JPEGs, the same
     pixels as Pillow's; Pillow for everything else."""
-    if img.format == "JPEG" and img.mode in ("RGB", "L") and _ends_whole(data):
-        import simplejpeg
-
+    if img.format == "JPEG" and img.mode in ("RGB", "L") and _ends_whole(data) and simplejpeg is not None:
         try:
             return simplejpeg.decode_jpeg(data, "RGB")
         except ValueError:
