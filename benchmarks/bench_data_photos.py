@@ -53,6 +53,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def with_children(pid: int) -> list[int]:
+    """`pid` and its descendants (loader workers), from /proc."""
+    out = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [p for child in f.read().split() for p in with_children(int(child))]
+    return out
+
+
 def per_cpu_s(samples: int, cpu: float) -> float:
     """Samples per CPU-second; the kernel counts CPU time in ticks (10 ms), so a shorter run counts as one tick."""
     return samples / max(cpu, 1 / os.sysconf("SC_CLK_TCK"))
@@ -119,7 +128,7 @@ def run_ours(spec: dict) -> dict:
     batches = iter(loader)
     for _ in range(spec["warmup"]):
         next(batches)
-    pids = [os.getpid(), *(w.pid for w in getattr(loader._loader._iterator, "_workers", []))]
+    pids = with_children(os.getpid())
     start, cpu0, n = time.perf_counter(), cpu_seconds(pids), 0
     for _ in range(spec["batches"]):
         n += len(next(batches)["index"])

@@ -28,6 +28,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def with_children(pid: int) -> list[int]:
+    """`pid` and its descendants (loader workers), from /proc."""
+    out = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [p for child in f.read().split() for p in with_children(int(child))]
+    return out
+
+
 def per_cpu_s(samples: int, cpu: float) -> float:
     """Samples per CPU-second; the kernel counts CPU time in ticks (10 ms), so a shorter run counts as one tick."""
     return samples / max(cpu, 1 / os.sysconf("SC_CLK_TCK"))
@@ -60,7 +69,7 @@ def main() -> None:
     batches = iter(info.dataloader)
     for _ in range(args.warmup):
         next(batches)
-    pids = [os.getpid(), *(w.pid for w in getattr(batches, "_workers", []))]
+    pids = with_children(os.getpid())
     start, cpu0, n = time.perf_counter(), cpu_seconds(pids), 0
     for _ in range(args.batches):
         images, _texts = next(batches)
