@@ -56,7 +56,8 @@ if [[ $SMALL == 1 ]]; then
          --repeats 1)
   E2E=(--steps 20 --warmup 5 --log-every 5 --rounds 1)
   FEED=(--config recipes/configs/demo_fashion_mnist.yaml model.name=tiny data.image_size=32 "data.path=$SHARDS"
-        data.batch_size=8 data.workers=1 flip.mask_ratio=0.75 --steps 2 --rounds 1 --warmup 1 --breakdown-steps 1)
+        data.batch_size=8 data.workers=1 flip.mask_ratio=0.75)
+  FEED_RUN=(--steps 2 --rounds 1 --warmup 1 --breakdown-steps 1)
 else
   SCALE=1
   SHARDS=artifacts/bench_shards
@@ -66,8 +67,8 @@ else
          --breakdown-steps 5)
   MODEL=(--model ViT-B-16 --batch 256 --precision bf16 --mask-ratios 0.5 --steps 5 --warmup 2 --repeats 5)
   E2E=(--config recipes/configs/openclip_laion315m_vitb16_1node.yaml --steps 126 --warmup 30 --rounds 1)  # 9 x 14 workers
-  FEED=(--config recipes/configs/flip50_laion315m_vitb16_4node.yaml "${DATA[@]}" flip.mask_ratio=0.75 --steps 10
-        --rounds 3 --warmup 3 --breakdown-steps 3)
+  FEED=(--config recipes/configs/flip50_laion315m_vitb16_4node.yaml "${DATA[@]}" flip.mask_ratio=0.75)
+  FEED_RUN=(--steps 10 --rounds 3 --warmup 3 --breakdown-steps 3)
 fi
 
 stage env 30 "$PY" -c "
@@ -89,10 +90,10 @@ stage bench_train 180 "$PY" benchmarks/bench_train.py "${DATA[@]}" "${TRAIN[@]}"
   --backends ddp,zero2,fsdp2,zero3 --out "$OUT/bench_train.json"
 # The photo feed: workers decode on the CPU and the device resizes (data.resize: device, the GPU default), then the
 # device decodes too (data.decode: device); trainer/model says whether 14 workers keep up with B/16 at 75%.
-stage photo_feed_cpu_decode 60 "$PY" benchmarks/bench_train.py "${FEED[@]}" data.resize=device --ranks 1 \
-  --backends ddp --out "$OUT/photo_feed_cpu_decode.json"
+stage photo_feed_cpu_decode 60 "$PY" benchmarks/bench_train.py "${FEED[@]}" data.resize=device "${FEED_RUN[@]}" \
+  --ranks 1 --backends ddp --out "$OUT/photo_feed_cpu_decode.json"
 stage photo_feed_device_decode 60 "$PY" benchmarks/bench_train.py "${FEED[@]}" data.resize=device data.decode=device \
-  --ranks 1 --backends ddp --out "$OUT/photo_feed_device_decode.json"
+  "${FEED_RUN[@]}" --ranks 1 --backends ddp --out "$OUT/photo_feed_device_decode.json"
 stage bench_model 100 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --out "$OUT/bench_model.json"
 stage bench_e2e 150 "$PY" benchmarks/bench_e2e.py "${DATA[@]}" "${E2E[@]}" --ranks 1 "${PEER_WHEELS[@]}" \
   --out "$OUT/bench_e2e.json"
