@@ -159,6 +159,9 @@ def device_pixels(batch: dict, device: torch.device | str, size: int) -> torch.T
     sizes = batch["sizes"]
     if "decoded" in batch:
         flat = batch["decoded"].to(device, non_blocking=True)  # one copy of the unpadded images
+        if bool((sizes == sizes[0]).all()):  # one size (img2dataset's border layout): a view, no padding
+            images = flat.view(len(sizes), int(sizes[0, 0]), int(sizes[0, 1]), 3)
+            return crop_resize(images, batch["boxes"], sizes, size)
         ends = (sizes[:, 0] * sizes[:, 1] * 3).cumsum(0).tolist()
         starts = [0, *ends[:-1]]
         images = [flat[a:e].view(int(h), int(w), 3) for a, e, (h, w) in zip(starts, ends, sizes.tolist(), strict=True)]
