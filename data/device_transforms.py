@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import random
 
 import numpy as np
@@ -24,14 +23,12 @@ import torch
 from PIL import Image
 
 from data.device_resize import crop_resize
+from data.transforms import random_resized_crop_box
 
 try:
     import simplejpeg
 except ImportError:  # a pinned dependency; without it Pillow decodes (the same pixels, slower)
     simplejpeg = None
-from data.transforms import random_resized_crop_box
-
-log = logging.getLogger(__name__)
 
 
 class _Crop:
