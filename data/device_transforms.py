@@ -178,8 +178,11 @@ def _pad(images: list[torch.Tensor], sizes: torch.Tensor, device: torch.device) 
 
 def _decode_on(device: torch.device, batch: dict) -> list[torch.Tensor]:
     """JPEG bytes -> [h, w, 3] uint8 images on `device` (one batched decode_jpeg call; the rest arrive decoded)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError as e:
+        raise RuntimeError("data.decode: device decodes with torchvision.io.decode_jpeg: pip install torchvision "
+                           "(requirements.txt pins it), or set data.decode: host") from e
     ends, flat = batch["jpeg_ends"].tolist(), batch["jpeg"]
     blobs, at = [], 0
     for end in ends:
