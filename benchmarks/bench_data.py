@@ -14,6 +14,10 @@ HTTP server and an S3-compatible server (moto), both started on 127.0.0.1 for th
 fsspec with a cold shard cache per run (so downloads are timed); it also times indexing from each.
 
   python benchmarks/bench_data.py --shards shards/fmnist/train --source local,http,s3 --workers 1 --image-size 28
+
+With --photos it measures per core on real-photo JPEG shards instead (benchmarks/bench_data_photos.py):
+
+  python benchmarks/bench_data.py --photos --out benchmarks/results/bench_data_photos.json
 """
 
 from __future__ import annotations
@@ -90,6 +94,11 @@ def measure(make, shards, batch_size, workers, image_size, warmup: int, batches:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--photos" in argv:  # per core on real-photo shards: benchmarks/bench_data_photos.py
+        from benchmarks.bench_data_photos import main as photos
+
+        return photos(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard directory with manifest.json (e.g. Fashion-MNIST train)")
     p.add_argument("--image-size", type=int, default=224)

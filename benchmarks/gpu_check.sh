@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check in one call: install what the GPU image lacks from the wheels carried in .whl/ (make gpu-wheels),
-# build synthetic shards, then in order: the gpu test tier (a bf16 step per backend; no host sync in a
-# non-logging step of every loss and of FLIP), the bench_train table (ViT-B/16, batch 256, bf16, FLIP 50%, 14
-# workers; ddp, ZeRO-2, FSDP2, ZeRO-3), the model-only comparison with open_clip (eager and compiled), and the
-# end-to-end run against open_clip_train. Each stage has a time limit and the whole check a budget (8 minutes);
+# build photo shards (benchmarks/photo_shards.py: real photographs, img2dataset's 256 px JPEG q95 layout), then in
+# order: the gpu test tier (a bf16 step per backend; no host sync in a non-logging step of every loss and of FLIP),
+# the bench_train table (ViT-B/16, batch 256, bf16, FLIP 50%, 14 workers; ddp, ZeRO-2, FSDP2, ZeRO-3), the photo
+# feed (ViT-B/16 at 75% masking fed by 14 workers: CPU decode + device resize, then device decode; trainer/model),
+# the model-only comparison with open_clip (eager and compiled), and the end-to-end run against open_clip_train. Each stage has a time limit and the whole check a budget (8 minutes);
 # a stage that fails or runs out of time is recorded and the next one runs. Results: JSON under $OUT, summed up in
 # $OUT/gpu_check.json (with the issue's goals checked); each stage's output in $OUT/<stage>.log.
 #
@@ -47,22 +48,27 @@ stage() {
 if [[ $SMALL == 1 ]]; then
   SCALE=8  # a shared 2-core CPU is slower at the small mode than the GPU at the full one
   SHARDS=$OUT/shards
-  SHARD_ARGS=(--samples 1024 --shards 4 --size 32)
+  SHARD_ARGS=(--samples 320 --shards 4 --layout img2dataset)
   DATA=(--config recipes/configs/demo_fashion_mnist.yaml model.name=tiny data.image_size=32 "data.path=$SHARDS"
         data.batch_size=8 data.workers=1)
   TRAIN=(--steps 2 --rounds 1 --warmup 1 --breakdown-steps 1)
   MODEL=(--model tiny --batch 8 --precision fp32 --mask-ratios 0.5 --variants ours,open_clip --steps 1 --warmup 1
          --repeats 1)
   E2E=(--steps 20 --warmup 5 --log-every 5 --rounds 1)
+  FEED=(--config recipes/configs/demo_fashion_mnist.yaml model.name=tiny data.image_size=32 "data.path=$SHARDS"
+        data.batch_size=8 data.workers=1 flip.mask_ratio=0.75)
+  FEED_RUN=(--steps 2 --rounds 1 --warmup 1 --breakdown-steps 1)
 else
   SCALE=1
   SHARDS=artifacts/bench_shards
-  SHARD_ARGS=(--samples 35840 --shards 28 --size 256)  # 2 shards (10 batches) for each of the 14 peer workers
+  SHARD_ARGS=(--samples 35840 --shards 28 --layout img2dataset)  # 2 shards (10 batches) for each of 14 peer workers
   DATA=("data.path=$SHARDS" data.batch_size=256 data.workers=14 data.num_samples=null backend.precision=bf16)
   TRAIN=(--config recipes/configs/flip50_laion315m_vitb16_4node.yaml --steps 10 --rounds 5 --warmup 3
          --breakdown-steps 5)
   MODEL=(--model ViT-B-16 --batch 256 --precision bf16 --mask-ratios 0.5 --steps 5 --warmup 2 --repeats 5)
   E2E=(--config recipes/configs/openclip_laion315m_vitb16_1node.yaml --steps 126 --warmup 30 --rounds 1)  # 9 x 14 workers
+  FEED=(--config recipes/configs/flip50_laion315m_vitb16_4node.yaml "${DATA[@]}" flip.mask_ratio=0.75)
+  FEED_RUN=(--steps 10 --rounds 3 --warmup 3 --breakdown-steps 3)
 fi
 
 stage env 30 "$PY" -c "
@@ -76,12 +82,18 @@ for name in ('deepspeed', 'open_clip_torch', 'webdataset', 'timm', 'accelerate',
         info[name] = None
 json.dump(info, open('$OUT/env.json', 'w'), indent=1)"
 if [[ ! -f $SHARDS/manifest.json ]]; then
-  stage shards 60 "$PY" benchmarks/make_bench_shards.py --out "$SHARDS" "${SHARD_ARGS[@]}"
+  stage shards 90 "$PY" benchmarks/photo_shards.py --out "$SHARDS" "${SHARD_ARGS[@]}"
 fi
 stage gpu_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device_inputs.py \
   --junitxml "$OUT/gpu_tests.xml"
 stage bench_train 180 "$PY" benchmarks/bench_train.py "${DATA[@]}" "${TRAIN[@]}" --ranks 1 \
   --backends ddp,zero2,fsdp2,zero3 --out "$OUT/bench_train.json"
+# The photo feed: workers decode on the CPU and the device resizes (data.resize: device, the GPU default), then the
+# device decodes too (data.decode: device); trainer/model says whether 14 workers keep up with B/16 at 75%.
+stage photo_feed_cpu_decode 60 "$PY" benchmarks/bench_train.py "${FEED[@]}" data.resize=device "${FEED_RUN[@]}" \
+  --ranks 1 --backends ddp --out "$OUT/photo_feed_cpu_decode.json"
+stage photo_feed_device_decode 60 "$PY" benchmarks/bench_train.py "${FEED[@]}" data.resize=device data.decode=device \
+  "${FEED_RUN[@]}" --ranks 1 --backends ddp --out "$OUT/photo_feed_device_decode.json"
 stage bench_model 100 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --out "$OUT/bench_model.json"
 stage bench_e2e 150 "$PY" benchmarks/bench_e2e.py "${DATA[@]}" "${E2E[@]}" --ranks 1 "${PEER_WHEELS[@]}" \
   --out "$OUT/bench_e2e.json"

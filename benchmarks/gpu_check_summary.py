@@ -53,6 +53,17 @@ def goals(train: Any, e2e: Any, outcomes: dict[str, str] | None) -> dict[str, An
     return out
 
 
+def photo_feed(out: Path) -> dict[str, Any]:
+    """ViT-B/16 at 75% masking fed from photo shards: trainer/model and samples/s per decode place (None: no run)."""
+    feed = {}
+    for place in ("cpu_decode", "device_decode"):
+        runs = (_json(out / f"photo_feed_{place}.json") or {}).get("runs") or [None]
+        run = runs[0]
+        feed[place] = None if run is None else {k: run[k] for k in ("trainer_over_model", "trainer_samples_per_s",
+                                                                     "model_samples_per_s") if k in run}  # fmt: skip
+    return feed
+
+
 def main(out_dir: str) -> int:
     out = Path(out_dir)
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines() if line]
@@ -61,9 +72,10 @@ def main(out_dir: str) -> int:
     summary = {
         "stages": stages, "env": _json(out / "env.json"), "tests": outcomes,
         "goals": goals(train, e2e, outcomes), "bench_train": train, "bench_model": model, "bench_e2e": e2e,
+        "photo_feed": photo_feed(out),
     }  # fmt: skip
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps({"stages": stages, "goals": summary["goals"]}, indent=1))
+    print(json.dumps({"stages": stages, "goals": summary["goals"], "photo_feed": summary["photo_feed"]}, indent=1))
     return 0 if all(s["rc"] == 0 for s in stages) else 1
 
 

@@ -14,14 +14,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
+from data.image_limits import check_image_size
 from data.sources import RawSample, SkipSample
 from data.transforms import normalize_batch, stack_pixels
 
 log = logging.getLogger(__name__)
 SKIP_REASONS = ("corrupt_image", "missing_image", "missing_caption", "key_out_of_range", "image_too_large")
-# Images with more pixels are skipped (counted as image_too_large) before they are decoded: a 12000 x 12000 PNG
-# would stall its worker for seconds every time it is drawn. 8192 x 8192 passes; PIL's own bomb check is looser.
-MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_ATTEMPTS = 1000  # substitutes tried for one slot before the data is declared unusable
 
 
@@ -36,9 +34,13 @@ def load_sample(source, shard: int, i: int, transform, rng, num_samples: int, ne
             return raw, transform.pixels(image, rng)
         if isinstance(image, str) and not os.path.isfile(image):
             raise SkipSample("missing_image")
+        if hasattr(transform, "encoded"):  # device-side transforms take the encoded bytes (data.device_transforms)
+            if isinstance(image, str):
+                with open(image, "rb") as f:
+                    image = f.read()
+            return raw, transform.encoded(bytes(image), rng)
         with Image.open(image if isinstance(image, str) else io.BytesIO(image)) as img:  # reads the header only
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise SkipSample("image_too_large")
+            check_image_size(img)
             return raw, transform.pixels(img, rng)
     except SkipSample:
         raise
@@ -47,14 +49,20 @@ def load_sample(source, shard: int, i: int, transform, rng, num_samples: int, ne
         raise SkipSample("corrupt_image") from None
 
 
-def collate(pixels, captions, keys, tokenizer, counts, labels=None, image_size=0) -> dict:
+def collate(pixels, captions, keys, tokenizer, counts, labels=None, image_size=0, stack=None) -> dict:
     """The worker's half of a batch: uint8 "pixels" (see `finish`), tokens [B, context_length], index, skip counts.
 
-    An empty batch keeps the token width, so code that concatenates batches never sees a ragged shape.
+    An empty batch keeps the token width, so code that concatenates batches never sees a ragged shape. `stack`
+    (a device-side transform's) replaces "pixels" by what it ships (data.device_transforms).
     """
     shared = get_worker_info() is not None
+    if stack is not None and pixels:
+        images = stack(pixels, shared)
+    else:
+        empty = torch.zeros(0, image_size, image_size, dtype=torch.uint8)
+        images = {"pixels": stack_pixels(pixels, shared) if pixels else empty}
     batch = {
-        "pixels": stack_pixels(pixels, shared) if pixels else torch.zeros(0, image_size, image_size, dtype=torch.uint8),
+        **images,
         "tokens": tokenizer(captions) if captions else torch.zeros(0, tokenizer.context_length, dtype=torch.long),
         "index": torch.tensor(keys, dtype=torch.int64),
         "skipped": dict(counts),

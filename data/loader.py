@@ -2,7 +2,9 @@
 
 Training batches are `{"pixels": uint8 [B,H,W,3] (grey: [B,H,W]), "tokens": int64 [B,C], "index":
 int64 [B]}`, pinned when `pin_memory`; the trainer normalises the pixels on its device
-(`data.transforms.normalize_pixels`). Evaluation batches carry normalised float32 `"images"`
+(`data.transforms.normalize_pixels`). With `data.resize: device` / `data.decode: device` the pixels are replaced
+by whole decoded images or JPEG bytes plus crop boxes, which the trainer crops and resizes on its device
+(`data.device_transforms.device_pixels`). Evaluation batches carry normalised float32 `"images"`
 [B,3,H,W] instead (plus `"label"` when the data is labelled). C is the tokenizer's context
 length (77 for the CLIP configs, the model config's `context_length` in general). `index` is the
 sample's stable key, i.e. its row in the per-sample state.
@@ -33,6 +35,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, load_sample, make_dataloader
 from data.config import DataConfig
+from data.device_transforms import train_crop
 from data.eval_loader import EvalLoader, build_eval_loader
 from data.mixing import MixedPlan, MixedSource
 from data.open_source import open_source
@@ -52,7 +55,9 @@ class _TrainBatches(Dataset):
     def __init__(self, source, cfg: DataConfig, rank: int, world_size: int, tokenizer, num_samples: int) -> None:
         self.source, self.cfg, self.rank, self.world_size = source, cfg, rank, world_size
         self.tokenizer, self.num_samples = tokenizer, num_samples
-        self.transform = TrainTransform(cfg.image_size, cfg.train_crop_scale)
+        device_crop = train_crop(cfg.resize, cfg.decode, cfg.image_size, cfg.train_crop_scale)
+        self.transform = device_crop or TrainTransform(cfg.image_size, cfg.train_crop_scale)
+        self.stack = device_crop.stack if device_crop is not None else None
         self._plans: OrderedDict[int, EpochPlan] = OrderedDict()
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -91,7 +96,7 @@ class _TrainBatches(Dataset):
             pixels.append(px)
             captions.append(raw.caption)
             keys.append(raw.key)
-        return collate(pixels, captions, keys, self.tokenizer, counts)
+        return collate(pixels, captions, keys, self.tokenizer, counts, stack=self.stack)
 
     def __len__(self) -> int:
         return self.plan(0).steps

@@ -56,3 +56,39 @@ def test_bench_data_sources_side_by_side(tmp_path):
     assert set(med) == {"local/workers=1", "http/workers=1", "s3/workers=1"} and all(v > 0 for v in med.values())
     assert result["ratio_vs_local"]["s3/workers=1"] == med["s3/workers=1"] / med["local/workers=1"]
     assert set(result["index_samples_per_s"]) == {"local", "http", "s3"}
+
+
+@pytest.mark.slow  # spawns one process per pipeline (and the peer's, from its own environment)
+def test_bench_data_photos_small_mode(tmp_path):
+    """`bench_data.py --photos` on tiny photo shards: every pipeline runs pinned to one core, and the ratios and
+    cores per GPU are the ones its per-core medians give."""
+    from benchmarks.bench_data_photos import DECODERS, MODEL_RATES, OURS
+    from benchmarks.photo_shards import build
+
+    sets = {}
+    for layout, size in (("img2dataset", "256"), ("datacomp", "512")):
+        sets[size] = str(tmp_path / layout)
+        build(sets[size], layout, samples=48, shards=2, seed=1, workers=1)
+    out = tmp_path / "photos.json"
+    returned = bench_data.main([
+        "--photos", "--shards", ",".join(f"{k}={v}" for k, v in sets.items()), "--image-size", "32",
+        "--batch-size", "4", "--warmup", "1", "--batches", "2", "--repeats", "1", "--no-all-cores", "--out", str(out),
+    ])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result == json.loads(json.dumps(returned))
+    names = {*(f"decode:{d}" for d in DECODERS), *OURS, "open_clip", "decode_floor"}
+    for size in ("256", "512"):
+        rates = result["per_core"][size]
+        assert set(rates) == names and all(math.isfinite(r) and r > 0 for r in rates.values())
+        assert rates["decode_floor"] == max(rates[f"decode:{d}"] for d in ("pil", "simplejpeg", "torchvision"))
+        assert result["ours_over_floor"][size] == rates["ours"] / rates["decode_floor"]
+        assert result["ours_over_open_clip"][size] == rates["ours"] / rates["open_clip"]
+        assert result["cores_per_gpu"][size]["ours"]["0.75"] == MODEL_RATES["0.75"] / rates["ours"]
+        for name, runs in result["per_core_runs"][size].items():
+            assert rates[name] == statistics.median(runs)
+        candidates = result["candidates"][size]
+        assert candidates["pil_bicubic"]["max_abs_levels"] == 0  # the host path itself
+        assert candidates["device_resize_on_a_cpu_core"]["max_abs_levels"] <= 1
+        assert set(result["goals"][size]) == {"ours_over_floor>=0.8", "ours_over_open_clip>=2.0",
+                                              f"cores_per_gpu_0.75<={6 if size == '256' else 10}"}  # fmt: skip
+    assert result["config"]["pinned_core"] in os.sched_getaffinity(0)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from data.batching import MAX_IMAGE_PIXELS
 from data.config import DataConfig
+from data.image_limits import MAX_IMAGE_PIXELS
 from data.loader import build_train_loader
 from data.manifest import build_manifest
 from data.shards import ShardWriter

@@ -13,7 +13,8 @@ import pytest
 
 from tests.ranks import REPO
 
-STAGES = ["env", "shards", "gpu_tests", "bench_train", "bench_model", "bench_e2e"]
+STAGES = ["env", "shards", "gpu_tests", "bench_train", "photo_feed_cpu_decode", "photo_feed_device_decode",
+          "bench_model", "bench_e2e"]
 
 
 @pytest.mark.slow
@@ -31,6 +32,8 @@ def test_gpu_check_small_mode_runs_every_stage(tmp_path) -> None:
     assert [r["ds_config"].split("/")[-1] or r["backend"] for r in runs] == ["ddp", "zero2.json", "fsdp2", "zero3.json"]
     assert all(r["trainer_samples_per_s"] > 0 for r in runs)
     assert summary["bench_model"]["results"][0]["ours_over_open_clip"]["ours"] > 0
+    feed = summary["photo_feed"]  # B/16 at 75% from photo shards (here: the tiny model), CPU then device decode
+    assert set(feed) == {"cpu_decode", "device_decode"} and all(f["trainer_over_model"] > 0 for f in feed.values())
     e2e = summary["bench_e2e"]
     assert e2e["setting"]["loss"] == "openclip" and e2e["summary"]["ours_over_peer"] > 0
     assert set(summary["goals"]) >= {"no_sync_in_a_step", "zero2_vs_ddp>=0.9", "ours_over_open_clip_train>=1.1"}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 
+from data.device_transforms import device_pixels, has_device_work, resolve_resize
 from data.loader import build_train_loader
 from data.retry import DataUnavailable
 from data.tokenizer import get_tokenizer
@@ -74,7 +75,8 @@ class Trainer:
         self.tokenizer = get_tokenizer(self.model_config.text.context_length)
         if self.backend.is_main and loader is None:
             logger.info("reading the training data's index: %s", describe_data(cfg.data))
-        self.loader = loader if loader is not None else build_train_loader(cfg.data, rank, world, self.tokenizer)
+        data = resolve_resize(cfg.data, self.backend.device)  # resize "auto": on the device when it is CUDA
+        self.loader = loader if loader is not None else build_train_loader(data, rank, world, self.tokenizer)
         self.global_batch = cfg.data.batch_size * world
         if cfg.run.world_size and cfg.run.world_size != world and self.backend.is_main:
             logger.warning(
@@ -169,6 +171,8 @@ class Trainer:
         device = self.backend.device
         if "pixels" in batch:
             images = normalize_pixels(batch["pixels"].to(device, non_blocking=True))
+        elif has_device_work(batch):  # data.resize / data.decode: device
+            images = normalize_pixels(device_pixels(batch, device, self.cfg.data.image_size))
         else:
             images = batch["images"].to(device, non_blocking=True)
         tokens = batch["tokens"].to(device, non_blocking=True)
