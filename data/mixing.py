@@ -87,9 +87,6 @@ class MixedSource:
         for p, part in enumerate(self.parts):
             part.prefetch([self._where[int(s)][1] for s in shards if self._where[int(s)][0] == p])
 
-    def source_of(self, shard: int) -> int:
-        return self._where[shard][0]
-
 
 class MixedPlan:
     """An EpochPlan over an epoch's segments, answering in (global shard, position in shard)."""

@@ -105,12 +105,6 @@ def scan_tar(fileobj: IO[bytes], size: int, stream: bool = False) -> tuple[np.nd
     return index, keys, problem
 
 
-def index_tar(path: str) -> tuple[np.ndarray, list[str], str]:
-    """`scan_tar` of a local file."""
-    with open(path, "rb") as f:
-        return scan_tar(f, os.fstat(f.fileno()).st_size)
-
-
 def index_stats(index: np.ndarray) -> Counter:
     """Counts of samples that the loader will skip, by reason (what the index already shows)."""
     c = Counter()

@@ -34,11 +34,6 @@ def all_ranks(flag: bool) -> bool:
     return bool(value.item())
 
 
-def any_rank(flag: bool) -> bool:
-    """True when `flag` is true on at least one rank (a logical OR)."""
-    return not all_ranks(not flag)
-
-
 def largest(value: float) -> float:
     """The largest `value` over the ranks (a MAX all-reduce)."""
     if not distributed():
