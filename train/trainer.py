@@ -41,6 +41,8 @@ from train.faults.timeouts import set_collective_timeout, watch
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, ThroughputWindow, setup_console_logging
 from train.optim import build_optimizer, param_groups
+from train.reference import build_reference, reference_meta
+from train.reference_spec import features_dir
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
 from train.trackers import open_trackers
@@ -90,6 +92,9 @@ class Trainer:
         group = self.backend.dp_group
         self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device, group)
         self.loss = build_loss(self.loss_cfg, self.loader.num_samples, group)
+        self.reference = build_reference(  # DRRho model steering (frozen; never saved or exported): train.reference
+            self.loss_cfg, features_dir(cfg), device, self.backend.low_precision_dtype, self.backend.autocast
+        )
         self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag(), self.backend.device)
         parts = checkpoint_parts(
             self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator
@@ -177,16 +182,18 @@ class Trainer:
         images, tokens, index = self.inputs(batch)
         probe("host_to_device")
         t = self.temperature
-        if self.cfg.optim.accum_steps > 1:  # forward, loss and backward per micro-batch (train.accumulate)
+        accum = self.cfg.optim.accum_steps
+        ref = {} if self.reference is None else {"reference": self.reference(images, tokens, batch["index"], accum)}
+        if accum > 1:  # forward, loss and backward per micro-batch (train.accumulate)
             out = cached_feature_backward(
-                self._encode, images, tokens, self.cfg.optim.accum_steps,
-                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias), self.backend.backward,
+                self._encode, images, tokens, accum,
+                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias, **ref), self.backend.backward,
                 self.mask_generator,
             )  # fmt: skip
         else:
             image_features, text_features = self._encode(images, tokens)
             probe("forward")
-            out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias)
+            out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias, **ref)
             probe("loss_and_state")
             self.backend.backward(out.loss)
         probe("backward")
@@ -350,6 +357,8 @@ class Trainer:
             "health": self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"]),
             "trackers": self.metrics.run_ids(),  # rank 0's, the one that writes meta.json
         }
+        if self.reference is not None:  # its source and hash, never its weights
+            progress["reference"] = reference_meta(self.reference)
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
             path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)
         if self.backend.is_main:
