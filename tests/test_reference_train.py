@@ -3,6 +3,7 @@ and the 2025 gamma rule."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -30,8 +31,8 @@ def save_reference(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def steered_config(out: str, ref: Path, **loss: object):
-    return tiny_config(out, reference=f"open_clip:{ref}", reference_model="tiny", reference_overrides=REF_OVERRIDES,
-                       **loss)  # fmt: skip
+    steering = {"reference": f"open_clip:{ref}", "reference_model": "tiny", "reference_overrides": REF_OVERRIDES}
+    return tiny_config(out, **(steering | loss))
 
 
 def _train(rank: int, world_size: int, out: str, ref: str) -> dict:
@@ -85,10 +86,8 @@ def test_reference_is_frozen_unmasked_and_recorded_not_saved(tmp_path: Path) -> 
     ("loss", "message"),
     [
         ({"name": "openclip", "version": None, "lr_tau": None, "rho": 8.0}, "needs a FastCLIP loss"),
-        ({"reference": "open_clip:/no/such/ref"}, "does not exist"),
         ({"reference": "clip:/x"}, "must be 'open_clip:PATH'"),
         ({"reference_model": None}, "name the architecture"),
-        ({"reference_features": "precomputed"}, "reference_features.npy does not exist"),
         ({"reference_overrides": {"vision_image_size": 64}}, "vision_image_size"),
         ({"version": "v2", "lr_tau": 0.01, "distill_weight": 1.0}, "not v2"),
     ],
@@ -102,6 +101,26 @@ def test_bad_reference_values_name_the_key(tmp_path: Path, loss: dict, message: 
     cfg.data.index = str(tmp_path)
     with pytest.raises(ValueError, match=message):
         resolve(cfg)
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [({"reference": "open_clip:/no/such/ref"}, "/no/such/ref does not exist"),
+     ({"reference_features": "precomputed"}, "reference_features.npy does not exist")],
+)
+def test_missing_reference_files_are_reported_by_the_dry_run_and_refused_by_training(
+    tmp_path: Path, loss: dict, message: str
+) -> None:
+    from train.dry_run import dry_run
+    from train.reference import build_reference
+
+    save_reference(tmp_path / "ref")
+    cfg = steered_config(str(tmp_path / "run"), tmp_path / "ref", **loss)
+    cfg.data.index = str(tmp_path)
+    setup = resolve(cfg)
+    assert message in dry_run(setup) and "before training" in dry_run(setup)
+    with pytest.raises(ValueError, match=message):
+        build_reference(cfg, setup.loss, torch.device("cpu"), None, contextlib.nullcontext)
 
 
 def test_distillation_needs_a_reference() -> None:

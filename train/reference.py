@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,7 +29,16 @@ import torch
 from model import CLIP, create_model
 from model.init_from import pretrained_state
 from train.losses.config import LossConfig
-from train.reference_spec import FEATURES_FILE, FEATURES_META, reference_architecture
+from train.reference_spec import (
+    FEATURES_FILE,
+    FEATURES_META,
+    features_dir,
+    missing_reference_files,
+    reference_architecture,
+)
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +116,16 @@ class PrecomputedReference:
 
 
 def build_reference(
-    loss: LossConfig, features_directory: Path, device: torch.device, dtype: torch.dtype | None,
+    cfg: TrainConfig, loss: LossConfig, device: torch.device, dtype: torch.dtype | None,
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> ReferenceEncoder | PrecomputedReference | None:  # fmt: skip
-    """The run's reference (None without `loss.reference`)."""
+    """The run's reference (None without `loss.reference`); a ValueError naming the key when its files are missing."""
     if loss.reference is None:
         return None
+    if missing := missing_reference_files(cfg, loss):
+        raise ValueError(missing[0])
     if loss.reference_features == "precomputed":
-        return PrecomputedReference(features_directory, device)
+        return PrecomputedReference(features_dir(cfg), device)
     encoder = ReferenceEncoder(load_reference_model(loss), loss.reference, device, dtype, autocast)
     logger.info("reference model %s (%s, %.1fM parameters, sha256 %s...), frozen, replicated on every rank",
                 loss.reference, encoder.info["model"], encoder.info["parameters"] / 1e6, encoder.info["sha256"][:12])

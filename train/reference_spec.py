@@ -1,4 +1,5 @@
-"""Checks of `loss.reference` that need no torch: the source exists and names an architecture (train.setup)."""
+"""Checks of `loss.reference` that need no torch: the source names an architecture that can encode the target's
+batch (train.setup), and the files a run needs exist (the dry run reports them, the trainer refuses without)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,6 @@ def resolve_reference(cfg: TrainConfig, loss: LossConfig) -> LossConfig:
     if loss.reference is None:
         return loss
     source, _, path = loss.reference.partition(":")
-    if not Path(path).exists():
-        raise ValueError(f"loss.reference: {path} does not exist (give the {source} model's path)")
     if source == "fastflip" and not (Path(path) / "meta.json").is_file():
         raise ValueError(f"loss.reference: {path} is not a complete FastFLIP checkpoint (no meta.json); "
                          "name a step_* directory")  # fmt: skip
@@ -53,9 +52,17 @@ def resolve_reference(cfg: TrainConfig, loss: LossConfig) -> LossConfig:
         if mine != theirs:
             raise ValueError(f"loss.reference: the reference {name} has {field} {theirs}, the target {mine}; it "
                              f"encodes the target's batch: set loss.reference_overrides.{field}: {mine}")  # fmt: skip
+    return loss
+
+
+def missing_reference_files(cfg: TrainConfig, loss: LossConfig) -> list[str]:
+    """What a run with this reference needs on disk and lacks (the dry run reports it, training refuses)."""
+    if loss.reference is None:
+        return []
     if loss.reference_features == "precomputed":
         features = features_dir(cfg) / FEATURES_FILE
-        if not features.is_file():
-            raise ValueError(f"loss.reference_features: precomputed, but {features} does not exist; write it with "
-                             f"python tools/reference_features.py --config RECIPE (or use reference_features: model)")
-    return loss
+        return [] if features.is_file() else [
+            f"loss.reference_features: precomputed, but {features} does not exist; write it with "
+            "python tools/reference_features.py --config RECIPE (or use reference_features: model)"]  # fmt: skip
+    source, _, path = loss.reference.partition(":")
+    return [] if Path(path).exists() else [f"loss.reference: {path} does not exist (give the {source} model's path)"]

@@ -42,7 +42,6 @@ from train.losses import GlobalTemperature, build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, ThroughputWindow, setup_console_logging
 from train.optim import build_optimizer, param_groups
 from train.reference import build_reference, reference_meta
-from train.reference_spec import features_dir
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
 from train.trackers import open_trackers
@@ -93,7 +92,7 @@ class Trainer:
         self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device, group)
         self.loss = build_loss(self.loss_cfg, self.loader.num_samples, group)
         self.reference = build_reference(  # DRRho model steering (frozen; never saved or exported): train.reference
-            self.loss_cfg, features_dir(cfg), device, self.backend.low_precision_dtype, self.backend.autocast
+            cfg, self.loss_cfg, device, self.backend.low_precision_dtype, self.backend.autocast
         )
         self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag(), self.backend.device)
         parts = checkpoint_parts(
