@@ -42,6 +42,7 @@ AUTHORS = {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_in
            "lr_tau": 0.0, "lr_tau_schedule": "const", "rho": 11.0, "eps": 1e-4, "gamma_schedule": "epochs_rule"}
 STEERING = {"reference_model": "tiny", "reference_overrides": {"vision_image_size": 56, "vision_patch_size": 14,
                                                                 "text_context_length": 40}}  # fmt: skip
+# (for a dry run before the reference exists; the study's arms name its fastflip: checkpoint instead)
 DRRHO_LOSSES = {
     "reference-openclip": LOSSES["openclip"],
     "fastclip-v3-rule": LOSSES["fastclip-v3"] | {"gamma_schedule": "epochs_rule", "lr_tau": 1e-3},
@@ -50,6 +51,7 @@ DRRHO_LOSSES = {
 }
 CANDIDATES = ("drrho-authors", "drrho-v3")
 REFERENCE_SEED = 100
+RESULTS = "study_drrho.json"
 
 
 def reference_arm(s: Settings) -> Arm:
@@ -131,7 +133,9 @@ def patch_configs(s: Settings, work: Path) -> None:
             config["data"]["path"] = str(data / "ref_train")
             config["checkpoint"] = {"every_steps": settings.epochs * -(-settings.train_size // arm.batch),
                                     "keep_last": 1}  # fmt: skip
-        if key.startswith("drrho"):
+        if key.startswith("drrho"):  # a fastflip: checkpoint names its own architecture
+            for field in STEERING:
+                config["loss"].pop(field)
             config["loss"]["reference"] = f"fastflip:{reference_checkpoint(work, s)}"
             if arm.loss.endswith("-precomputed"):
                 config["loss"]["reference_features"] = "precomputed"  # read from data.path (the index directory)
@@ -170,18 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work).resolve(), Path(args.out)
     build_data(s, work / "data", sys.executable)
     build_reference_data(s, work / "data")
-    study = Study.load(out / "study_drrho.json", s)
+    study = Study.load(out / RESULTS, s)
     patch_configs(s, work)
     ref, rest = plan(s)[:1], plan(s)[1:]
     fastclip_rule = [a for a in rest if a.loss == "fastclip-v3-rule"]
     # the reference first (beside the first gamma-rule arm), then everything that needs it
-    run_all(pending(ref + fastclip_rule[:1], study), s, study, work, out, args.timeout, args.jobs)
-    run_all(pending(rest, study), s, study, work, out, args.timeout, args.jobs)
+    run_all(pending(ref, study) + pending(fastclip_rule, study)[:1], s, study, work, out, args.timeout, args.jobs,
+            RESULTS)  # fmt: skip
+    run_all(pending(rest, study), s, study, work, out, args.timeout, args.jobs, RESULTS)
     chosen = choose(study.runs, s)
     logger.info("DRRho setting chosen on validation: %s", chosen)
     precompute(s, work)
-    run_all(pending(final_arms(s, chosen), study), s, study, work, out, args.timeout, args.jobs)
-    study.save(out / "study_drrho.json")
+    run_all(pending(final_arms(s, chosen), study), s, study, work, out, args.timeout, args.jobs, RESULTS)
+    study.save(out / RESULTS)
     (out / "study_drrho_chosen.json").write_text(json.dumps({"chosen": chosen, "settings": asdict(s)}, indent=1))
     return 0
 
