@@ -62,6 +62,7 @@ def main(out_dir: str) -> int:
         "stages": stages, "env": _json(out / "env.json"), "tests": outcomes,
         "goals": goals(train, e2e, outcomes), "bench_train": train, "bench_model": model, "bench_e2e": e2e,
     }  # fmt: skip
+    summary["bench_reference"] = _json(out / "bench_reference.json")  # DRRho: samples/s with and without a reference
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({"stages": stages, "goals": summary["goals"]}, indent=1))
     return 0 if all(s["rc"] == 0 for s in stages) else 1
