@@ -155,6 +155,46 @@ def precompute(s: Settings, work: Path) -> None:
     subprocess.run(cmd, check=True, env=os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
 
 
+def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int) -> str:
+    """One pool of `jobs` workers: the candidates (validation) and the remaining gamma-rule seeds; as soon as every
+    candidate has finished, the chosen setting's test arms join the queue (then its precomputed-features arms)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from studies.study import run_arm
+
+    todo = pending(plan(s)[1:], study)
+    choice_ids = {a.id for a in plan(s) if a.group == "choice"}
+    chosen = None
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+
+        def submit(arms: list[Arm]) -> dict:
+            return {pool.submit(run_arm, arm, s, study, work, sys.executable, timeout): arm for arm in arms}
+
+        def choose_once() -> None:
+            nonlocal chosen
+            if chosen is None and all(study.runs.get(i, {}).get("status") == "done" for i in choice_ids):
+                chosen = choose(study.runs, s)
+                logger.info("DRRho setting chosen on validation: %s", chosen)
+                futures.update(submit(pending(final_arms(s, chosen)[: s.seeds], study)))
+                precompute(s, work)
+                futures.update(submit(pending(final_arms(s, chosen)[s.seeds :], study)))
+
+        futures = submit(todo)
+        choose_once()
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                arm = futures.pop(future)
+                study.runs[arm.id] = rec = future.result()
+                logger.info("%s: %s, %.0f s, final text->image R@1 %s", arm.id, rec["status"], rec["process_seconds"],
+                            rec.get("final", {}).get("text_to_image_R@1"))  # fmt: skip
+                study.save(out / RESULTS)
+            choose_once()
+    if chosen is None:
+        raise SystemExit("the DRRho candidates did not all finish on validation; see study_drrho.json")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/study_drrho")
@@ -181,12 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     # the reference first (beside the first gamma-rule arm), then everything that needs it
     run_all(pending(ref, study) + pending(fastclip_rule, study)[:1], s, study, work, out, args.timeout, args.jobs,
             RESULTS)  # fmt: skip
-    run_all(pending(rest, study), s, study, work, out, args.timeout, args.jobs, RESULTS)
-    chosen = choose(study.runs, s)
-    logger.info("DRRho setting chosen on validation: %s", chosen)
-    precompute(s, work)
-    run_all(pending(final_arms(s, chosen), study), s, study, work, out, args.timeout, args.jobs, RESULTS)
-    study.save(out / RESULTS)
+    chosen = run_choice_then_final(s, study, work, out, args.timeout, args.jobs)
     (out / "study_drrho_chosen.json").write_text(json.dumps({"chosen": chosen, "settings": asdict(s)}, indent=1))
     return 0
 
