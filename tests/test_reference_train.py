@@ -147,3 +147,15 @@ def test_epochs_rule_values() -> None:
     """The rule crosses 1 just above 7 epochs (the DRRho README's DFN-192M run: 7 epochs, gamma 1)."""
     assert epochs_rule_gamma(7) == 1.0 and epochs_rule_gamma(8) == pytest.approx(4.177 * 8**-0.7265)
     assert epochs_rule_gamma(20) == pytest.approx(0.4739, abs=1e-4)  # 4.177 / 20^0.7265
+
+
+def test_resume_needs_the_same_reference(tmp_path: Path) -> None:
+    from train.reference import check_same_reference
+
+    saved = {"source": "open_clip:a", "sha256": "aa", "features": "model"}
+    check_same_reference(tmp_path, saved, dict(saved))
+    check_same_reference(tmp_path, None, saved)  # a checkpoint written before steering was added
+    with pytest.raises(ValueError, match="resume with the same reference"):
+        check_same_reference(tmp_path, saved, saved | {"sha256": "bb"})
+    with pytest.raises(ValueError, match="features model"):
+        check_same_reference(tmp_path, saved, saved | {"features": "precomputed"})

@@ -135,3 +135,13 @@ def build_reference(
 def reference_meta(reference: Any) -> dict[str, Any] | None:
     """What meta.json records about the reference (source, hash, architecture, or the precomputed file)."""
     return None if reference is None else dict(reference.info)
+
+
+def check_same_reference(checkpoint: Path, saved: dict[str, Any] | None, current: dict[str, Any] | None) -> None:
+    """A run resumes only with the reference it started with (same weights hash, same kind of features)."""
+    if saved is None or current is None:
+        return
+    for key in ("sha256", "features"):
+        if key in saved and key in current and saved[key] != current[key]:
+            raise ValueError(f"{checkpoint} was trained with reference {saved.get('source')} ({key} {saved[key]}), "
+                             f"this run's loss.reference gives {key} {current[key]}: resume with the same reference")

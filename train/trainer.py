@@ -41,7 +41,7 @@ from train.faults.timeouts import set_collective_timeout, watch
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, ThroughputWindow, setup_console_logging
 from train.optim import build_optimizer, param_groups
-from train.reference import build_reference, reference_meta
+from train.reference import build_reference, check_same_reference, reference_meta
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
 from train.trackers import open_trackers
@@ -379,6 +379,7 @@ class Trainer:
             path, self._dataset_facts(), self.global_batch, self.backend.resumes_on_other_world_size,
             keys_are_rows=getattr(self.loader, "keys_are_rows", True),
         )  # fmt: skip
+        check_same_reference(path, meta.get("reference"), reference_meta(self.reference))
         saved_world, world = meta["world_size"], self.backend.world_size
         with self._collectives(f"loading checkpoint {path.name}", self.cfg.backend.timeout_s):
             self.checkpoints.load(path, saved_world)
