@@ -5,9 +5,9 @@ and does the target beat its reference (weak to strong)?
   python studies/study_drrho.py --dry-run      # the arms, in run order
   python studies/study_drrho.py --jobs 2       # build the data, run (or resume) every arm, write the report
 
-Same tiny CLIP, data, budget (2500 training mosaics, batch 64, 20 epochs) and protocol as `studies/study.py`:
-candidate settings train on 2 seeds and are scored on the 500 validation mosaics only; the chosen setting then
-trains on 5 seeds and is evaluated on the test mosaics once.
+Same tiny CLIP, data, budget (2500 training mosaics, batch 64, 20 epochs) and protocol as `studies/study.py`, except
+that the candidate settings train on 1 seed (CHOICE_SEEDS; 2 did not fit the session's CPU budget) and are scored on
+the 500 validation mosaics only; the chosen setting then trains on 5 seeds and is evaluated on the test mosaics once.
 
 - The reference: OpenCLIP on the same tiny architecture, trained on 2500 OTHER mosaics, built from the Fashion-MNIST
   train images that neither the target's training mosaics nor its validation mosaics use (so it never saw an
@@ -27,8 +27,11 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -51,6 +54,8 @@ DRRHO_LOSSES = {
 }
 CANDIDATES = ("drrho-authors", "drrho-v3")
 REFERENCE_SEED = 100
+CHOICE_SEEDS = 1  # validation seeds per candidate (the main study's 2 did not fit this session's CPU budget)
+STALE_S = 600  # an arm directory whose train.log has not moved for this long was interrupted: it runs again
 RESULTS = "study_drrho.json"
 
 
@@ -63,7 +68,7 @@ def plan(s: Settings) -> list[Arm]:
     """The reference and the loss-choice candidates (validation) first, then the 5-seed gamma-rule arm."""
     arms = [reference_arm(s)]
     arms += [Arm(key, s.batch, s.epochs, seed, "choice", split="val", note="DRRho candidate")
-             for seed in range(s.choice_seeds) for key in CANDIDATES]  # fmt: skip
+             for seed in range(CHOICE_SEEDS) for key in CANDIDATES]  # fmt: skip
     arms += [Arm("fastclip-v3-rule", s.batch, s.epochs, seed, "final", note="2025 gamma rule")
              for seed in range(s.seeds)]  # fmt: skip
     return arms
@@ -78,7 +83,7 @@ def final_arms(s: Settings, chosen: str) -> list[Arm]:
 def choose(runs: dict[str, dict], s: Settings) -> str:
     scores = {}
     for key in CANDIDATES:
-        ids = [Arm(key, s.batch, s.epochs, seed, "choice", split="val").id for seed in range(s.choice_seeds)]
+        ids = [Arm(key, s.batch, s.epochs, seed, "choice", split="val").id for seed in range(CHOICE_SEEDS)]
         if any(runs.get(i, {}).get("status") != "done" for i in ids):
             raise ValueError(f"candidate {key} has not finished on every choice seed ({ids})")
         scores[key] = sum(runs[i]["final"]["text_to_image_R@1"] for i in ids) / len(ids)
@@ -163,6 +168,8 @@ def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, time
     from studies.study import run_arm
 
     todo = pending(plan(s)[1:], study)
+    elsewhere = [a for a in todo if running_elsewhere(work / a.id)]  # e.g. left running by an interrupted study
+    todo = [a for a in todo if a not in elsewhere]
     choice_ids = {a.id for a in plan(s) if a.group == "choice"}
     chosen = None
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -181,8 +188,16 @@ def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, time
 
         futures = submit(todo)
         choose_once()
-        while futures:
-            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+        while futures or elsewhere:
+            done, _ = wait(futures, timeout=30, return_when=FIRST_COMPLETED) if futures else (time.sleep(30), set())
+            for arm in list(elsewhere):
+                if finished(work / arm.id, s, arm):
+                    study.runs[arm.id] = adopt(arm, s, work)
+                    elsewhere.remove(arm)
+                    study.save(out / RESULTS)
+                elif not running_elsewhere(work / arm.id):
+                    elsewhere.remove(arm)
+                    futures.update(submit([arm]))
             for future in done:
                 arm = futures.pop(future)
                 study.runs[arm.id] = rec = future.result()
@@ -193,6 +208,36 @@ def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, time
     if chosen is None:
         raise SystemExit("the DRRho candidates did not all finish on validation; see study_drrho.json")
     return chosen
+
+
+def running_elsewhere(run: Path) -> bool:
+    """An arm directory whose training log moved within STALE_S seconds and has no final evaluation yet."""
+    log = run / "train.log"
+    return log.is_file() and time.time() - log.stat().st_mtime < STALE_S and not (run / "adopt.done").exists()
+
+
+def finished(run: Path, s: Settings, arm: Arm) -> bool:
+    """Whether the arm's run logged its final evaluation (at the last step) and wrote its last line."""
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    total = s.epochs * -(-s.train_size // arm.batch)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return any(r.get("step") == total and any(k.startswith("eval/") for k in r) for r in rows) and (
+        time.time() - (run / "train.log").stat().st_mtime > 20)  # fmt: skip
+
+
+def adopt(arm: Arm, s: Settings, work: Path) -> dict:
+    """The record `study.run_arm` would have written for an arm another study process trained."""
+    from studies.study import steps_per_epoch
+    from studies.study_diagnostics import parse_metrics
+
+    run = work / arm.id
+    (run / "adopt.done").write_text("adopted\n")
+    config = yaml.safe_load((run / "recipe.yaml").read_text())
+    record = {"arm": asdict(arm), "id": arm.id, "label": arm.label, "status": "done", "config": config,
+              "process_seconds": None, "note": "trained by an earlier study process, adopted from its run directory"}
+    return record | parse_metrics(run / "metrics.jsonl", arm.batch, steps_per_epoch(s, arm.batch))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ref, rest = plan(s)[:1], plan(s)[1:]
     fastclip_rule = [a for a in rest if a.loss == "fastclip-v3-rule"]
     # the reference first (beside the first gamma-rule arm), then everything that needs it
-    run_all(pending(ref, study) + pending(fastclip_rule, study)[:1], s, study, work, out, args.timeout, args.jobs,
-            RESULTS)  # fmt: skip
+    if pending(ref, study):
+        run_all(pending(ref, study) + pending(fastclip_rule, study)[:1], s, study, work, out, args.timeout,
+                args.jobs, RESULTS)  # fmt: skip
     chosen = run_choice_then_final(s, study, work, out, args.timeout, args.jobs)
     (out / "study_drrho_chosen.json").write_text(json.dumps({"chosen": chosen, "settings": asdict(s)}, indent=1))
     return 0

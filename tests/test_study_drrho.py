@@ -20,7 +20,7 @@ def test_dry_run_lists_the_arms(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     lines = [line.split()[1] for line in out.splitlines() if line[:3].strip().endswith(".")]
     assert lines[0] == "reference-openclip-b64-e20-s100", "the reference trains first"
-    for seed in (0, 1):
+    for seed in range(study_drrho.CHOICE_SEEDS):
         assert f"drrho-authors-b64-e20-val-s{seed}" in lines and f"drrho-v3-b64-e20-val-s{seed}" in lines
     assert [f"fastclip-v3-rule-b64-e20-s{seed}" for seed in range(5)] == lines[-5:]
 
