@@ -160,14 +160,15 @@ def precompute(s: Settings, work: Path) -> None:
     subprocess.run(cmd, check=True, env=os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
 
 
-def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int) -> str:
+def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int,
+                          skip: frozenset[str] = frozenset()) -> str:  # fmt: skip
     """One pool of `jobs` workers: the candidates (validation) and the remaining gamma-rule seeds; as soon as every
     candidate has finished, the chosen setting's test arms join the queue (then its precomputed-features arms)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from studies.study import run_arm
 
-    todo = pending(plan(s)[1:], study)
+    todo = [a for a in pending(plan(s)[1:], study) if a.id not in skip]
     elsewhere = [a for a in todo if running_elsewhere(work / a.id)]  # e.g. left running by an interrupted study
     todo = [a for a in todo if a not in elsewhere]
     choice_ids = {a.id for a in plan(s) if a.group == "choice"}
@@ -182,14 +183,20 @@ def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, time
             if chosen is None and all(study.runs.get(i, {}).get("status") == "done" for i in choice_ids):
                 chosen = choose(study.runs, s)
                 logger.info("DRRho setting chosen on validation: %s", chosen)
-                futures.update(submit(pending(final_arms(s, chosen)[: s.seeds], study)))
-                precompute(s, work)
-                futures.update(submit(pending(final_arms(s, chosen)[s.seeds :], study)))
+                tests, precomputed = final_arms(s, chosen)[: s.seeds], final_arms(s, chosen)[s.seeds :]
+                futures.update(submit([a for a in pending(tests, study) if a.id not in skip]))
+                if todo_precomputed := [a for a in pending(precomputed, study) if a.id not in skip]:
+                    precompute(s, work)
+                    futures.update(submit(todo_precomputed))
 
         futures = submit(todo)
         choose_once()
         while futures or elsewhere:
-            done, _ = wait(futures, timeout=30, return_when=FIRST_COMPLETED) if futures else (time.sleep(30), set())
+            if futures:
+                done, _ = wait(futures, timeout=30, return_when=FIRST_COMPLETED)
+            else:
+                done = set()
+                time.sleep(30)
             for arm in list(elsewhere):
                 if finished(work / arm.id, s, arm):
                     study.runs[arm.id] = adopt(arm, s, work)
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--timeout", type=float, default=3000)
+    p.add_argument("--skip", nargs="*", default=[], help="arm ids to leave out (reported as not run)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     s = Settings()
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if pending(ref, study):
         run_all(pending(ref, study) + pending(fastclip_rule, study)[:1], s, study, work, out, args.timeout,
                 args.jobs, RESULTS)  # fmt: skip
-    chosen = run_choice_then_final(s, study, work, out, args.timeout, args.jobs)
+    chosen = run_choice_then_final(s, study, work, out, args.timeout, args.jobs, frozenset(args.skip))
     (out / "study_drrho_chosen.json").write_text(json.dumps({"chosen": chosen, "settings": asdict(s)}, indent=1))
     return 0
 
