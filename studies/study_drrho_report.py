@@ -50,6 +50,13 @@ def _delta(a: list[float], b: list[float]) -> str:
     return f"{100 * (statistics.fmean(a) - statistics.fmean(b)):+.1f} (s.e. {100 * se:.1f})"
 
 
+def _versus_one(a: list[float], single: list[float]) -> str:
+    """Mean of `a` minus a single run (the reference: one seed), with `a`'s standard error."""
+    if len(a) < 2 or len(single) != 1:
+        return "–"
+    return f"{100 * (statistics.fmean(a) - single[0]):+.1f} (s.e. {100 * statistics.stdev(a) / math.sqrt(len(a)):.1f})"
+
+
 def report(out: Path) -> str:
     drrho, main = _runs(out, "study_drrho.json"), _runs(out, "study.json")
     files = {"study_drrho.json": drrho, "study.json": main}
@@ -63,16 +70,19 @@ def report(out: Path) -> str:
     pooled = {label: _pooled(files[f], prefix) for label, prefix, f in rows}
     r1 = {label: [r["final"][METRIC] for r in rs] for label, rs in pooled.items()}
     zs = {label: [r["final"][ZEROSHOT] for r in rs if ZEROSHOT in r["final"]] for label, rs in pooled.items()}
-    openclip, v3 = r1[ROWS[1][0]], r1[ROWS[2][0]]
+    reference, openclip, v3 = r1[ROWS[0][0]], r1[ROWS[1][0]], r1[ROWS[2][0]]
     lines = ["# Train with a reference model at small scale (DRRho-CLIP study)", "",
              "Text->image R@1 (%) on the 1000 test mosaics, mean ± std over seeds; Δ with the standard error of the "
              "difference of means. Zero-shot top-1 (%) on 1000 single test items.", "",
-             "| arm | seeds | text→image R@1 | Δ vs OpenCLIP | Δ vs FastCLIP-v3 (gamma 1) | zero-shot top-1 |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| arm | seeds | text→image R@1 | Δ vs OpenCLIP | Δ vs FastCLIP-v3 (gamma 1) | Δ vs reference | "
+             "zero-shot top-1 |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for label, _, _ in rows:
+        if not r1[label]:
+            lines.append(f"| {label} | 0 | not run | | | | |")
+            continue
         lines.append(f"| {label} | {len(r1[label])} | {_mean_sd(r1[label])} | {_delta(r1[label], openclip)} | "
-                     f"{_delta(r1[label], v3)} | {_mean_sd(zs[label])} |")  # fmt: skip
-    lines += ["", "Validation (500 mosaics, 2 seeds; choice only, never test):", "",
+                     f"{_delta(r1[label], v3)} | {_versus_one(r1[label], reference)} | {_mean_sd(zs[label])} |")
+    lines += ["", "Validation (500 mosaics, seed 0 only; choice only, never test):", "",
               "| candidate | val text→image R@1 |", "|---|---:|"]  # fmt: skip
     for key in CANDIDATES:
         vals = [r["final"][METRIC] for k, r in sorted(drrho.items()) if k.startswith(f"{key}-b64-e20-val-s")
