@@ -17,7 +17,7 @@ the 500 validation mosaics only; the chosen setting then trains on 5 seeds and i
   validation; FastCLIP-v3 with the 2025 gamma rule (min(1, 4.177 * 20^-0.7265) = 0.474 over 20 epochs). OpenCLIP
   and the validation-chosen FastCLIP-v3 (gamma 1) are the main study's 5-seed test arms (studies/results/study.json,
   same settings, data seed and code path), read from there rather than rerun.
-- The cheaper path: the chosen DRRho setting with precomputed reference features (centre crops), on 2 seeds.
+- The cheaper path: the chosen DRRho setting with precomputed reference features (centre crops), on 5 seeds.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def plan(s: Settings) -> list[Arm]:
 def final_arms(s: Settings, chosen: str) -> list[Arm]:
     arms = [Arm(chosen, s.batch, s.epochs, seed, "final", note="chosen on validation") for seed in range(s.seeds)]
     return arms + [Arm(chosen + "-precomputed", s.batch, s.epochs, seed, "precomputed",
-                       note="reference features precomputed on centre crops") for seed in range(2)]  # fmt: skip
+                       note="reference features precomputed on centre crops") for seed in range(s.seeds)]  # fmt: skip
 
 
 def choose(runs: dict[str, dict], s: Settings) -> str:
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, arm in enumerate(plan(s)):
             print(f"{i + 1:2d}. {arm.id:40s} group {arm.group:10s} {arm.note}")
         print(f"then the DRRho candidate chosen on validation ({', '.join(CANDIDATES)}) on {s.seeds} seeds "
-              f"(test) and with precomputed features on 2")  # fmt: skip
+              f"(test), and with precomputed features")  # fmt: skip
         return 0
     work, out = Path(args.work).resolve(), Path(args.out)
     build_data(s, work / "data", sys.executable)
