@@ -4,7 +4,9 @@
 # order: the gpu test tier (a bf16 step per backend; no host sync in a non-logging step of every loss and of FLIP),
 # the bench_train table (ViT-B/16, batch 256, bf16, FLIP 50%, 14 workers; ddp, ZeRO-2, FSDP2, ZeRO-3), the photo
 # feed (ViT-B/16 at 75% masking fed by 14 workers: CPU decode + device resize, then device decode; trainer/model),
-# the model-only comparison with open_clip (eager and compiled), and the end-to-end run against open_clip_train. Each stage has a time limit and the whole check a budget (8 minutes);
+# the model-only comparison with open_clip (eager and compiled), the end-to-end run against open_clip_train, and
+# the samples/s cost of a DRRho reference (B/16 steered by a B/32). Each stage has a time limit and the whole check
+# a budget (8 minutes);
 # a stage that fails or runs out of time is recorded and the next one runs. Results: JSON under $OUT, summed up in
 # $OUT/gpu_check.json (with the issue's goals checked); each stage's output in $OUT/<stage>.log.
 #
@@ -58,6 +60,7 @@ if [[ $SMALL == 1 ]]; then
   FEED=(--config recipes/configs/demo_fashion_mnist.yaml model.name=tiny data.image_size=32 "data.path=$SHARDS"
         data.batch_size=8 data.workers=1 flip.mask_ratio=0.75)
   FEED_RUN=(--steps 2 --rounds 1 --warmup 1 --breakdown-steps 1)
+  REFERENCE=(--batch 8 --steps 1 --rounds 1)
 else
   SCALE=1
   SHARDS=artifacts/bench_shards
@@ -69,6 +72,7 @@ else
   E2E=(--config recipes/configs/openclip_laion315m_vitb16_1node.yaml --steps 126 --warmup 30 --rounds 1)  # 9 x 14 workers
   FEED=(--config recipes/configs/flip50_laion315m_vitb16_4node.yaml "${DATA[@]}" flip.mask_ratio=0.75)
   FEED_RUN=(--steps 10 --rounds 3 --warmup 3 --breakdown-steps 3)
+  REFERENCE=(--gpu-b16 --batch 128 --steps 10 --rounds 3)  # DRRho: B/16 target, B/32 reference, bf16, 75% masked
 fi
 
 stage env 30 "$PY" -c "
@@ -97,4 +101,5 @@ stage photo_feed_device_decode 60 "$PY" benchmarks/bench_train.py "${FEED[@]}" d
 stage bench_model 100 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --out "$OUT/bench_model.json"
 stage bench_e2e 150 "$PY" benchmarks/bench_e2e.py "${DATA[@]}" "${E2E[@]}" --ranks 1 "${PEER_WHEELS[@]}" \
   --out "$OUT/bench_e2e.json"
+stage bench_reference 60 "$PY" benchmarks/bench_reference.py "${REFERENCE[@]}" --out "$OUT/bench_reference.json"
 "$PY" benchmarks/gpu_check_summary.py "$OUT"

@@ -74,6 +74,7 @@ def main(out_dir: str) -> int:
         "goals": goals(train, e2e, outcomes), "bench_train": train, "bench_model": model, "bench_e2e": e2e,
         "photo_feed": photo_feed(out),
     }  # fmt: skip
+    summary["bench_reference"] = _json(out / "bench_reference.json")  # DRRho: samples/s with and without a reference
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({"stages": stages, "goals": summary["goals"], "photo_feed": summary["photo_feed"]}, indent=1))
     return 0 if all(s["rc"] == 0 for s in stages) else 1

@@ -4,7 +4,8 @@ FastCLIP (arXiv 2407.01445) CC3M / CC12M / LAION-315M settings at 1, 2, 4 and 8 
 per-GPU batch of the paper fixed (so the global batch grows with nodes; warmup is rescaled to the same number
 of samples as the paper's), each with an OpenCLIP-loss twin, and SigLIP twins of the CC3M / CC12M ones (the other
 small-batch loss: t' = log 10, b = -10 as the SigLIP paper; everything else as the FastCLIP recipe);
-FLIP (mask 0.5 / 0.75 + unmasked tuning) recipes for ViT-B/16, ViT-L/14 and ViT-H/14. Edit a table and
+FLIP (mask 0.5 / 0.75 + unmasked tuning) recipes for ViT-B/16, ViT-L/14 and ViT-H/14; DRRho-CLIP twins of the
+CC12M / LAION-315M FastCLIP recipes and a DRRho fine-tuning recipe (see DRRHO_LOSS). Edit a table and
 rerun `python recipes/make_recipes.py` to regenerate; the YAMLs are what users launch (a test checks that
 they equal this script's output; copy one without its header to make a variant).
 """
@@ -41,6 +42,17 @@ FLIP = {
 }
 FLIP_LR_PER_256, FLIP_TUNING_LR_PER_256 = 4e-6, 4e-8  # FLIP paper, AdamW (0.9, 0.95), wd 0.2
 FLIP_TUNING_SAMPLES = 128_000_000  # ~0.32 epoch of LAION-400M
+
+# DRRho-CLIP (arXiv 2505.06699; Optimization-AI/DRRho-CLIP README): FastCLIP's loss steered by a frozen reference
+# (OpenAI's ViT-B/32, which the user supplies at REFERENCE), fixed temperature 0.01, rho 11, eps 1e-4, and the 2025
+# gamma rule min(1, 4.177 E^-0.7265) decayed over all epochs. Twins of these FastCLIP recipes:
+DRRHO_DATA = ("cc12m", "laion315m")
+REFERENCE = "open_clip:checkpoints/openai_vit_b_32"  # open_clip folder / .pt / .safetensors of OpenAI ViT-B/32
+DRRHO_LOSS = {
+    "name": "fastclip", "version": "v3", "tau_grad": "reference", "eps": 1e-4, "tau_init": 0.01, "tau_min": 0.01,
+    "lr_tau": 0.0, "lr_tau_schedule": "const", "rho": 11.0, "gamma_schedule": "epochs_rule", "reference": REFERENCE,
+    "reference_model": "ViT-B-32", "reference_overrides": {"quick_gelu": True},  # OpenAI's weights use QuickGELU
+}  # fmt: skip
 
 
 def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
@@ -82,6 +94,28 @@ def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
     }  # fmt: skip
 
 
+def drrho_recipe(data: str, nodes: int) -> dict:
+    """The FastCLIP recipe with the authors' DRRho loss section (everything else unchanged)."""
+    recipe = fastclip_recipe(data, nodes, "fastclip")
+    name = recipe["run"]["name"].replace("fastclip_", "drrho_", 1)
+    recipe["run"].update({"name": name, "output_dir": f"runs/{name}"})
+    recipe["loss"] = dict(DRRHO_LOSS)
+    return recipe
+
+
+def drrho_finetune_recipe() -> dict:
+    """Fine-tune OpenAI's ViT-B/32 on new data, steered by the same model as reference (1 node)."""
+    recipe = drrho_recipe("cc12m", 1)
+    name = "drrho_finetune_vitb32_1node"
+    recipe["run"].update({"name": name, "output_dir": f"runs/{name}"})
+    recipe["model"] = {"name": "ViT-B-32", "overrides": {"quick_gelu": True}, "init_from": REFERENCE}
+    recipe["data"].update({"path": "data/custom/train"})
+    recipe["optim"].update({"lr": 1e-5, "lr_min": 0.0, "warmup_steps": 500, "weight_decay": 0.1})
+    recipe["epochs"] = 10
+    recipe.pop("dataset_samples")  # from the index of the user's data
+    return recipe
+
+
 def flip_recipe(model: str, mask: float) -> dict:
     batch, nodes, backend, ds_config = FLIP[model]
     world = nodes * GPUS_PER_NODE
@@ -111,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     recipes = [fastclip_recipe(d, n, loss) for d in FASTCLIP for n in NODES for loss in ("fastclip", "openclip")]
     recipes += [fastclip_recipe(d, n, "siglip") for d in SIGLIP_DATA for n in NODES]
     recipes += [flip_recipe(m, mask) for m in FLIP for mask in (0.5, 0.75)]
+    recipes += [drrho_recipe(d, n) for d in DRRHO_DATA for n in NODES] + [drrho_finetune_recipe()]
     for recipe in recipes:
         path = out / f"{recipe['run']['name']}.yaml"
         header = (

@@ -311,8 +311,9 @@ def run_arm(arm: Arm, s: Settings, study: Study, work: Path, python: str, timeou
     return record
 
 
-def run_all(todo: list[Arm], s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int) -> None:
-    """Train `todo`, `jobs` arms at a time, saving study.json after each."""
+def run_all(todo: list[Arm], s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int,
+            name: str = "study.json") -> None:  # fmt: skip
+    """Train `todo`, `jobs` arms at a time, saving `out`/`name` after each."""
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = {pool.submit(run_arm, arm, s, study, work, sys.executable, timeout): arm for arm in todo}
         for i, future in enumerate(as_completed(futures)):
@@ -320,7 +321,7 @@ def run_all(todo: list[Arm], s: Settings, study: Study, work: Path, out: Path, t
             study.runs[arm.id] = rec = future.result()
             logger.info("[%d/%d] %s: %s, %.0f s, final text->image R@1 %s", i + 1, len(todo), arm.id, rec["status"],
                         rec["process_seconds"], rec.get("final", {}).get("text_to_image_R@1"))  # fmt: skip
-            study.save(out / "study.json")
+            study.save(out / name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import pytest
 from tests.ranks import REPO
 
 STAGES = ["env", "shards", "gpu_tests", "bench_train", "photo_feed_cpu_decode", "photo_feed_device_decode",
-          "bench_model", "bench_e2e"]
+          "bench_model", "bench_e2e", "bench_reference"]
 
 
 @pytest.mark.slow
@@ -36,4 +36,6 @@ def test_gpu_check_small_mode_runs_every_stage(tmp_path) -> None:
     assert set(feed) == {"cpu_decode", "device_decode"} and all(f["trainer_over_model"] > 0 for f in feed.values())
     e2e = summary["bench_e2e"]
     assert e2e["setting"]["loss"] == "openclip" and e2e["summary"]["ours_over_peer"] > 0
+    modes = summary["bench_reference"]["modes"]
+    assert modes["model"]["samples_per_s"] > 0 and modes["model"]["reference_ms"] > 0
     assert set(summary["goals"]) >= {"no_sync_in_a_step", "zero2_vs_ddp>=0.9", "ours_over_open_clip_train>=1.1"}

@@ -10,11 +10,12 @@ import torch
 from data.config import DataConfig, SourceSpec
 from data.manifest import resolve_shards
 from data.plan import steps_per_epoch as steps_per_epoch_for
-from model import CLIPConfig
+from model import CLIP, CLIPConfig, get_model_config
 from model.masking import num_kept
 from train.config import TrainConfig
 from train.losses import LossConfig
 from train.losses.sample_state import state_bytes_per_rank
+from train.reference_spec import FEATURES_FILE, missing_reference_files, reference_architecture
 from train.schedules import phase_plan_for
 from train.setup import RunSetup
 from train.summary import trainable_counts
@@ -82,11 +83,14 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
     else:
         lines.append(f"trainable: all {params / 1e6:.2f}M parameters")
     acts = activation_bytes_per_gpu(cfg, run.model_config)
+    reference, reference_lines = reference_bytes_per_gpu(cfg, run.loss)
+    state = state | ({"reference": reference} if reference else {})
     detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in state.items())
     lines.append(
         f"memory per GPU (estimate, GiB): {(sum(state.values()) + acts) / GIB:.1f} = {detail}, "
         f"activations {acts / GIB:.2f}"
     )
+    lines += reference_lines
     lines += _sample_state_line(cfg, run.loss, world, rows)
     return "\n".join(lines)
 
@@ -110,6 +114,30 @@ def planned_data(data: DataConfig) -> tuple[int, int, list[str]]:
         lines.append(f"  source {spec.path or spec.index}: {shardset.total:,} samples in {len(shardset.shards)} "
                      f"shards" + (f" x weight {spec.weight:g} -> {per_epoch:,} per epoch" if data.sources else ""))
     return epoch, data.num_samples or rows, lines
+
+
+def reference_bytes_per_gpu(cfg: TrainConfig, loss: LossConfig) -> tuple[float, list[str]]:
+    """DRRho's frozen reference on every GPU: its weights at the run's precision (replicated, never sharded; see
+    train.reference) plus one block's no-grad activations for a micro-batch. Precomputed features cost no GPU memory."""
+    if loss.reference is None:
+        return 0.0, []
+    if loss.reference_features == "precomputed":
+        missing = [f"  before training: {line}" for line in missing_reference_files(cfg, loss)]
+        line = (f"reference: precomputed features ({FEATURES_FILE} in the index directory, memory-mapped on the host): "
+                "no GPU memory, no forward pass")  # fmt: skip
+        return 0.0, [line, *missing]
+    name, overrides = reference_architecture(loss)
+    mcfg = get_model_config(name, **overrides)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in CLIP(mcfg).parameters())
+    per_value = 2 if cfg.backend.precision in ("bf16", "fp16") else 4
+    micro_batch = cfg.data.batch_size // cfg.optim.accum_steps
+    tokens, width = max((1 + mcfg.vision.num_patches, mcfg.vision.width), (mcfg.text.context_length, mcfg.text.width))
+    transient = micro_batch * tokens * width * 8 * per_value  # one block: residual, qkv, attention out, 4x MLP
+    total = params * per_value + transient
+    lines = [f"reference: {name} ({params / 1e6:.2f}M parameters, frozen) replicated on every GPU: weights "
+             f"{params * per_value / GIB:.2f} GiB + forward {transient / GIB:.2f} GiB (no autograd)"]  # fmt: skip
+    return total, lines + [f"  before training: {line}" for line in missing_reference_files(cfg, loss)]
 
 
 def _sample_state_line(cfg: TrainConfig, loss: LossConfig, world: int, rows: int) -> list[str]:

@@ -3,6 +3,7 @@ spec and backend class. The trainer, the dry run, the CLI, the demo and bench_tr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from train.checkpoint.compat import check_allow_changes
 from train.config import TrainConfig, read_config
 from train.config_io import ConfigError, to_dict
 from train.losses import LossConfig, TauSpec, tau_spec
+from train.losses.gamma import epochs_rule_gamma
+from train.reference_spec import resolve_reference
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,16 @@ def resolve(cfg: TrainConfig) -> RunSetup:
     check_allow_changes(cfg.checkpoint.allow_changes, to_dict(cfg))
     backend_cls = backend_class(cfg.backend.name)
     backend_options = backend_cls.check_config(cfg, vision.width)  # before any process group exists
-    loss = cfg.loss.resolved()
+    loss = resolve_reference(cfg, with_epochs_rule(cfg.loss.resolved(), cfg.epochs))
     conflicts = tuple(launcher_conflicts(cfg, os.environ))
     return RunSetup(cfg, model_config, loss, tau_spec(loss), backend_cls, backend_options, conflicts)
+
+
+def with_epochs_rule(loss: LossConfig, epochs: int) -> LossConfig:
+    """`gamma_schedule: epochs_rule` decays over the run's epochs to min(1, 4.177 E^-0.7265)."""
+    if loss.gamma_schedule != "epochs_rule":
+        return loss
+    return dataclasses.replace(loss, gamma_decay_epochs=epochs, gamma_min=epochs_rule_gamma(epochs))
 
 
 _ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}

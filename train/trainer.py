@@ -43,6 +43,7 @@ from train.faults.timeouts import set_collective_timeout, watch
 from train.losses import GlobalTemperature, build_loss, repartition_loss_states
 from train.metrics import MetricsLogger, ThroughputWindow, setup_console_logging
 from train.optim import build_optimizer, param_groups
+from train.reference import build_reference, check_same_reference, reference_meta
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
 from train.summary import describe_data, frozen_line
@@ -101,6 +102,9 @@ class Trainer:
         group = self.backend.dp_group
         self.temperature = GlobalTemperature(self.tau, cfg.optim.betas, cfg.optim.eps, device, group)
         self.loss = build_loss(self.loss_cfg, self.loader.num_samples, group)
+        self.reference = build_reference(  # DRRho model steering (frozen; never saved or exported): train.reference
+            cfg, self.loss_cfg, device, self.backend.low_precision_dtype, self.backend.autocast
+        )
         self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag(), self.backend.device)
         parts = checkpoint_parts(
             self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator
@@ -195,16 +199,18 @@ class Trainer:
         images, tokens, index = self.inputs(batch)
         probe("host_to_device")
         t = self.temperature
-        if self.cfg.optim.accum_steps > 1:  # forward, loss and backward per micro-batch (train.accumulate)
+        accum = self.cfg.optim.accum_steps
+        ref = {} if self.reference is None else {"reference": self.reference(images, tokens, batch["index"], accum)}
+        if accum > 1:  # forward, loss and backward per micro-batch (train.accumulate)
             out = cached_feature_backward(
-                self._encode, images, tokens, self.cfg.optim.accum_steps,
-                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias), self.backend.backward,
+                self._encode, images, tokens, accum,
+                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias, **ref), self.backend.backward,
                 self.mask_generator,
             )  # fmt: skip
         else:
             image_features, text_features = self._encode(images, tokens)
             probe("forward")
-            out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias)
+            out = self.loss(image_features.float(), text_features.float(), index, t.logit_scale, t.logit_bias, **ref)
             probe("loss_and_state")
             self.backend.backward(out.loss)
         probe("backward")
@@ -377,6 +383,8 @@ class Trainer:
             "nonfinite": nonfinite,
             "trackers": self.metrics.run_ids(),  # rank 0's, the one that writes meta.json
         }
+        if self.reference is not None:  # its source and hash, never its weights
+            progress["reference"] = reference_meta(self.reference)
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
             progress["health"] = self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"],
                                                          self._max_abs_weight())  # fmt: skip
@@ -405,6 +413,7 @@ class Trainer:
             path, self._dataset_facts(), self.global_batch, self.backend.resumes_on_other_world_size,
             keys_are_rows=getattr(self.loader, "keys_are_rows", True),
         )  # fmt: skip
+        check_same_reference(path, meta.get("reference"), reference_meta(self.reference))
         saved_world, world = meta["world_size"], self.backend.world_size
         with self._collectives(f"loading checkpoint {path.name}", self.cfg.backend.timeout_s):
             self.checkpoints.load(path, saved_world)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from train.losses.gamma import GAMMA_SCHEDULES
 
@@ -14,6 +15,8 @@ TAU_GRADS = ("exact", "reference")
 LR_TAU_SCHEDULES = ("model", "const", "step_thresh")
 STATE_DTYPES = ("float32", "float64")
 STATE_DEVICES = ("auto", "cpu", "features")
+REFERENCE_SOURCES = ("open_clip", "hf", "fastflip")
+REFERENCE_FEATURES = ("model", "precomputed")
 LAYOUTS = ("sharded", "replicated")  # of the per-sample table over ranks (train.losses.sample_state)
 
 # What the aliases mean: (version, gamma schedule).
@@ -54,6 +57,15 @@ class LossConfig:
     state_layout: sharded (rank r stores 1/K of the keys) or replicated (every rank all).
     state_dtype, state_device: per-sample table dtype, and where it lives: auto (the features'
       device when that is CUDA, else cpu), cpu, or features (always the features' device).
+    reference: DRRho-CLIP model steering (FastCLIP only; `train.losses.steering`, `train.reference`): a frozen
+      model, 'open_clip:PATH', 'hf:PATH' or 'fastflip:CHECKPOINT_DIR' (one of our step_* checkpoints).
+    reference_model, reference_overrides: the reference's architecture (a `model.get_model_config` name and its
+      overrides) for open_clip: and hf: sources; a fastflip: checkpoint names its own.
+    reference_features: model (the reference encodes each batch, unmasked, as the authors do) or precomputed
+      (read the embeddings `tools/reference_features.py` wrote into data.index: centre crops, cheaper, not the
+      authors' exact objective).
+    distill_weight, distill_logit_scale: the authors' optional distillation term (`--distill_weight`, teacher
+      logit scale `--distill_logit_scale`); 0 = off. Needs a reference; not with v2.
     """
 
     name: str = "fastclip"
@@ -76,6 +88,12 @@ class LossConfig:
     state_layout: str = "sharded"
     state_dtype: str = "float32"
     state_device: str = "auto"
+    reference: str | None = None
+    reference_model: str | None = None
+    reference_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reference_features: str = "model"
+    distill_weight: float = 0.0
+    distill_logit_scale: float = 100.0
 
     def resolved(self) -> LossConfig:
         """A validated copy with aliases and per-version defaults filled in (name openclip, siglip or fastclip);
@@ -154,6 +172,29 @@ class LossConfig:
             raise ValueError("LossConfig.lr_tau: v2 needs the per-sample tau learning rate (fast_clip: 0.0133)")
         if (self.version == "v2" or self.name == "isogclr") and self.lr_tau_schedule not in (None, "const"):
             raise ValueError("LossConfig.lr_tau_schedule: v2's per-sample tau lr is constant ('const')")
+        self._validate_reference()
+
+    def _validate_reference(self) -> None:
+        _choice("reference_features", self.reference_features, REFERENCE_FEATURES)
+        if self.reference is None:
+            if self.distill_weight:
+                raise ValueError("LossConfig.distill_weight: distillation needs a reference model (set loss.reference)")
+            return
+        if self.name in _MINI_BATCH:
+            raise ValueError(f"LossConfig.reference: model steering (DRRho) needs a FastCLIP loss, not {self.name!r}; "
+                             "set loss.name: fastclip or remove loss.reference")  # fmt: skip
+        source, sep, path = self.reference.partition(":")
+        if not sep or source not in REFERENCE_SOURCES or not path:
+            raise ValueError(f"LossConfig.reference must be 'open_clip:PATH', 'hf:PATH' or 'fastflip:CHECKPOINT_DIR', "
+                             f"got {self.reference!r}")  # fmt: skip
+        if source != "fastflip" and not self.reference_model:
+            raise ValueError(f"LossConfig.reference_model: name the architecture of {self.reference!r} (e.g. ViT-B-32)")
+        if source == "fastflip" and self.reference_model:
+            raise ValueError("LossConfig.reference_model: a fastflip: checkpoint names its own architecture; remove it")
+        if self.distill_weight < 0 or not self.distill_logit_scale > 0:
+            raise ValueError("LossConfig.distill_weight must be >= 0 and distill_logit_scale > 0")
+        if self.distill_weight and (self.version == "v2" or self.name == "isogclr"):
+            raise ValueError("LossConfig.distill_weight: distillation is offered for v0, v1 and v3, not v2")
 
 
 def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:

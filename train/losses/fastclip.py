@@ -48,6 +48,9 @@ Both modes use log(eps + u) where fast_clip's v3 uses log u, and eps in unscaled
 fast_clip's v2 adds it to u scaled by exp(-bound); the differences are below eps / u.
 v2's per-sample tau update is Adam with per-sample bias correction (`train.losses.temperature`).
 u is stored as log u, which also replaces fast_clip's per-sample log-sum-exp bound table.
+
+With `loss.reference` (DRRho-CLIP model steering) every margin diff_ij is shifted by the frozen reference's
+margin at the same scale, and `distill_weight` adds their distillation term: see `train.losses.steering`.
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ from train.losses.gcl import (
     weighted_exp_sum,
 )
 from train.losses.sample_state import SampleState
+from train.losses.steering import distill_rows, distill_surrogate, reference_similarities
 from train.losses.temperature import per_sample_adam
 
+_DISTILL_EXTRAS = ("lq1", "lp1", "lq2", "lp2", "ce1", "ce2")  # see steering.distill_rows
 _V2_COLUMNS = {"tau1": None, "tau2": None, "m1": 0.0, "m2": 0.0, "v1": 0.0, "v2": 0.0, "count": 0.0}
 
 
@@ -105,17 +110,29 @@ class FastCLIPLoss(ContrastiveLoss):
         index: torch.Tensor,
         logit_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> LossOutput:
+        """`reference`: the frozen reference model's local features (r1, r2) [B, d_ref], required exactly when
+        the config names `loss.reference`."""
+        if (reference is None) != (self.cfg.reference is None):
+            raise ValueError("FastCLIPLoss: reference features are needed exactly when loss.reference is set "
+                             f"(loss.reference is {self.cfg.reference!r})")  # fmt: skip
         with torch.autocast(image_features.device.type, enabled=False):
-            return self._step(image_features, text_features, index, logit_scale)
+            return self._step(image_features, text_features, index, logit_scale, reference)
 
-    def _step(self, img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, logit_scale: torch.Tensor) -> LossOutput:
+    def _step(
+        self, img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, logit_scale: torch.Tensor,
+        reference: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> LossOutput:  # fmt: skip
         cfg, col = self.cfg, self.state.col
         dtype = torch.promote_types(img.dtype, torch.float32)
         e1, e2 = img.to(dtype), txt.to(dtype)
         if cfg.state_device == "features" or (cfg.state_device == "auto" and e1.is_cuda):
             self.state.to(e1.device)  # no-op after the first step
-        all1, all2, keys = all_gather_rows([e1, e2, index.to(device=e1.device, dtype=torch.int64)], self.group)
+        refs = [r.to(dtype) for r in reference] if reference is not None else []
+        all1, all2, keys, *all_refs = all_gather_rows(
+            [e1, e2, index.to(device=e1.device, dtype=torch.int64), *refs], self.group
+        )
         batch, n = e1.shape[0], all1.shape[0]
         if n < 2:
             raise ValueError("FastCLIP needs a global batch of at least 2 pairs")
@@ -135,9 +152,21 @@ class FastCLIPLoss(ContrastiveLoss):
             scale1 = scale2 = 1.0 / cfg.tau_init
         else:
             scale1 = scale2 = ls.exp()
-        diff1 = scale1 * (sim12 - pos[:, None])  # image anchors, local x all
-        diff2 = scale2 * (sim21 - pos[:, None])  # text anchors, local x all
+        margin1, margin2 = sim12 - pos[:, None], sim21 - pos[:, None]  # image / text anchors, local x all
+        margin_all1, margin_all2 = sim21.T - pos_all[:, None], sim12.T - pos_all[:, None]  # all x local
+        if refs:  # DRRho: the reference's margins at the target's scale
+            rsim12, rsim21, rpos, rpos_all = reference_similarities(*refs, *all_refs)
+            margin1, margin2 = margin1 - (rsim12 - rpos[:, None]), margin2 - (rsim21 - rpos[:, None])
+            margin_all1 = margin_all1 - (rsim21.T - rpos_all[:, None])
+            margin_all2 = margin_all2 - (rsim12.T - rpos_all[:, None])
+        diff1, diff2 = scale1 * margin1, scale2 * margin2
         rows, extra = self._new_rows(old, diff1.detach(), diff2.detach(), anchors)
+        distill = cfg.distill_weight > 0
+        if distill:
+            student = ls.detach().exp()
+            extra = torch.cat([extra, distill_rows(student * sim12.detach(), student * sim21.detach(),
+                                                   cfg.distill_logit_scale * rsim12, cfg.distill_logit_scale * rsim21)],
+                              dim=1)  # fmt: skip
         post = self.state.update(keys, rows, extra)  # [G, T + E]: updated rows + extras of every anchor
         xcol = self._extra_col
 
@@ -159,10 +188,15 @@ class FastCLIPLoss(ContrastiveLoss):
         total = (
             weighted_exp_sum(diff1, anchors, lden1, w1)
             + weighted_exp_sum(diff2, anchors, lden2, w2)
-            + weighted_exp_sum(scale_all1 * (sim21.T - pos_all[:, None]), columns, lden_all1, w_all1)
-            + weighted_exp_sum(scale_all2 * (sim12.T - pos_all[:, None]), columns, lden_all2, w_all2)
+            + weighted_exp_sum(scale_all1 * margin_all1, columns, lden_all1, w_all1)
+            + weighted_exp_sum(scale_all2 * margin_all2, columns, lden_all2, w_all2)
         )
         surrogate = total / (2 * batch * (n - 1))
+        if distill:
+            lse = [xcol(name) for name in _DISTILL_EXTRAS[:4]]
+            kd = distill_surrogate(ls.exp(), cfg.distill_logit_scale, (sim12, sim21), (rsim12, rsim21),
+                                   post[offset : offset + batch, lse], post[:, lse])  # fmt: skip
+            surrogate = surrogate + cfg.distill_weight / 2 * kd
         if self.version == "v3":
             tau = torch.exp(-ls)
             loss = tau.detach() * surrogate + cfg.rho * tau + tau * (lden1 + lden2).mean() / 2
@@ -197,6 +231,7 @@ class FastCLIPLoss(ContrastiveLoss):
     def _extra_col(self, name: str) -> int:
         """Position of an extra column riding along with the gathered state rows (see `_new_rows`)."""
         extras = ("log_g1", "log_g2") + (("old_tau1", "old_tau2") if self.version == "v2" else ())
+        extras += _DISTILL_EXTRAS if self.cfg.distill_weight > 0 else ()
         return len(self.state.columns) + extras.index(name)
 
     def _report(self, post: torch.Tensor, ls: torch.Tensor) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
@@ -216,6 +251,10 @@ class FastCLIPLoss(ContrastiveLoss):
             stats["schedule/lr_tau"] = cfg.lr_tau  # the per-sample Adam lr
         else:
             value = (leps1 + leps2).mean() / 2
+            if self.cfg.distill_weight > 0:
+                kd = (post[:, xcol("ce1")] + post[:, xcol("ce2")]).mean() / 2
+                stats["train/distill"] = kd
+                value = value + self.cfg.distill_weight / 2 * kd
             if self.version == "v1":
                 stats["schedule/tau"] = cfg.tau_init
             if self.version == "v3":
