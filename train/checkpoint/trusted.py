@@ -5,7 +5,9 @@ checkpoint wrote them too). So:
   our parts, optimizer.pt, model.pt      `torch.load(weights_only=True)` (tensors and plain containers; numpy
                                           arrays for older RNG files)
   FSDP2 (torch.distributed.checkpoint)   its `.metadata` pickle through an unpickler that knows DCP's own
-                                          metadata classes only (DCP itself uses `pickle.load`)
+                                          metadata classes only (DCP itself uses `pickle.load`), and the
+                                          non-tensor items of its `.distcp` files (optimizer param_groups)
+                                          with `weights_only=True` (DCP's planner passes False)
   DeepSpeed                              its checkpoint engine's `load` with `weights_only=True` plus the few
                                           DeepSpeed data classes its optimizer files hold
 A file that names any other global is refused with `pickle.UnpicklingError` naming it, which the checkpointer
@@ -20,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
 
 NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, np.dtype("uint32").__class__, np._core.multiarray._reconstruct]
@@ -55,7 +59,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 class TrustedDCPReader(FileSystemReader):
     """torch.distributed.checkpoint's file reader whose `.metadata` cannot run code (its tensor files are raw
-    bytes, and DCP reads their non-tensor items with `weights_only=True` itself)."""
+    bytes read with `weights_only=True`; their non-tensor items go through `TrustedLoadPlanner`)."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
         """FileSystemReader.read_metadata with the restricted unpickler in place of `pickle.load`."""
@@ -65,6 +69,27 @@ class TrustedDCPReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+class TrustedLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner whose non-tensor items (FSDP2's optimizer param_groups, or any key a
+    `.metadata` declares as bytes) unpickle with `weights_only=True`."""
+
+    def load_bytes(self, read_item: Any, value: Any) -> None:
+        """DefaultLoadPlanner.load_bytes with `torch.load(weights_only=True)` in place of `weights_only=False`."""
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            loaded = torch.load(value, map_location="cpu", weights_only=True)
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._traverse import set_element  # noqa: PLC0415
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def dcp_load(state: dict[str, Any], directory: Path | str) -> None:
+    """`torch.distributed.checkpoint.load` of `directory` into `state` (in place) that runs no code from it."""
+    dcp.load(state, storage_reader=TrustedDCPReader(directory), planner=TrustedLoadPlanner())
 
 
 def deepspeed_globals() -> list[Any]:
