@@ -176,3 +176,18 @@ def test_a_payload_in_fsdp2_bytes_items_never_runs(shards: str, tmp_path: Path) 
             load()
         assert "posix.system" in str(refused.value), refused.value  # the refusal names the global
         assert not (tmp_path / "PWNED-model").exists(), "consolidation ran the model item's payload"
+
+
+@pytest.mark.parametrize(("backend", "part"), [("ddp", "model.pt"),
+                                             *(("deepspeed:zero2", p) for p in BACKEND_FILES["deepspeed:zero2"])])
+def test_a_payload_in_a_checkpoint_never_runs_on_export(backend: str, part: str, shards: str, tmp_path: Path) -> None:
+    """Consolidation (DeepSpeed's zero_to_fp32 loads with weights_only=False) reads data only."""
+    from tools.export import export
+
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    assert run_on_ranks(_train, 1, (str(run), shards, backend)) == [2]
+    _plant(run, part, marker)
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        export(run / "checkpoints" / "step_00000002", "open_clip", tmp_path / "export")
+    assert not marker.exists(), f"{part}: the payload ran"
+    assert torch.load is torch.serialization.load  # the forced weights_only load is undone

@@ -9,14 +9,17 @@ checkpoint wrote them too). So:
                                           non-tensor items of its `.distcp` files (optimizer param_groups)
                                           with `weights_only=True` (DCP's planner passes False)
   DeepSpeed                              its checkpoint engine's `load` with `weights_only=True` plus the few
-                                          DeepSpeed data classes its optimizer files hold
+                                          DeepSpeed data classes its optimizer files hold; consolidation
+                                          (zero_to_fp32) under `weights_only_torch_load` alike
 A file that names any other global is refused with `pickle.UnpicklingError` naming it, which the checkpointer
 turns into one line naming the checkpoint (train.checkpoint.checkpointer.Checkpointer.load).
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +102,24 @@ def deepspeed_globals() -> list[Any]:
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, *NUMPY_ARRAY_GLOBALS]
+
+
+@contextlib.contextmanager
+def weights_only_torch_load(allowed: list[Any]) -> Iterator[None]:
+    """For its duration, every `torch.load` is `weights_only=True` with `allowed` globals, whatever its caller
+    passes: for library code that loads with `weights_only=False` and offers no hook (DeepSpeed's
+    zero_to_fp32). Single-process tools only: it replaces `torch.load` process-wide."""
+    original = torch.load
+
+    def load(*args: Any, weights_only: Any = None, **kwargs: Any) -> Any:
+        with torch.serialization.safe_globals(allowed):
+            return original(*args, weights_only=True, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def weights_only_deepspeed(engine: Any) -> None:
