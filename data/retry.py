@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_WAIT_S, MAX_WAIT_S = 1.0, 30.0
 EXIT_DATA_UNAVAILABLE = 69  # EX_UNAVAILABLE
+RETRY_MARGIN_S = 60.0  # past data.remote_retry_s: the last wait (MAX_WAIT_S at most) and the read that gives up
 
 
 class DataUnavailable(OneLineError, OSError):
@@ -88,6 +89,17 @@ def unreachable(err: FileNotFoundError) -> bool:
         return True
     name = type(cause).__name__
     return type(cause).__module__.startswith("aiohttp") and any(w in name for w in ("Connect", "Disconnect", "Timeout"))
+
+
+def check_retry_bound(retry_s: float, step_timeout_s: float) -> None:
+    """A rank retrying remote reads must give up (and end "data unavailable", requeued) before the other ranks'
+    collectives time out waiting for it (which ends the job as "hung rank", never requeued)."""
+    if retry_s + RETRY_MARGIN_S >= step_timeout_s:
+        raise ValueError(
+            f"data.remote_retry_s ({retry_s:g} s) + {RETRY_MARGIN_S:g} s must stay below backend.step_timeout_s "
+            f"({step_timeout_s:g} s), or the other ranks time out first and the job ends 'hung rank' instead of "
+            f"being requeued: lower data.remote_retry_s or raise backend.step_timeout_s"
+        )
 
 
 def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:

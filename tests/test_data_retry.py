@@ -101,3 +101,18 @@ def test_missing_credentials_are_access_denied_at_once(name: str) -> None:
     with pytest.raises(AccessDenied, match=r"access denied to s3://bucket/0\.tar .*credentials"):
         retrying(read, "s3://bucket/0.tar", 60.0)
     assert calls == [1]
+
+
+def test_remote_retries_must_end_before_the_step_timeout(tmp_path) -> None:  # noqa: ANN001
+    """Otherwise the other ranks' collectives time out first: "hung rank", never requeued."""
+    from tests.tiny_run import tiny_config
+
+    cfg = tiny_config(str(tmp_path), "ddp")
+    cfg.data.path = "https://shards.example.org/{0000..0009}.tar"
+    cfg.validate()  # the defaults fit: 300 s + the margin < 600 s
+    cfg.backend.step_timeout_s = 300.0
+    with pytest.raises(ValueError, match=r"data.remote_retry_s \(300 s\) \+ 60 s must stay below "
+                                         r"backend.step_timeout_s \(300 s\)"):  # fmt: skip
+        cfg.validate()
+    cfg.data.path = str(tmp_path)  # local shards never retry
+    cfg.validate()
