@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             port = sock.getsockname()[1]
         mp.start_processes(_rank_main, args=(args.world_size, f"tcp://127.0.0.1:{port}", out_dir, args),
                            nprocs=args.world_size, start_method="spawn")
-        return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(args.world_size)]
+        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(args.world_size)]
 
 
 def state_memory_rows() -> list[dict[str, Any]]:

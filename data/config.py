@@ -71,7 +71,7 @@ class DataConfig:
     cache_max_gb: float = 50.0
     # Remote reads that fail transiently are retried with backoff for this long; then the run saves and ends with
     # status "data unavailable" (exit 69), which tools/slurm_train.sbatch requeues (data/retry.py).
-    remote_retry_s: float = 600.0
+    remote_retry_s: float = 300.0  # + a margin below backend.step_timeout_s (checked with remote data)
     # Shards named by data.path that do not exist stop the run (listed); true trains without them.
     allow_missing_shards: bool = False
     # Several webdataset sources mixed with weights instead of path/index: [{path, index, weight}, ...].

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
 from data import remote
 
+log = logging.getLogger(__name__)
 MAX_SHARD_LINES = 20  # shards with holes listed one per line; the rest are counted
 MAX_KEYS = 8  # failed keys named per shard (from img2dataset's parquet)
 
@@ -58,11 +60,16 @@ def download_holes(shards: list[str]) -> list[ShardHoles]:
     for shard, stats_url in stats_of.items():
         if present.get(stats_url) is None:
             continue
-        stats = json.loads(remote.read_bytes(stats_url))
-        record = ShardHoles(shard, int(stats.get("count", 0)), int(stats.get("successes", 0)))
+        try:
+            stats = json.loads(remote.read_bytes(stats_url))
+            record = ShardHoles(shard, int(stats.get("count", 0)), int(stats.get("successes", 0)))
+            record.errors.update({k: int(v) for k, v in stats.get("status_dict", {}).items() if k != "success"})
+        except (ValueError, TypeError, AttributeError) as err:  # a report, not the index: never abort indexing
+            log.warning("%s is not img2dataset's stats (%s: %s); its shard's download holes are not reported",
+                        stats_url, type(err).__name__, err)  # fmt: skip
+            continue
         if record.failed <= 0:
             continue
-        record.errors.update({k: int(v) for k, v in stats.get("status_dict", {}).items() if k != "success"})
         record.keys = _failed_keys(shard[: -len(".tar")] + ".parquet")
         holes.append(record)
     return holes

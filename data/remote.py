@@ -146,9 +146,8 @@ def sizes(urls: list[str]) -> dict[str, int | None]:
         fs, path = filesystem(directory)
         try:
             listing = {basename(e["name"]): e.get("size") for e in fs.ls(path, detail=True)}
-        except PermissionError as err:
-            raise access_denied(directory, err) from None
-        except Exception:  # a store without listings (plain HTTP): ask for each file below
+        except Exception:  # a store without listings (plain HTTP), or a policy that grants GetObject but not
+            # ListBucket (a PermissionError here): ask for each file below, where a refusal is AccessDenied
             listing = None
         for url in members:
             if listing is not None and listing.get(basename(url)) is not None:

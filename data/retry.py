@@ -2,11 +2,14 @@
 retry logged; past that bound DataUnavailable ends the run with the requeueable status "data unavailable"
 (exit 69: the trainer saves the current step first, tools/slurm_train.sbatch requeues the job).
 
-Not transient, so never retried: a missing file (FileNotFoundError), a refusal (PermissionError: 403 / access
-denied, see data/remote.py) and a shard that differs from its index (data/integrity.py)."""
+Transient (an allow-list, `is_transient`): connection errnos, client libraries' connection errors and timeouts,
+5xx answers. Everything else is raised at once: a missing file (FileNotFoundError), a refusal (PermissionError:
+403 / access denied, see data/remote.py; botocore's missing credentials become AccessDenied too), a full or
+read-only disk, and a shard that differs from its index (data/integrity.py)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -18,24 +21,62 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_WAIT_S, MAX_WAIT_S = 1.0, 30.0
 EXIT_DATA_UNAVAILABLE = 69  # EX_UNAVAILABLE
+RETRY_MARGIN_S = 60.0  # past data.remote_retry_s: the last wait (MAX_WAIT_S at most) and the read that gives up
 
 
 class DataUnavailable(OneLineError, OSError):
     """Remote data stayed unreachable for longer than data.remote_retry_s."""
 
 
+# errnos of a connection that failed or broke: a later attempt may succeed. Everything else an OSError carries
+# (ENOSPC, EROFS, EACCES, ...) is a fault of this machine or of the request, and retrying cannot fix it.
+CONNECTION_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                               errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE})  # fmt: skip
+# Client libraries' connection failures, by (top-level module, class name), matched along the class's MRO.
+TRANSIENT_CLASSES = frozenset({
+    ("aiohttp", "ClientConnectionError"),  # refused, reset, server disconnected, server timeout
+    ("botocore", "EndpointConnectionError"), ("botocore", "ConnectTimeoutError"), ("botocore", "ReadTimeoutError"),
+    ("botocore", "ConnectionClosedError"),
+    ("requests", "ConnectionError"), ("requests", "Timeout"),
+})  # fmt: skip
+NEVER_TRANSIENT = ("Certificate", "SSL")  # a TLS failure is a connection error in aiohttp, but it stays
+CREDENTIAL_CLASSES = frozenset({("botocore", "NoCredentialsError"), ("botocore", "PartialCredentialsError")})
+
+
+def _is_one_of(err: BaseException, classes: frozenset[tuple[str, str]]) -> bool:
+    return any((c.__module__.split(".")[0], c.__name__) in classes for c in type(err).__mro__)
+
+
 def is_transient(err: BaseException) -> bool:
-    """Connection refused / reset, timeouts, 5xx answers: errors that a later attempt may not meet. fsspec's HTTP
-    filesystem reports an unreachable server as FileNotFoundError raised from the connection error: its cause
-    decides."""
+    """Connection refused / reset / unreachable, timeouts, 5xx answers: errors that a later attempt may not meet.
+    An allow-list: a full or read-only disk, missing credentials or a missing file are never retried. fsspec's
+    HTTP filesystem reports an unreachable server as FileNotFoundError raised from the connection error: its
+    cause decides."""
     if isinstance(err, FileNotFoundError):
         return unreachable(err)
-    if isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError | OneLineError):
+    if isinstance(err, PermissionError | IsADirectoryError | NotADirectoryError | OneLineError):
         return False
-    if isinstance(err, OSError | TimeoutError | ConnectionError):
+    if any(word in type(err).__name__ for word in NEVER_TRANSIENT):
+        return False
+    if isinstance(err, ConnectionError | TimeoutError) or _is_one_of(err, TRANSIENT_CLASSES):
         return True
-    module = type(err).__module__.split(".")[0]
-    return module in ("aiohttp", "botocore", "urllib3", "requests", "fsspec", "s3fs", "gcsfs")
+    if isinstance(err, OSError) and err.errno in CONNECTION_ERRNOS:
+        return True
+    return _server_error(err)
+
+
+def _server_error(err: BaseException) -> bool:
+    """A 5xx answer: aiohttp's ClientResponseError (`status`), botocore's ClientError (`response`)."""
+    status = getattr(err, "status", None)
+    if status is None:
+        status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") \
+            if isinstance(getattr(err, "response", None), dict) else None
+    return isinstance(status, int) and 500 <= status < 600
+
+
+def missing_credentials(err: BaseException) -> bool:
+    """botocore found no (or half the) credentials: AccessDenied, never a retry or a missing shard."""
+    return _is_one_of(err, CREDENTIAL_CLASSES)
 
 
 def unreachable(err: FileNotFoundError) -> bool:
@@ -50,6 +91,17 @@ def unreachable(err: FileNotFoundError) -> bool:
     return type(cause).__module__.startswith("aiohttp") and any(w in name for w in ("Connect", "Disconnect", "Timeout"))
 
 
+def check_retry_bound(retry_s: float, step_timeout_s: float) -> None:
+    """A rank retrying remote reads must give up (and end "data unavailable", requeued) before the other ranks'
+    collectives time out waiting for it (which ends the job as "hung rank", never requeued)."""
+    if retry_s + RETRY_MARGIN_S >= step_timeout_s:
+        raise ValueError(
+            f"data.remote_retry_s ({retry_s:g} s) + {RETRY_MARGIN_S:g} s must stay below backend.step_timeout_s "
+            f"({step_timeout_s:g} s), or the other ranks time out first and the job ends 'hung rank' instead of "
+            f"being requeued: lower data.remote_retry_s or raise backend.step_timeout_s"
+        )
+
+
 def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
     """`action()`, retried with doubling waits (1 s up to 30 s) while it fails transiently and `retry_s` has not
     passed since the first failure; then DataUnavailable naming `what` and the last error."""
@@ -58,6 +110,10 @@ def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
         try:
             return action()
         except Exception as err:  # noqa: BLE001 - sorted below: transient ones are retried
+            if missing_credentials(err):
+                from data.remote import access_denied  # noqa: PLC0415 (data.remote imports this module)
+
+                raise access_denied(what, err) from None
             if not is_transient(err):
                 raise
             now = time.monotonic()

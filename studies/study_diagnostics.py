@@ -103,7 +103,7 @@ def _features(checkpoint: Path, train_dir: Path) -> tuple[torch.Tensor, torch.Te
             keys.append(b["index"])
     # The trainer learns the temperature outside the model (temperature.pt); the model's own is the initial one.
     temperature = checkpoint / "temperature.pt"
-    logit_scale = torch.load(temperature)["logit_scale"] if temperature.exists() else model.logit_scale.detach()
+    logit_scale = load_file(temperature)["logit_scale"] if temperature.exists() else model.logit_scale.detach()
     scale = float(logit_scale.exp().reshape(-1)[0])
     return torch.cat(images).double(), torch.cat(texts).double(), torch.cat(keys), scale
 

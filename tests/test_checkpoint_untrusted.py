@@ -7,6 +7,8 @@ Resuming must refuse that file by name, and the payload must never run.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import pickle
@@ -111,3 +113,81 @@ def test_a_payload_in_any_checkpoint_part_is_refused_and_never_runs(backend: str
         assert answer.startswith("CheckpointDamaged: "), (part, answer)
         assert "step_00000002 could not be loaded" in answer and "weights_only" in answer.lower(), (part, answer)
         assert "system" in answer, (part, answer)  # the refusal names the global it met
+
+
+def _plant_dcp_bytes(checkpoint: Path, key: str | None, marker: Path) -> str:
+    """Append a payload to `dcp/__0_0.distcp` and point a bytes item of `.metadata` at it: an existing one
+    (the optimizer's param_groups) when `key` is None, else model key `key` re-declared as bytes. The
+    `.metadata` itself holds only DCP's own classes, and meta.json's checksums vouch for both files."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    from train.checkpoint.trusted import _MetadataUnpickler
+
+    dcp_dir = checkpoint / "dcp"
+    with (dcp_dir / ".metadata").open("rb") as file:
+        metadata = _MetadataUnpickler(file).load()
+    if key is None:
+        key = next(k for k, v in metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata))
+    else:
+        metadata.state_dict_metadata[key] = BytesStorageMetadata()
+    buffer = io.BytesIO()
+    torch.save(Payload(marker), buffer)
+    distcp = dcp_dir / "__0_0.distcp"
+    offset = distcp.stat().st_size
+    with distcp.open("ab") as file:
+        file.write(buffer.getvalue())
+    template = next(iter(metadata.storage_data.values()))
+    for index in [i for i in metadata.storage_data if i.fqn == key]:
+        del metadata.storage_data[index]
+    metadata.storage_data[MetadataIndex(key)] = dataclasses.replace(
+        template, relative_path=distcp.name, offset=offset, length=len(buffer.getvalue())
+    )
+    (dcp_dir / ".metadata").write_bytes(pickle.dumps(metadata))
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["files"] = file_records(checkpoint)
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+    assert damage(checkpoint) is None
+    return key
+
+
+def test_a_payload_in_fsdp2_bytes_items_never_runs(shards: str, tmp_path: Path) -> None:
+    """FSDP2's `.distcp` files hold pickled non-tensor items (param_groups), and a `.metadata` may declare any
+    key as such an item: resuming, exporting and load_clip read them as data only."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from fastflip import load_clip
+    from tools.export import export
+
+    clean = tmp_path / "clean"
+    assert run_on_ranks(_train, 1, (str(clean), shards, "fsdp2")) == [2]
+    optim_run, model_run = tmp_path / "optim", tmp_path / "model"
+    for run in (optim_run, model_run):
+        shutil.copytree(clean, run)
+    optim_key = _plant_dcp_bytes(optim_run / "checkpoints" / "step_00000002", None, tmp_path / "PWNED-optim")
+    assert optim_key.startswith("optim."), optim_key
+    checkpoint = model_run / "checkpoints" / "step_00000002"
+    _plant_dcp_bytes(checkpoint, "model.logit_scale", tmp_path / "PWNED-model")
+
+    answer = run_on_ranks(_resume_each, 1, ([str(optim_run)], shards, "fsdp2"))[0][0]
+    assert not (tmp_path / "PWNED-optim").exists(), "resume ran the optimizer item's payload"
+    assert answer.startswith("CheckpointDamaged: ") and "weights_only" in answer.lower(), answer
+    for load in (lambda: export(checkpoint, "open_clip", tmp_path / "export"), lambda: load_clip(checkpoint)):
+        with pytest.raises(CheckpointException) as refused:  # DCP wraps the UnpicklingError per rank
+            load()
+        assert "posix.system" in str(refused.value), refused.value  # the refusal names the global
+        assert not (tmp_path / "PWNED-model").exists(), "consolidation ran the model item's payload"
+
+
+@pytest.mark.parametrize(("backend", "part"), [("ddp", "model.pt"),
+                                             *(("deepspeed:zero2", p) for p in BACKEND_FILES["deepspeed:zero2"])])
+def test_a_payload_in_a_checkpoint_never_runs_on_export(backend: str, part: str, shards: str, tmp_path: Path) -> None:
+    """Consolidation (DeepSpeed's zero_to_fp32 loads with weights_only=False) reads data only."""
+    from tools.export import export
+
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    assert run_on_ranks(_train, 1, (str(run), shards, backend)) == [2]
+    _plant(run, part, marker)
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        export(run / "checkpoints" / "step_00000002", "open_clip", tmp_path / "export")
+    assert not marker.exists(), f"{part}: the payload ran"
+    assert torch.load is torch.serialization.load  # the forced weights_only load is undone

@@ -53,3 +53,26 @@ def test_a_weight_jump_is_unhealthy_and_the_last_healthy_checkpoint_is_kept(shar
     assert "step_00000004" in first["reason"]
     assert last_healthy(root) == root / "step_00000004"  # kept by pruning (keep_last=1)
     assert str(root / "step_00000004") in ended, ended
+
+
+def test_the_weight_health_reads_trainable_parameters_only() -> None:
+    """Frozen parameters (logit_scale 2.66, SigLIP's frozen logit_bias -10) are no sign of a blow-up; bf16 shards
+    are compared in fp32."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from model import create_model
+    from train.backends.base import Backend
+    from train.trainer import Trainer
+
+    model = create_model("tiny", init_logit_bias=-10.0)
+    for name, param in model.named_parameters():
+        param.requires_grad_(not name.startswith("logit_"))
+    trainable = max(float(p.detach().abs().max()) for p in model.parameters() if p.requires_grad)
+    assert trainable < 10.0 == float(model.logit_bias.abs())  # the frozen bias is the largest weight
+    backend = SimpleNamespace(raw_model=model, local_shards=lambda: Backend.local_shards(backend))
+    fake = SimpleNamespace(backend=backend)
+    assert Trainer._max_abs_weight(fake) == trainable
+    model.to(torch.bfloat16)
+    assert Trainer._max_abs_weight(fake) == pytest.approx(trainable, rel=1e-2)

@@ -58,3 +58,61 @@ def test_past_the_bound_the_read_is_data_unavailable_and_missing_files_are_not_r
     with pytest.raises(FileNotFoundError):
         retrying(missing, "http://h/9.tar", retry_s=60)
     assert calls == [1]
+
+
+def test_the_transient_errors_are_an_allow_list() -> None:
+    """Only connection failures, timeouts and 5xx answers are retried: a full or read-only disk, missing
+    credentials or a 403 fail at once (retrying them for data.remote_retry_s would only hide the fault)."""
+    import errno
+
+    import aiohttp
+    from botocore import exceptions as boto
+
+    transient = [
+        OSError(errno.ECONNRESET, "reset"), OSError(errno.EHOSTUNREACH, "no route"), OSError(errno.EPIPE, "pipe"),
+        boto.EndpointConnectionError(endpoint_url="https://s3"), boto.ConnectTimeoutError(endpoint_url="https://s3"),
+        boto.ReadTimeoutError(endpoint_url="https://s3"), aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientResponseError(None, (), status=503),
+        boto.ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"),
+    ]  # fmt: skip
+    lasting = [
+        OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EROFS, "Read-only file system"),
+        OSError("something else"), boto.NoCredentialsError(),
+        boto.PartialCredentialsError(provider="env", cred_var="x"),
+        aiohttp.ClientResponseError(None, (), status=404),
+        boto.ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"),
+    ]  # fmt: skip
+    assert [e for e in transient if not is_transient(e)] == []
+    assert [e for e in lasting if is_transient(e)] == []
+
+
+@pytest.mark.parametrize("name", ["NoCredentialsError", "PartialCredentialsError"])
+def test_missing_credentials_are_access_denied_at_once(name: str) -> None:
+    from botocore import exceptions as boto
+
+    from data.remote import AccessDenied
+
+    calls = []
+
+    def read() -> bytes:
+        calls.append(1)
+        raise getattr(boto, name)(provider="env", cred_var="AWS_SECRET_ACCESS_KEY")
+
+    with pytest.raises(AccessDenied, match=r"access denied to s3://bucket/0\.tar .*credentials"):
+        retrying(read, "s3://bucket/0.tar", 60.0)
+    assert calls == [1]
+
+
+def test_remote_retries_must_end_before_the_step_timeout(tmp_path) -> None:  # noqa: ANN001
+    """Otherwise the other ranks' collectives time out first: "hung rank", never requeued."""
+    from tests.tiny_run import tiny_config
+
+    cfg = tiny_config(str(tmp_path), "ddp")
+    cfg.data.path = "https://shards.example.org/{0000..0009}.tar"
+    cfg.validate()  # the defaults fit: 300 s + the margin < 600 s
+    cfg.backend.step_timeout_s = 300.0
+    with pytest.raises(ValueError, match=r"data.remote_retry_s \(300 s\) \+ 60 s must stay below "
+                                         r"backend.step_timeout_s \(300 s\)"):  # fmt: skip
+        cfg.validate()
+    cfg.data.path = str(tmp_path)  # local shards never retry
+    cfg.validate()

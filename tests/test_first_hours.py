@@ -92,6 +92,17 @@ def test_switching_the_loss_on_the_command_line_drops_the_old_loss_keys(
     assert read_config(bounded, ["loss.name=siglip"]).loss.tau_min == 0.02  # every loss's temperature bound stays
 
 
+def test_the_recipes_own_loss_quoted_on_the_command_line_is_no_switch(capsys: pytest.CaptureFixture) -> None:
+    """The override's value is read as YAML (as apply_overrides reads it): "fastclip" quoted is still fastclip."""
+    recipe = read_config(MIX)
+    for quoted in ('loss.name="fastclip"', "loss.name='fastclip'", "loss.name= fastclip"):
+        same = read_config(MIX, [quoted])
+        assert (same.loss.name, same.loss.version, same.loss.rho) == (
+            recipe.loss.name, recipe.loss.version, recipe.loss.rho), quoted  # fmt: skip
+    assert recipe.loss.name == "fastclip" and recipe.loss.rho == 6.5
+    assert "replaces" not in capsys.readouterr().err
+
+
 def test_a_loss_conflict_on_the_command_line_names_it_and_the_fix() -> None:
     with pytest.raises(ConfigError) as conflict:
         read_config(MIX, ["loss.name=siglip", "loss.version=v3"])

@@ -72,6 +72,8 @@ def test_overrides_reach_the_recipe_as_typed_and_never_run(tmp_path: Path) -> No
          "preempted at step 12, saved; requeued job 42, which resumes with checkpoint.resume=latest", True, 0),
         (_status(7, "data unavailable", 69),
          "data unavailable at step 7, saved; requeued job 42, which resumes with checkpoint.resume=latest", True, 0),
+        (_status(None, "data unavailable", 69),
+         "data unavailable before the first step, nothing new to save; requeued job 42", True, 0),
         (_status(3, "config error", 2), "run ended: config_error, exit code 2", False, 2),
         (_status(30, "completed", 0), "run ended: completed, exit code 0", False, 0),
     ],

@@ -13,6 +13,7 @@ import pytest
 from tests.ranks import run_on_ranks
 from tests.tiny_run import FixedBatches, tiny_config
 from train.config import LoggingConfig
+from train.trackers import check_trackers
 
 STEPS = 4
 
@@ -69,3 +70,19 @@ def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(ImportError, match=r"fastflip\[trackers\]"):
         open_trackers(["wandb"], Path("."), "p", "n", {}, {})
+
+
+@pytest.mark.parametrize("uri", ["databricks", "databricks-uc", "uc", "databricks://profile", "http://mlflow:5000",
+                                 "sqlite:///runs/mlflow.db", "postgresql://u@db/mlflow"])
+def test_mlflow_stores_other_than_files_are_accepted(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    check_trackers(["mlflow"], tmp_path)
+
+
+@pytest.mark.parametrize("uri", ["/runs/mlruns", "mlruns", "file:///runs/mlruns", "file:mlruns"])
+def test_an_mlflow_file_store_is_refused(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(ValueError, match="is a file store, which MLflow 3 refuses"):
+        check_trackers(["mlflow"], tmp_path)

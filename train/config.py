@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from data.config import DataConfig
+from data.remote import is_remote
+from data.retry import check_retry_bound
 from data.url_secrets import refuse_url_secrets
 from model import MODEL_CONFIGS, get_model_config
 from model.init_from import parse_init_from
@@ -235,6 +237,9 @@ class TrainConfig:
                              f"{self.optim.accum_steps} micro-batches")  # fmt: skip
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
+        d = self.data
+        if any(is_remote(u) for u in (d.path, d.index, *(x for s in d.sources for x in (s.path, s.index))) if u):
+            check_retry_bound(d.remote_retry_s, self.backend.step_timeout_s)
 
 
 def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from data.url_secrets import url_secret
 from train.progress import say
 
@@ -28,7 +30,10 @@ def switch_loss(raw: dict[str, Any], overrides: list[str], path: str | Path) -> 
     section = raw.get("loss")
     if "loss.name" not in given or not isinstance(section, dict):
         return raw
-    new = given["loss.name"].split("=", 1)[1].strip()
+    try:  # the value as apply_overrides reads it: `loss.name="fastclip"` names fastclip
+        new = yaml.safe_load(given["loss.name"].split("=", 1)[1])
+    except yaml.YAMLError:
+        return raw  # apply_overrides reports it
     old = section.get("name", "fastclip")
     dropped = sorted(k for k in section if k not in KEPT and f"loss.{k}" not in given)
     if new == old or not dropped:

@@ -21,7 +21,7 @@ from data.retry import EXIT_DATA_UNAVAILABLE, DataUnavailable
 from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError, checkpoint_name
 from train.config_io import ConfigError
 from train.faults.nonfinite import TrainingDiverged
-from train.faults.preemption import ignore_preemption_after_training
+from train.faults.preemption import ignore_preemption_after_training, startup_failed
 from train.faults.report import (
     EXIT_CHECKPOINT,
     EXIT_CONFIG,
@@ -71,6 +71,7 @@ def supervise(args: argparse.Namespace, model_family: str = "", report: Report |
     try:
         code = _main(args, model_family, report, outcome)
     except Exception as err:
+        startup_failed()  # a signal from here on must not turn this failure into "preempted"
         for kind, code, label, agreed in KNOWN_ERRORS:
             if isinstance(err, kind):
                 if not isinstance(err, RunDirectoryLocked):  # that directory's status belongs to the job holding it

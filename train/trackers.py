@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import os
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,9 @@ def mlflow_uri(out_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out_dir / MLFLOW_DB).resolve()}"
 
 
+NAMED_STORES = ("databricks", "databricks-uc", "uc")  # tracking URIs MLflow reads as a store's name, not a path
+
+
 def check_trackers(names: list[str], out_dir: Path) -> None:
     """Before torch loads: every named tracker's packages import, and MLflow's store is one MLflow 3 accepts.
     Raises ValueError naming logging.trackers and the fix."""
@@ -47,7 +51,8 @@ def check_trackers(names: list[str], out_dir: Path) -> None:
                              "pip install 'fastflip[trackers]'")  # fmt: skip
     if "mlflow" in names:
         uri = mlflow_uri(out_dir)
-        file_store = "://" not in uri or uri.startswith("file:")
+        scheme = urllib.parse.urlparse(uri).scheme  # as MLflow reads it: a one-letter scheme is a Windows drive
+        file_store = uri not in NAMED_STORES and (scheme in ("", "file") or len(scheme) == 1)
         if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
             raise ValueError(f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 refuses; unset it (the run "
                              f"logs to sqlite:///{out_dir}/{MLFLOW_DB}), point it at sqlite:///PATH.db or a server, "

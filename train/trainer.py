@@ -398,8 +398,10 @@ class Trainer:
         return {"num_samples": self.loader.num_samples, "rows": "dense"}
 
     def _max_abs_weight(self) -> float:
-        """The largest |parameter| over every rank's shards (checkpoint health; a MAX all-reduce)."""
-        local = [t.detach().abs().max() for t in self.backend.local_shards() if t.numel()]
+        """The largest |trainable parameter| over every rank's shards (checkpoint health; a MAX all-reduce); frozen
+        ones (logit_scale, SigLIP's logit_bias -10) say nothing about training."""
+        pairs = zip(self.backend.raw_model.parameters(), self.backend.local_shards(), strict=True)
+        local = [t.detach().abs().max().float() for p, t in pairs if p.requires_grad and t.numel()]
         return largest(float(torch.stack(local).max()) if local else 0.0)
 
     def _weights_finite(self) -> bool:

@@ -26,7 +26,7 @@ class DDPBackend(Backend):
 
     @staticmethod
     def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return torch.load(directory / "model.pt", map_location="cpu")
+        return load_file(directory / "model.pt")  # weights_only: a checkpoint from elsewhere runs no code
 
     def __init__(self, precision: str) -> None:
         super().__init__(precision)

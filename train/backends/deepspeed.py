@@ -30,7 +30,7 @@ from train.backends.base import (
     adam_state_bytes,
     select_local_device,
 )
-from train.checkpoint.trusted import weights_only_deepspeed
+from train.checkpoint.trusted import deepspeed_globals, weights_only_deepspeed, weights_only_torch_load
 from train.faults.rank_sync import free_port
 
 
@@ -119,7 +119,8 @@ class DeepSpeedBackend(Backend):
     def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(directory / "deepspeed"), tag="state")
+        with weights_only_torch_load(deepspeed_globals()):  # zero_to_fp32 loads with weights_only=False
+            return get_fp32_state_dict_from_zero_checkpoint(str(directory / "deepspeed"), tag="state")
 
     def __init__(self, precision: str, ds_config: dict[str, Any]) -> None:
         super().__init__(precision)

@@ -29,7 +29,7 @@ from train.backends.base import (
     adam_state_bytes,
     select_local_device,
 )
-from train.checkpoint.trusted import TrustedDCPReader
+from train.checkpoint.trusted import dcp_load
 from train.faults.nonfinite import optimizer_step_unless
 
 
@@ -45,7 +45,7 @@ class FSDP2Backend(Backend):
 
     @staticmethod
     def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        dcp.load({"model": empty_state}, storage_reader=TrustedDCPReader(directory / "dcp"))  # no group: full tensors
+        dcp_load({"model": empty_state}, directory / "dcp")  # no group: full tensors
         return empty_state
 
     def __init__(self, precision: str) -> None:
@@ -101,7 +101,7 @@ class FSDP2Backend(Backend):
     def load(self, directory: Path) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, storage_reader=TrustedDCPReader(directory / "dcp"))  # its .metadata cannot run code
+        dcp_load(state, directory / "dcp")  # neither its .metadata nor its bytes items can run code
         set_state_dict(
             self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
         )

@@ -13,6 +13,7 @@ import torch
 from model import CLIP, create_model
 from train.backends import backend_class
 from train.checkpoint.files import read_meta, resolve_checkpoint
+from train.checkpoint.trusted import load_file
 
 
 def model_overrides(meta: dict) -> dict:
@@ -38,7 +39,7 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     state = {k: v.detach().float().cpu() for k, v in state.items()}
     temperature = path / "temperature.pt"  # the trained fp32 temperature (the model's own copy is frozen)
     if temperature.is_file():
-        trained = torch.load(temperature, map_location="cpu")
+        trained = load_file(temperature)
         state["logit_scale"] = trained["logit_scale"].float()
         if "logit_bias" in trained:  # SigLIP
             state["logit_bias"] = trained["logit_bias"].float()

@@ -17,6 +17,7 @@ import sys
 import threading
 from types import FrameType
 
+from train.faults.lock_probe import held_elsewhere
 from train.faults.status import write_status
 
 logger = logging.getLogger(__name__)
@@ -84,14 +85,17 @@ STARTUP_MESSAGE = ("preempted during start-up, before training began: nothing ne
 def preempt_during_startup(output_dir: str) -> None:
     """From the moment the config names the run directory until the training loop takes the signals over
     (PreemptionFlag.install): a preemption signal writes status.json "preempted" (no step) and ends the process
-    with EXIT_PREEMPTED, so a batch script can requeue a job stopped while its ranks start. Main thread only."""
+    with EXIT_PREEMPTED, so a batch script can requeue a job stopped while its ranks start. Main thread only.
+    It never replaces a status.json (a rank that failed in setup wrote the real outcome, and the launcher then
+    signals the others) nor writes into a directory whose lock another job holds."""
     def stop(signum: int, frame: FrameType | None) -> None:
         if not _startup:  # restored after training failed (PreemptionFlag.restore): the signal's default action
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
         try:
-            write_status(output_dir, EXIT_PREEMPTED, STARTUP_MESSAGE, None)
+            if not held_elsewhere(output_dir):  # another job's directory: its status is not ours to write
+                write_status(output_dir, EXIT_PREEMPTED, STARTUP_MESSAGE, None, replace=False)  # a failure stays
             print(f"{STARTUP_MESSAGE} (signal {signal.Signals(signum).name})", file=sys.stderr, flush=True)
         finally:
             os._exit(EXIT_PREEMPTED)
@@ -100,6 +104,11 @@ def preempt_during_startup(output_dir: str) -> None:
         for sig in PREEMPTION_SIGNALS:
             signal.signal(sig, stop)
         _startup.append(output_dir)
+
+
+def startup_failed() -> None:
+    """This rank's setup raised (and writes its own status): a later signal takes its default action."""
+    _startup.clear()
 
 
 def ignore_preemption_after_training() -> None:

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from train.config_io import ConfigError
+from train.faults.lock_probe import LOCK_FILE
 from train.faults.rank_sync import from_main
 
 logger = logging.getLogger("fastflip")
 
-LOCK_FILE = "run.lock"
 
 
 class RunDirectoryLocked(ConfigError):

@@ -21,14 +21,26 @@ STATUSES = {0: "completed", 1: "failed", 2: "config error", 3: "diverged", 4: "c
             69: "data unavailable", 75: "preempted"}  # fmt: skip
 
 
-def write_status(output_dir: str | Path, exit_code: int, message: str, step: int | None) -> Path:
-    """Write the outcome atomically (a reader never sees half a file; ranks writing the same outcome race safely)."""
+def write_status(output_dir: str | Path, exit_code: int, message: str, step: int | None,
+                 replace: bool = True) -> Path | None:  # fmt: skip
+    """Write the outcome atomically (a reader never sees half a file; ranks writing the same outcome race safely).
+    With `replace=False` an existing status.json is kept (and None returned): a guess such as "preempted during
+    start-up" never hides the real outcome another rank wrote (tools/slurm_train.sbatch deletes the file before
+    it launches, so a job's first status wins)."""
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     record = {
         "status": STATUSES.get(exit_code, "failed"), "exit_code": exit_code, "step": step, "message": message,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
     }  # fmt: skip
+    if not replace:
+        try:
+            fd = os.open(directory / STATUS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(record, indent=2) + "\n")
+        return directory / STATUS_FILE
     tmp = directory / f".{STATUS_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, directory / STATUS_FILE)
