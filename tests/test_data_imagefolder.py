@@ -58,6 +58,8 @@ def test_zero_shot_on_a_folder_tree_with_folder_or_registry_names(tmp_path):
 
     ev = Evaluator(EvalConfig(zeroshot=str(tmp_path / "val"), batch_size=4), 32, torch.device("cpu"), get_tokenizer())
     assert ev.classnames == WNIDS
+    assert ev.prompts_line() == (f"zero-shot: 3 class names from the data ({tmp_path / 'val'}) ({', '.join(WNIDS)}); "
+                                 f"{len(ev.templates)} templates from registry 'generic' ('a photo of a {{c}}.', ...)")
     assert 0.0 <= ev(model)["zeroshot_top1"] <= 1.0
     with pytest.raises(ValueError, match="has 3 classes, eval.classnames 'imagenet' names 1000"):
         Evaluator(EvalConfig(zeroshot=str(tmp_path / "val"), classnames="imagenet"), 32, torch.device("cpu"),

@@ -76,7 +76,10 @@ def main() -> int:
         batch_size=args.batch_size,
     )  # fmt: skip
     tokenizer = get_tokenizer(model.config.text.context_length)
-    results = Evaluator(eval_cfg, cfg["data"]["image_size"], device, tokenizer)(model.to(device))
+    evaluator = Evaluator(eval_cfg, cfg["data"]["image_size"], device, tokenizer)
+    if evaluator.prompts_line():
+        print(evaluator.prompts_line())
+    results = evaluator(model.to(device))
     results = {"step": meta["step"], **results}
     print(f"checkpoint {args.checkpoint} (step {meta['step']}, model {cfg['model']['name']})")
     print(format_table(results))

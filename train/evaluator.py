@@ -14,6 +14,7 @@ from data.eval_loader import EvalLoader, build_eval_loader
 from data.imagefolder import is_image_folder
 from data.tokenizer import Tokenizer
 from evaluation import evaluate_retrieval, evaluate_zeroshot, get_classnames, get_templates
+from evaluation.prompts import render
 from train.config import EvalConfig
 
 logger = logging.getLogger("fastflip")
@@ -56,6 +57,16 @@ class Evaluator:
             self.retrieval_loader = self._open(
                 "eval.retrieval", cfg.retrieval, image_size, "image_id", rank, world_size
             )
+
+    def prompts_line(self) -> str:
+        """Which class names and templates zero-shot classifies with, and where each came from ('' without it)."""
+        if self.zeroshot_loader is None:
+            return ""
+        names_from = f"registry {self.cfg.classnames!r}" if self.cfg.classnames else f"the data ({self.cfg.zeroshot})"
+        shown = ", ".join(self.classnames[:4]) + (", ..." if len(self.classnames) > 4 else "")
+        example, registry = render(self.templates[0], "{c}"), self.cfg.templates or self.cfg.classnames or "generic"
+        return (f"zero-shot: {len(self.classnames)} class names from {names_from} ({shown}); {len(self.templates)} "
+                f"templates from registry {registry!r} ({example!r}, ...)")
 
     @property
     def enabled(self) -> bool:
