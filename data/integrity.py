@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads where a shard is read: config checks stay light (train.cli reads recipes first)
+    import numpy as np
 
 EDGE = 64 * 1024  # bytes hashed at each end
 SAMPLED_HEADERS = 16
@@ -43,6 +45,8 @@ def ranges(size: int, index: np.ndarray) -> list[tuple[int, int]]:
     data = index["img_off"][index["img_len"] >= 0]
     if not len(data):
         data = index["txt_off"][index["txt_len"] >= 0]
+    import numpy as np  # noqa: PLC0415
+
     picks = np.unique(np.linspace(0, len(data) - 1, min(SAMPLED_HEADERS, len(data))).astype(np.int64))
     headers = [(int(data[i]) - TAR_BLOCK, int(data[i])) for i in picks if data[i] >= TAR_BLOCK]
     return [(0, min(EDGE, size)), (max(0, size - EDGE), size), *headers]

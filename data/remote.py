@@ -13,7 +13,8 @@ import posixpath
 import braceexpand
 import fsspec
 
-from data.retry import unreachable
+from data.retry import AccessDenied as AccessDenied  # re-exported: where callers catch it
+from data.retry import access_denied, unreachable
 
 BIG_BLOCK = 64 * 2**20  # remote reads are made of ranges this large (never one request per sample)
 
@@ -63,23 +64,6 @@ def isdir(url: str) -> bool:
         return fs.isdir(path)
     except Exception:  # e.g. an HTTP server without directory listings: treat as a directory URL
         return True
-
-
-class AccessDenied(PermissionError):
-    """The store refused to serve a file (403 / access denied): credentials, not missing data."""
-
-
-def access_denied(url: str, err: BaseException) -> AccessDenied:
-    """One line naming the bucket (or host) and the credentials to check; dropping data is never the fix."""
-    where = url.split("://", 1)[-1].split("/", 1)[0]
-    kind = "bucket" if url.startswith(("s3://", "gs://", "gcs://", "az://", "abfs://")) else "host"
-    said = str(err).strip().splitlines()[0] if str(err).strip() else "forbidden"
-    return AccessDenied(
-        f"access denied to {url} ({type(err).__name__}: {said}): "
-        f"the credentials in use may not read {kind} {where!r}. Check them (AWS_ACCESS_KEY_ID / "
-        "AWS_SECRET_ACCESS_KEY / AWS_PROFILE / ~/.aws, gcloud auth, FSSPEC_* settings) and the "
-        f"{kind}'s policy; the shards exist but cannot be read with them"
-    )
 
 
 def read_bytes(url: str) -> bytes:

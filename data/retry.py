@@ -102,6 +102,23 @@ def check_retry_bound(retry_s: float, step_timeout_s: float) -> None:
         )
 
 
+class AccessDenied(PermissionError):
+    """The store refused to serve a file (403 / access denied): credentials, not missing data."""
+
+
+def access_denied(url: str, err: BaseException) -> AccessDenied:
+    """One line naming the bucket (or host) and the credentials to check; dropping data is never the fix."""
+    where = url.split("://", 1)[-1].split("/", 1)[0]
+    kind = "bucket" if url.startswith(("s3://", "gs://", "gcs://", "az://", "abfs://")) else "host"
+    said = str(err).strip().splitlines()[0] if str(err).strip() else "forbidden"
+    return AccessDenied(
+        f"access denied to {url} ({type(err).__name__}: {said}): "
+        f"the credentials in use may not read {kind} {where!r}. Check them (AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY / AWS_PROFILE / ~/.aws, gcloud auth, FSSPEC_* settings) and the "
+        f"{kind}'s policy; the shards exist but cannot be read with them"
+    )
+
+
 def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
     """`action()`, retried with doubling waits (1 s up to 30 s) while it fails transiently and `retry_s` has not
     passed since the first failure; then DataUnavailable naming `what` and the last error."""
@@ -111,8 +128,6 @@ def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
             return action()
         except Exception as err:  # noqa: BLE001 - sorted below: transient ones are retried
             if missing_credentials(err):
-                from data.remote import access_denied  # noqa: PLC0415 (data.remote imports this module)
-
                 raise access_denied(what, err) from None
             if not is_transient(err):
                 raise

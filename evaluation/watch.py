@@ -31,7 +31,7 @@ from evaluation.cache import ResultCache
 from evaluation.models import checkpoint_identity, load_checkpoint
 from evaluation.suite import Suite
 from evaluation.suite_runner import flat_scalars, run_suite
-from train.trackers import mlflow_name
+from train.trackers import mlflow_name, mlflow_uri
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class Watcher:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.run / "mlruns").resolve().as_uri()
+        uri = mlflow_uri(self.run)  # the training run's own store
         now = int(time.time() * 1000)
         metrics = [Metric(mlflow_name(PREFIX + k), float(v), now, step) for k, v in scalars.items()]
         MlflowClient(tracking_uri=uri).log_batch(run_id, metrics=metrics)
