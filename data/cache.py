@@ -101,7 +101,11 @@ class ShardCache:
                 except FileNotFoundError:  # another worker evicted it
                     continue
                 entries.append((st.st_mtime, st.st_size, full))
-        total = sum(e[1] for e in entries) + (os.path.getsize(keep) if os.path.exists(keep) else 0)
+        try:
+            kept = os.path.getsize(keep)
+        except FileNotFoundError:  # evicted or being fetched again by another worker: it holds no space now
+            kept = 0
+        total = sum(e[1] for e in entries) + kept
         for _, nbytes, full in sorted(entries):
             if total <= self.max_bytes:
                 break
