@@ -91,8 +91,10 @@ def test_watcher_follows_a_preempted_and_resumed_run(
     assert any((run_dir / "tensorboard" / WATCH_DIR).glob("events.out.tfevents.*"))
     from mlflow.tracking import MlflowClient
 
+    from train.trackers import mlflow_uri
+
     run_id = json.loads((run_dir / "checkpoints" / "step_00000015" / "meta.json").read_text())["trackers"]["mlflow"]
-    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    client = MlflowClient(tracking_uri=mlflow_uri(run_dir))  # the run's own store (SQLite)
     for name in ("suite/fashion-mnist/acc1", "suite/photos/image_retrieval_recall_at_5"):
         history = client.get_metric_history(run_id, name)
         assert sorted(m.step for m in history) == published, f"{name} in the run's MLflow run, once per checkpoint"
