@@ -5,6 +5,7 @@ token or a signed query string is refused, naming the key, because configs are s
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -42,6 +43,14 @@ def refuse_url_secrets(values: dict[str, Any]) -> None:
             raise ValueError(f"{key} carries {problem} ({scheme}://...); it would be saved in configs, "
                              "checkpoints and indexes. Give credentials through the environment instead (AWS_*, "
                              "~/.aws, gcloud, FSSPEC_* settings)")  # fmt: skip
+
+
+def refuse_argument_secrets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A tool's `parser.error` naming the first argument (as typed: --flag) whose URL carries a secret."""
+    try:
+        refuse_url_secrets({"--" + name.replace("_", "-"): value for name, value in vars(args).items()})
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _strings(value: Any, key: str) -> Iterator[tuple[str, str]]:

@@ -209,7 +209,7 @@ def _assert_same_state(expected: Path, got: Path) -> None:
     names = sorted(path.name for path in expected.glob("*.pt"))
     assert names == sorted(path.name for path in got.glob("*.pt")) and "model.pt" in names
     for name in names:
-        a, b = (torch.load(d / name, map_location="cpu", weights_only=False) for d in (expected, got))
+        a, b = (torch.load(d / name, map_location="cpu", weights_only=True) for d in (expected, got))
         _assert_equal(a, b, name)
 
 

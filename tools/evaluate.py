@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from data.tokenizer import get_tokenizer
-from data.url_secrets import refuse_url_secrets
+from data.url_secrets import refuse_argument_secrets
 from evaluation import format_table, write_json
 from train.checkpoint.checkpointer import find_checkpoint
 from train.checkpoint.consolidate import load_model
@@ -56,10 +56,7 @@ def main() -> int:
     parser.add_argument("--out", default="", help="write results JSON here (with --suite: a folder, one JSON per "
                         "task and results.json)")
     args = parser.parse_args()
-    try:  # an index or results file would keep a URL's secret
-        refuse_url_secrets({"--" + name.replace("_", "-"): value for name, value in vars(args).items()})
-    except ValueError as err:
-        parser.error(str(err))
+    refuse_argument_secrets(parser, args)  # an index or results file would keep a URL's secret
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.watch or args.suite:
         return run_suite_cli(parser, args)

@@ -36,7 +36,7 @@ from data.index_report import checks_line, download_holes, holes_lines, holes_re
 from data.manifest import build_manifest
 from data.shards import IMAGE_EXTS, ShardWriter
 from data.sources import CsvSource, SkipSample
-from data.url_secrets import refuse_url_secrets
+from data.url_secrets import refuse_argument_secrets
 from evaluation.prompts import FASHION_MNIST_CLASSNAMES as FASHION_CLASSES
 from evaluation.prompts import get_classnames
 from tools.mosaic import Mosaic, distinct_mosaics, random_mosaics, tiled_items
@@ -296,10 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     ma.add_argument("--workers", type=int, default=4, help="shards indexed in parallel")
     ma.add_argument("--allow-missing", action="store_true", help="index the shards that exist, list the others")
     args = p.parse_args(argv)
-    try:  # an index or results file would keep a URL's secret
-        refuse_url_secrets({"--" + name.replace("_", "-"): value for name, value in vars(args).items()})
-    except ValueError as err:
-        p.error(str(err))
+    refuse_argument_secrets(p, args)  # an index or results file would keep a URL's secret
     commands = {"fashion-mnist": fashion_mnist, "fashion-mosaic": fashion_mosaic, "folder": folder, "csv": from_csv,
                 "manifest": manifest}  # fmt: skip
     commands[args.cmd](args)
