@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.ranks import REPO
 from train.faults.status import read_status, write_status
 
@@ -23,6 +25,8 @@ print("ready", flush=True)
 time.sleep(60)
 """
 
+
+pytestmark = pytest.mark.slow  # every test here spawns a rank or a lock holder
 
 def _signalled_while_starting(run: Path) -> tuple[int, str]:
     """(exit code, stderr) of a starting rank that gets SIGTERM."""
