@@ -48,10 +48,10 @@ def load_checkpoint(path: str | Path) -> Evaluable:
     """A step_* directory, a run's checkpoints/ folder or its `latest` pointer."""
     from data.tokenizer import get_tokenizer
     from data.transforms import eval_transform
-    from train.checkpoint.checkpointer import find_checkpoint
     from train.checkpoint.consolidate import load_model
+    from train.checkpoint.files import resolve_checkpoint
 
-    checkpoint = find_checkpoint(path)
+    checkpoint = resolve_checkpoint(path)
     identity = checkpoint_identity(checkpoint)  # before loading: a checkpoint replaced meanwhile fails loudly
     model, meta = load_model(checkpoint)
     if checkpoint_identity(checkpoint) != identity:

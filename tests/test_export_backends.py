@@ -21,8 +21,8 @@ from tests.export_fixtures import Embedders, photos
 from tests.ranks import REPO, run_on_ranks
 from tests.tiny_run import FixedBatches, one_variant_per_backend, tiny_config
 from tools.export import export, info
-from train.checkpoint.checkpointer import find_checkpoint
 from train.checkpoint.consolidate import consolidated_state_dict, load_model
+from train.checkpoint.files import resolve_checkpoint
 
 GLOBAL_BATCH, STEPS, ATOL = 8, 3, 1e-4
 
@@ -56,8 +56,8 @@ def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     export(checkpoint, "open_clip", tmp_path / "open_clip")
     with pytest.raises(FileExistsError, match="not empty"):
         export(checkpoint, "open_clip", tmp_path / "open_clip")
-    consolidated, meta = consolidated_state_dict(find_checkpoint(str(checkpoint)))
-    model, _ = load_model(find_checkpoint(str(checkpoint)))
+    consolidated, meta = consolidated_state_dict(resolve_checkpoint(str(checkpoint)))
+    model, _ = load_model(resolve_checkpoint(str(checkpoint)))
     embedders = Embedders.load(model, tmp_path / "open_clip", tmp_path / "hf")
     round_trips = {
         "hf": from_hf(embedders.hf.state_dict(), consolidated),
@@ -79,7 +79,7 @@ def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     assert "health: healthy" in lines
     verified = [line for line in lines if line.startswith("verification: ")]
     assert verified[0].endswith(" files intact") and int(verified[0].split()[1]) >= 5, verified
-    step_dir = find_checkpoint(str(checkpoint))
+    step_dir = resolve_checkpoint(str(checkpoint))
     with (step_dir / "loss_rank1.pt").open("r+b") as shard:
         shard.truncate(10)
     assert any(line.startswith("verification: DAMAGED: ") and "loss_rank1.pt: 10 bytes" in line

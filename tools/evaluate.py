@@ -26,7 +26,6 @@ import torch
 from data.tokenizer import get_tokenizer
 from data.url_secrets import refuse_argument_secrets
 from evaluation import format_table, write_json
-from train.checkpoint.checkpointer import find_checkpoint
 from train.checkpoint.consolidate import load_model
 from train.config import EvalConfig
 from train.evaluator import Evaluator
@@ -65,7 +64,7 @@ def main() -> int:
     if not (args.zeroshot or args.retrieval):
         parser.error("give --zeroshot and/or --retrieval, or --suite")
 
-    model, meta = load_model(find_checkpoint(args.checkpoint))
+    model, meta = load_model(args.checkpoint)  # a step directory, latest, checkpoints/ or the run directory
     cfg = meta["config"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     eval_cfg = EvalConfig(

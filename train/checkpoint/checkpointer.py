@@ -20,7 +20,6 @@ from train.checkpoint.files import (
     is_complete,
     last_healthy,
     read_meta,
-    resolve_checkpoint,
     resolve_resume_on_main,
 )
 from train.checkpoint.parts import Part, load_parts, save_parts
@@ -29,11 +28,6 @@ from train.config_io import ConfigError, to_dict
 from train.faults.timeouts import is_timeout
 
 logger = logging.getLogger("fastflip")
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """What tools/evaluate.py and tools/export.py accept: see train.checkpoint.files.resolve_checkpoint."""
-    return resolve_checkpoint(path)
 
 
 class Checkpointer:
