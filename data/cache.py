@@ -2,10 +2,11 @@
 
 A remote shard is fetched with one sequential download (never one request per sample) the first
 time any worker needs it, then memory-mapped like a local shard. Workers agree through a lock file
-per shard, so a shard is downloaded once per machine. When the cache grows past its bound, the
-shards used longest ago are deleted (a worker that still maps one keeps reading it: Linux keeps
-an unlinked file's pages until the last mapping closes). A cached copy that no longer matches its index entry
-(size, fingerprint: data/integrity.py) is fetched again (`refetch`).
+per shard, so a shard is downloaded once per machine. The cache hands out open files, never paths:
+when it grows past its bound the shards used longest ago are deleted, each under its own lock (a
+shard being fetched or opened is skipped), and a worker that already opened one keeps reading it
+(Linux keeps an unlinked file until its last descriptor or mapping closes). A cached copy that no
+longer matches its index entry (size, fingerprint: data/integrity.py) is fetched again (`refetch`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
 
 from data.integrity import ShardChanged
 from data.remote import BIG_BLOCK, access_denied, basename, filesystem
@@ -40,36 +43,33 @@ class ShardCache:
         digest = hashlib.sha1(f"{url}\0{size}".encode()).hexdigest()[:16]
         return os.path.join(self.directory, f"{digest}-{basename(url)}")
 
-    def local(self, url: str, size: int) -> str:
-        """A local copy of `url` (`size` bytes as indexed), downloading it if no worker has yet."""
+    def open(self, url: str, size: int) -> BinaryIO:
+        """An open local copy of `url` (`size` bytes as indexed), downloading it if no worker has yet."""
         path = self._name(url, size)
-        if _has(path, size):
-            os.utime(path)  # most recently used
-            return path
-        with open(path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
+        f = _open_if(path, size)
+        if f is None:
+            with _locked(path):
                 if not _has(path, size):
                     self._download(url, path, size)
-                os.utime(path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                f = open(path, "rb")
+        os.utime(f.fileno())  # most recently used (the open file: another worker may have evicted the path)
         self._evict(keep=path)
-        return path
+        return f
 
-    def refetch(self, url: str, size: int, problem: Callable[[str], str | None]) -> str:
-        """Download `url` again over a cached copy that `problem(path)` finds damaged (unless another worker
+    def refetch(self, url: str, size: int, problem: Callable[[BinaryIO], str | None]) -> BinaryIO:
+        """Download `url` again over a cached copy that `problem(file)` finds damaged (unless another worker
         already did: the check runs again under the shard's lock)."""
         path = self._name(url, size)
-        with open(path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not _has(path, size) or problem(path) is not None:
-                    self._download(url, path, size)
-                os.utime(path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        return path
+        with _locked(path):
+            f = _open_if(path, size)
+            if f is not None and problem(f) is not None:
+                f.close()
+                f = None
+            if f is None:
+                self._download(url, path, size)
+                f = open(path, "rb")
+        os.utime(f.fileno())
+        return f
 
     def _download(self, url: str, path: str, size: int) -> None:
         tmp = f"{path}.part{os.getpid()}"
@@ -92,6 +92,8 @@ class ShardCache:
         log.debug("cached %s (%d bytes) as %s", url, size, path)
 
     def _evict(self, keep: str) -> None:
+        """Delete the shards used longest ago until the cache fits its bound; a shard whose lock another worker
+        holds (fetching or opening it) is left alone."""
         entries = []
         for name in os.listdir(self.directory):
             full = os.path.join(self.directory, name)
@@ -109,11 +111,37 @@ class ShardCache:
         for _, nbytes, full in sorted(entries):
             if total <= self.max_bytes:
                 break
-            try:
-                os.unlink(full)
-                total -= nbytes
-            except FileNotFoundError:
-                pass
+            with _locked(full, wait=False) as held:
+                if held and os.path.exists(full):
+                    os.unlink(full)
+                    total -= nbytes
+
+
+@contextmanager
+def _locked(path: str, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock file of the cached shard `path`; with wait=False, yield False at once if another holds it."""
+    with open(path + ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_if(path: str, size: int) -> BinaryIO | None:
+    """`path` opened if it exists with `size` bytes (an open file survives a later eviction), else None."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    if os.fstat(f.fileno()).st_size != size:
+        f.close()
+        return None
+    return f
 
 
 def _has(path: str, size: int) -> bool:

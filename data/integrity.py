@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:  # numpy loads where a shard is read: config checks stay light (train.cli reads recipes first)
     import numpy as np
@@ -74,11 +74,14 @@ def fingerprint(read: Reader, size: int, index: np.ndarray) -> str:
 def file_reader(path: str) -> Reader:
     def read(spans: list[tuple[int, int]]) -> list[bytes]:
         with open(path, "rb") as f:
-            out = []
-            for start, end in spans:
-                f.seek(start)
-                out.append(f.read(end - start))
-            return out
+            return open_file_reader(f)(spans)
+
+    return read
+
+
+def open_file_reader(f: BinaryIO) -> Reader:
+    def read(spans: list[tuple[int, int]]) -> list[bytes]:
+        return [os.pread(f.fileno(), end - start, start) for start, end in spans]
 
     return read
 
@@ -90,13 +93,13 @@ def fs_reader(fs, path: str) -> Reader:  # noqa: ANN001 - an fsspec filesystem
     return read
 
 
-def shard_problem(path: str, info, index: np.ndarray) -> str | None:  # noqa: ANN001 - data.manifest.ShardInfo
-    """What is wrong with the local file `path` against its index entry `info` (size, fingerprint), or None.
+def shard_problem(f: BinaryIO, info, index: np.ndarray) -> str | None:  # noqa: ANN001 - data.manifest.ShardInfo
+    """What is wrong with the open local shard `f` against its index entry `info` (size, fingerprint), or None.
     Indexes written before fingerprints were recorded are checked by size only."""
-    size = os.path.getsize(path)
+    size = os.fstat(f.fileno()).st_size
     if size != info.bytes:
         return f"{size} bytes, {info.bytes} when indexed (truncated or replaced)"
-    if info.fingerprint and fingerprint(file_reader(path), size, index) != info.fingerprint:
+    if info.fingerprint and fingerprint(open_file_reader(f), size, index) != info.fingerprint:
         return "its content differs from the indexed one (fingerprint mismatch: replaced by another shard?)"
     return None
 

@@ -16,6 +16,7 @@ import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -91,20 +92,21 @@ class ShardSource:
                 self._indices.popitem(last=False)
         return idx
 
-    def _local(self, shard: int) -> str:
+    def _open(self, shard: int) -> BinaryIO:
         info = self.shards[shard]
         if not is_remote(info.url):
-            return local_path(info.url)
+            return open(local_path(info.url), "rb")
         if self._cache is None:
             self._cache = ShardCache(*self._cache_args)
-        return self._cache.local(info.url, info.bytes)
+        return self._cache.open(info.url, info.bytes)
 
     def prefetch(self, shards) -> None:
         """Fetch the not yet cached remote shards among `shards` concurrently (a batch may need several)."""
         todo = [int(s) for s in shards if is_remote(self.shards[int(s)].url) and int(s) not in self._maps]
         if len(todo) > 1:
             with ThreadPoolExecutor(min(8, len(todo))) as pool:
-                list(pool.map(self._local, todo))
+                for f in pool.map(self._open, todo):
+                    f.close()
 
     def _map(self, shard: int) -> mmap.mmap:
         if self._pid != os.getpid():  # forked into a DataLoader worker: map our own files
@@ -112,28 +114,30 @@ class ShardSource:
             self._pid = os.getpid()
         mapped = self._maps.get(shard)
         if mapped is None:
-            path = self._verified(shard)
-            with open(path, "rb") as f:
+            with self._verified(shard) as f:
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps[shard] = mapped
             if len(self._maps) > _MAX_OPEN:
                 self._maps.popitem(last=False)[1].close()
         return mapped
 
-    def _verified(self, shard: int) -> str:
-        """The shard's local file, checked against its index entry (size, fingerprint: data/integrity.py). A cached
-        copy that fails is fetched again once; a shard that still fails stops the run (ShardChanged)."""
+    def _verified(self, shard: int) -> BinaryIO:
+        """The shard's local file, open and checked against its index entry (size, fingerprint:
+        data/integrity.py). A cached copy that fails is fetched again once; a shard that still fails stops the run
+        (ShardChanged)."""
         info = self.shards[shard]
-        path = self._local(shard)
-        problem = shard_problem(path, info, self._index(shard))
+        f = self._open(shard)
+        problem = shard_problem(f, info, self._index(shard))
         if problem is not None and is_remote(info.url):
-            log.warning("cached copy %s of %s is damaged (%s); fetching it again", path, info.url, problem)
-            path = self._cache.refetch(info.url, info.bytes, lambda p: shard_problem(p, info, self._index(shard)))
-            problem = shard_problem(path, info, self._index(shard))
+            log.warning("cached copy %s of %s is damaged (%s); fetching it again", f.name, info.url, problem)
+            f.close()
+            f = self._cache.refetch(info.url, info.bytes, lambda g: shard_problem(g, info, self._index(shard)))
+            problem = shard_problem(f, info, self._index(shard))
         if problem is not None:
+            f.close()
             raise ShardChanged(f"shard {info.url} changed since it was indexed as {info.name}: {problem}. Restore "
                                "it, or re-index with tools/make_shards.py manifest")  # fmt: skip
-        return path
+        return f
 
     def key(self, shard: int, i: int) -> int:
         row = int(self._index(shard)["row"][i])
