@@ -35,36 +35,14 @@ import tarfile
 import time
 from pathlib import Path
 
+from benchmarks.cpu_time import cpu_seconds, per_cpu_s, with_children
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_RATES = {"0.0": 2069.0, "0.5": 3170.0, "0.75": 4204.0}  # ViT-B/16 model step on one H200, samples/s
 GOALS = {"ours_over_floor": 0.8, "ours_over_open_clip": 2.0, "cores_per_gpu_0.75": {"256": 6.0, "512": 10.0}}
 DECODERS = ("pil", "simplejpeg", "torchvision", "pil_draft")
 OURS = {"ours": {"resize": "device"}, "ours_host": {"resize": "host"},
         "ours_decode_device": {"resize": "device", "decode": "device"}}  # fmt: skip
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (Linux /proc)."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def with_children(pid: int) -> list[int]:
-    """`pid` and its descendants (loader workers), from /proc."""
-    out = [pid]
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out += [p for child in f.read().split() for p in with_children(int(child))]
-    return out
-
-
-def per_cpu_s(samples: int, cpu: float) -> float:
-    """Samples per CPU-second; the kernel counts CPU time in ticks (10 ms), so a shorter run counts as one tick."""
-    return samples / max(cpu, 1 / os.sysconf("SC_CLK_TCK"))
 
 
 # ----- child processes: one measurement each --------------------------------------------------------------------

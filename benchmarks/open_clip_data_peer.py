@@ -17,29 +17,7 @@ import os
 import time
 from argparse import Namespace
 
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (Linux /proc)."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def with_children(pid: int) -> list[int]:
-    """`pid` and its descendants (loader workers), from /proc."""
-    out = [pid]
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out += [p for child in f.read().split() for p in with_children(int(child))]
-    return out
-
-
-def per_cpu_s(samples: int, cpu: float) -> float:
-    """Samples per CPU-second; the kernel counts CPU time in ticks (10 ms), so a shorter run counts as one tick."""
-    return samples / max(cpu, 1 / os.sysconf("SC_CLK_TCK"))
+from cpu_time import cpu_seconds, per_cpu_s, with_children  # benchmarks/ is this script's folder: sys.path[0]
 
 
 def main() -> None:

@@ -71,3 +71,20 @@ def decode_colors(images, mean, std) -> np.ndarray:
     """Normalised float images [B,3,H,W] -> the (rounded) constant RGB colour of each."""
     x = images.double() * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
     return np.rint(x.mean(dim=(2, 3)).numpy() * 255).astype(int)
+
+
+def shards_in_s3(monkeypatch, endpoint: str, local: str, bucket: str):  # noqa: ANN001, ANN201 - pytest / s3fs
+    """The .tar shards of `local` uploaded to s3://BUCKET/data on a local S3 server, with the AWS environment
+    pointing at it (test credentials); returns the s3fs filesystem."""
+    import s3fs
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    for name in sorted(os.listdir(local)):
+        if name.endswith(".tar"):
+            fs.put(os.path.join(local, name), f"{bucket}/data/{name}")
+    return fs

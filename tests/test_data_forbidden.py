@@ -3,8 +3,6 @@ denied, naming the bucket and the credentials, never as missing shards with advi
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 import tools.make_shards as make_shards
@@ -12,7 +10,7 @@ from benchmarks.local_servers import s3_server
 from data.config import DataConfig
 from data.loader import build_train_loader
 from data.remote import AccessDenied
-from tests.data_fixtures import write_shards
+from tests.data_fixtures import shards_in_s3, write_shards
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +20,7 @@ def test_wrong_credentials_name_the_bucket_and_the_credentials(tmp_path, monkeyp
 
     write_shards(str(tmp_path / "local"), [6, 5])
     with s3_server() as endpoint:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}.items():  # fmt: skip
-            monkeypatch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
-        fs.mkdir("lab-bucket")
-        for name in sorted(os.listdir(tmp_path / "local")):
-            if name.endswith(".tar"):
-                fs.put(str(tmp_path / "local" / name), f"lab-bucket/data/{name}")
+        shards_in_s3(monkeypatch, endpoint, str(tmp_path / "local"), "lab-bucket")
         make_shards.main(["manifest", "--shards", "s3://lab-bucket/data", "--out", "s3://lab-bucket/index"])
         # From now on the server checks every request's credentials; "testing" is no key it knows.
         from moto import settings  # the server runs in this process (a thread)

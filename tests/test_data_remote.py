@@ -13,7 +13,7 @@ import tools.make_shards as make_shards
 from benchmarks.local_servers import http_server, s3_server
 from data.config import DataConfig
 from data.loader import build_train_loader
-from tests.data_fixtures import write_shards
+from tests.data_fixtures import shards_in_s3, write_shards
 
 SIZES = [6, 5, 7, 6]
 
@@ -100,15 +100,7 @@ def test_s3_shards_with_index_in_the_bucket(local, tmp_path, monkeypatch):
     import s3fs
 
     with s3_server() as endpoint:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}.items():  # fmt: skip
-            monkeypatch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
-        fs.mkdir("shards-bucket")
-        for name in sorted(os.listdir(local)):
-            if name.endswith(".tar"):
-                fs.put(str(local / name), f"shards-bucket/data/{name}")
+        fs = shards_in_s3(monkeypatch, endpoint, str(local), "shards-bucket")
         make_shards.main(["manifest", "--shards", "s3://shards-bucket/data", "--out", "s3://shards-bucket/index"])
         assert fs.exists("shards-bucket/index/manifest.json") and not fs.exists("shards-bucket/data/manifest.json")
         check_remote("s3://shards-bucket/data", "s3://shards-bucket/index", local, tmp_path / "cache")
