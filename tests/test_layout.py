@@ -134,7 +134,7 @@ FORBIDDEN_LAYERS = {"data": ("train",), "model": ("train", "data")}
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     """Every `module -> import` arrow that crosses a forbidden layer boundary."""
     return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
-                  if target.split(".")[0] in FORBIDDEN_LAYERS.get(module.split(".")[0], ()))  # fmt: skip
+                  if target.split(".")[0] in FORBIDDEN_LAYERS.get(module.split(".")[0], ()))
 
 
 def test_data_and_model_never_import_train_and_model_never_imports_data() -> None:
