@@ -252,10 +252,6 @@ def docs(repo: Path = REPO) -> list[Path]:
     return [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
 
 
-def used_tables(paths: Iterable[Path]) -> set[str]:
-    return {m["name"] for p in paths for m in MARKER.finditer(p.read_text())}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is stale")

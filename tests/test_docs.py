@@ -22,7 +22,8 @@ def test_the_committed_tables_equal_what_the_results_generate() -> None:
 
 
 def test_every_table_is_in_a_doc_and_every_result_has_a_table() -> None:
-    assert doc_tables.used_tables(DOCS) == set(doc_tables.TABLES)
+    used = {m["name"] for path in DOCS for m in doc_tables.MARKER.finditer(path.read_text())}
+    assert used == set(doc_tables.TABLES)
     sources = {src for table in doc_tables.TABLES.values() for src in table.sources}
     assert sources == {p.name for p in doc_tables.RESULTS.glob("*.json")}
 
@@ -84,3 +85,14 @@ def test_no_code_cites_a_design_note_outside_the_repository() -> None:
                                                  "benchmarks", "studies", "recipes", "tests")
              for p in (REPO / pkg).rglob("*.py") if "DESIGN.md" in p.read_text() and p.name != "test_docs.py"]
     assert cites == []
+
+
+def test_check_exits_1_on_a_stale_doc_and_the_script_fixes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = tmp_path / "docs" / "page.md"
+    doc.parent.mkdir()
+    doc.write_text("<!-- bench:watch -->\n| hand | written |\n<!-- /bench:watch -->\n")
+    monkeypatch.setattr(doc_tables, "REPO", tmp_path)
+    monkeypatch.setattr(doc_tables, "docs", lambda repo=tmp_path: [doc])
+    assert doc_tables.main(["--check"]) == 1
+    assert doc_tables.main([]) == 0 and doc_tables.main(["--check"]) == 0
+    assert "| hand |" not in doc.read_text() and doc_tables.render("watch") in doc.read_text()
