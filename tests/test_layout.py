@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,29 +147,36 @@ def test_the_layer_rule_sees_an_upward_import() -> None:
     assert layer_violations(graph) == ["data.loader -> train.config", "model.clip -> data.transforms"]
 
 
-def readme_layout_block(text: str) -> list[str]:
-    """The paths the README's layout block names: the first word of each entry of the fenced block under `## Layout`.
+def readme_layout_block(text: str) -> list[tuple[str, str]]:
+    """(path, description) of each entry of the fenced block under the README's `## Layout`.
 
     An entry starts at column 0 (a top-level path) or column 2 (a path inside the entry above); deeper-indented
     lines continue a description.
     """
     section = text.split("\n## Layout\n", 1)[1]
     block = section.split("```", 2)[1]
-    paths, parent = [], ""
+    entries: list[tuple[str, str]] = []
+    parent = ""
     for line in block.splitlines()[1:]:
         if line[:1].strip():
-            parent = line.split()[0]
-            paths.append(parent)
+            parent, _, description = line.partition(" ")
+            entries.append((parent, description))
         elif line[:2] == "  " and line[2:3].strip():
-            paths.append(parent + line.split()[0])
-    return paths
+            name, _, description = line.strip().partition(" ")
+            entries.append((parent + name, description))
+        elif line.strip() and entries:
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+    return entries
 
 
 def test_the_readme_layout_block_matches_the_tree() -> None:
-    paths = readme_layout_block((REPO / "README.md").read_text())
-    assert paths, "README.md has no layout block under '## Layout'"
-    assert [p for p in paths if not (REPO / p).exists()] == [], "the layout block names paths that do not exist"
-    named = {p.rstrip("/") for p in paths if "/" not in p.rstrip("/")}
+    entries = readme_layout_block((REPO / "README.md").read_text())
+    assert entries, "README.md has no layout block under '## Layout'"
+    assert [p for p, _ in entries if not (REPO / p).exists()] == [], "the layout block names paths that do not exist"
+    # files a description names (`cli.py`, `recipes/make_recipes.py`): in the entry's folder, or from the root
+    files = [(path, f) for path, text in entries for f in re.findall(r"[\w./-]*\w\.(?:py|sh|sbatch)\b", text)]
+    assert [f for path, f in files if not (REPO / (f if "/" in f else path + f)).exists()] == []
+    named = {p.rstrip("/") for p, _ in entries if "/" not in p.rstrip("/")}
     code_dirs = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.py"))}
     assert set(PACKAGES) <= code_dirs
     assert code_dirs - named == set(), "top-level code folders missing from the README's layout block"
