@@ -71,13 +71,22 @@ def test_benchmark_tables_are_only_generated_ones() -> None:
     assert [line for line in outside.splitlines() if line.startswith("|")] == []
 
 
-def test_relative_links_in_the_docs_resolve() -> None:
-    missing = []
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_relative_links_and_anchors_in_the_docs_resolve() -> None:
+    broken = []
     for path in [*DOCS, REPO / "data" / "README.md", REPO / "studies" / "README.md"]:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
-            if not re.match(r"[a-z]+://", target) and not (path.parent / target).exists():
-                missing.append(f"{path.relative_to(REPO)}: {target}")
-    assert missing == []
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", path.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file = (path.parent / target) if target else path
+            if not file.exists() or (anchor and file.suffix == ".md" and anchor not in _anchors(file)):
+                broken.append(f"{path.relative_to(REPO)}: {target}#{anchor}")
+    assert broken == []
 
 
 def test_no_code_cites_a_design_note_outside_the_repository() -> None:
