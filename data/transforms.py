@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from model.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 # normalised = pixel * _SCALE[c] + _OFFSET[c]  ==  (pixel / 255 - mean[c]) / std[c]
 _SCALE = tuple(1.0 / (255.0 * s) for s in OPENAI_CLIP_STD)

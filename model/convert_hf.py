@@ -15,10 +15,10 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from model.configs import CLIPConfig
 from model.file_modes import follow_umask
 from model.hf_tokenizer import build_hf_tokenizer, save_tokenizer_files
+from model.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from model.state_mapping import Rule, to_ours, to_theirs
 
 FORMAT = "Hugging Face CLIPModel"

@@ -16,9 +16,9 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import load_file, save_file
 
-from data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from model.configs import CLIPConfig
 from model.file_modes import follow_umask
+from model.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from model.state_mapping import Rule, to_ours, to_theirs
 
 FORMAT = "open_clip"

@@ -97,7 +97,7 @@ def with_stopped_gone(pid: int) -> None:
 
 
 def test_two_nodes_train_and_resume_as_one_node(shards: str, tmp_path: Path) -> None:
-    """2 "nodes" of 1 process on localhost (the README's multi-node launch), then 1 node of 2 processes."""
+    """2 "nodes" of 1 process on localhost (the multi-node launch of docs/cluster.md), then 1 node of 2 processes."""
     recipe = write_recipe(tmp_path, shards, checkpoint={"every_steps": 2, "keep_last": 10})
     port = free_port()
     nodes = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,57 @@ def test_demo_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None
     bad = subprocess.run([sys.executable, str(REPO / "recipes" / "fastclip_demo.py"), "optim.lr=-1"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "config error" in bad.stderr and "optim" in bad.stderr
+
+
+# Layer rules: a package never imports the packages listed for it (train sits above data and model; model below data).
+FORBIDDEN_LAYERS = {"data": ("train",), "model": ("train", "data")}
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every `module -> import` arrow that crosses a forbidden layer boundary."""
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if target.split(".")[0] in FORBIDDEN_LAYERS.get(module.split(".")[0], ()))
+
+
+def test_data_and_model_never_import_train_and_model_never_imports_data() -> None:
+    assert layer_violations(import_graph()) == []
+
+
+def test_the_layer_rule_sees_an_upward_import() -> None:
+    graph = {"model.clip": {"data.transforms"}, "data.loader": {"train.config", "model"}, "train.setup": {"data"}}
+    assert layer_violations(graph) == ["data.loader -> train.config", "model.clip -> data.transforms"]
+
+
+def readme_layout_block(text: str) -> list[tuple[str, str]]:
+    """(path, description) of each entry of the fenced block under the README's `## Layout`.
+
+    An entry starts at column 0 (a top-level path) or column 2 (a path inside the entry above); deeper-indented
+    lines continue a description.
+    """
+    section = text.split("\n## Layout\n", 1)[1]
+    block = section.split("```", 2)[1]
+    entries: list[tuple[str, str]] = []
+    parent = ""
+    for line in block.splitlines()[1:]:
+        if line[:1].strip():
+            parent, _, description = line.partition(" ")
+            entries.append((parent, description))
+        elif line[:2] == "  " and line[2:3].strip():
+            name, _, description = line.strip().partition(" ")
+            entries.append((parent + name, description))
+        elif line.strip() and entries:
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+    return entries
+
+
+def test_the_readme_layout_block_matches_the_tree() -> None:
+    entries = readme_layout_block((REPO / "README.md").read_text())
+    assert entries, "README.md has no layout block under '## Layout'"
+    assert [p for p, _ in entries if not (REPO / p).exists()] == [], "the layout block names paths that do not exist"
+    # files a description names (`cli.py`, `recipes/make_recipes.py`): in the entry's folder, or from the root
+    files = [(path, f) for path, text in entries for f in re.findall(r"[\w./-]*\w\.(?:py|sh|sbatch)\b", text)]
+    assert [f for path, f in files if not (REPO / (f if "/" in f else path + f)).exists()] == []
+    named = {p.rstrip("/") for p, _ in entries if "/" not in p.rstrip("/")}
+    code_dirs = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.py"))}
+    assert set(PACKAGES) <= code_dirs
+    assert code_dirs - named == set(), "top-level code folders missing from the README's layout block"

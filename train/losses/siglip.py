@@ -1,6 +1,6 @@
 """SigLIP: the pairwise sigmoid loss with a learnable temperature and bias, chunked over ranks.
 
-Objective on a global batch of G = K*B pairs (Zhai et al. 2023, as DESIGN.md section 4 writes it):
+Objective on a global batch of G = K*B pairs (Zhai et al. 2023; docs/losses.md, "SigLIP"):
 
     L = -1/G sum_ij log sigmoid(z_ij (t s_ij + b)),   s_ij = <e1_i, e2_j>,  t = exp(logit_scale),
 
