@@ -49,6 +49,10 @@ def arrow_files(path: Path) -> list[Path]:
 def read_instances(files: list[Path]) -> list[Instance]:
     import pyarrow as pa
 
+    folders = sorted({str(f.parent) for f in files})
+    if len(folders) > 1:
+        raise ValueError(f"WinoGAViL's test split is cached in {len(folders)} folders ({folders}); `datasets` keeps "
+                         "one per download: remove the stale ones")  # fmt: skip
     instances = []
     for file in files:
         with pa.memory_map(str(file)) as source:

@@ -207,3 +207,17 @@ def test_a_bad_metadata_file_is_named(tmp_path: Path) -> None:
         run_suite(suite, str(tmp_path), _evaluable(), CPU, None, batch_size=8)
     with pytest.raises(ValueError, match="grouped 'nope' needs kind zeroshot"):
         Task("x", "zeroshot", "p", grouped="nope")
+
+
+def test_winogavil_cached_twice_is_refused_and_absent_is_missing(tmp_path: Path) -> None:
+    from evaluation.winogavil import arrow_files, read_instances
+
+    suite = Suite("w", [Task("misc/winogavil", "winogavil", "hf_cache/nlphuji___winogavil")])
+    record = run_suite(suite, str(tmp_path), _evaluable(), CPU, None, batch_size=8)["tasks"][0]
+    assert record["status"] == "missing" and "winogavil-test*.arrow" in record["reason"]
+    first = winogavil_cache(tmp_path, winogavil_instances()[:2])
+    second = first.parent.parent / "89ef" / first.name
+    second.parent.mkdir()
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(ValueError, match="cached in 2 folders"):
+        read_instances(arrow_files(tmp_path / "hf_cache" / "nlphuji___winogavil"))
