@@ -1,6 +1,7 @@
 """One task through LAION's clip_benchmark: its webdataset reader, zero-shot classifier, metrics and templates.
 
-What is ours: opening the ImageFolder and csv layouts as the (image, label) / (image, captions) datasets its
+What is ours: opening the ImageFolder, csv and Hugging Face cache layouts as the (image, label) / (image, captions)
+datasets its
 metrics iterate, resolving class names and templates (and saying where each came from), and counting samples.
 clip_benchmark computes the logits and retrieval numbers (recall@k both ways); `mean_recall@1` is DataComp's mean
 of the two recall@1. DataComp's metadata-grouped metrics (evaluation.grouped_metrics) and WinoGAViL
@@ -23,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from evaluation.grouped_metrics import grouped_metrics
+from evaluation.hf_arrow import ArrowSplit
 from evaluation.prompts import get_classnames, get_templates, render
 from evaluation.suite import Task
 from evaluation.winogavil import evaluate_winogavil
@@ -131,6 +133,22 @@ class CsvCaptions(Dataset):
             return self.transform(img.convert("RGB") if img.mode not in ("RGB", "L") else img.copy()), captions
 
 
+class ArrowCaptions(Dataset):
+    """A Hugging Face retrieval set in DataComp's hf_cache (Flickr, MSCOCO: an `image` and its `caption` list per
+    row) as clip_benchmark's retrieval datasets: (image, [its captions])."""
+
+    def __init__(self, path: Path, transform: Callable) -> None:
+        self.split = ArrowSplit(path, ("image", "caption"))
+        self.captions = [[c] if isinstance(c, str) else list(c) for c in self.split.values("caption")]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[str]]:
+        return self.transform(self.split.image("image", i).convert("RGB")), self.captions[i]
+
+
 class _Counted:
     """A loader that counts what passes through (clip_benchmark returns metrics, not sample counts)."""
 
@@ -169,8 +187,11 @@ def _loader(task: Task, path: Path, layout: str, transform: Callable, batch_size
         dataset = ImageFolder(str(path), transform=transform)
         return DataLoader(dataset, batch_size=batch_size, num_workers=workers), list(dataset.classes)
     if not retrieval:
-        raise ValueError(f"task {task.name}: a csv ({path}) holds captions; use kind retrieval")
-    dataset = CsvCaptions(path, transform, task.csv_image_key, task.csv_caption_key)
+        raise ValueError(f"task {task.name}: a {layout} ({path}) holds captions; use kind retrieval")
+    if layout == "hf-arrow":
+        dataset = ArrowCaptions(path, transform)
+    else:
+        dataset = CsvCaptions(path, transform, task.csv_image_key, task.csv_caption_key)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=image_captions_collate_fn), None
 
 

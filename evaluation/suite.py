@@ -1,16 +1,17 @@
 """Task suites: which sets a model is evaluated on, where their data lies, and each task's main metric.
 
-A task is zero-shot classification (`zeroshot`) or image-text retrieval (`retrieval`). Its data is found
-under the suite's data root in one of the layouts users download:
+A task is zero-shot classification (`zeroshot`), image-text retrieval (`retrieval`) or WinoGAViL's associations
+(`winogavil`, evaluation.winogavil). Its data is found under the suite's data root in one of the layouts users
+download:
 - clip_benchmark's webdataset layout (`test/nshards.txt`, `test/*.tar`, `classnames.txt`,
   `zeroshot_classification_templates.txt`, `dataset_type.txt` = retrieval for caption sets): how DataComp's
   download_evalsets.py stores its sets, as `wds_<key with / as ->_test`;
 - a class-per-folder image tree (ImageNet val);
-- a csv / tsv of image path and caption (retrieval; several rows of one image share its path or `image_id`).
-
+- a csv / tsv of image path and caption (retrieval; several rows of one image share its path or `image_id`);
+- the Hugging Face cache DataComp's download fills for its retrieval sets and WinoGAViL
+  (`hf_cache/nlphuji___<name>`, Arrow files; evaluation.hf_arrow).
 A zero-shot task may add DataComp's metadata-grouped metrics (`grouped`: WILDS' iWildCam and FMoW, Dollar Street,
-GeoDE; evaluation.grouped_metrics), read from the shards' per-sample `.npy`. A `winogavil` task reads WinoGAViL
-from the Hugging Face cache DataComp's download fills (evaluation.winogavil).
+GeoDE; evaluation.grouped_metrics), read from the shards' per-sample `.npy`.
 
 `datacomp` is DataComp's list (tasklist.yml): the 38 tasks its average runs over, each with its main metric.
 `imagenet` is ImageNet and the variants CLIP papers report. A suite FILE (YAML or JSON) lists the user's own tasks.
@@ -28,7 +29,7 @@ import yaml
 
 from data.imagefolder import is_image_folder
 from evaluation.grouped_metrics import GROUPINGS
-from evaluation.winogavil import arrow_files
+from evaluation.hf_arrow import arrow_files, hf_folder
 
 KINDS = ("zeroshot", "retrieval", "winogavil")
 DEFAULT_METRIC = {"zeroshot": "acc1", "retrieval": "mean_recall@1", "winogavil": "jaccard_score_10-12"}
@@ -77,7 +78,10 @@ class Suite:
 
 
 def datacomp_folder(key: str) -> str:
-    """DataComp's download_evalsets.py folder of a task: fairness/ dropped, '/' -> '-'."""
+    """DataComp's download_evalsets.py folder of a task: retrieval/ and misc/ sets are Hugging Face datasets
+    (nlphuji/<name>) in its hf_cache; the others webdatasets, fairness/ dropped and '/' -> '-'."""
+    if key.startswith(("retrieval/", "misc/")):
+        return hf_folder("nlphuji/" + key.split("/", 1)[1])
     return f"wds_{key.removeprefix('fairness/').replace('/', '-')}_test"
 
 
@@ -113,7 +117,7 @@ _DATACOMP: dict[str, tuple[str, str]] = {
     "stl10": ("STL-10", "acc1"),
     "sun397": ("SUN397", "acc1"),
     "vtab/svhn": ("SVHN", "acc1"),
-    "retrieval/flickr30k": ("Flickr", "mean_recall@1"),
+    "retrieval/flickr_1k_test_image_text_retrieval": ("Flickr", "mean_recall@1"),
     "retrieval/mscoco_2014_5k_test_image_text_retrieval": ("MSCOCO", "mean_recall@1"),
     "misc/winogavil": ("WinoGAViL", "jaccard_score_10-12"),
     "wilds/iwildcam": ("iWildCam", "F1-macro_all"),
@@ -122,10 +126,9 @@ _DATACOMP: dict[str, tuple[str, str]] = {
     "fairness/dollar_street": ("Dollar Street", "acc_top5_wg"),
     "fairness/geode": ("GeoDE", "acc_wg"),
 }
-# Tasks scored with metadata-grouped metrics (evaluation.grouped_metrics), and WinoGAViL in DataComp's HF cache.
+# Tasks scored with metadata-grouped metrics (evaluation.grouped_metrics).
 _GROUPED = {"wilds/iwildcam": "iwildcam", "wilds/fmow": "fmow", "fairness/dollar_street": "dollar_street",
             "fairness/geode": "geode"}  # fmt: skip
-WINOGAVIL_FOLDER = "hf_cache/nlphuji___winogavil"
 # ImageNet and the variants CLIP papers report (FastCLIP: ImageNet & variants), in DataComp's folders.
 _IMAGENET = ("imagenet1k", "imagenetv2", "imagenet_sketch", "imagenet-a", "imagenet-r", "objectnet")
 
@@ -138,8 +141,8 @@ def _datacomp_kind(key: str) -> str:
 
 def datacomp_suite() -> Suite:
     tasks = [
-        Task(name=key, kind=_datacomp_kind(key), main_metric=metric, title=title, grouped=_GROUPED.get(key, ""),
-             path=WINOGAVIL_FOLDER if key == "misc/winogavil" else datacomp_folder(key))
+        Task(name=key, kind=_datacomp_kind(key), path=datacomp_folder(key), main_metric=metric, title=title,
+             grouped=_GROUPED.get(key, ""))
         for key, (title, metric) in _DATACOMP.items()
     ]  # fmt: skip
     return Suite("datacomp", tasks, expected=len(tasks))
@@ -189,8 +192,10 @@ def resolve(task: Task, data_root: str | Path) -> Path:
 
 def layout(path: Path, kind: str = "zeroshot") -> str | None:
     """Which layout `path` holds for a task of `kind`, or None when nothing usable is there (the task is missing)."""
+    if kind in ("retrieval", "winogavil") and arrow_files(path):
+        return "hf-arrow"
     if kind == "winogavil":
-        return "hf-arrow" if arrow_files(path) else None
+        return None
     if path.is_file() and path.suffix.lower() in CSV_SUFFIXES:
         return "csv"
     if (path / "test" / "nshards.txt").is_file():

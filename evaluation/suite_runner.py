@@ -35,8 +35,9 @@ def evaluate_task(task: Task, data_root: str, evaluable: Evaluable, device: torc
                               "main_metric": task.main_metric}  # fmt: skip
     found = layout(path, task.kind)
     if found is None:
-        expected = ("winogavil-test*.arrow of the Hugging Face cache" if task.kind == "winogavil" else
-                    "clip_benchmark webdataset layout, class folders or a csv")  # fmt: skip
+        hf = "a Hugging Face cache's <name>-test*.arrow"
+        expected = hf if task.kind == "winogavil" else ("clip_benchmark webdataset layout, class folders, a csv" +
+                                                        (f" or {hf}" if task.kind == "retrieval" else ""))  # fmt: skip
         return record | {"status": "missing", "reason": f"no data at {path} ({expected})"}
     prompts = resolve_prompts(task, path, found, _folder_classes(path, found)) if task.kind == "zeroshot" else None
     described = prompts.describe() if prompts else None

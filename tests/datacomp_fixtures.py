@@ -3,9 +3,9 @@
 - WILDS / fairness sets: clip_benchmark's webdataset layout under `wds_<name>_test` (DataComp's folder names),
   each sample a `<key>.png`, its `<key>.cls` and `<key>.npy` (np.save of the integer metadata vector, the fields
   DataComp's evaluators name), with synthetic groups;
-- WinoGAViL: the Arrow stream file `datasets` caches, `hf_cache/nlphuji___winogavil/default/0.0.0/<hash>/
-  winogavil-test.arrow`, images stored as `datasets` stores an Image (struct of bytes and path): most as bytes,
-  one instance's as files only.
+- the Hugging Face sets (WinoGAViL, the retrieval sets): the Arrow stream file `datasets` caches,
+  `hf_cache/nlphuji___<name>/default/0.0.0/<hash>/<name>-test.arrow`, images stored as `datasets` stores an Image
+  (struct of bytes and path): as bytes, and one WinoGAViL instance's as files only.
 """
 
 from __future__ import annotations
@@ -114,16 +114,44 @@ def winogavil_instances(seed: int = 0) -> list[WinoInstance]:
     return instances
 
 
+def _write_arrow(folder: Path, name: str, rows: list[dict], schema) -> Path:
+    """<folder>/<name>-test.arrow, an Arrow stream as `datasets` caches a split."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    path = folder / f"{name}-test.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    return path
+
+
+def _cache_folder(data_root: Path, name: str) -> Path:
+    return data_root / "hf_cache" / f"nlphuji___{name}" / "default" / "0.0.0" / "0123abcd"
+
+
+def _image_type():
+    import pyarrow as pa
+
+    return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def retrieval_cache(data_root: Path, name: str, images: list[Image.Image], captions: list[list[str]]) -> Path:
+    """A DataComp retrieval set (nlphuji/<name>) as `datasets` caches it: `image` (bytes) and its `caption` list."""
+    import pyarrow as pa
+
+    schema = pa.schema([("image", _image_type()), ("caption", pa.list_(pa.string())), ("filename", pa.string())])
+    rows = [{"image": {"bytes": _bytes(im), "path": None}, "caption": caps, "filename": f"{i}.png"}
+            for i, (im, caps) in enumerate(zip(images, captions, strict=True))]  # fmt: skip
+    return _write_arrow(_cache_folder(data_root, name), name, rows, schema)
+
+
 def winogavil_cache(data_root: Path, instances: list[WinoInstance]) -> Path:
     """The Arrow stream file `datasets` writes for nlphuji/winogavil's test split (the third instance's images as
     files under hf_cache/downloads, the others as bytes); returns the file."""
     import pyarrow as pa
 
-    folder = data_root / "hf_cache" / "nlphuji___winogavil" / "default" / "0.0.0" / "0123abcd"
-    folder.mkdir(parents=True)
     files = data_root / "hf_cache" / "downloads" / "extracted" / "4567"
     files.mkdir(parents=True)
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     rows = []
     for n, inst in enumerate(instances):
         stored = []
@@ -137,8 +165,5 @@ def winogavil_cache(data_root: Path, instances: list[WinoInstance]) -> Path:
                      "num_associations": len(inst.associations), "candidate_images": stored})  # fmt: skip
     schema = pa.schema([("ID", pa.int64()), ("cue", pa.string()), ("candidates", pa.list_(pa.string())),
                         ("associations", pa.list_(pa.string())), ("num_associations", pa.int64()),
-                        ("candidate_images", pa.list_(image_type))])  # fmt: skip
-    path = folder / "winogavil-test.arrow"
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    return path
+                        ("candidate_images", pa.list_(_image_type()))])  # fmt: skip
+    return _write_arrow(_cache_folder(data_root, "winogavil"), "winogavil", rows, schema)

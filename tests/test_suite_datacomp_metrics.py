@@ -16,12 +16,21 @@ from clip_benchmark.metrics import zeroshot_classification
 from data.tokenizer import get_tokenizer
 from data.transforms import eval_transform
 from evaluation.grouped_metrics import GROUPINGS
+from evaluation.hf_arrow import ArrowSplit, arrow_files
 from evaluation.models import Evaluable
 from evaluation.suite import Suite, Task, datacomp_suite
 from evaluation.suite_runner import format_suite, run_suite
-from evaluation.winogavil import Instance, scores, summarize
+from evaluation.winogavil import COLUMNS, Instance, read_instances, scores, summarize
 from model import create_model
-from tests.datacomp_fixtures import grouped_sets, grouped_wds, winogavil_cache, winogavil_instances
+from tests.datacomp_fixtures import (
+    DIGIT_NAMES,
+    digits,
+    grouped_sets,
+    grouped_wds,
+    retrieval_cache,
+    winogavil_cache,
+    winogavil_instances,
+)
 
 CPU = torch.device("cpu")
 GROUPED_TASKS = ("wilds/iwildcam", "wilds/fmow", "fairness/dollar_street", "fairness/geode")
@@ -110,7 +119,7 @@ def test_winogavil_jaccard_equals_a_brute_force_count() -> None:
     instances, sizes = [], [5, 6, 10, 12, 10, 6, 12, 5]
     for n in sizes:
         names = [f"c{j}" for j in range(n)]
-        instances.append(Instance("cue", names, list(rng.choice(names, rng.integers(1, 4), replace=False)), [{}] * n))
+        instances.append(Instance("cue", names, list(rng.choice(names, rng.integers(1, 4), replace=False))))
     image_features = F.normalize(torch.from_numpy(rng.normal(size=(sum(sizes), 16))), dim=-1)
     text_features = F.normalize(torch.from_numpy(rng.normal(size=(len(sizes), 16))), dim=-1)
     per_instance = scores(instances, image_features, text_features)
@@ -134,10 +143,8 @@ def _evaluable() -> Evaluable:
 @torch.no_grad()
 def _wino_by_hand(evaluable: Evaluable, path: Path) -> list[float]:
     """DataComp's loop: one instance at a time, "A <cue>" / "An <cue>", the k most similar candidates."""
-    from evaluation.winogavil import read_instances
-
     out = []
-    for inst, raw in zip(winogavil_instances(), read_instances([path]), strict=True):
+    for inst, raw in zip(winogavil_instances(), read_instances(ArrowSplit(path.parent, COLUMNS)), strict=True):
         assert raw.candidates == inst.candidates  # the reader yields the file's rows in order
         cue = inst.cue.lower()
         text = ("An " if cue[0] in "aeiou" else "A ") + cue
@@ -149,9 +156,10 @@ def _wino_by_hand(evaluable: Evaluable, path: Path) -> list[float]:
     return out
 
 
-def test_datacomp_suite_scores_the_five_from_local_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_datacomp_suite_scores_the_six_from_local_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sets = grouped_sets(tmp_path)
     arrow = winogavil_cache(tmp_path, winogavil_instances())
+    retrieval_cache(tmp_path, "flickr_1k_test_image_text_retrieval", *_digit_captions(16))
     seen = []  # the logits clip_benchmark's pass returns, per zero-shot task in suite order
     run = zeroshot_classification.run_classification
     monkeypatch.setattr(zeroshot_classification, "run_classification", lambda *a, **k: seen.append(run(*a, **k))
@@ -159,12 +167,13 @@ def test_datacomp_suite_scores_the_five_from_local_data(tmp_path: Path, monkeypa
     evaluable = _evaluable()
     results = run_suite(datacomp_suite(), str(tmp_path), evaluable, CPU, None, batch_size=32)
     by_task = {r["task"]: r for r in results["tasks"]}
-    assert {t for t, r in by_task.items() if r["status"] == "ok"} == {*GROUPED_TASKS, "misc/winogavil"}
+    ran = (*GROUPED_TASKS, "misc/winogavil", "retrieval/flickr_1k_test_image_text_retrieval")
+    assert {t for t, r in by_task.items() if r["status"] == "ok"} == set(ran)
     summary = results["summary"]
-    assert summary["tasks_averaged"] == 5 and len(summary["missing"]) == 33 and summary["tasks_in_suite"] == 38
-    mains = [by_task[t]["main"] for t in (*GROUPED_TASKS, "misc/winogavil")]
-    assert summary["average"] == pytest.approx(np.mean(mains))
-    assert "over 5 of 38 tasks; missing data: 33" in format_suite(results)
+    assert summary["tasks_averaged"] == 6 and len(summary["missing"]) == 32 and summary["tasks_in_suite"] == 38
+    assert summary["average"] == pytest.approx(np.mean([by_task[t]["main"] for t in ran]))
+    assert "over 6 of 38 tasks; missing data: 32" in format_suite(results)
+    assert by_task[ran[-1]]["metrics"]["n_texts"] == 32
 
     for task, (logits, target) in zip(GROUPED_TASKS, seen, strict=True):
         assert target.tolist() == sets[task].labels.tolist()  # the fixture's order: metadata rows line up
@@ -198,8 +207,6 @@ def test_metadata_lines_up_with_images_over_workers_and_shards(tmp_path: Path) -
 
 
 def test_a_bad_metadata_file_is_named(tmp_path: Path) -> None:
-    from tests.datacomp_fixtures import digits
-
     images, labels = digits(12, 3)
     grouped_wds(tmp_path / "wds_geode_test", images, labels, np.zeros((12, 3), dtype=np.int64))  # 3 fields, not 2
     suite = Suite("geode", [Task("geode", "zeroshot", "wds_geode_test", main_metric="acc_wg", grouped="geode")])
@@ -210,14 +217,35 @@ def test_a_bad_metadata_file_is_named(tmp_path: Path) -> None:
 
 
 def test_winogavil_cached_twice_is_refused_and_absent_is_missing(tmp_path: Path) -> None:
-    from evaluation.winogavil import arrow_files, read_instances
-
     suite = Suite("w", [Task("misc/winogavil", "winogavil", "hf_cache/nlphuji___winogavil")])
     record = run_suite(suite, str(tmp_path), _evaluable(), CPU, None, batch_size=8)["tasks"][0]
-    assert record["status"] == "missing" and "winogavil-test*.arrow" in record["reason"]
+    assert record["status"] == "missing" and "<name>-test*.arrow" in record["reason"]
     first = winogavil_cache(tmp_path, winogavil_instances()[:2])
     second = first.parent.parent / "89ef" / first.name
     second.parent.mkdir()
     second.write_bytes(first.read_bytes())
-    with pytest.raises(ValueError, match="cached in 2 folders"):
-        read_instances(arrow_files(tmp_path / "hf_cache" / "nlphuji___winogavil"))
+    assert len(arrow_files(tmp_path / "hf_cache" / "nlphuji___winogavil")) == 2
+    with pytest.raises(ValueError, match="must be cached in one folder, found 2"):
+        run_suite(suite, str(tmp_path), _evaluable(), CPU, None, batch_size=8)
+
+
+def _digit_captions(n: int) -> tuple[list, list[list[str]]]:
+    images, labels = digits(n, 10)
+    return images, [[f"a drawing of the digit {DIGIT_NAMES[y]}", f"the number {y}"] for y in labels.tolist()]
+
+
+def test_retrieval_from_the_hugging_face_cache_equals_the_csv(tmp_path: Path) -> None:
+    """DataComp's Flickr layout (hf_cache Arrow, a caption list per image) gives the csv's numbers on the same data."""
+    images, captions = _digit_captions(24)
+    retrieval_cache(tmp_path, "flickr_1k_test_image_text_retrieval", images, captions)
+    (tmp_path / "png").mkdir()
+    lines = ["filepath,title,image_id"]
+    for i, (image, caps) in enumerate(zip(images, captions, strict=True)):
+        image.save(tmp_path / "png" / f"{i}.png")
+        lines += [f"png/{i}.png,{c},{i}" for c in caps]
+    (tmp_path / "captions.csv").write_text("\n".join(lines) + "\n")
+    flickr = next(t for t in datacomp_suite().tasks if t.name == "retrieval/flickr_1k_test_image_text_retrieval")
+    suite = Suite("two", [flickr, Task("csv", "retrieval", "captions.csv")])
+    arrow, csv = run_suite(suite, str(tmp_path), _evaluable(), CPU, None, batch_size=8)["tasks"]
+    assert (arrow["layout"], csv["layout"]) == ("hf-arrow", "csv")
+    assert arrow["metrics"] == csv["metrics"] and arrow["metrics"]["n_texts"] == 48
