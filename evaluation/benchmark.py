@@ -1,8 +1,8 @@
 """One task through LAION's clip_benchmark: its webdataset reader, zero-shot classifier, metrics and templates.
 
 What is ours: opening the ImageFolder, csv and Hugging Face cache layouts as the (image, label) / (image, captions)
-datasets its
-metrics iterate, resolving class names and templates (and saying where each came from), and counting samples.
+datasets its metrics iterate, resolving class names and templates (and saying where each came from), and counting
+samples.
 clip_benchmark computes the logits and retrieval numbers (recall@k both ways); `mean_recall@1` is DataComp's mean
 of the two recall@1. DataComp's metadata-grouped metrics (evaluation.grouped_metrics) and WinoGAViL
 (evaluation.winogavil) are the tasks clip_benchmark has no metric for.

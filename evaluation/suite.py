@@ -190,7 +190,7 @@ def resolve(task: Task, data_root: str | Path) -> Path:
     return Path(data_root) / task.path
 
 
-def layout(path: Path, kind: str = "zeroshot") -> str | None:
+def layout(path: Path, kind: str) -> str | None:
     """Which layout `path` holds for a task of `kind`, or None when nothing usable is there (the task is missing)."""
     if kind in ("retrieval", "winogavil") and arrow_files(path):
         return "hf-arrow"
