@@ -1,9 +1,11 @@
 """One task through LAION's clip_benchmark: its webdataset reader, zero-shot classifier, metrics and templates.
 
-What is ours: opening the ImageFolder and csv layouts as the (image, label) / (image, captions) datasets its
-metrics iterate, resolving class names and templates (and saying where each came from), and counting samples.
-clip_benchmark computes every number (acc1, acc5, mean_per_class_recall; recall@k both ways); `mean_recall@1`
-is DataComp's mean of the two recall@1.
+What is ours: opening the ImageFolder, csv and Hugging Face cache layouts as the (image, label) / (image, captions)
+datasets its metrics iterate, resolving class names and templates (and saying where each came from), and counting
+samples.
+clip_benchmark computes the logits and retrieval numbers (recall@k both ways); `mean_recall@1` is DataComp's mean
+of the two recall@1. DataComp's metadata-grouped metrics (evaluation.grouped_metrics) and WinoGAViL
+(evaluation.winogavil) are the tasks clip_benchmark has no metric for.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from evaluation.grouped_metrics import grouped_metrics
+from evaluation.hf_arrow import ArrowSplit
 from evaluation.prompts import get_classnames, get_templates, render
 from evaluation.suite import Task
+from evaluation.winogavil import evaluate_winogavil
 
 RECALL_KS = (1, 5, 10)
 CLIP_BENCHMARK_VERSION = "1.6.2"
@@ -128,6 +133,22 @@ class CsvCaptions(Dataset):
             return self.transform(img.convert("RGB") if img.mode not in ("RGB", "L") else img.copy()), captions
 
 
+class ArrowCaptions(Dataset):
+    """A Hugging Face retrieval set in DataComp's hf_cache (Flickr, MSCOCO: an `image` and its `caption` list per
+    row) as clip_benchmark's retrieval datasets: (image, [its captions])."""
+
+    def __init__(self, path: Path, transform: Callable) -> None:
+        self.split = ArrowSplit(path, ("image", "caption"))
+        self.captions = [[c] if isinstance(c, str) else list(c) for c in self.split.values("caption")]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[str]]:
+        return self.transform(self.split.image("image", i).convert("RGB")), self.captions[i]
+
+
 class _Counted:
     """A loader that counts what passes through (clip_benchmark returns metrics, not sample counts)."""
 
@@ -166,8 +187,11 @@ def _loader(task: Task, path: Path, layout: str, transform: Callable, batch_size
         dataset = ImageFolder(str(path), transform=transform)
         return DataLoader(dataset, batch_size=batch_size, num_workers=workers), list(dataset.classes)
     if not retrieval:
-        raise ValueError(f"task {task.name}: a csv ({path}) holds captions; use kind retrieval")
-    dataset = CsvCaptions(path, transform, task.csv_image_key, task.csv_caption_key)
+        raise ValueError(f"task {task.name}: a {layout} ({path}) holds captions; use kind retrieval")
+    if layout == "hf-arrow":
+        dataset = ArrowCaptions(path, transform)
+    else:
+        dataset = CsvCaptions(path, transform, task.csv_image_key, task.csv_caption_key)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=image_captions_collate_fn), None
 
 
@@ -195,6 +219,8 @@ def run_task(task: Task, path: Path, layout: str, model: Any, tokenizer: Callabl
     """Metrics of one task (clip_benchmark's names; zero-shot adds `n`, retrieval `n_images`, `n_texts`)."""
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
+    if task.kind == "winogavil":
+        return evaluate_winogavil(path, model, tokenizer, transform, device, batch_size, workers, amp)
     loader, folder_classes = _loader(task, path, layout, transform, batch_size, workers)
     device_type = device.type  # torch.autocast takes "cuda" / "cpu"; the model already sits on `device`
     if device.type == "cuda":
@@ -209,7 +235,13 @@ def run_task(task: Task, path: Path, layout: str, model: Any, tokenizer: Callabl
             model, tokenizer, prompts.classnames, prompts.per_class(), device_type, amp=amp
         )
         logits, target = zeroshot_classification.run_classification(model, classifier, counted, device_type, amp=amp)
-        return classification_metrics(logits, target) | {"n": counted.images}
+        metrics = classification_metrics(logits, target) | {"n": counted.images}
+        if task.grouped:
+            if layout != "wds":
+                raise ValueError(f"task {task.name}: grouped metrics read per-sample .npy from a webdataset; "
+                                 f"{path} is a {layout}")  # fmt: skip
+            metrics |= grouped_metrics(task.grouped, logits, target, path, batch_size, workers)
+        return metrics
     counted = _Counted(loader)
     metrics = zeroshot_retrieval.evaluate(model, counted, tokenizer, device_type, amp=amp,
                                           recall_k_list=list(RECALL_KS))

@@ -1,17 +1,20 @@
 """Task suites: which sets a model is evaluated on, where their data lies, and each task's main metric.
 
-A task is zero-shot classification (`zeroshot`) or image-text retrieval (`retrieval`). Its data is found
-under the suite's data root in one of the layouts users download:
+A task is zero-shot classification (`zeroshot`), image-text retrieval (`retrieval`) or WinoGAViL's associations
+(`winogavil`, evaluation.winogavil). Its data is found under the suite's data root in one of the layouts users
+download:
 - clip_benchmark's webdataset layout (`test/nshards.txt`, `test/*.tar`, `classnames.txt`,
   `zeroshot_classification_templates.txt`, `dataset_type.txt` = retrieval for caption sets): how DataComp's
   download_evalsets.py stores its sets, as `wds_<key with / as ->_test`;
 - a class-per-folder image tree (ImageNet val);
-- a csv / tsv of image path and caption (retrieval; several rows of one image share its path or `image_id`).
+- a csv / tsv of image path and caption (retrieval; several rows of one image share its path or `image_id`);
+- the Hugging Face cache DataComp's download fills for its retrieval sets and WinoGAViL
+  (`hf_cache/nlphuji___<name>`, Arrow files; evaluation.hf_arrow).
+A zero-shot task may add DataComp's metadata-grouped metrics (`grouped`: WILDS' iWildCam and FMoW, Dollar Street,
+GeoDE; evaluation.grouped_metrics), read from the shards' per-sample `.npy`.
 
 `datacomp` is DataComp's list (tasklist.yml): the 38 tasks its average runs over, each with its main metric.
-A few of them need metadata-grouped metrics (WILDS, fairness) or a dataset this tool does not read
-(WinoGAViL); they are listed as unsupported, never scored as zero. `imagenet` is ImageNet and the variants
-CLIP papers report. A suite FILE (YAML or JSON) lists the user's own tasks.
+`imagenet` is ImageNet and the variants CLIP papers report. A suite FILE (YAML or JSON) lists the user's own tasks.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from typing import Any
 import yaml
 
 from data.imagefolder import is_image_folder
+from evaluation.grouped_metrics import GROUPINGS
+from evaluation.hf_arrow import arrow_files, hf_folder
 
-KINDS = ("zeroshot", "retrieval")
+KINDS = ("zeroshot", "retrieval", "winogavil")
+DEFAULT_METRIC = {"zeroshot": "acc1", "retrieval": "mean_recall@1", "winogavil": "jaccard_score_10-12"}
 CSV_SUFFIXES = (".csv", ".tsv")
 
 
@@ -34,7 +40,8 @@ CSV_SUFFIXES = (".csv", ".tsv")
 class Task:
     """One evaluation. `classnames` / `templates`: "" = from the data (classnames.txt or the folder names;
     zeroshot_classification_templates.txt or the generic templates), a registry name (evaluation.prompts), a
-    text file (one per line) or a list. `unsupported`: why this tool does not compute the main metric."""
+    text file (one per line) or a list. `grouped`: DataComp's metadata-grouped metrics to add (a zero-shot task on
+    a webdataset with per-sample `.npy`; evaluation.grouped_metrics.GROUPINGS)."""
 
     name: str
     kind: str
@@ -45,13 +52,16 @@ class Task:
     templates: str | tuple[str, ...] = ""
     csv_image_key: str = "filepath"
     csv_caption_key: str = "title"
-    unsupported: str = ""
+    grouped: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.grouped and (self.kind != "zeroshot" or self.grouped not in GROUPINGS):
+            raise ValueError(f"task {self.name!r}: grouped {self.grouped!r} needs kind zeroshot and one of "
+                             f"{sorted(GROUPINGS)}")  # fmt: skip
         if not self.main_metric:
-            object.__setattr__(self, "main_metric", "acc1" if self.kind == "zeroshot" else "mean_recall@1")
+            object.__setattr__(self, "main_metric", DEFAULT_METRIC[self.kind])
         if not self.title:
             object.__setattr__(self, "title", self.name)
 
@@ -68,7 +78,10 @@ class Suite:
 
 
 def datacomp_folder(key: str) -> str:
-    """DataComp's download_evalsets.py folder of a task: fairness/ dropped, '/' -> '-'."""
+    """DataComp's download_evalsets.py folder of a task: retrieval/ and misc/ sets are Hugging Face datasets
+    (nlphuji/<name>) in its hf_cache; the others webdatasets, fairness/ dropped and '/' -> '-'."""
+    if key.startswith(("retrieval/", "misc/")):
+        return hf_folder("nlphuji/" + key.split("/", 1)[1])
     return f"wds_{key.removeprefix('fairness/').replace('/', '-')}_test"
 
 
@@ -104,7 +117,7 @@ _DATACOMP: dict[str, tuple[str, str]] = {
     "stl10": ("STL-10", "acc1"),
     "sun397": ("SUN397", "acc1"),
     "vtab/svhn": ("SVHN", "acc1"),
-    "retrieval/flickr30k": ("Flickr", "mean_recall@1"),
+    "retrieval/flickr_1k_test_image_text_retrieval": ("Flickr", "mean_recall@1"),
     "retrieval/mscoco_2014_5k_test_image_text_retrieval": ("MSCOCO", "mean_recall@1"),
     "misc/winogavil": ("WinoGAViL", "jaccard_score_10-12"),
     "wilds/iwildcam": ("iWildCam", "F1-macro_all"),
@@ -113,21 +126,23 @@ _DATACOMP: dict[str, tuple[str, str]] = {
     "fairness/dollar_street": ("Dollar Street", "acc_top5_wg"),
     "fairness/geode": ("GeoDE", "acc_wg"),
 }
-_UNSUPPORTED = {
-    "misc/winogavil": "WinoGAViL's Jaccard score over candidate sets (DataComp reads it from a Hugging Face dataset)",
-    "wilds/iwildcam": "WILDS' macro F1 (needs the wilds package)",
-    "wilds/fmow": "worst-region accuracy from per-sample region metadata",
-    "fairness/dollar_street": "worst income-group top-5 accuracy from per-sample metadata",
-    "fairness/geode": "worst region accuracy from per-sample metadata",
-}
+# Tasks scored with metadata-grouped metrics (evaluation.grouped_metrics).
+_GROUPED = {"wilds/iwildcam": "iwildcam", "wilds/fmow": "fmow", "fairness/dollar_street": "dollar_street",
+            "fairness/geode": "geode"}  # fmt: skip
 # ImageNet and the variants CLIP papers report (FastCLIP: ImageNet & variants), in DataComp's folders.
 _IMAGENET = ("imagenet1k", "imagenetv2", "imagenet_sketch", "imagenet-a", "imagenet-r", "objectnet")
 
 
+def _datacomp_kind(key: str) -> str:
+    if key == "misc/winogavil":
+        return "winogavil"
+    return "retrieval" if key.startswith("retrieval/") else "zeroshot"
+
+
 def datacomp_suite() -> Suite:
     tasks = [
-        Task(name=key, kind="retrieval" if key.startswith("retrieval/") else "zeroshot", path=datacomp_folder(key),
-             main_metric=metric, title=title, unsupported=_UNSUPPORTED.get(key, ""))
+        Task(name=key, kind=_datacomp_kind(key), path=datacomp_folder(key), main_metric=metric, title=title,
+             grouped=_GROUPED.get(key, ""))
         for key, (title, metric) in _DATACOMP.items()
     ]  # fmt: skip
     return Suite("datacomp", tasks, expected=len(tasks))
@@ -175,8 +190,12 @@ def resolve(task: Task, data_root: str | Path) -> Path:
     return Path(data_root) / task.path
 
 
-def layout(path: Path) -> str | None:
-    """Which layout `path` holds, or None when nothing usable is there (the task is missing)."""
+def layout(path: Path, kind: str) -> str | None:
+    """Which layout `path` holds for a task of `kind`, or None when nothing usable is there (the task is missing)."""
+    if kind in ("retrieval", "winogavil") and arrow_files(path):
+        return "hf-arrow"
+    if kind == "winogavil":
+        return None
     if path.is_file() and path.suffix.lower() in CSV_SUFFIXES:
         return "csv"
     if (path / "test" / "nshards.txt").is_file():

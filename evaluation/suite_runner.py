@@ -1,8 +1,8 @@
 """Run a suite on one model: each task once (or from the cache), the table, and the averages as DataComp takes them.
 
 DataComp's average is the mean of each task's main metric over the tasks that have one. Here a task whose data
-is missing, or whose metric this tool does not compute, is listed as such and left out of the average; the
-average says over how many of the suite's tasks it ran.
+is missing is listed as such and left out of the average; the average says over how many of the suite's tasks it
+ran.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ def _task_definition(task: Task, path: Any, found: str, prompts: dict | None, am
 
 def evaluate_task(task: Task, data_root: str, evaluable: Evaluable, device: torch.device, cache: ResultCache | None,
                   batch_size: int = 256, workers: int = 0, amp: bool = False) -> dict[str, Any]:  # fmt: skip
-    """One task's record: status ok / missing / unsupported, metrics, main metric, the prompts used."""
+    """One task's record: status ok / missing, metrics, main metric, the prompts used."""
     path = resolve(task, data_root)
     record: dict[str, Any] = {"task": task.name, "title": task.title, "kind": task.kind, "path": str(path),
                               "main_metric": task.main_metric}  # fmt: skip
-    if task.unsupported:
-        return record | {"status": "unsupported", "reason": f"not computed here: {task.unsupported}"}
-    found = layout(path)
+    found = layout(path, task.kind)
     if found is None:
-        return record | {"status": "missing", "reason": f"no data at {path} (clip_benchmark webdataset layout, "
-                         "class folders or a csv)"}  # fmt: skip
+        hf = "a Hugging Face cache's <name>-test*.arrow"
+        expected = hf if task.kind == "winogavil" else ("clip_benchmark webdataset layout, class folders, a csv" +
+                                                        (f" or {hf}" if task.kind == "retrieval" else ""))  # fmt: skip
+        return record | {"status": "missing", "reason": f"no data at {path} ({expected})"}
     prompts = resolve_prompts(task, path, found, _folder_classes(path, found)) if task.kind == "zeroshot" else None
     described = prompts.describe() if prompts else None
     per_class = prompts.per_class() if prompts else None
@@ -73,7 +73,6 @@ def summarize(suite: Suite, records: list[dict[str, Any]]) -> dict[str, Any]:
         "tasks_averaged": len(ran),
         "tasks_in_suite": suite.expected or len(suite.tasks),
         "missing": [r["task"] for r in records if r["status"] == "missing"],
-        "unsupported": [r["task"] for r in records if r["status"] == "unsupported"],
     }
 
 
@@ -111,8 +110,7 @@ def format_suite(results: dict[str, Any]) -> str:
     s = results["summary"]
     average = "n/a" if s["average"] is None else f"{100 * s['average']:.2f}"
     lines.append(f"average of main metrics: {average} over {s['tasks_averaged']} of {s['tasks_in_suite']} tasks"
-                 + (f"; missing data: {len(s['missing'])}" if s["missing"] else "")
-                 + (f"; not computed here: {len(s['unsupported'])}" if s["unsupported"] else ""))  # fmt: skip
+                 + (f"; missing data: {len(s['missing'])}" if s["missing"] else ""))  # fmt: skip
     for r in results["tasks"]:
         if r["status"] == "ok" and r.get("prompts"):
             p = r["prompts"]

@@ -216,33 +216,29 @@ def write_markdown(
 
 
 def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415 (plotting only when writing the report)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    """R@1 against samples seen and against training seconds (mean over seeds, min-max band), and the FastCLIP-v3
+    minus OpenCLIP gap per epoch count, drawn by evaluation.plots as tools/plot_run.py draws a run."""
+    from evaluation.plots import Curve, Panel, draw_panels  # noqa: PLC0415 (plotting only when writing the report)
 
     groups = _on_test(pooled(runs))
-    fig, axes = plt.subplots(1, 3, figsize=(17, 6.2))
     styles = {"main": ("-", 2.5), "flip": ("-.", 1.2), "scale": (":", 1.5), "ablation": ("--", 1.2),
               "tuning": ("--", 1.2)}  # fmt: skip
-    curves = [rs for rs in groups.values() if rs[0]["arm"]["group"] != "sweep"]
-    for i, rs in enumerate(curves):
+    by_samples = Panel("R@1 vs samples seen", ylabel="text→image R@1 (%)")
+    by_time = Panel("R@1 vs time", xlabel="training wall-clock seconds (one core of a shared, loaded machine)",
+                    ylabel="text→image R@1 (%)")  # fmt: skip
+    for rs in (rs for rs in groups.values() if rs[0]["arm"]["group"] != "sweep"):
         n = min(len(r["evals"]) for r in rs)
         ys = [[100 * r["evals"][i][METRIC] for r in rs] for i in range(n)]
-        mean = [statistics.fmean(y) for y in ys]
+        band = ([min(y) for y in ys], [max(y) for y in ys]) if len(rs) > 1 else None
         label = rs[0]["label"] + f" ({len(rs)} seed{'s' if len(rs) > 1 else ''}, {rs[0]['arm']['epochs']} ep)"
         style, width = styles.get(rs[0]["arm"]["group"], ("-", 1.2))
-        color = plt.cm.tab20((2 * i) % 20 + (i // 10) % 2)  # ten distinct hues first, then their light shades
-        for ax, axis in ((axes[0], "samples"), (axes[1], "train_seconds")):
+        for panel, axis in ((by_samples, "samples"), (by_time, "train_seconds")):
             xs = [statistics.fmean(r["evals"][i][axis] for r in rs) for i in range(n)]
-            ax.plot(xs, mean, marker=".", label=label, color=color, linestyle=style, linewidth=width)
-            if len(rs) > 1:
-                ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.15)
-    axes[0].set(xlabel="samples seen", ylabel="text→image R@1 (%)", title="R@1 vs samples seen")
-    axes[1].set(xlabel="training wall-clock seconds (one core of a shared, loaded machine)",
-                ylabel="text→image R@1 (%)", title="R@1 vs time")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
+            panel.curves.append(Curve(label, xs, [statistics.fmean(y) for y in ys], band, linestyle=style,
+                                      linewidth=width, marker="."))
     b = settings["batch"]
+    gap = Panel(f"gap at batch {b} (paired seeds; range)", xlabel="epochs per sample",
+                ylabel="FastCLIP-v3 − OpenCLIP R@1 (points)", zero_line=True)  # fmt: skip
     points = []
     for ep in sorted({*settings["sweep"], *settings.get("long_sweep", ()), settings["epochs"]}):
         o, f = groups.get(f"openclip-b{b}-e{ep}"), groups.get(f"fastclip-v3-b{b}-e{ep}")
@@ -251,14 +247,8 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
             points.append((ep, statistics.fmean(gaps), min(gaps), max(gaps)))
     if points:
         eps, mean, lo, hi = zip(*points, strict=True)
-        axes[2].errorbar(eps, mean, yerr=[[m - x for m, x in zip(mean, lo, strict=True)],
-                                          [x - m for m, x in zip(mean, hi, strict=True)]], marker="o", capsize=3)
-    axes[2].axhline(0, color="grey", lw=0.8)
-    axes[2].set(xlabel="epochs per sample", ylabel="FastCLIP-v3 − OpenCLIP R@1 (points)",
-                title=f"gap at batch {b} (paired seeds; range)")  # fmt: skip
-    fig.tight_layout(rect=(0, 0.17, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        gap.curves.append(Curve("FastCLIP-v3 − OpenCLIP", eps, mean, (lo, hi), bars=True, marker="o"))
+    draw_panels([by_samples, by_time, gap], path, panel_size=(17 / 3, 6.2), legend_cols=4, dpi=110)
 
 
 def write_report(

@@ -6,7 +6,8 @@ evaluation and each suite task's main metric (written by tools/evaluate.py --wat
 
 Rows come from each run's metrics.jsonl, merged with the watcher's own eval_watch/results.jsonl (its record
 survives a metrics.jsonl rewritten by a resumed job). Samples seen = step x global batch (data.batch_size x
-ranks, from the newest checkpoint's meta.json, or --global-batch).
+ranks, from the newest checkpoint's meta.json, or --global-batch). evaluation.plots draws the panels, as it
+draws the study's figure (studies/study_report.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from evaluation.plots import Curve, Panel, draw_panels
 
 TRAIN_PANELS = (("train/loss", "loss"), ("schedule/lr", "learning rate"), ("schedule/tau", "temperature tau"),
                 ("schedule/gamma", "gamma"), ("perf/samples_per_s", "samples/s"))  # fmt: skip
@@ -64,13 +67,27 @@ def read_run(run_dir: Path) -> tuple[dict[str, dict[int, float]], list[str]]:
     return dict(series), mains
 
 
+def run_panels(runs: list[tuple[str, dict[str, dict[int, float]], list[str], int]]) -> list[Panel]:
+    """One panel per quantity any run has (training curves, in-loop evaluation, suite main metrics), each run a
+    curve against samples seen; `runs`: (name, series, suite main-metric keys, global batch)."""
+    keys = [(k, t) for k, t in TRAIN_PANELS if any(k in s for _, s, _, _ in runs)]
+    keys += [(k, k.removeprefix("eval/")) for k in IN_LOOP_EVAL if any(k in s for _, s, _, _ in runs)]
+    for _, _, mains, _ in runs:
+        keys += [(k, k.removeprefix("suite/")) for k in mains if (k, k.removeprefix("suite/")) not in keys]
+    panels = []
+    for key, title in keys:
+        panel = Panel(title, sci_y=key == "schedule/lr")
+        for name, series, _, gb in runs:
+            points = sorted(series.get(key, {}).items())
+            if points:
+                panel.curves.append(Curve(name, [s * gb for s, _ in points], [v for _, v in points],
+                                          marker="o" if key.startswith(("suite/", "eval/")) else None))  # fmt: skip
+        panels.append(panel)
+    return panels
+
+
 def plot_runs(run_dirs: list[Path], out: Path, batch: int | None = None) -> Path:
     """One panel per quantity any run has; each run one colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = []
     for run_dir in run_dirs:
         series, mains = read_run(run_dir)
@@ -80,33 +97,7 @@ def plot_runs(run_dirs: list[Path], out: Path, batch: int | None = None) -> Path
         if gb is None:
             raise ValueError(f"{run_dir}: no checkpoint to read the global batch from; pass --global-batch")
         runs.append((run_dir.name, series, mains, gb))
-    panels = [(k, t) for k, t in TRAIN_PANELS if any(k in s for _, s, _, _ in runs)]
-    panels += [(k, k.removeprefix("eval/")) for k in IN_LOOP_EVAL if any(k in s for _, s, _, _ in runs)]
-    for _, _, mains, _ in runs:
-        panels += [(k, k.removeprefix("suite/")) for k in mains if (k, k.removeprefix("suite/")) not in panels]
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
-    for ax, (key, title) in zip(axes.flat, panels, strict=False):
-        for i, (name, series, _, gb) in enumerate(runs):
-            points = sorted(series.get(key, {}).items())
-            if points:
-                evaluation = key.startswith(("suite/", "eval/"))
-                ax.plot([s * gb for s, _ in points], [v for _, v in points], color=plt.cm.tab10(i % 10), label=name,
-                        marker="o" if evaluation else None, markersize=3, linewidth=1.2)  # fmt: skip
-        ax.set(title=title, xlabel="samples seen")
-        if key == "schedule/lr":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    if len(runs) > 1:
-        fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(runs), 6))
-    fig.tight_layout(rect=(0, 0.05 if len(runs) > 1 else 0, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return draw_panels(run_panels(runs), out)
 
 
 def main() -> int:
