@@ -20,7 +20,6 @@ from data.integrity import OneLineError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_WAIT_S, MAX_WAIT_S = 1.0, 30.0
-EXIT_DATA_UNAVAILABLE = 69  # EX_UNAVAILABLE
 RETRY_MARGIN_S = 60.0  # past data.remote_retry_s: the last wait (MAX_WAIT_S at most) and the read that gives up
 
 
