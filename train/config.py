@@ -16,7 +16,7 @@ from model.init_from import parse_init_from
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.overrides import blame, switch_loss
-from train.trackers import TRACKERS
+from train.tracker_names import TRACKERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")
@@ -177,7 +177,7 @@ class LoggingConfig:
 
     every_steps: int = 10
     tensorboard: bool = True
-    trackers: list[str] = field(default_factory=list)  # more of train.trackers.TRACKERS: wandb, mlflow
+    trackers: list[str] = field(default_factory=list)  # more of train.tracker_names.TRACKERS: wandb, mlflow
     project: str = "fastflip"  # the wandb project / MLflow experiment
     peak_tflops: float = 989.0
 
