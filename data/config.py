@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from data.url_secrets import refuse_url_secrets
 
@@ -11,6 +11,37 @@ SOURCES = ("webdataset", "csv", "hf", "imagefolder")  # imagefolder: evaluation 
 WORKER_PRIORITIES = ("normal", "low", "idle")
 RESIZE_PLACES = ("auto", "host", "device")
 DECODE_PLACES = ("host", "device")
+
+
+@dataclass
+class CsvOptions:
+    """`data.csv`: the columns of a csv/tsv file of image paths and captions (data.source: csv)."""
+
+    image_key: str = "filepath"
+    caption_key: str = "title"
+    separator: str = ""  # "" = tab for .tsv files, comma otherwise
+    image_root: str = ""  # relative image paths resolve against this; "" = the csv's folder
+
+    def validate(self) -> None:
+        _strings(self, "data.csv")
+        if len(self.separator) > 1:
+            raise ValueError(f"data.csv.separator must be one character or empty, got {self.separator!r}")
+
+
+@dataclass
+class HfOptions:
+    """`data.hf`: the split and columns of a Hugging Face `datasets` table (data.source: hf)."""
+
+    image_key: str = "image"
+    caption_key: str = "text"
+    split: str = "train"
+
+    def validate(self) -> None:
+        _strings(self, "data.hf")
+
+
+# data.source -> its own options section (a source without one has no options of its own)
+SOURCE_OPTIONS = {"csv": CsvOptions, "hf": HfOptions}
 
 
 @dataclass
@@ -22,6 +53,9 @@ class SourceSpec:
     weight: float = 1.0  # samples per epoch = round(weight x its samples): 2 = each sample twice, 0.5 = half
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
         if not isinstance(self.path, str) or not isinstance(self.index, str) or not (self.path or self.index):
             raise ValueError(f"data.sources: each source needs a path (or an index), got {self!r}")
         if not isinstance(self.weight, int | float) or isinstance(self.weight, bool) or not self.weight > 0:
@@ -83,19 +117,18 @@ class DataConfig:
     # (the 2-core CPU demo), a worker that takes a core mid-step stalls its rank and, at the next
     # all-reduce, every rank. `perf/data_s` shows whether the workers still keep up.
     worker_priority: str = "normal"
-    csv_image_key: str = "filepath"
-    csv_caption_key: str = "title"
-    csv_separator: str = ""  # "" = tab for .tsv files, comma otherwise
-    csv_image_root: str = ""  # relative image paths resolve against this; "" = the csv's folder
-    hf_image_key: str = "image"
-    hf_caption_key: str = "text"
-    hf_split: str = "train"
+    # Each source's own options (SOURCE_OPTIONS), set only with that data.source.
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    hf: HfOptions = field(default_factory=HfOptions)
 
     def __post_init__(self) -> None:
         if isinstance(self.train_crop_scale, list):
             self.train_crop_scale = tuple(self.train_crop_scale)
         if isinstance(self.sources, list | tuple):
             self.sources = [SourceSpec(**s) if isinstance(s, dict) else s for s in self.sources]
+        for name, options in SOURCE_OPTIONS.items():
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, options(**getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -153,16 +186,19 @@ class DataConfig:
             or not 0 < scale[0] <= scale[1] <= 1
         ):
             raise ValueError(f"data.train_crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
-        for name in (
-            "index", "cache_dir", "csv_image_key", "csv_caption_key", "csv_separator", "csv_image_root",
-            "hf_image_key", "hf_caption_key", "hf_split",
-        ):  # fmt: skip
+        for name in ("index", "cache_dir"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"data.{name} must be a string, got {getattr(self, name)!r}")
+        for name, options in SOURCE_OPTIONS.items():
+            section = getattr(self, name)
+            if not isinstance(section, options):
+                raise ValueError(f"data.{name} must be a mapping of {options.__name__} keys, got {section!r}")
+            section.validate()
+            if name != self.source and section != options():
+                raise ValueError(f"data.{name} is set but data.source is {self.source!r}; remove data.{name} or set "
+                                 f"data.source: {name}")  # fmt: skip
         sources = [{"path": source.path, "index": source.index} for source in self.sources]
         refuse_url_secrets({"data": {"path": self.path, "index": self.index, "sources": sources}})
-        if len(self.csv_separator) > 1:
-            raise ValueError(f"data.csv_separator must be one character or empty, got {self.csv_separator!r}")
 
 
 def _location(path: str) -> str:
@@ -170,6 +206,13 @@ def _location(path: str) -> str:
     if not path or "://" in path:
         return path.rstrip("/")
     return os.path.normpath(os.path.abspath(path))
+
+
+def _strings(section: CsvOptions | HfOptions, prefix: str) -> None:
+    """Every field of an options section is a string."""
+    for f in fields(section):
+        if not isinstance(getattr(section, f.name), str):
+            raise ValueError(f"{prefix}.{f.name} must be a string, got {getattr(section, f.name)!r}")
 
 
 def _int(cfg: DataConfig, name: str, minimum: int) -> None:
