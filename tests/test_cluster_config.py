@@ -63,7 +63,7 @@ def test_allow_changes_names_real_keys() -> None:
 def test_deepspeed_json_is_checked_when_the_config_loads(tmp_path: Path) -> None:
     bad = json.loads((REPO / "ds_configs" / "zero2.json").read_text()) | {"train_micro_batch_size_per_gpu": 3}
     (tmp_path / "ds.json").write_text(json.dumps(bad))
-    overrides = ["backend.name=deepspeed", f"backend.ds_config={tmp_path / 'ds.json'}"]
+    overrides = ["backend.name=deepspeed", f"backend.options.ds_config={tmp_path / 'ds.json'}"]
     with pytest.raises(ConfigError, match=r"ds\.json: train_micro_batch_size_per_gpu = 3 contradicts"):
         load_config(DEMO, overrides)
 

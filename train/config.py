@@ -16,6 +16,7 @@ from model.init_from import parse_init_from
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.overrides import blame, switch_loss
+from train.renamed_keys import refuse_renamed
 from train.tracker_names import TRACKERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -129,7 +130,7 @@ class BackendConfig:
 
     name: str = "ddp"  # a name of train.backends' registry (checked with the backend's own options in train.setup)
     precision: str = "fp32"
-    ds_config: str = ""  # DeepSpeed JSON (backend deepspeed only)
+    options: dict[str, Any] = field(default_factory=dict)  # the backend's own (DeepSpeed: ds_config), checked by it
     timeout_s: float = 1800.0  # collectives during setup, checkpointing and evaluation
     step_timeout_s: float = 600.0  # collectives of one training step: a hung rank ends the job after this
 
@@ -247,7 +248,9 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     a ConfigError naming the file and key. Torch-free, so a launched rank reports a bad value before torch loads;
     train.setup.load_setup adds the checks across sections."""
     overrides = overrides or []
-    cfg = from_dict(TrainConfig, apply_overrides(switch_loss(load_yaml(path), overrides, path), overrides), str(path))
+    raw = load_yaml(path)
+    refuse_renamed(raw, overrides, str(path))
+    cfg = from_dict(TrainConfig, apply_overrides(switch_loss(raw, overrides, path), overrides), str(path))
     try:
         cfg.validate()
         refuse_url_secrets(to_dict(cfg))  # every URL the recipe accepts (data, eval, init_from, ...)
