@@ -14,6 +14,39 @@ DECODE_PLACES = ("host", "device")
 
 
 @dataclass
+class WebDatasetOptions:
+    """`data.webdataset`: the shards' index, remote shards' cache and retries, and missing shards (data.source:
+    webdataset; every source of data.sources too)."""
+
+    # Where the shard index (manifest.json + X.idx.npz, from `make_shards.py manifest --out`) lives when
+    # it is not beside the shards (read-only mounts, buckets, shards in several directories); local or URL.
+    index: str = ""
+    # Remote shards are copied whole into this local directory (default: a per-user folder in the temp
+    # dir), which keeps at most cache_max_gb, evicting the shards used longest ago.
+    cache_dir: str = ""
+    cache_max_gb: float = 50.0
+    # Remote reads that fail transiently are retried with backoff for this long; then the run saves and ends with
+    # status "data unavailable" (exit 69), which tools/slurm_train.sbatch requeues (data/retry.py).
+    remote_retry_s: float = 300.0  # + a margin below backend.step_timeout_s (checked with remote data)
+    # Shards named by data.path that do not exist stop the run (listed); true trains without them.
+    allow_missing_shards: bool = False
+
+    def validate(self) -> None:
+        for name in ("index", "cache_dir"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"data.webdataset.{name} must be a string, got {getattr(self, name)!r}")
+        retry = self.remote_retry_s
+        if not isinstance(retry, int | float) or isinstance(retry, bool) or retry < 0:
+            raise ValueError(f"data.webdataset.remote_retry_s must be a number of seconds >= 0, got {retry!r}")
+        cache = self.cache_max_gb
+        if not isinstance(cache, int | float) or isinstance(cache, bool) or cache <= 0:
+            raise ValueError(f"data.webdataset.cache_max_gb must be a number > 0, got {cache!r}")
+        if not isinstance(self.allow_missing_shards, bool):
+            raise ValueError(f"data.webdataset.allow_missing_shards must be true or false, "
+                             f"got {self.allow_missing_shards!r}")  # fmt: skip
+
+
+@dataclass
 class CsvOptions:
     """`data.csv`: the columns of a csv/tsv file of image paths and captions (data.source: csv)."""
 
@@ -41,7 +74,7 @@ class HfOptions:
 
 
 # data.source -> its own options section (a source without one has no options of its own)
-SOURCE_OPTIONS = {"csv": CsvOptions, "hf": HfOptions}
+SOURCE_OPTIONS = {"webdataset": WebDatasetOptions, "csv": CsvOptions, "hf": HfOptions}
 
 
 @dataclass
@@ -49,7 +82,7 @@ class SourceSpec:
     """One of several mixed shard sources (`data.sources`, data/mixing.py)."""
 
     path: str = ""  # like data.path
-    index: str = ""  # like data.index
+    index: str = ""  # like data.webdataset.index
     weight: float = 1.0  # samples per epoch = round(weight x its samples): 2 = each sample twice, 0.5 = half
 
     def __post_init__(self) -> None:
@@ -96,19 +129,7 @@ class DataConfig:
     # JPEG bytes and the trainer decodes them on its device (nvJPEG on CUDA), so a worker only reads bytes.
     resize: str = "auto"
     decode: str = "host"
-    # Where the shard index (manifest.json + X.idx.npz, from `make_shards.py manifest --out`) lives when
-    # it is not beside the shards (read-only mounts, buckets, shards in several directories); local or URL.
-    index: str = ""
-    # Remote shards are copied whole into this local directory (default: a per-user folder in the temp
-    # dir), which keeps at most cache_max_gb, evicting the shards used longest ago.
-    cache_dir: str = ""
-    cache_max_gb: float = 50.0
-    # Remote reads that fail transiently are retried with backoff for this long; then the run saves and ends with
-    # status "data unavailable" (exit 69), which tools/slurm_train.sbatch requeues (data/retry.py).
-    remote_retry_s: float = 300.0  # + a margin below backend.step_timeout_s (checked with remote data)
-    # Shards named by data.path that do not exist stop the run (listed); true trains without them.
-    allow_missing_shards: bool = False
-    # Several webdataset sources mixed with weights instead of path/index: [{path, index, weight}, ...].
+    # Several webdataset sources mixed with weights instead of path / webdataset.index: [{path, index, weight}, ...].
     sources: list[SourceSpec] = field(default_factory=list)
     pin_memory: bool = False
     prefetch_factor: int = 2
@@ -118,6 +139,7 @@ class DataConfig:
     # all-reduce, every rank. `perf/data_s` shows whether the workers still keep up.
     worker_priority: str = "normal"
     # Each source's own options (SOURCE_OPTIONS), set only with that data.source.
+    webdataset: WebDatasetOptions = field(default_factory=WebDatasetOptions)
     csv: CsvOptions = field(default_factory=CsvOptions)
     hf: HfOptions = field(default_factory=HfOptions)
 
@@ -135,8 +157,18 @@ class DataConfig:
         """Raise ValueError naming the offending field."""
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
-        if self.sources and (self.source != "webdataset" or self.path or self.index):
-            raise ValueError("data.sources replaces data.path / data.index (webdataset shards only); set one of them")
+        for name, options in SOURCE_OPTIONS.items():
+            section = getattr(self, name)
+            if not isinstance(section, options):
+                raise ValueError(f"data.{name} must be a mapping of {options.__name__} keys, got {section!r}")
+            section.validate()
+            if name != self.source and section != options():
+                raise ValueError(f"data.{name} is set but data.source is {self.source!r}; remove data.{name} or set "
+                                 f"data.source: {name}")  # fmt: skip
+        index = self.webdataset.index
+        if self.sources and (self.source != "webdataset" or self.path or index):
+            raise ValueError("data.sources replaces data.path / data.webdataset.index (webdataset shards only); set "
+                             "one of them")  # fmt: skip
         if not all(isinstance(s, SourceSpec) for s in self.sources):
             raise ValueError(f"data.sources must be a list of {{path, index, weight}} mappings, got {self.sources!r}")
         seen: dict[tuple[str, str], int] = {}
@@ -147,15 +179,9 @@ class DataConfig:
                                  "its samples would be read twice under two sets of rows. List it once; to draw it "
                                  "more often, raise its weight (weight: 2 shows every sample twice per epoch)")
             seen[key] = i
-        if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and self.index)
+        if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and index)
                                                   or self.sources):  # fmt: skip
             raise ValueError("data.path must be a non-empty string (shard dir/pattern/URL, csv file or datasets dir)")
-        if not isinstance(self.remote_retry_s, int | float) or isinstance(self.remote_retry_s, bool) or \
-                self.remote_retry_s < 0:  # fmt: skip
-            raise ValueError(f"data.remote_retry_s must be a number of seconds >= 0, got {self.remote_retry_s!r}")
-        if not isinstance(self.cache_max_gb, int | float) or isinstance(self.cache_max_gb, bool) or \
-                self.cache_max_gb <= 0:  # fmt: skip
-            raise ValueError(f"data.cache_max_gb must be a number > 0, got {self.cache_max_gb!r}")
         _int(self, "batch_size", 1)
         _int(self, "workers", 0)
         _int(self, "image_size", 1)
@@ -175,7 +201,7 @@ class DataConfig:
             raise ValueError("data.worker_priority 'idle' needs Linux (SCHED_IDLE); use 'low' on this system")
         if self.num_samples is not None:
             _int(self, "num_samples", 1)
-        for name in ("drop_last", "pin_memory", "allow_missing_shards"):
+        for name in ("drop_last", "pin_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
         scale = self.train_crop_scale
@@ -186,19 +212,8 @@ class DataConfig:
             or not 0 < scale[0] <= scale[1] <= 1
         ):
             raise ValueError(f"data.train_crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {scale!r}")
-        for name in ("index", "cache_dir"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"data.{name} must be a string, got {getattr(self, name)!r}")
-        for name, options in SOURCE_OPTIONS.items():
-            section = getattr(self, name)
-            if not isinstance(section, options):
-                raise ValueError(f"data.{name} must be a mapping of {options.__name__} keys, got {section!r}")
-            section.validate()
-            if name != self.source and section != options():
-                raise ValueError(f"data.{name} is set but data.source is {self.source!r}; remove data.{name} or set "
-                                 f"data.source: {name}")  # fmt: skip
         sources = [{"path": source.path, "index": source.index} for source in self.sources]
-        refuse_url_secrets({"data": {"path": self.path, "index": self.index, "sources": sources}})
+        refuse_url_secrets({"data": {"path": self.path, "webdataset": {"index": index}, "sources": sources}})
 
 
 def _location(path: str) -> str:

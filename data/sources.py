@@ -66,9 +66,10 @@ class ShardSource:
     def __init__(self, cfg: DataConfig, path: str | None = None, index: str | None = None,
                  key_offset: int = 0) -> None:  # fmt: skip
         path = cfg.path if path is None else path
-        index = cfg.index if index is None else index
-        self.retry_s = cfg.remote_retry_s
-        self.shardset = retrying(lambda: resolve_shards(path, index, cfg.allow_missing_shards),
+        options = cfg.webdataset
+        index = options.index if index is None else index
+        self.retry_s = options.remote_retry_s
+        self.shardset = retrying(lambda: resolve_shards(path, index, options.allow_missing_shards),
                                  f"the shards {path or index!r} and their index", self.retry_s)  # fmt: skip
         self.shards = self.shardset.shards
         self.paths = [s.url for s in self.shards]
@@ -77,7 +78,7 @@ class ShardSource:
         self.num_samples = cfg.num_samples or self.shardset.num_samples
         self.classes = self.shardset.classes
         self.has_labels = self.classes is not None
-        self._cache_args = (cfg.cache_dir, int(cfg.cache_max_gb * 2**30), cfg.remote_retry_s)
+        self._cache_args = (options.cache_dir, int(options.cache_max_gb * 2**30), options.remote_retry_s)
         self._cache: ShardCache | None = None
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()

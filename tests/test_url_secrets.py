@@ -21,7 +21,7 @@ LEAKS = [
     ("eval.zeroshot", f"https://lab:{SECRET}@mirror.example/val/{{0..3}}.tar"),
     ("eval.retrieval", f"https://mirror.example/coco/{{0..3}}.tar?token={SECRET}"),
     ("data.path", f"/data/cc/{{0..1}}.tar::https://lab:{SECRET}@mirror.example/cc/{{2..3}}.tar"),  # second pattern
-    ("data.index", f"https://b.s3.amazonaws.com/idx?X-Amz-Credential=AKIA&X-Amz-Signature={SECRET}"),  # signed URL
+    ("data.webdataset.index", f"https://b.s3.amazonaws.com/idx?X-Amz-Credential=AKIA&X-Amz-Signature={SECRET}"),
     ("model.init_from", f"open_clip:https://h.example/w.bin?sig={SECRET}&sv=2022-11-02"),  # Azure SAS
 ]
 

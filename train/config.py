@@ -239,8 +239,9 @@ class TrainConfig:
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
         d = self.data
-        if any(is_remote(u) for u in (d.path, d.index, *(x for s in d.sources for x in (s.path, s.index))) if u):
-            check_retry_bound(d.remote_retry_s, self.backend.step_timeout_s)
+        urls = (d.path, d.webdataset.index, *(x for s in d.sources for x in (s.path, s.index)))
+        if any(is_remote(u) for u in urls if u):
+            check_retry_bound(d.webdataset.remote_retry_s, self.backend.step_timeout_s)
 
 
 def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -18,6 +18,11 @@ RENAMED = {
     "data.hf_image_key": "data.hf.image_key",
     "data.hf_caption_key": "data.hf.caption_key",
     "data.hf_split": "data.hf.split",
+    "data.index": "data.webdataset.index",
+    "data.cache_dir": "data.webdataset.cache_dir",
+    "data.cache_max_gb": "data.webdataset.cache_max_gb",
+    "data.remote_retry_s": "data.webdataset.remote_retry_s",
+    "data.allow_missing_shards": "data.webdataset.allow_missing_shards",
 }
 # old keys whose old default meant "not set": a saved config's default is dropped, not moved (backend.options is {})
 UNSET = {"backend.ds_config": ""}

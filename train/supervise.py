@@ -123,7 +123,7 @@ def _main(args: argparse.Namespace, model_family: str, report: Report | None, ou
         ignore_preemption_after_training()  # the loop has saved; a late signal must not end the teardown
     if result["data_unavailable"]:  # every rank agreed on it; one rank's log line names the data and the error
         outcome.message = (f"data unavailable at step {result['steps']}: checkpoint saved; the remote data stayed "
-                           "unreachable for data.remote_retry_s; resume with checkpoint.resume=latest")
+                           "unreachable for data.webdataset.remote_retry_s; resume with checkpoint.resume=latest")
         logger.info(outcome.message)
         return ExitCode.DATA_UNAVAILABLE
     saved = trainer.checkpoints.root / checkpoint_name(result["steps"])

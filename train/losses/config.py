@@ -62,8 +62,8 @@ class LossConfig:
     reference_model, reference_overrides: the reference's architecture (a `model.get_model_config` name and its
       overrides) for open_clip: and hf: sources; a fastflip: checkpoint names its own.
     reference_features: model (the reference encodes each batch, unmasked, as the authors do) or precomputed
-      (read the embeddings `tools/reference_features.py` wrote into data.index: centre crops, cheaper, not the
-      authors' exact objective).
+      (read the embeddings `tools/reference_features.py` wrote into data.webdataset.index: centre crops, cheaper,
+      not the authors' exact objective).
     distill_weight, distill_logit_scale: the authors' optional distillation term (`--distill_weight`, teacher
       logit scale `--distill_logit_scale`); 0 = off. Needs a reference; not with v2.
     """
