@@ -60,7 +60,7 @@ def test_invalid_value_is_an_error(tmp_path: Path) -> None:
         load_config(DEMO, ["data.image_size=224"])
     with pytest.raises(ConfigError, match="model.overrides: .*vision_depth"):
         load_config(DEMO, ["model.overrides.vision_depth=3"])
-    with pytest.raises(ConfigError, match="LossConfig.version"):
+    with pytest.raises(ConfigError, match="loss.version"):
         load_config(_write(tmp_path, {**DATA, "loss": {"version": "v9"}}))
 
 

@@ -1,4 +1,10 @@
-"""The typed training config: one dataclass per YAML section, validated before any step runs."""
+"""The typed training config: one dataclass per YAML section, validated before any step runs.
+
+One validation convention for every section (here, data.config, train.losses.config, the backends' options):
+`validate()` raises ValueError whose message starts with the dotted key (`optim.lr ...`, `data.csv.separator ...`);
+a section validates the sections it holds, TrainConfig.validate every top-level one, and read_config turns the
+error into a ConfigError naming the file or the command line. A section also built outside a recipe (DataConfig,
+data.sources' SourceSpec) calls `validate()` from `__post_init__` too."""
 
 from __future__ import annotations
 
@@ -230,9 +236,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Each section's own checks; the checks across sections (model vs data, backend) are train.setup's."""
-        for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint, self.logging, self.eval):
+        sections = (self.model, self.data, self.loss, self.optim, self.flip, self.backend, self.checkpoint,
+                    self.logging, self.eval)  # fmt: skip
+        for section in sections:
             section.validate()
-        self.loss.validate()
         if self.data.batch_size % self.optim.accum_steps:
             raise ValueError(f"data.batch_size {self.data.batch_size} must split evenly into optim.accum_steps "
                              f"{self.optim.accum_steps} micro-batches")  # fmt: skip
