@@ -24,7 +24,7 @@ RENAMED = {
     "data.remote_retry_s": "data.webdataset.remote_retry_s",
     "data.allow_missing_shards": "data.webdataset.allow_missing_shards",
 }
-# old keys whose old default meant "not set": a saved config's default is dropped, not moved (backend.options is {})
+# old keys whose old default meant "not set": a saved default leaves the new section empty (backend.options: {})
 UNSET = {"backend.ds_config": ""}
 
 
@@ -45,11 +45,13 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
     out = _copy(config)
     for old, new in RENAMED.items():
         value = _pop(out, old)
-        if value is not _ABSENT and _get(out, new) is _ABSENT and not (old in UNSET and value == UNSET[old]):
-            *parents, leaf = new.split(".")
-            node = out
-            for part in parents:
-                node = node.setdefault(part, {})
+        if value is _ABSENT or _get(out, new) is not _ABSENT:
+            continue
+        *parents, leaf = new.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        if not (old in UNSET and value == UNSET[old]):
             node[leaf] = value
     return out
 
