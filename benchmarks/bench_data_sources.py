@@ -71,8 +71,9 @@ def compare_sources(args, workers: list[int], measure, ours, machine: dict) -> d
             for w in workers:
                 for src in sources:
                     cache = tempfile.mkdtemp(dir=tmp)  # cold cache: downloads are timed
+                    options = {"index": os.path.join(tmp, f"index-{src}"), "cache_dir": cache}
                     rate = measure(ours, patterns[src], args.batch_size, w, args.image_size, args.warmup,
-                                   args.batches, index=os.path.join(tmp, f"index-{src}"), cache_dir=cache)  # fmt: skip
+                                   args.batches, webdataset=options)  # fmt: skip
                     runs[(src, w)].append(rate)
                     print(f"  repeat {rep} {src:5s} workers={w}: {rate:8.1f} samples/s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}

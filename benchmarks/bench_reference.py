@@ -94,7 +94,7 @@ def measure(steps: int, rounds: int, batch: int, setting: str = "cpu_tiny") -> d
         trainers, batches = {}, {}
         for mode, reference in _modes(tmp, setting).items():
             cfg = _config(str(tmp / f"run_{mode}"), batch, setting, reference)
-            cfg.data.index = str(tmp)
+            cfg.data.webdataset.index = str(tmp)
             trainer = Trainer(cfg, FixedBatches(batch, 0, 1, 4, num_samples=NUM_SAMPLES, image_size=size,
                                                 context_length=context))  # fmt: skip
             images, tokens, index = trainer.inputs(trainer._next_batch())

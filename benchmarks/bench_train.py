@@ -39,7 +39,9 @@ DEMO = "recipes/configs/demo_fashion_mnist.yaml"
 
 def backend_choices() -> dict[str, list[str]]:
     """--backends names (the registry's variants, e.g. deepspeed:zero2, also as zero2) -> config overrides."""
-    full = {name: [f"backend.{k}={v}" for k, v in settings.items()] for name, settings in variants().items()}
+    full = {name: [f"backend.name={settings['name']}"] + [f"backend.options.{k}={v}" for k, v in
+                                                          settings.get("options", {}).items()]
+            for name, settings in variants().items()}  # fmt: skip
     return full | {name.split(":")[1]: overrides for name, overrides in full.items() if ":" in name}
 PHASES = ("data_wait", "host_to_device", "forward", "loss_and_state", "backward", "optimizer", "logging")
 
@@ -127,7 +129,7 @@ def _measure(trainer: Any, args: dict) -> dict[str, Any]:
     model_med, loop_med = statistics.median(model_sps), statistics.median(loop_sps)
     return {
         "backend": trainer.cfg.backend.name,
-        "ds_config": trainer.cfg.backend.ds_config,
+        "ds_config": trainer.cfg.backend.options.get("ds_config", ""),
         "precision": trainer.cfg.backend.precision,
         "model": trainer.cfg.model.name,
         "ranks": trainer.backend.world_size,

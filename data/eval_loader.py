@@ -108,7 +108,7 @@ def build_eval_loader(
     need_caption: bool = True,
     **options,
 ) -> EvalLoader:
-    """`options` are DataConfig fields (csv_*/hf_* keys, num_samples, pin_memory, ...).
+    """`options` are DataConfig fields (csv=CsvOptions(...), hf=HfOptions(...), num_samples, pin_memory, ...).
 
     For csv / datasets sources `label_key` names an integer label column (optional)."""
     cfg = DataConfig(source=source, path=path, image_size=image_size, batch_size=batch_size, workers=workers, **options)

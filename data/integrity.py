@@ -105,4 +105,4 @@ def shard_problem(f: BinaryIO, info, index: np.ndarray) -> str | None:  # noqa: 
 
 
 class IndexMismatch(OneLineError, ValueError):
-    """data.path and data.index name different datasets, or shards that the index does not list."""
+    """data.path and data.webdataset.index name different datasets, or shards that the index does not list."""

@@ -37,7 +37,7 @@ def manifest_hint(shards: str, index: str = "") -> str:
     if index and remote.normalize(index) != remote.normalize(shards):
         return f"Create it with: python tools/make_shards.py manifest --shards {shards} --out {index}"
     return (f"Create it with: python tools/make_shards.py manifest --shards {shards} (read-only or remote shards: "
-            "add --out INDEX_DIR and set data.index: INDEX_DIR)")
+            "add --out INDEX_DIR and set data.webdataset.index: INDEX_DIR)")
 
 
 @dataclass
@@ -250,8 +250,9 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
         if not index:
             dirs = sorted({remote.dirname(u) for u in wanted})
             if len(dirs) > 1:
-                raise IndexMismatch(f"shards matched by {path!r} span several directories {dirs[:5]}: index them into "
-                                    f"one place and set data.index. {manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
+                raise IndexMismatch(f"shards matched by {path!r} span several directories {dirs[:5]}: index them "
+                                    f"into one place and set data.webdataset.index. "
+                                    f"{manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
             index = dirs[0]
     index = remote.normalize(index)
     found = remote.sizes(wanted) if wanted and not wanted[0].startswith("dir:") else {}
@@ -259,7 +260,7 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
     if missing and not allow_missing:
         raise FileNotFoundError(f"{len(missing)} of {len(found)} shard(s) named by {path!r} do not exist: "
                                 f"{_listing(missing)}. Fix data.path (a typo in the pattern?) or set "
-                                "data.allow_missing_shards: true to train without them")  # fmt: skip
+                                "data.webdataset.allow_missing_shards: true to train without them")  # fmt: skip
     manifest = load_manifest(index, path or index)
     entries = {_listed(s["path"], index): s for s in manifest.get("shards", [])}
     if not entries:
@@ -279,15 +280,15 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
     missing = [u for u in urls if found[u] is None]
     if missing and len(missing) == len(urls) and any(u not in entries for u in urls):
         raise IndexMismatch(f"none of the {len(urls)} shard(s) that the index {index} lists exist under {path!r} "
-                            f"(looked for {_listing(missing[:3])}): data.path and data.index name different "
+                            f"(looked for {_listing(missing[:3])}): data.path and data.webdataset.index name different "
                             f"datasets. {manifest_hint(path, index)}")  # fmt: skip
     if missing and not allow_missing:  # listed in the index, gone since
         raise FileNotFoundError(f"{len(missing)} of {len(urls)} indexed shard(s) under {path or index!r} do not "
                                 f"exist: {_listing(missing)}. Restore them, re-index, or set "
-                                "data.allow_missing_shards: true to train without them")  # fmt: skip
+                                "data.webdataset.allow_missing_shards: true to train without them")  # fmt: skip
     if missing:
-        log.warning("data.allow_missing_shards: %d of %d shards named by %r do not exist; training without them",
-                    len(missing), len(urls), path)  # fmt: skip
+        log.warning("data.webdataset.allow_missing_shards: %d of %d shards named by %r do not exist; training "
+                    "without them", len(missing), len(urls), path)  # fmt: skip
     shards = []
     for url in urls:
         if url in missing:
@@ -340,7 +341,7 @@ def _match_by_name(wanted: list[str], entries: dict[str, dict], path: str, index
     if unindexed and not located:
         raise IndexMismatch(f"the index {index} belongs to other shards: it lists {len(entries)} shard(s) "
                             f"({_listing(list(entries)[:3])}), none named like the {len(wanted)} of {path!r} "
-                            f"({_listing(wanted[:3])}). Set data.index to this data's index, or build one. "
+                            f"({_listing(wanted[:3])}). Set data.webdataset.index to this data's index, or build one. "
                             f"{manifest_hint(path, index)}")  # fmt: skip
     if unindexed:
         raise IndexMismatch(f"{len(unindexed)} shard(s) of {path!r} are not in the index {index}: "

@@ -1,4 +1,4 @@
-"""Remote reads survive an outage: transient errors are retried with backoff for `data.remote_retry_s`, each
+"""Remote reads survive an outage: transient errors are retried with backoff for `data.webdataset.remote_retry_s`, each
 retry logged; past that bound DataUnavailable ends the run with the requeueable status "data unavailable"
 (exit 69: the trainer saves the current step first, tools/slurm_train.sbatch requeues the job).
 
@@ -20,12 +20,12 @@ from data.integrity import OneLineError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_WAIT_S, MAX_WAIT_S = 1.0, 30.0
-EXIT_DATA_UNAVAILABLE = 69  # EX_UNAVAILABLE
-RETRY_MARGIN_S = 60.0  # past data.remote_retry_s: the last wait (MAX_WAIT_S at most) and the read that gives up
+# past data.webdataset.remote_retry_s: the last wait (MAX_WAIT_S at most) and the read that gives up
+RETRY_MARGIN_S = 60.0
 
 
 class DataUnavailable(OneLineError, OSError):
-    """Remote data stayed unreachable for longer than data.remote_retry_s."""
+    """Remote data stayed unreachable for longer than data.webdataset.remote_retry_s."""
 
 
 # errnos of a connection that failed or broke: a later attempt may succeed. Everything else an OSError carries
@@ -96,9 +96,10 @@ def check_retry_bound(retry_s: float, step_timeout_s: float) -> None:
     collectives time out waiting for it (which ends the job as "hung rank", never requeued)."""
     if retry_s + RETRY_MARGIN_S >= step_timeout_s:
         raise ValueError(
-            f"data.remote_retry_s ({retry_s:g} s) + {RETRY_MARGIN_S:g} s must stay below backend.step_timeout_s "
-            f"({step_timeout_s:g} s), or the other ranks time out first and the job ends 'hung rank' instead of "
-            f"being requeued: lower data.remote_retry_s or raise backend.step_timeout_s"
+            f"data.webdataset.remote_retry_s ({retry_s:g} s) + {RETRY_MARGIN_S:g} s must stay below "
+            f"backend.step_timeout_s ({step_timeout_s:g} s), or the other ranks time out first and the job ends "
+            "'hung rank' instead of being requeued: lower data.webdataset.remote_retry_s or raise "
+            "backend.step_timeout_s"
         )
 
 
@@ -136,10 +137,11 @@ def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
             left = retry_s - (now - started)
             attempt += 1
             if left <= 0:
-                raise DataUnavailable(f"{what} unreachable for {now - started:.0f} s (data.remote_retry_s="
+                raise DataUnavailable(f"{what} unreachable for {now - started:.0f} s (data.webdataset.remote_retry_s="
                                       f"{retry_s:g}): {type(err).__name__}: {_first_line(err)}") from None
             pause = min(wait, left, MAX_WAIT_S)
-            log.warning("reading %s failed (%s: %s); retry %d in %.0f s (giving up after data.remote_retry_s=%g s)",
+            log.warning("reading %s failed (%s: %s); retry %d in %.0f s (giving up after "
+                        "data.webdataset.remote_retry_s=%g s)",
                         what, type(err).__name__, _first_line(err), attempt, pause, retry_s)  # fmt: skip
             time.sleep(pause)
             wait *= 2

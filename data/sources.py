@@ -66,9 +66,10 @@ class ShardSource:
     def __init__(self, cfg: DataConfig, path: str | None = None, index: str | None = None,
                  key_offset: int = 0) -> None:  # fmt: skip
         path = cfg.path if path is None else path
-        index = cfg.index if index is None else index
-        self.retry_s = cfg.remote_retry_s
-        self.shardset = retrying(lambda: resolve_shards(path, index, cfg.allow_missing_shards),
+        options = cfg.webdataset
+        index = options.index if index is None else index
+        self.retry_s = options.remote_retry_s
+        self.shardset = retrying(lambda: resolve_shards(path, index, options.allow_missing_shards),
                                  f"the shards {path or index!r} and their index", self.retry_s)  # fmt: skip
         self.shards = self.shardset.shards
         self.paths = [s.url for s in self.shards]
@@ -77,7 +78,7 @@ class ShardSource:
         self.num_samples = cfg.num_samples or self.shardset.num_samples
         self.classes = self.shardset.classes
         self.has_labels = self.classes is not None
-        self._cache_args = (cfg.cache_dir, int(cfg.cache_max_gb * 2**30), cfg.remote_retry_s)
+        self._cache_args = (options.cache_dir, int(options.cache_max_gb * 2**30), options.remote_retry_s)
         self._cache: ShardCache | None = None
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
@@ -184,19 +185,20 @@ class CsvSource:
     def __init__(self, cfg: DataConfig, label_key: str | None = None) -> None:
         if not os.path.isfile(cfg.path):
             raise FileNotFoundError(f"csv file {cfg.path!r} does not exist")
-        sep = cfg.csv_separator or ("\t" if cfg.path.endswith(".tsv") else ",")
+        options = cfg.csv
+        sep = options.separator or ("\t" if cfg.path.endswith(".tsv") else ",")
         with open(cfg.path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f, delimiter=sep)
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"csv file {cfg.path!r} is empty")
             cols = {name: i for i, name in enumerate(header)}
-            for k in (cfg.csv_image_key, cfg.csv_caption_key):
+            for k in (options.image_key, options.caption_key):
                 if k not in cols:
                     raise ValueError(
-                        f"column {k!r} not in {cfg.path} (columns: {header}); set csv_image_key/csv_caption_key"
+                        f"column {k!r} not in {cfg.path} (columns: {header}); set data.csv.image_key / caption_key"
                     )
-            ii, ci, li = cols[cfg.csv_image_key], cols[cfg.csv_caption_key], cols.get(label_key or "", -1)
+            ii, ci, li = cols[options.image_key], cols[options.caption_key], cols.get(label_key or "", -1)
             paths, captions, labels = [], [], []
             for row in reader:
                 paths.append(row[ii] if len(row) > ii else "")
@@ -204,7 +206,7 @@ class CsvSource:
                 labels.append(int(row[li]) if 0 <= li < len(row) and row[li].strip().lstrip("-").isdigit() else -1)
         if not paths:
             raise ValueError(f"csv file {cfg.path!r} has no data rows")
-        self.root = cfg.csv_image_root or os.path.dirname(os.path.abspath(cfg.path))
+        self.root = options.image_root or os.path.dirname(os.path.abspath(cfg.path))
         self._paths, self._captions = _Strings(paths), _Strings(captions)
         self._labels = np.array(labels, dtype=np.int64)
         self.shard_sizes = _blocks(len(paths))
@@ -234,15 +236,16 @@ class HFSource:
     def __init__(self, cfg: DataConfig, label_key: str | None = None) -> None:
         import datasets  # heavy import, only when used
 
-        ds = _load_hf(cfg.path, cfg.hf_split)
-        for k in (cfg.hf_image_key, cfg.hf_caption_key):
+        options = cfg.hf
+        ds = _load_hf(cfg.path, options.split)
+        for k in (options.image_key, options.caption_key):
             if k not in ds.column_names:
                 raise ValueError(
-                    f"column {k!r} not in {cfg.path} (columns: {ds.column_names}); set hf_image_key/hf_caption_key"
+                    f"column {k!r} not in {cfg.path} (columns: {ds.column_names}); set data.hf.image_key / caption_key"
                 )
-        if isinstance(ds.features[cfg.hf_image_key], datasets.Image):
-            ds = ds.cast_column(cfg.hf_image_key, datasets.Image(decode=False))  # we decode (and count failures)
-        cols = [cfg.hf_image_key, cfg.hf_caption_key]
+        if isinstance(ds.features[options.image_key], datasets.Image):
+            ds = ds.cast_column(options.image_key, datasets.Image(decode=False))  # we decode (and count failures)
+        cols = [options.image_key, options.caption_key]
         self.has_labels = bool(label_key) and label_key in ds.column_names
         if self.has_labels:
             cols.append(label_key)
@@ -288,6 +291,6 @@ def _load_hf(path: str, split: str):
         ds = datasets.load_dataset(builder, data_files=path, split="train")
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise ValueError(f"split {split!r} not in {path} (splits: {list(ds)}); set hf_split")
+            raise ValueError(f"split {split!r} not in {path} (splits: {list(ds)}); set data.hf.split")
         ds = ds[split]
     return ds

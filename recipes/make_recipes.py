@@ -133,7 +133,8 @@ def flip_recipe(model: str, mask: float) -> dict:
         "mask_ratio": mask, "tuning_samples": FLIP_TUNING_SAMPLES,
         "tuning_lr": FLIP_TUNING_LR_PER_256 * global_batch / 256, "tuning_lr_min": 0.0, "tuning_warmup_steps": 500,
     }  # fmt: skip
-    base["backend"] = {"name": backend, "precision": "bf16"} | ({"ds_config": ds_config} if ds_config else {})
+    options = {"options": {"ds_config": ds_config}} if ds_config else {}  # backend deepspeed's own option
+    base["backend"] = {"name": backend, "precision": "bf16"} | options
     return base
 
 

@@ -14,8 +14,9 @@ import yaml
 
 from tests.ranks import REPO
 from train.checkpoint.compat import check_resume_config
-from train.cli import EXIT_CONFIG, main
+from train.cli import main
 from train.config_io import ConfigError, to_dict
+from train.faults.exit_codes import ExitCode
 from train.setup import load_config
 
 DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
@@ -62,7 +63,7 @@ def test_allow_changes_names_real_keys() -> None:
 def test_deepspeed_json_is_checked_when_the_config_loads(tmp_path: Path) -> None:
     bad = json.loads((REPO / "ds_configs" / "zero2.json").read_text()) | {"train_micro_batch_size_per_gpu": 3}
     (tmp_path / "ds.json").write_text(json.dumps(bad))
-    overrides = ["backend.name=deepspeed", f"backend.ds_config={tmp_path / 'ds.json'}"]
+    overrides = ["backend.name=deepspeed", f"backend.options.ds_config={tmp_path / 'ds.json'}"]
     with pytest.raises(ConfigError, match=r"ds\.json: train_micro_batch_size_per_gpu = 3 contradicts"):
         load_config(DEMO, overrides)
 
@@ -70,7 +71,7 @@ def test_deepspeed_json_is_checked_when_the_config_loads(tmp_path: Path) -> None
 def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"optim": {"lrr": 1}}))
-    assert main(["--config", str(path)]) == EXIT_CONFIG
+    assert main(["--config", str(path)]) == ExitCode.CONFIG
     err = capsys.readouterr().err
     assert err.startswith("config error: ") and "unknown key 'optim.lrr'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -81,7 +82,7 @@ def test_cli_records_the_error_for_the_launcher(tmp_path: Path, monkeypatch: pyt
     error_file = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
     logging.getLogger().setLevel(logging.WARNING)
-    assert main(["--config", str(tmp_path / "missing.yaml")]) == EXIT_CONFIG
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == ExitCode.CONFIG
     recorded = json.loads(error_file.read_text())["message"]["message"]
     assert recorded.startswith("ConfigError: ") and "missing.yaml does not exist" in recorded
 

@@ -1,7 +1,7 @@
 """Data faults in launched jobs (accelerate launch, 2 CPU ranks with loader workers), played as the probe did:
-the HTTP server of the shards stopped mid-run (briefly: the reads retry; for longer than data.remote_retry_s: the
-job saves and ends "data unavailable", and resumes once the server is back), and a shard swapped for another of
-the same size (one line, exit 2)."""
+the HTTP server of the shards stopped mid-run (briefly: the reads retry; for longer than
+data.webdataset.remote_retry_s: the job saves and ends "data unavailable", and resumes once the server is back),
+and a shard swapped for another of the same size (one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def remote_recipe(tmp_path: Path) -> tuple[Path, Server]:
     make_shards.main(["manifest", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "index")])
     server = Server(tmp_path / "shards")
     recipe = write_recipe(tmp_path, f"{server.url}/{{0000..0002}}-00.tar", epochs=6, data={
-        "index": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache"), "cache_max_gb": 1e-6,
+        "webdataset": {"index": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache"), "cache_max_gb": 1e-6},
         "batch_size": 4, "shuffle_window": 16, "workers": 1})  # fmt: skip
     return recipe, server
 
@@ -66,7 +66,7 @@ def remote_recipe(tmp_path: Path) -> tuple[Path, Server]:
 def test_a_short_outage_is_retried_and_the_run_completes(remote_recipe: tuple[Path, Server], tmp_path: Path) -> None:
     recipe, server = remote_recipe
     server.start()
-    job = start(recipe, "data.remote_retry_s=60")
+    job = start(recipe, "data.webdataset.remote_retry_s=60")
     try:
         wait_for_step(tmp_path / "run", 2, job)
         server.stop()
@@ -78,7 +78,7 @@ def test_a_short_outage_is_retried_and_the_run_completes(remote_recipe: tuple[Pa
             server.stop()
     status = read_status(tmp_path / "run")
     assert status is not None and status["status"] == "completed", crash_report(out)
-    assert "retry 1 in 1 s (giving up after data.remote_retry_s=60 s)" in out, crash_report(out)
+    assert "retry 1 in 1 s (giving up after data.webdataset.remote_retry_s=60 s)" in out, crash_report(out)
     assert logged_steps(tmp_path / "run") == list(range(1, 31))
 
 
@@ -86,7 +86,7 @@ def test_a_long_outage_saves_ends_data_unavailable_and_resumes(remote_recipe: tu
                                                                tmp_path: Path) -> None:  # fmt: skip
     recipe, server = remote_recipe
     server.start()
-    job = start(recipe, "data.remote_retry_s=3")
+    job = start(recipe, "data.webdataset.remote_retry_s=3")
     wait_for_step(tmp_path / "run", 2, job)
     server.stop()
     code, out = finish(job)
@@ -95,11 +95,11 @@ def test_a_long_outage_saves_ends_data_unavailable_and_resumes(remote_recipe: tu
     assert (status["status"], status["exit_code"]) == ("data unavailable", 69), crash_report(out)
     saved = resolve_resume(tmp_path / "run" / "checkpoints", "latest")
     assert saved is not None and int(saved.name[5:]) == status["step"] >= 2, crash_report(out)
-    assert "unreachable for 3 s (data.remote_retry_s=3)" in out and "reading " in out
+    assert "unreachable for 3 s (data.webdataset.remote_retry_s=3)" in out and "reading " in out
     assert "config error" not in out and "Traceback" not in out.split("data unavailable on rank")[0]
     server.start()
     try:
-        code, out = finish(start(recipe, "checkpoint.resume=latest", "data.remote_retry_s=3"))
+        code, out = finish(start(recipe, "checkpoint.resume=latest", "data.webdataset.remote_retry_s=3"))
     finally:
         server.stop()
     status = read_status(tmp_path / "run")

@@ -30,7 +30,8 @@ def test_wrong_credentials_name_the_bucket_and_the_credentials(tmp_path, monkeyp
         monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
         s3fs.S3FileSystem.clear_instance_cache()
         for path in ("s3://lab-bucket/data", "s3://lab-bucket/data/{0000..0001}-00.tar"):
-            c = DataConfig(path=path, index="s3://lab-bucket/index", batch_size=2, workers=0, image_size=8)
+            index = {"index": "s3://lab-bucket/index"}
+            c = DataConfig(path=path, webdataset=index, batch_size=2, workers=0, image_size=8)
             with pytest.raises(AccessDenied) as err:
                 build_train_loader(c, 0, 1)
             message = str(err.value)

@@ -49,7 +49,7 @@ def test_img2dataset_output_indexes_densely(index):
     keys = [k for s in shardset.shards for k in load_index(s)[1].tolist()]
     assert sorted(keys) == ok_keys and len(set(keys)) == len(keys)
 
-    ev = build_eval_loader(FIXTURE, 16, 64, index=index)
+    ev = build_eval_loader(FIXTURE, 16, 64, webdataset={"index": index})
     (batch,) = list(ev)
     assert batch["index"].tolist() == list(range(successes))  # dense rows, in (shard, tar) order
     rgb = batch["images"][:, :, 8, 8].double() * STD + MEAN  # the centre pixel (img2dataset pads with a border)
@@ -62,14 +62,15 @@ def _train(rank: int, world_size: int, out_dir: str, index: str) -> list[float]:
     from train.trainer import Trainer
 
     cfg = tiny_config(out_dir, "ddp", batch_size=8)
-    cfg.data = DataConfig(path=FIXTURE, index=index, batch_size=8, workers=1, image_size=32)
+    cfg.data = DataConfig(path=FIXTURE, webdataset={"index": index}, batch_size=8, workers=1, image_size=32)
     cfg.epochs, cfg.max_steps = 1, 3
     return Trainer(cfg).fit()["losses"]
 
 
 @pytest.mark.slow
 def test_train_on_img2dataset_shards(index, tmp_path):
-    loader = build_train_loader(DataConfig(path=FIXTURE, index=index, batch_size=8, workers=0, image_size=16))
+    cfg = DataConfig(path=FIXTURE, webdataset={"index": index}, batch_size=8, workers=0, image_size=16)
+    loader = build_train_loader(cfg)
     assert loader.num_samples == 24 and sorted({k for b in loader for k in b["index"].tolist()}) == list(range(24))
     (losses,) = run_on_ranks(_train, 1, (str(tmp_path / "run"), index))
     assert len(losses) == 3 and all(np.isfinite(losses))

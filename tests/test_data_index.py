@@ -45,7 +45,7 @@ def test_missing_shards_are_listed_before_training(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match=r"12 of 14 shard.*0011-00.tar and 2 more.*allow_missing_shards"):
         build_train_loader(cfg(many), 0, 1)
     with caplog.at_level(logging.WARNING, logger="data.manifest"):
-        loader = build_train_loader(cfg(many, allow_missing_shards=True), 0, 1)
+        loader = build_train_loader(cfg(many, webdataset={"allow_missing_shards": True}), 0, 1)
     assert "12 of 14 shards" in caplog.text
     assert sorted(rows_of(loader)) == list(range(8))
     with pytest.raises(SystemExit, match="3 of 5 shards"):  # the indexing tool says the same
@@ -68,7 +68,7 @@ def test_dense_rows_keep_source_keys(tmp_path):
     keys = [k for s in shardset.shards for k in load_index(s)[1].tolist()]
     assert keys == ["000000000", "000000003", "000000004", "000010002", "000010007", "9f86d081884c7d65",
                     "2c26b46b68ffc68f", "000000000", "000000001", "000000002"]  # fmt: skip
-    loader = build_train_loader(cfg(src, index=str(tmp_path / "idx")), 0, 1)
+    loader = build_train_loader(cfg(src, webdataset={"index": str(tmp_path / "idx")}), 0, 1)
     assert loader.num_samples == 10 and sorted(set(rows_of(loader))) == list(range(10))
 
     # re-indexing (serially this time) gives the same rows and keys
@@ -89,7 +89,7 @@ def test_duplicates_and_truncation_reported_by_shard(tmp_path):
     data = cut.read_bytes()
     cut.write_bytes(data[: len(data) // 2 + 100])  # mid-member
     idx = tmp_path / "idx"
-    with pytest.raises(ValueError, match="several directories.*data.index"):
+    with pytest.raises(ValueError, match="several directories.*data.webdataset.index"):
         build_train_loader(cfg(tmp_path / "{a,b}/*.tar"), 0, 1)
     both = f"{tmp_path}/a/00000.tar::{tmp_path}/b/{{00000..00001}}.tar"  # OpenCLIP's "::" joins patterns
     make_shards.main(["manifest", "--shards", both, "--out", str(idx)])
@@ -101,7 +101,7 @@ def test_duplicates_and_truncation_reported_by_shard(tmp_path):
     assert name.endswith("b/00001.tar") and "truncated" in why
     truncated = manifest["shards"][2]
     assert 0 < truncated["count"] < 6  # the complete samples before the cut are kept
-    loader = build_train_loader(cfg(tmp_path / "{a,b}/*.tar", index=str(idx)), 0, 1)
+    loader = build_train_loader(cfg(tmp_path / "{a,b}/*.tar", webdataset={"index": str(idx)}), 0, 1)
     assert loader.num_samples == 10 + truncated["rows"]
     assert sorted(set(rows_of(loader))) == list(range(loader.num_samples))
 
@@ -118,9 +118,10 @@ def test_index_apart_from_read_only_data(tmp_path):
         make_shards.main(["manifest", "--shards", str(src / "{00000..00002}.tar"), "--out", str(tmp_path / "index")])
         with pytest.raises(FileNotFoundError, match=r"no manifest.json in .*--out"):
             build_train_loader(cfg(src), 0, 1)  # the index is elsewhere: the error says how to make it there
-        loader = build_train_loader(cfg(src / "{00000..00001}.tar", index=str(tmp_path / "index")), 0, 1)
+        index = {"index": str(tmp_path / "index")}
+        loader = build_train_loader(cfg(src / "{00000..00001}.tar", webdataset=index), 0, 1)
         assert sorted(rows_of(loader)) == list(range(8))  # a subset of the indexed shards keeps its rows
-        everything = build_train_loader(cfg("", index=str(tmp_path / "index")), 0, 1)
+        everything = build_train_loader(cfg("", webdataset=index), 0, 1)
         assert everything.num_samples == 12 and sorted(rows_of(everything)) == list(range(12))
     finally:
         os.chmod(src, 0o755)
@@ -146,7 +147,8 @@ def test_recipes_size_the_state_by_dense_rows():
     assert "per-sample state: 315,000,000 dense rows x 2 columns" in dry_run(setup)
 
 
-@pytest.mark.parametrize("key", ["path", "index"])
+@pytest.mark.parametrize("key", ["path", "webdataset.index"])
 def test_credentials_in_urls_are_refused(key):
+    url = "s3://AKIAEXAMPLE:secret@bucket/shards"
     with pytest.raises(ValueError, match=f"data.{key}.*credentials.*environment"):
-        DataConfig(**{"path": "x", key: "s3://AKIAEXAMPLE:secret@bucket/shards"})
+        DataConfig(**{"path": url} if key == "path" else {"path": "x", "webdataset": {"index": url}})

@@ -53,14 +53,15 @@ def data(tmp_path: Path) -> dict[str, Path]:
 
 def test_one_index_serves_a_local_copy_and_an_http_mirror(data: dict[str, Path]) -> None:
     index = str(data["index"])
-    reference = epoch_keys(cfg(data["ro"], index=index))
+    reference = epoch_keys(cfg(data["ro"], webdataset={"index": index}))
     assert sorted(reference) == list(range(sum(SIZES)))
-    assert epoch_keys(cfg(data["copy"], index=index)) == reference  # a directory copy
-    assert epoch_keys(cfg(data["copy"] / "{0000..0002}-00.tar", index=index)) == reference  # a pattern over it
+    assert epoch_keys(cfg(data["copy"], webdataset={"index": index})) == reference  # a directory copy
+    pattern = data["copy"] / "{0000..0002}-00.tar"
+    assert epoch_keys(cfg(pattern, webdataset={"index": index})) == reference  # a pattern over it
     with http_server(str(data["copy"])) as (url, _):
-        cache = str(data["root"] / "cache")
-        assert epoch_keys(cfg(f"{url}/{{0000..0002}}-00.tar", index=index, cache_dir=cache)) == reference
-        assert epoch_keys(cfg(url, index=index, cache_dir=cache)) == reference  # the mirror's directory URL
+        remote = {"index": index, "cache_dir": str(data["root"] / "cache")}
+        assert epoch_keys(cfg(f"{url}/{{0000..0002}}-00.tar", webdataset=remote)) == reference
+        assert epoch_keys(cfg(url, webdataset=remote)) == reference  # the mirror's directory URL
 
 
 def test_a_shard_swapped_for_another_of_the_same_size_stops_the_loader_naming_it(data: dict[str, Path]) -> None:
@@ -68,7 +69,7 @@ def test_a_shard_swapped_for_another_of_the_same_size_stops_the_loader_naming_it
     assert os.path.getsize(swapped) == os.path.getsize(data["other"] / "0001-00.tar")  # tar pads: equal sizes
     shutil.copy(data["other"] / "0001-00.tar", swapped)
     with pytest.raises(ShardChanged) as err:
-        epoch_keys(cfg(data["copy"], index=str(data["index"])))  # read in a loader worker
+        epoch_keys(cfg(data["copy"], webdataset={"index": str(data["index"])}))  # read in a loader worker
     message = str(err.value)
     assert message.startswith(f"shard {swapped} changed since it was indexed as ") and "\n" not in message
     assert "fingerprint mismatch" in message and "re-index" in message
@@ -79,7 +80,7 @@ def test_a_truncated_shard_stops_before_training_naming_it(data: dict[str, Path]
     with open(cut, "r+b") as f:
         f.truncate(os.path.getsize(cut) - 10240)
     with pytest.raises(ShardChanged, match=rf"shard {cut} changed since it was indexed .*51200 bytes, 61440"):
-        build_train_loader(cfg(data["copy"], index=str(data["index"])), 0, 1)
+        build_train_loader(cfg(data["copy"], webdataset={"index": str(data["index"])}), 0, 1)
 
 
 def test_an_index_of_other_shards_names_the_mismatch(data: dict[str, Path], tmp_path: Path) -> None:
@@ -87,18 +88,18 @@ def test_an_index_of_other_shards_names_the_mismatch(data: dict[str, Path], tmp_
     write_shards(str(elsewhere), [3], keys=[500, 501, 502])
     os.rename(elsewhere / "0000-00.tar", elsewhere / "part-7.tar")
     with pytest.raises(IndexMismatch, match=r"belongs to other shards: it lists 3 shard\(s\) .*none named like"):
-        build_train_loader(cfg(elsewhere / "part-7.tar", index=str(data["index"])), 0, 1)
+        build_train_loader(cfg(elsewhere / "part-7.tar", webdataset={"index": str(data["index"])}), 0, 1)
     empty = tmp_path / "empty-dir"
     empty.mkdir()
     with pytest.raises(IndexMismatch, match="none of the 3 shard.* that the index .* lists exist under"):
-        build_train_loader(cfg(empty, index=str(data["index"])), 0, 1)
+        build_train_loader(cfg(empty, webdataset={"index": str(data["index"])}), 0, 1)
 
 
 def test_a_damaged_cached_shard_is_fetched_again(data: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     index, cache = str(data["index"]), data["root"] / "cache"
-    reference = epoch_keys(cfg(data["ro"], index=index))
+    reference = epoch_keys(cfg(data["ro"], webdataset={"index": index}))
     with http_server(str(data["copy"])) as (url, log):
-        c = cfg(f"{url}/{{0000..0002}}-00.tar", index=index, cache_dir=str(cache), workers=0)
+        c = cfg(f"{url}/{{0000..0002}}-00.tar", webdataset={"index": index, "cache_dir": str(cache)}, workers=0)
         assert epoch_keys(c) == reference
         cached = next(p for p in cache.iterdir() if p.name.endswith("0001-00.tar"))
         damaged = bytearray(cached.read_bytes())

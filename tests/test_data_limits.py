@@ -18,7 +18,8 @@ from data.manifest import build_manifest
 from data.shards import ShardWriter
 from tests.data_fixtures import caption_of, png
 from tests.tiny_run import tiny_recipe
-from train.cli import EXIT_CONFIG, main
+from train.cli import main
+from train.faults.exit_codes import ExitCode
 
 
 @pytest.mark.parametrize("second", ["{shards}", "{shards}/", "{shards}/../{name}"])
@@ -28,7 +29,7 @@ def test_a_source_listed_twice_is_one_config_error(second: str, tmp_path: Path, 
     raw["data"] |= {"path": "", "sources": [{"path": str(shards), "weight": 1.0},
                                            {"path": second.format(shards=shards, name="cc"), "weight": 1.0}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["--config", str(tmp_path / "r.yaml")]) == EXIT_CONFIG
+    assert main(["--config", str(tmp_path / "r.yaml")]) == ExitCode.CONFIG
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "data.sources[1] repeats data.sources[0]" in err, err
     assert "raise its weight" in err

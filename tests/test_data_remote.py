@@ -69,7 +69,7 @@ def local(tmp_path):
 def check_remote(remote_path: str, index: str, local_dir, cache) -> None:
     """The remote stream equals the local one bit for bit, and resumes mid-epoch bit for bit."""
     reference, _ = stream(cfg(local_dir))
-    remote_cfg = cfg(remote_path, index=index, cache_dir=str(cache))
+    remote_cfg = cfg(remote_path, webdataset={"index": index, "cache_dir": str(cache)})
     full, _ = stream(remote_cfg)
     assert_same(full, reference)
     first, state = stream(remote_cfg, stop_after=3)
@@ -105,7 +105,7 @@ def test_s3_shards_with_index_in_the_bucket(local, tmp_path, monkeypatch):
         assert fs.exists("shards-bucket/index/manifest.json") and not fs.exists("shards-bucket/data/manifest.json")
         check_remote("s3://shards-bucket/data", "s3://shards-bucket/index", local, tmp_path / "cache")
         with pytest.raises(FileNotFoundError, match=r"1 of 2 shard.*s3://shards-bucket/data/0009-00.tar"):
-            build_train_loader(cfg("s3://shards-bucket/data/{0000,0009}-00.tar", index="s3://shards-bucket/index"))
+            build_train_loader(cfg("s3://shards-bucket/data/{0000,0009}-00.tar", webdataset={"index": "s3://shards-bucket/index"}))
         s3fs.S3FileSystem.clear_instance_cache()
 
 
@@ -115,7 +115,7 @@ def test_cache_stays_within_its_bound(local, tmp_path):
         pattern = f"{url}/{{0000..0003}}-00.tar"
         make_shards.main(["manifest", "--shards", pattern, "--out", str(tmp_path / "index"), "--workers", "1"])
         cache = tmp_path / "cache"
-        loader = build_train_loader(cfg(pattern, index=str(tmp_path / "index"), cache_dir=str(cache), workers=0,
-                                        cache_max_gb=1e-6, shuffle_window=0))  # fmt: skip
+        options = {"index": str(tmp_path / "index"), "cache_dir": str(cache), "cache_max_gb": 1e-6}
+        loader = build_train_loader(cfg(pattern, webdataset=options, workers=0, shuffle_window=0))
         assert len(list(loader)) == loader.steps_per_epoch
     assert len([f for f in os.listdir(cache) if f.endswith(".tar")]) == 1  # ~1 kB bound: only the newest shard

@@ -1,5 +1,5 @@
 """Which remote errors are retried (data/retry.py): an unreachable server is, a missing file or a refusal is not;
-past data.remote_retry_s the read ends in DataUnavailable naming what was read."""
+past data.webdataset.remote_retry_s the read ends in DataUnavailable naming what was read."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_past_the_bound_the_read_is_data_unavailable_and_missing_files_are_not_r
     def down() -> None:
         raise ConnectionRefusedError("refused")
 
-    with pytest.raises(DataUnavailable, match=r"http://h/0.tar unreachable for 0 s \(data.remote_retry_s=0.2\)"):
+    unreachable = r"http://h/0.tar unreachable for 0 s \(data.webdataset.remote_retry_s=0.2\)"
+    with pytest.raises(DataUnavailable, match=unreachable):
         retrying(down, "http://h/0.tar", retry_s=0.2)
     calls = []
 
@@ -62,7 +63,7 @@ def test_past_the_bound_the_read_is_data_unavailable_and_missing_files_are_not_r
 
 def test_the_transient_errors_are_an_allow_list() -> None:
     """Only connection failures, timeouts and 5xx answers are retried: a full or read-only disk, missing
-    credentials or a 403 fail at once (retrying them for data.remote_retry_s would only hide the fault)."""
+    credentials or a 403 fail at once (retrying them for data.webdataset.remote_retry_s would only hide the fault)."""
     import errno
 
     import aiohttp
@@ -111,7 +112,7 @@ def test_remote_retries_must_end_before_the_step_timeout(tmp_path) -> None:  # n
     cfg.data.path = "https://shards.example.org/{0000..0009}.tar"
     cfg.validate()  # the defaults fit: 300 s + the margin < 600 s
     cfg.backend.step_timeout_s = 300.0
-    with pytest.raises(ValueError, match=r"data.remote_retry_s \(300 s\) \+ 60 s must stay below "
+    with pytest.raises(ValueError, match=r"data.webdataset.remote_retry_s \(300 s\) \+ 60 s must stay below "
                                          r"backend.step_timeout_s \(300 s\)"):  # fmt: skip
         cfg.validate()
     cfg.data.path = str(tmp_path)  # local shards never retry

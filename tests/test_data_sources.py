@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tools.make_shards as make_shards
-from data.config import DataConfig
+from data.config import CsvOptions, DataConfig, HfOptions
 from data.loader import build_eval_loader, build_train_loader
 from data.shards import ShardWriter
 from data.tokenizer import get_tokenizer
@@ -63,7 +63,7 @@ def test_csv_source_row_number_is_the_index(tmp_path):
 def test_csv_source_errors(tmp_path):
     path = write_csv(tmp_path)
     with pytest.raises(ValueError, match="column 'caption' not in"):
-        build_train_loader(DataConfig(source="csv", path=path, csv_caption_key="caption"), 0, 1)
+        build_train_loader(DataConfig(source="csv", path=path, csv=CsvOptions(caption_key="caption")), 0, 1)
     with pytest.raises(FileNotFoundError):
         build_train_loader(DataConfig(source="csv", path=str(tmp_path / "nope.csv")), 0, 1)
 
@@ -110,8 +110,8 @@ def test_hf_source_from_local_parquet(tmp_path, monkeypatch):
     images = [Image.new("RGB", (8, 8), key_color(k)) for k in range(6)]
     ds = datasets.Dataset.from_dict({"jpg": images, "caption": [caption_of(k) for k in range(6)]}, features)
     ds.to_parquet(str(tmp_path / "pairs.parquet"))
-    ev = build_eval_loader(str(tmp_path / "pairs.parquet"), 8, 4, source="hf", hf_image_key="jpg",
-                           hf_caption_key="caption")  # fmt: skip
+    ev = build_eval_loader(str(tmp_path / "pairs.parquet"), 8, 4, source="hf",
+                           hf=HfOptions(image_key="jpg", caption_key="caption"))  # fmt: skip
     batches = list(ev)
     assert keys_of(batches) == list(range(6)) and "label" not in batches[0]
     colors = decode_colors(torch.cat([b["images"] for b in batches]), MEAN, STD)
@@ -211,7 +211,7 @@ def test_make_shards_folder_and_csv(tmp_path):
         ({"num_samples": 0}, "data.num_samples"),
         ({"drop_last": "yes"}, "data.drop_last"),
         ({"train_crop_scale": (0.5, 1.2)}, "data.train_crop_scale"),
-        ({"csv_separator": "::"}, "data.csv_separator"),
+        ({"csv": {"separator": "::"}}, "data.csv.separator"),
     ],
 )
 def test_config_validation(kw, match):

@@ -14,8 +14,9 @@ from tests.data_fixtures import write_shards
 def test_one_deepspeed_process_under_accelerate_launch(tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     write_shards(str(shards), [16])
+    zero2 = str(REPO / "ds_configs" / "zero2.json")
     recipe = write_recipe(
-        tmp_path, str(shards), backend={"name": "deepspeed", "ds_config": str(REPO / "ds_configs" / "zero2.json")},
+        tmp_path, str(shards), backend={"name": "deepspeed", "options": {"ds_config": zero2}},
         epochs=1, checkpoint={"every_steps": 0},
     )  # fmt: skip
     code, out = finish(start(recipe, launcher=("--num_processes", "1")), timeout=600)

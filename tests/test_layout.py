@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.ranks import REPO
-from train.setup import launcher_conflicts, load_setup
+from train.backends import backend_class
+from train.setup import load_setup
 
 PACKAGES = ("fastflip", "model", "data", "train", "evaluation", "tools", "benchmarks", "studies")
 DEMO = REPO / "recipes" / "configs" / "demo_fashion_mnist.yaml"
@@ -93,7 +94,7 @@ def test_a_recipe_is_read_and_checked_before_torch_loads() -> None:
 
 
 def test_setup_resolves_everything_once() -> None:
-    setup = load_setup(DEMO, ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero2.json"])
+    setup = load_setup(DEMO, ["backend.name=deepspeed", "backend.options.ds_config=ds_configs/zero2.json"])
     assert setup.loss.is_resolved and setup.loss.version == "v3"
     assert setup.model_config.vision.image_size == setup.cfg.data.image_size
     assert setup.backend_cls.name == "deepspeed"
@@ -102,14 +103,16 @@ def test_setup_resolves_everything_once() -> None:
 
 def test_accelerate_config_conflicts_name_the_key() -> None:
     cfg = load_setup(DEMO).cfg  # fp32, ddp
+    launcher_conflicts = backend_class(cfg.backend.name).launcher_conflicts
     assert launcher_conflicts(cfg, {"ACCELERATE_MIXED_PRECISION": "no"}) == []
     lines = launcher_conflicts(cfg, {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_DEEPSPEED": "true",
                                      "ACCELERATE_USE_FSDP": "true"})  # fmt: skip
     assert len(lines) == 3
     assert lines[0].startswith("mixed_precision: 'bf16' is ignored") and "backend.precision 'fp32'" in lines[0]
     assert "DEEPSPEED" in lines[1] and "FSDP" in lines[2]
-    ds = load_setup(DEMO, ["backend.name=deepspeed", "backend.ds_config=ds_configs/zero2.json"]).cfg
-    (line,) = launcher_conflicts(ds, {"ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds_configs/zero3.json"})
+    ds = load_setup(DEMO, ["backend.name=deepspeed", "backend.options.ds_config=ds_configs/zero2.json"]).cfg
+    env = {"ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds_configs/zero3.json"}
+    (line,) = backend_class("deepspeed").launcher_conflicts(ds, env)
     assert "deepspeed_config_file 'ds_configs/zero3.json' is ignored" in line
 
 

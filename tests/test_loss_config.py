@@ -50,7 +50,7 @@ def test_step_thresh_lr_is_re_evaluated_each_step() -> None:
     ],
 )
 def test_validate_names_the_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=f"LossConfig.{field}"):
+    with pytest.raises(ValueError, match=f"loss.{field}"):
         LossConfig(**kwargs).validate()
 
 

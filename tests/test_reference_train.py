@@ -98,7 +98,7 @@ def test_bad_reference_values_name_the_key(tmp_path: Path, loss: dict, message: 
            "reference_overrides": REF_OVERRIDES} | loss  # fmt: skip
     cfg = tiny_config(str(tmp_path / "run"))
     cfg.loss = from_dict(LossConfig, {k: v for k, v in (vars(cfg.loss) | raw).items()}, "test")
-    cfg.data.index = str(tmp_path)
+    cfg.data.webdataset.index = str(tmp_path)
     with pytest.raises(ValueError, match=message):
         resolve(cfg)
 
@@ -116,7 +116,7 @@ def test_missing_reference_files_are_reported_by_the_dry_run_and_refused_by_trai
 
     save_reference(tmp_path / "ref")
     cfg = steered_config(str(tmp_path / "run"), tmp_path / "ref", **loss)
-    cfg.data.index = str(tmp_path)
+    cfg.data.webdataset.index = str(tmp_path)
     setup = resolve(cfg)
     assert message in dry_run(setup) and "before training" in dry_run(setup)
     with pytest.raises(ValueError, match=message):

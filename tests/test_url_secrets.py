@@ -13,14 +13,15 @@ import yaml
 from data.url_secrets import url_secret
 from tests.ranks import REPO
 from tests.tiny_run import tiny_recipe
-from train.cli import EXIT_CONFIG, main
+from train.cli import main
+from train.faults.exit_codes import ExitCode
 
 SECRET = "hunter2"
 LEAKS = [
     ("eval.zeroshot", f"https://lab:{SECRET}@mirror.example/val/{{0..3}}.tar"),
     ("eval.retrieval", f"https://mirror.example/coco/{{0..3}}.tar?token={SECRET}"),
     ("data.path", f"/data/cc/{{0..1}}.tar::https://lab:{SECRET}@mirror.example/cc/{{2..3}}.tar"),  # second pattern
-    ("data.index", f"https://b.s3.amazonaws.com/idx?X-Amz-Credential=AKIA&X-Amz-Signature={SECRET}"),  # signed URL
+    ("data.webdataset.index", f"https://b.s3.amazonaws.com/idx?X-Amz-Credential=AKIA&X-Amz-Signature={SECRET}"),
     ("model.init_from", f"open_clip:https://h.example/w.bin?sig={SECRET}&sv=2022-11-02"),  # Azure SAS
 ]
 
@@ -29,7 +30,7 @@ LEAKS = [
 def test_a_recipe_with_a_secret_in_a_url_is_one_config_error(key: str, url: str, tmp_path: Path, capsys) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(str(tmp_path / "run"), str(tmp_path / "shards"))))
-    assert main(["--config", str(recipe), f"{key}={url}"]) == EXIT_CONFIG
+    assert main(["--config", str(recipe), f"{key}={url}"]) == ExitCode.CONFIG
     err = capsys.readouterr().err.strip()
     assert err.startswith("config error: ") and len(err.splitlines()) == 1, err
     assert f"{key} carries " in err and "environment" in err and SECRET not in err, err
@@ -41,7 +42,7 @@ def test_a_secret_in_data_sources_is_refused_naming_the_source(tmp_path: Path, c
     raw["data"] |= {"path": "", "sources": [{"path": "/data/a", "weight": 1.0},
                                            {"path": f"s3://b/x?X-Amz-Security-Token={SECRET}", "weight": 1.0}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["--config", str(tmp_path / "r.yaml")]) == EXIT_CONFIG
+    assert main(["--config", str(tmp_path / "r.yaml")]) == ExitCode.CONFIG
     err = capsys.readouterr().err
     assert "data.sources[1].path carries a secret or signature in its query string" in err and SECRET not in err
 

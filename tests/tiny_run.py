@@ -73,11 +73,11 @@ def tiny_recipe(out_dir: str, data_path: str = "synthetic", **sections: Any) -> 
     return raw
 
 
-def backend_settings(variant: str) -> dict[str, str]:
-    """backend.* of a registered variant ('ddp', 'deepspeed:zero3', ...), with an absolute ds_config."""
+def backend_settings(variant: str) -> dict[str, Any]:
+    """The backend section of a registered variant ('ddp', 'deepspeed:zero3', ...), with an absolute ds_config."""
     settings = dict(variants()[variant])
-    if "ds_config" in settings:
-        settings["ds_config"] = str(REPO / settings["ds_config"])
+    if "ds_config" in settings.get("options", {}):
+        settings["options"] = settings["options"] | {"ds_config": str(REPO / settings["options"]["ds_config"])}
     return settings
 
 

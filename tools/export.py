@@ -96,7 +96,8 @@ def info(checkpoint: str | Path) -> list[str]:
     meta = read_meta(path)
     cfg = meta["config"]
     backend, loss = cfg.get("backend", {}), cfg.get("loss", {})
-    ds_config = f" ({backend['ds_config']})" if backend.get("ds_config") else ""
+    ds_config = backend.get("options", {}).get("ds_config")
+    ds_config = f" ({ds_config})" if ds_config else ""
     files = (f"{p.name}{'/' if p.is_dir() else ''} {_human(_size(p))}" for p in sorted(path.iterdir()))
     shards = sorted(path.glob("loss_rank*.pt"), key=lambda p: int(p.stem.removeprefix("loss_rank")))
     lines = [

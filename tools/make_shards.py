@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import remote
-from data.config import DataConfig
+from data.config import CsvOptions, DataConfig
 from data.index_report import checks_line, download_holes, holes_lines, holes_record
 from data.manifest import build_manifest
 from data.shards import IMAGE_EXTS, ShardWriter
@@ -207,8 +207,8 @@ def folder(args) -> None:
 
 
 def from_csv(args) -> None:
-    cfg = DataConfig(source="csv", path=args.src, csv_image_key=args.image_key, csv_caption_key=args.caption_key,
-                     csv_separator=args.sep, csv_image_root=args.image_root)  # fmt: skip
+    csv = CsvOptions(args.image_key, args.caption_key, separator=args.sep, image_root=args.image_root)
+    cfg = DataConfig(source="csv", path=args.src, csv=csv)
     src = CsvSource(cfg)
     skipped: Counter = Counter()
     with ShardWriter(args.out, args.shard_size) as w:

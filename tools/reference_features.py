@@ -6,7 +6,7 @@
 
 Writes `reference_features.npy` ([rows, 2, d] float16: image, text; row = the sample's dense row, zeros for rows
 that could not be read) and `reference_features.json` (source, sha256, architecture, transform) into the index
-directory (data.index, else data.path). A recipe then sets `loss.reference_features: precomputed`.
+directory (data.webdataset.index, else data.path). A recipe then sets `loss.reference_features: precomputed`.
 
 Each image is encoded once, centre-cropped (the evaluation transform), not the augmented view of each step that
 the authors' reference sees: a cheaper objective, not theirs.

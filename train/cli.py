@@ -2,15 +2,7 @@
 
 A named entry point (recipes/fastclip_vitl.py, ...) runs its model's flagship recipe when --config is left out.
 
-Exit codes (what a cluster script can act on):
-  0   finished
-  1   an unexpected error (its traceback is printed and recorded for the launcher)
-  2   config error: the YAML, an override, or a resume whose checkpoint config differs (nothing ran)
-  3   diverged: too many non-finite steps in a row, or non-finite weights at a checkpoint
-  4   a checkpoint could not be written (full disk, quota): the previous one is intact
-  5   a rank stopped answering: a collective timed out (backend.timeout_s / backend.step_timeout_s)
-  69  data unavailable: remote shards stayed unreachable past data.remote_retry_s; the step was saved; requeue
-  75  preempted (SIGTERM / SIGUSR1): the current step was saved; requeue with checkpoint.resume=latest
+Exit codes (what a cluster script can act on) are train.faults.exit_codes.ExitCode, listed by --help.
 """
 
 from __future__ import annotations
@@ -24,20 +16,23 @@ from typing import TYPE_CHECKING, NoReturn
 
 from train.config import read_config
 from train.config_io import ConfigError
+from train.faults.exit_codes import ExitCode
 from train.faults.preemption import die_with_parent, preempt_during_startup
-from train.faults.report import EXIT_CONFIG, report_failure
+from train.faults.report import report_failure
 from train.progress import say
 from train.trackers import check_trackers
 
 if TYPE_CHECKING:
     from train.supervise import Report
 
-__all__ = ["EXIT_CONFIG", "exit_process", "main", "parse_args"]
+__all__ = ["exit_process", "main", "parse_args"]
 
 
 def parse_args(argv: list[str] | None, description: str, default_config: Path | None = None) -> argparse.Namespace:
     """`default_config`: the recipe run when --config is left out (said on stderr); None makes --config required."""
-    parser = argparse.ArgumentParser(description=description)
+    codes = "\n".join(f"  {code.value:<3} {code.status}" for code in ExitCode)
+    parser = argparse.ArgumentParser(description=description, epilog=f"exit codes:\n{codes}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--config", required=default_config is None, default=None,
         help="recipe YAML (recipes/configs/*.yaml)" + (f"; default: {default_config}" if default_config else ""),
@@ -69,7 +64,7 @@ def main(
     `model_family` (e.g. "ViT-L-14") is what a named FastCLIP recipe script trains; another model or a loss
     outside FASTCLIP_LOSSES is an error. `flagship` is the recipe it runs when --config is left out.
     `report(result)` runs on rank 0 after a run that was not preempted (the demo prints its summary line).
-    Known failures end with one readable message and an exit code from the table above. The recipe's own
+    Known failures end with one readable message and an ExitCode. The recipe's own
     checks run before torch loads, so each rank of a launched job reports a bad value within a second.
     """
     if "LOCAL_RANK" in os.environ:  # started by a launcher: do not outlive it
@@ -82,7 +77,7 @@ def main(
         except ValueError as err:
             raise ConfigError(f"{args.config}: {err}") from err
     except ConfigError as err:  # every rank prints it: a launcher that stops the job when rank 1 exits first
-        return report_failure(err, EXIT_CONFIG, "config error", agreed=False)  # would otherwise lose rank 0's line
+        return report_failure(err, ExitCode.CONFIG, ExitCode.CONFIG.status, agreed=False)  # would lose rank 0's
     say(f"recipe {_shown(Path(args.config))} read and checked (run {cfg.run.name}, model {cfg.model.name}, "
         f"backend {cfg.backend.name}); loading torch and the backend")  # fmt: skip
     if "LOCAL_RANK" in os.environ and not args.dry_run:  # a job's rank: a signal while it starts is a preemption

@@ -1,4 +1,10 @@
-"""The typed training config: one dataclass per YAML section, validated before any step runs."""
+"""The typed training config: one dataclass per YAML section, validated before any step runs.
+
+One validation convention for every section (here, data.config, train.losses.config, the backends' options):
+`validate()` raises ValueError whose message starts with the dotted key (`optim.lr ...`, `data.csv.separator ...`);
+a section validates the sections it holds, TrainConfig.validate every top-level one, and read_config turns the
+error into a ConfigError naming the file or the command line. A section also built outside a recipe (DataConfig,
+data.sources' SourceSpec) calls `validate()` from `__post_init__` too."""
 
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from model.init_from import parse_init_from
 from train.config_io import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from train.losses import LossConfig
 from train.overrides import blame, switch_loss
-from train.trackers import TRACKERS
+from train.renamed_keys import refuse_renamed
+from train.tracker_names import TRACKERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")
@@ -129,7 +136,7 @@ class BackendConfig:
 
     name: str = "ddp"  # a name of train.backends' registry (checked with the backend's own options in train.setup)
     precision: str = "fp32"
-    ds_config: str = ""  # DeepSpeed JSON (backend deepspeed only)
+    options: dict[str, Any] = field(default_factory=dict)  # the backend's own (DeepSpeed: ds_config), checked by it
     timeout_s: float = 1800.0  # collectives during setup, checkpointing and evaluation
     step_timeout_s: float = 600.0  # collectives of one training step: a hung rank ends the job after this
 
@@ -177,7 +184,7 @@ class LoggingConfig:
 
     every_steps: int = 10
     tensorboard: bool = True
-    trackers: list[str] = field(default_factory=list)  # more of train.trackers.TRACKERS: wandb, mlflow
+    trackers: list[str] = field(default_factory=list)  # more of train.tracker_names.TRACKERS: wandb, mlflow
     project: str = "fastflip"  # the wandb project / MLflow experiment
     peak_tflops: float = 989.0
 
@@ -229,17 +236,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Each section's own checks; the checks across sections (model vs data, backend) are train.setup's."""
-        for section in (self.model, self.optim, self.flip, self.backend, self.checkpoint, self.logging, self.eval):
+        sections = (self.model, self.data, self.loss, self.optim, self.flip, self.backend, self.checkpoint,
+                    self.logging, self.eval)  # fmt: skip
+        for section in sections:
             section.validate()
-        self.loss.validate()
         if self.data.batch_size % self.optim.accum_steps:
             raise ValueError(f"data.batch_size {self.data.batch_size} must split evenly into optim.accum_steps "
                              f"{self.optim.accum_steps} micro-batches")  # fmt: skip
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
         d = self.data
-        if any(is_remote(u) for u in (d.path, d.index, *(x for s in d.sources for x in (s.path, s.index))) if u):
-            check_retry_bound(d.remote_retry_s, self.backend.step_timeout_s)
+        urls = (d.path, d.webdataset.index, *(x for s in d.sources for x in (s.path, s.index)))
+        if any(is_remote(u) for u in urls if u):
+            check_retry_bound(d.webdataset.remote_retry_s, self.backend.step_timeout_s)
 
 
 def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -247,7 +256,9 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     a ConfigError naming the file and key. Torch-free, so a launched rank reports a bad value before torch loads;
     train.setup.load_setup adds the checks across sections."""
     overrides = overrides or []
-    cfg = from_dict(TrainConfig, apply_overrides(switch_loss(load_yaml(path), overrides, path), overrides), str(path))
+    raw = load_yaml(path)
+    refuse_renamed(raw, overrides, str(path))
+    cfg = from_dict(TrainConfig, apply_overrides(switch_loss(raw, overrides, path), overrides), str(path))
     try:
         cfg.validate()
         refuse_url_secrets(to_dict(cfg))  # every URL the recipe accepts (data, eval, init_from, ...)

@@ -99,13 +99,13 @@ def planned_data(data: DataConfig) -> tuple[int, int, list[str]]:
     """(samples per epoch, per-sample state rows, one line per source) from the indexes of webdataset shards, as
     the launch will count them (data.sources: round(weight x samples) of each); (0, 0, [why]) when an index is not
     readable (the plan then falls back to dataset_samples)."""
-    if data.source != "webdataset" or not (data.sources or data.path or data.index):
+    if data.source != "webdataset" or not (data.sources or data.path or data.webdataset.index):
         return 0, 0, []
-    specs = data.sources or [SourceSpec(data.path, data.index, 1.0)]
+    specs = data.sources or [SourceSpec(data.path, data.webdataset.index, 1.0)]
     epoch, rows, lines = 0, 0, []
     for spec in specs:
         try:
-            shardset = resolve_shards(spec.path, spec.index, data.allow_missing_shards)
+            shardset = resolve_shards(spec.path, spec.index, data.webdataset.allow_missing_shards)
         except (OSError, ValueError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             return 0, 0, [f"data: the index of {spec.path or spec.index} is not readable ({first[:300]})"]

@@ -45,11 +45,10 @@ def switch_loss(raw: dict[str, Any], overrides: list[str], path: str | Path) -> 
 
 def blame(path: str | Path, overrides: list[str], message: str) -> str:
     """Where a config error comes from: the command line items it concerns (with the YAML they were applied to),
-    or the YAML alone. Loss errors are named `LossConfig.<field>`; the others by their dotted key."""
+    or the YAML alone. Every section's errors name their dotted key (`loss.rho must be ...`)."""
     given = override_keys(overrides)
-    named = [item for key, item in given.items()
-             if key in message or (key.startswith("loss.") and f"LossConfig.{key[5:]}" in message)]  # fmt: skip
-    if message.startswith("LossConfig.") and not named:  # a loss key of the YAML against a command-line loss.name
+    named = [item for key, item in given.items() if key in message]
+    if message.startswith("loss.") and not named:  # a loss key of the YAML against a command-line loss.name
         named = [item for key, item in given.items() if key.startswith("loss.")]
     pairs = [item.split("=", 1) for item in named]
     shown = [f"{key}=..." if url_secret(value) else f"{key}={value}" for key, value in pairs]  # never echo a secret

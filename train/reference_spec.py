@@ -18,8 +18,8 @@ FEATURES_META = "reference_features.json"  # its source, hash and architecture
 
 
 def features_dir(cfg: TrainConfig) -> Path:
-    """Where precomputed reference features live: the index directory (data.index, else data.path)."""
-    return Path(cfg.data.index or cfg.data.path)
+    """Where precomputed reference features live: the index directory (data.webdataset.index, else data.path)."""
+    return Path(cfg.data.webdataset.index or cfg.data.path)
 
 
 def reference_architecture(loss: LossConfig) -> tuple[str, dict]:

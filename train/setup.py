@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def resolve(cfg: TrainConfig) -> RunSetup:
     backend_cls = backend_class(cfg.backend.name)
     backend_options = backend_cls.check_config(cfg, vision.width)  # before any process group exists
     loss = resolve_reference(cfg, with_epochs_rule(cfg.loss.resolved(), cfg.epochs))
-    conflicts = tuple(launcher_conflicts(cfg, os.environ))
+    conflicts = tuple(backend_cls.launcher_conflicts(cfg, os.environ))
     return RunSetup(cfg, model_config, loss, tau_spec(loss), backend_cls, backend_options, conflicts)
 
 
@@ -63,30 +62,6 @@ def with_epochs_rule(loss: LossConfig, epochs: int) -> LossConfig:
     if loss.gamma_schedule != "epochs_rule":
         return loss
     return dataclasses.replace(loss, gamma_decay_epochs=epochs, gamma_min=epochs_rule_gamma(epochs))
-
-
-_ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
-
-
-def launcher_conflicts(cfg: TrainConfig, env: Mapping[str, str]) -> list[str]:
-    """The accelerate config's settings (exported by `accelerate launch`) that disagree with the recipe, which
-    decides: each line names the accelerate key and the recipe key that wins."""
-    lines = []
-    precision = env.get("ACCELERATE_MIXED_PRECISION")
-    if precision is not None and _ACCELERATE_PRECISION.get(precision, precision) != cfg.backend.precision:
-        lines.append(f"mixed_precision: {precision!r} is ignored; the recipe's backend.precision "
-                     f"{cfg.backend.precision!r} is used")  # fmt: skip
-    if env.get("ACCELERATE_USE_DEEPSPEED") == "true" and cfg.backend.name != "deepspeed":
-        lines.append(f"deepspeed_config / distributed_type DEEPSPEED is ignored; the recipe's backend.name "
-                     f"{cfg.backend.name!r} is used")  # fmt: skip
-    ds_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if ds_file and cfg.backend.name == "deepspeed" and Path(ds_file).resolve() != Path(cfg.backend.ds_config).resolve():
-        lines.append(f"deepspeed_config.deepspeed_config_file {ds_file!r} is ignored; the recipe's backend.ds_config "
-                     f"{cfg.backend.ds_config!r} is used")  # fmt: skip
-    if env.get("ACCELERATE_USE_FSDP") == "true" and cfg.backend.name != "fsdp2":
-        lines.append(f"fsdp_config / distributed_type FSDP is ignored; the recipe's backend.name "
-                     f"{cfg.backend.name!r} is used")  # fmt: skip
-    return lines
 
 
 def load_setup(path: str | Path, overrides: list[str] | None = None) -> RunSetup:

@@ -76,4 +76,4 @@ def describe_data(data: DataConfig) -> str:
             f"{s.path or s.index}" + (f" (index {s.index})" if s.index and s.path else "") + f" x weight {s.weight:g}"
             for s in data.sources
         )
-    return f"{data.source} {data.path}" + (f" (index {data.index})" if data.index else "")
+    return f"{data.source} {data.path}" + (f" (index {data.webdataset.index})" if data.webdataset.index else "")

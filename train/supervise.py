@@ -17,21 +17,13 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from data.integrity import IndexMismatch, ShardChanged
 from data.remote import AccessDenied
-from data.retry import EXIT_DATA_UNAVAILABLE, DataUnavailable
+from data.retry import DataUnavailable
 from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError, checkpoint_name
 from train.config_io import ConfigError
+from train.faults.exit_codes import ExitCode
 from train.faults.nonfinite import TrainingDiverged
 from train.faults.preemption import ignore_preemption_after_training, startup_failed
-from train.faults.report import (
-    EXIT_CHECKPOINT,
-    EXIT_CONFIG,
-    EXIT_DIVERGED,
-    EXIT_ERROR,
-    EXIT_HUNG,
-    EXIT_PREEMPTED,
-    one_line,
-    report_failure,
-)
+from train.faults.report import one_line, report_failure
 from train.faults.run_lock import RunDirectoryLocked
 from train.faults.status import write_status
 from train.faults.timeouts import CollectiveTimeout
@@ -42,21 +34,21 @@ from train.trackers import TrackerError
 logger = logging.getLogger("fastflip")
 
 # Known failures: exit code, label, and whether every rank raises the same error (then rank 0 alone reports).
-KNOWN_ERRORS: tuple[tuple[type[BaseException], int, str, bool], ...] = (
-    (RunDirectoryLocked, EXIT_CONFIG, "run directory in use", False),
-    (CheckpointDamaged, EXIT_CONFIG, "damaged checkpoint", False),
-    (ConfigError, EXIT_CONFIG, "config error", False),  # every rank prints it: a launcher that stops the job when
-    (FileNotFoundError, EXIT_CONFIG, "missing file", False),  # rank 1 exits first would otherwise lose rank 0's line
-    (FileExistsError, EXIT_CONFIG, "config error", False),
-    (ShardChanged, EXIT_CONFIG, "changed shard", False),  # raised by the rank (or loader worker) that opened it
-    (IndexMismatch, EXIT_CONFIG, "index mismatch", False),
-    (AccessDenied, EXIT_CONFIG, "access denied", False),
-    (DataUnavailable, EXIT_DATA_UNAVAILABLE, "data unavailable", False),  # before training: `latest` is current
-    (TrainingDiverged, EXIT_DIVERGED, "diverged", True),
-    (NonFiniteCheckpointError, EXIT_DIVERGED, "diverged", True),
-    (CheckpointWriteError, EXIT_CHECKPOINT, "checkpoint error", True),
-    (CollectiveTimeout, EXIT_HUNG, "hung rank", False),
-    (TrackerError, EXIT_CONFIG, "tracker error", False),
+KNOWN_ERRORS: tuple[tuple[type[BaseException], ExitCode, str, bool], ...] = (
+    (RunDirectoryLocked, ExitCode.CONFIG, "run directory in use", False),
+    (CheckpointDamaged, ExitCode.CONFIG, "damaged checkpoint", False),
+    (ConfigError, ExitCode.CONFIG, ExitCode.CONFIG.status, False),  # every rank prints it: a launcher that stops
+    (FileNotFoundError, ExitCode.CONFIG, "missing file", False),  # the job when rank 1 exits first would otherwise
+    (FileExistsError, ExitCode.CONFIG, ExitCode.CONFIG.status, False),  # lose rank 0's line
+    (ShardChanged, ExitCode.CONFIG, "changed shard", False),  # raised by the rank (or loader worker) that opened it
+    (IndexMismatch, ExitCode.CONFIG, "index mismatch", False),
+    (AccessDenied, ExitCode.CONFIG, "access denied", False),
+    (DataUnavailable, ExitCode.DATA_UNAVAILABLE, ExitCode.DATA_UNAVAILABLE.status, False),  # before training
+    (TrainingDiverged, ExitCode.DIVERGED, ExitCode.DIVERGED.status, True),
+    (NonFiniteCheckpointError, ExitCode.DIVERGED, ExitCode.DIVERGED.status, True),
+    (CheckpointWriteError, ExitCode.CHECKPOINT, ExitCode.CHECKPOINT.status, True),
+    (CollectiveTimeout, ExitCode.HUNG, ExitCode.HUNG.status, False),
+    (TrackerError, ExitCode.CONFIG, "tracker error", False),
 )
 
 
@@ -75,10 +67,10 @@ def supervise(args: argparse.Namespace, model_family: str = "", report: Report |
         for kind, code, label, agreed in KNOWN_ERRORS:
             if isinstance(err, kind):
                 if not isinstance(err, RunDirectoryLocked):  # that directory's status belongs to the job holding it
-                    everyone = agreed or code in (EXIT_CONFIG, EXIT_DATA_UNAVAILABLE)
+                    everyone = agreed or code in (ExitCode.CONFIG, ExitCode.DATA_UNAVAILABLE)
                     outcome.write(code, f"{label}: {one_line(err)}", everyone=everyone)
                 return report_failure(err, code, label, agreed)
-        outcome.write(EXIT_ERROR, f"{type(err).__name__}: {err}", everyone=False)
+        outcome.write(ExitCode.ERROR, f"{type(err).__name__}: {err}", everyone=False)
         raise
     outcome.write(code, outcome.message, everyone=False)
     return code
@@ -121,7 +113,7 @@ def _main(args: argparse.Namespace, model_family: str, report: Report | None, ou
         from train.dry_run import dry_run
 
         print(dry_run(setup))
-        return 0
+        return ExitCode.COMPLETED
     from train.trainer import Trainer
 
     outcome.output_dir = cfg.run.output_dir
@@ -131,22 +123,22 @@ def _main(args: argparse.Namespace, model_family: str, report: Report | None, ou
         ignore_preemption_after_training()  # the loop has saved; a late signal must not end the teardown
     if result["data_unavailable"]:  # every rank agreed on it; one rank's log line names the data and the error
         outcome.message = (f"data unavailable at step {result['steps']}: checkpoint saved; the remote data stayed "
-                           "unreachable for data.remote_retry_s; resume with checkpoint.resume=latest")
+                           "unreachable for data.webdataset.remote_retry_s; resume with checkpoint.resume=latest")
         logger.info(outcome.message)
-        return EXIT_DATA_UNAVAILABLE
+        return ExitCode.DATA_UNAVAILABLE
     saved = trainer.checkpoints.root / checkpoint_name(result["steps"])
     if result["preempted"]:
         outcome.message = f"preempted at step {result['steps']}: checkpoint saved; resume with checkpoint.resume=latest"
         if trainer.backend.is_main:  # the entry point's last line, before the launcher's own report of the signal
             print(preempted_line(result["steps"], saved, args), file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED
+        return ExitCode.PREEMPTED
     outcome.message = f"done: {result['steps']} steps"
     if report is not None and trainer.backend.is_main:
         report(result)
     if trainer.backend.is_main:
         for line in end_summary(result, saved if saved.is_dir() else None, cfg.model, setup.model_config):
             logger.info("%s", line)
-    return 0
+    return ExitCode.COMPLETED
 
 
 def preempted_line(step: int, saved: Path, args: argparse.Namespace) -> str:

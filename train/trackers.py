@@ -22,7 +22,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Protocol
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")
 _PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}
 # What each tracker imports besides its own package (MLflow's SQLite store: SQLAlchemy and its migrations).
 _NEEDS = {"wandb": ("wandb",), "mlflow": ("mlflow", "sqlalchemy", "alembic")}

@@ -1,18 +1,19 @@
 """Backends in a registry: ddp (accelerate), deepspeed (accelerate DeepSpeedPlugin), fsdp2 (our fully_shard).
 
 Adding a backend means one module with a `Backend` subclass (which answers every backend question:
-precisions, optimizers, its own backend.* options, resume on another world size, config checks, memory
-estimate, local shards, learning rates, checkpoint consolidation) plus one line in `_REGISTRY`.
+precisions, optimizers, its own `backend.options` and launcher settings, resume on another world size, config
+checks, memory estimate, local shards, learning rates, checkpoint consolidation) plus one line in `_REGISTRY`.
 Modules are imported lazily (DeepSpeed is slow to import).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from train.backends.base import Backend
 
-# name -> (class, the named settings tests and benchmarks run it with: variant -> backend.* options)
+# name -> (class, the named settings tests and benchmarks run it with: variant -> backend.options)
 _REGISTRY: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
     "ddp": ("train.backends.ddp:DDPBackend", {"": {}}),
     "deepspeed": ("train.backends.deepspeed:DeepSpeedBackend",
@@ -22,11 +23,11 @@ _REGISTRY: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
 BACKENDS = tuple(_REGISTRY)
 
 
-def variants() -> dict[str, dict[str, str]]:
-    """Every registered way to run a backend ('ddp', 'deepspeed:zero2', ...) -> its backend.* settings
-    (ds_config paths relative to the repository); tests and benchmarks iterate over these."""
+def variants() -> dict[str, dict[str, Any]]:
+    """Every registered way to run a backend ('ddp', 'deepspeed:zero2', ...) -> its backend section: name, and
+    options where it has any (ds_config paths relative to the repository); tests and benchmarks iterate over these."""
     return {
-        f"{name}:{variant}" if variant else name: {"name": name} | options
+        f"{name}:{variant}" if variant else name: {"name": name} | ({"options": options} if options else {})
         for name, (_, named) in _REGISTRY.items()
         for variant, options in named.items()
     }

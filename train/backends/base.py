@@ -7,12 +7,14 @@ import dataclasses
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from train.config_io import from_dict
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -23,6 +25,18 @@ ModelFn = Callable[[], nn.Module]
 GroupsFn = Callable[[nn.Module], list[dict[str, object]]]
 Agree = Callable[[torch.Tensor | float | None], torch.Tensor]
 OptimizerFn = Callable[[list[dict[str, object]]], torch.optim.Optimizer]
+
+# `accelerate launch` exports its config's distributed type as one of these variables: the settings each stands for
+ACCELERATE_TYPES = {
+    "ACCELERATE_USE_DEEPSPEED": "deepspeed_config / distributed_type DEEPSPEED",
+    "ACCELERATE_USE_FSDP": "fsdp_config / distributed_type FSDP",
+}
+_ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """`backend.options` of a backend that takes none."""
 
 
 class Backend(ABC):
@@ -35,10 +49,9 @@ class Backend(ABC):
     """
 
     name: str
-    # backend.* keys every backend reads; any other key of the section is an option only the backends that
-    # list it in `options` accept (DeepSpeed: ds_config), so a fourth backend adds its keys and lists them.
-    shared_keys: tuple[str, ...] = ("name", "precision", "timeout_s", "step_timeout_s")
-    options: tuple[str, ...] = ()
+    # The dataclass `backend.options` maps onto (DeepSpeed: its JSON); the other backend.* keys are every backend's.
+    options_type: type = NoOptions
+    launcher_types: tuple[str, ...] = ()  # the ACCELERATE_TYPES this backend honours (its own launch settings)
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
     optimizers: tuple[str, ...] = ("adamw", "lamb")
     resumes_on_other_world_size: bool = True
@@ -64,11 +77,7 @@ class Backend(ABC):
         """Raise ValueError for settings this backend cannot run (before any process group exists); return
         its options resolved (e.g. DeepSpeed's JSON with "auto" filled in) for `create` and the memory estimate.
         `hidden_size`: the widest layer, for bucket sizes."""
-        defaults = type(cfg.backend)()
-        for f in dataclasses.fields(cfg.backend):
-            unused = f.name not in cls.shared_keys + cls.options
-            if unused and getattr(cfg.backend, f.name) != getattr(defaults, f.name):
-                raise ValueError(f"backend.{f.name} is not used by backend {cls.name!r}; remove it")
+        cls.parse_options(cfg.backend.options)
         if cfg.backend.precision not in cls.precisions:
             raise ValueError(f"backend {cls.name} supports precision {' or '.join(cls.precisions)}, "
                              f"not {cfg.backend.precision!r}")  # fmt: skip
@@ -76,6 +85,30 @@ class Backend(ABC):
             raise ValueError(f"optim.name {cfg.optim.name!r} is not supported with backend {cls.name}; "
                              f"use {' or '.join(cls.optimizers)}")  # fmt: skip
         return {}
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> Any:
+        """`backend.options` as this backend's `options_type`; a key it does not take is a ValueError naming it."""
+        accepted = [f.name for f in dataclasses.fields(cls.options_type)]
+        for key in raw:
+            if key not in accepted:
+                takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+                raise ValueError(f"backend.options.{key} is not an option of backend {cls.name!r} ({takes}); remove it")
+        return from_dict(cls.options_type, raw, f"backend {cls.name}", "backend.options.")
+
+    @classmethod
+    def launcher_conflicts(cls, cfg: TrainConfig, env: Mapping[str, str]) -> list[str]:
+        """The accelerate config's settings (exported by `accelerate launch`) that disagree with the recipe, which
+        decides: each line names the accelerate key and the recipe key that wins."""
+        lines = []
+        precision = env.get("ACCELERATE_MIXED_PRECISION")
+        if precision is not None and _ACCELERATE_PRECISION.get(precision, precision) != cfg.backend.precision:
+            lines.append(f"mixed_precision: {precision!r} is ignored; the recipe's backend.precision "
+                         f"{cfg.backend.precision!r} is used")  # fmt: skip
+        for variable, settings in ACCELERATE_TYPES.items():
+            if env.get(variable) == "true" and variable not in cls.launcher_types:
+                lines.append(f"{settings} is ignored; the recipe's backend.name {cfg.backend.name!r} is used")
+        return lines
 
     @classmethod
     @abstractmethod

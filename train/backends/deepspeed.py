@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,13 @@ from train.checkpoint.trusted import deepspeed_globals, weights_only_deepspeed, 
 from train.faults.rank_sync import free_port
 
 
+@dataclass
+class DeepSpeedOptions:
+    """`backend.options` of backend deepspeed."""
+
+    ds_config: str = ""  # the DeepSpeed JSON (ds_configs/zero1/2/3.json); "auto" values are filled from the recipe
+
+
 def resolve_ds_config(
     path: str, batch: int, grad_clip: float, precision: str, hidden: int, accum_steps: int = 1
 ) -> dict[str, Any]:
@@ -41,7 +50,7 @@ def resolve_ds_config(
     optim.accum_steps); reject settings this trainer owns."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"backend.ds_config: {path} does not exist (see ds_configs/ for zero1/2/3 examples)")
+        raise ValueError(f"backend.options.ds_config: {path} does not exist (see ds_configs/ for zero1/2/3 examples)")
     try:
         cfg = json.loads(file.read_text())
     except json.JSONDecodeError as err:
@@ -89,7 +98,8 @@ class DeepSpeedBackend(Backend):
     """The DeepSpeed engine owns gradients, (sharded) fp32 master weights and optimizer state."""
 
     name = "deepspeed"
-    options = ("ds_config",)
+    options_type = DeepSpeedOptions
+    launcher_types = ("ACCELERATE_USE_DEEPSPEED",)
     optimizers = ("adamw",)  # ZeRO flattens the tensors LAMB's trust ratio is computed on
     resumes_on_other_world_size = False
 
@@ -100,12 +110,22 @@ class DeepSpeedBackend(Backend):
     @classmethod
     def check_config(cls, cfg, hidden_size: int) -> dict[str, Any]:  # noqa: ANN001
         """The JSON is read and its "auto" values filled once, here, before any process group exists."""
-        if not cfg.backend.ds_config:
-            raise ValueError("backend.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
         super().check_config(cfg, hidden_size)
-        b = cfg.backend
-        return {"ds_config": resolve_ds_config(b.ds_config, cfg.data.batch_size, cfg.optim.grad_clip, b.precision,
+        path = cls.parse_options(cfg.backend.options).ds_config
+        if not path:
+            raise ValueError("backend.options.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
+        return {"ds_config": resolve_ds_config(path, cfg.data.batch_size, cfg.optim.grad_clip, cfg.backend.precision,
                                                hidden_size, cfg.optim.accum_steps)}  # fmt: skip
+
+    @classmethod
+    def launcher_conflicts(cls, cfg, env: Mapping[str, str]) -> list[str]:  # noqa: ANN001
+        """Besides the shared checks: accelerate's own DeepSpeed JSON, when it is not the recipe's."""
+        lines = super().launcher_conflicts(cfg, env)
+        ours, theirs = cls.parse_options(cfg.backend.options).ds_config, env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if theirs and Path(theirs).resolve() != Path(ours).resolve():
+            lines.append(f"deepspeed_config.deepspeed_config_file {theirs!r} is ignored; the recipe's "
+                         f"backend.options.ds_config {ours!r} is used")  # fmt: skip
+        return lines
 
     @classmethod
     def state_bytes_per_gpu(cls, cfg, options: dict[str, Any], params: int, world: int) -> dict[str, float]:  # noqa: ANN001, E501

@@ -37,6 +37,7 @@ class FSDP2Backend(Backend):
     """Parameters, gradients and optimizer state sharded over a 1-d device mesh of all ranks."""
 
     name = "fsdp2"
+    launcher_types = ("ACCELERATE_USE_FSDP",)  # accelerate's FSDP launch settings are this backend's to ignore
     precisions = ("fp32", "bf16")  # fp16 would need a sharded grad scaler
 
     @classmethod

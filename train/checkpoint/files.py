@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from train.faults.rank_sync import all_ranks, distributed, from_main
+from train.renamed_keys import upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,15 @@ class CheckpointDamaged(RuntimeError):
 
 
 def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json; its saved config with the keys renamed since it was written moved to their new
+    places (train.renamed_keys), so a checkpoint from before a rename resumes, exports and evaluates."""
     try:
-        return json.loads((path / META).read_text())
+        meta = json.loads((path / META).read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise CheckpointDamaged(f"{path / META} is torn or corrupt ({err})") from err
+    if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+        meta["config"] = upgrade(meta["config"])
+    return meta
 
 
 def file_records(directory: Path) -> dict[str, dict[str, int]]:

@@ -17,13 +17,13 @@ import sys
 import threading
 from types import FrameType
 
+from train.faults.exit_codes import ExitCode
 from train.faults.lock_probe import held_elsewhere
 from train.faults.status import write_status
 
 logger = logging.getLogger(__name__)
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; the checkpoint of the current step is saved
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -85,7 +85,7 @@ STARTUP_MESSAGE = ("preempted during start-up, before training began: nothing ne
 def preempt_during_startup(output_dir: str) -> None:
     """From the moment the config names the run directory until the training loop takes the signals over
     (PreemptionFlag.install): a preemption signal writes status.json "preempted" (no step) and ends the process
-    with EXIT_PREEMPTED, so a batch script can requeue a job stopped while its ranks start. Main thread only.
+    with ExitCode.PREEMPTED, so a batch script can requeue a job stopped while its ranks start. Main thread only.
     It never replaces a status.json (a rank that failed in setup wrote the real outcome, and the launcher then
     signals the others) nor writes into a directory whose lock another job holds."""
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -95,10 +95,10 @@ def preempt_during_startup(output_dir: str) -> None:
             return
         try:
             if not held_elsewhere(output_dir):  # another job's directory: its status is not ours to write
-                write_status(output_dir, EXIT_PREEMPTED, STARTUP_MESSAGE, None, replace=False)  # a failure stays
+                write_status(output_dir, ExitCode.PREEMPTED, STARTUP_MESSAGE, None, replace=False)  # a failure stays
             print(f"{STARTUP_MESSAGE} (signal {signal.Signals(signum).name})", file=sys.stderr, flush=True)
         finally:
-            os._exit(EXIT_PREEMPTED)
+            os._exit(ExitCode.PREEMPTED)
 
     if threading.current_thread() is threading.main_thread():
         for sig in PREEMPTION_SIGNALS:

@@ -1,5 +1,5 @@
-"""Exit codes (train.cli documents them) and the one-line report of a known failure, for the console and for
-the launcher's failure summary. Torch-free: a config error is reported before torch loads."""
+"""The one-line report of a known failure, for the console and for the launcher's failure summary (the codes:
+train.faults.exit_codes). Torch-free: a config error is reported before torch loads."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import time
 import traceback
 from pathlib import Path
 
-from train.faults.preemption import EXIT_PREEMPTED
+from train.faults.exit_codes import ExitCode
 
-EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_HUNG = 1, 2, 3, 4, 5
-__all__ = ["EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DIVERGED", "EXIT_ERROR", "EXIT_HUNG", "EXIT_PREEMPTED",
-           "one_line", "record_for_launcher", "report_failure"]  # fmt: skip
+__all__ = ["one_line", "record_for_launcher", "report_failure"]
 
 
-def report_failure(err: BaseException, code: int, label: str, agreed: bool) -> int:
+def report_failure(err: BaseException, code: ExitCode, label: str, agreed: bool) -> ExitCode:
     """One line per failure (not a traceback per rank): rank 0 prints it, and every rank when the ranks do not
     all raise the same error (`agreed`); the launcher's summary shows it from the error file. Returns `code`."""
     rank = int(os.environ.get("RANK", "0"))

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from train.faults.exit_codes import status_of
+
 STATUS_FILE = "status.json"
-# exit code -> status (train.cli documents the codes)
-STATUSES = {0: "completed", 1: "failed", 2: "config error", 3: "diverged", 4: "checkpoint error", 5: "hung rank",
-            69: "data unavailable", 75: "preempted"}  # fmt: skip
 
 
 def write_status(output_dir: str | Path, exit_code: int, message: str, step: int | None,
@@ -30,7 +29,7 @@ def write_status(output_dir: str | Path, exit_code: int, message: str, step: int
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     record = {
-        "status": STATUSES.get(exit_code, "failed"), "exit_code": exit_code, "step": step, "message": message,
+        "status": status_of(exit_code), "exit_code": int(exit_code), "step": step, "message": message,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
     }  # fmt: skip
     if not replace:

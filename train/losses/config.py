@@ -62,8 +62,8 @@ class LossConfig:
     reference_model, reference_overrides: the reference's architecture (a `model.get_model_config` name and its
       overrides) for open_clip: and hf: sources; a fastflip: checkpoint names its own.
     reference_features: model (the reference encodes each batch, unmasked, as the authors do) or precomputed
-      (read the embeddings `tools/reference_features.py` wrote into data.index: centre crops, cheaper, not the
-      authors' exact objective).
+      (read the embeddings `tools/reference_features.py` wrote into data.webdataset.index: centre crops, cheaper,
+      not the authors' exact objective).
     distill_weight, distill_logit_scale: the authors' optional distillation term (`--distill_weight`, teacher
       logit scale `--distill_logit_scale`); 0 = off. Needs a reference; not with v2.
     """
@@ -138,65 +138,65 @@ class LossConfig:
         if self.lr_tau_schedule is not None:
             _choice("lr_tau_schedule", self.lr_tau_schedule, LR_TAU_SCHEDULES)
         if self.name in _MINI_BATCH and self.version is not None:
-            raise ValueError(f"LossConfig.version: {self.name} has no version (FastCLIP only); "
+            raise ValueError(f"loss.version: {self.name} has no version (FastCLIP only); "
                              "set loss.version=null")
         if self.name in _ALIASES:
             version, schedule = _ALIASES[self.name]
             if self.version not in (None, version):
-                raise ValueError(f"LossConfig.version: {self.name} is FastCLIP {version}, got {self.version!r}; "
+                raise ValueError(f"loss.version: {self.name} is FastCLIP {version}, got {self.version!r}; "
                                  "set loss.version=null")
             if self.gamma_schedule not in (None, schedule):
-                raise ValueError(f"LossConfig.gamma_schedule: {self.name} uses a {schedule} gamma; "
+                raise ValueError(f"loss.gamma_schedule: {self.name} uses a {schedule} gamma; "
                                  "set loss.gamma_schedule=null")
         if not self.eps > 0:
-            raise ValueError(f"LossConfig.eps must be > 0, got {self.eps}")
+            raise ValueError(f"loss.eps must be > 0, got {self.eps}")
         if not 0 < self.tau_min <= self.tau_max:
-            raise ValueError(f"LossConfig.tau_min must satisfy 0 < tau_min <= tau_max, got {self.tau_min}")
+            raise ValueError(f"loss.tau_min must satisfy 0 < tau_min <= tau_max, got {self.tau_min}")
         if self.tau_init is not None and not self.tau_min <= self.tau_init <= self.tau_max:
-            raise ValueError(f"LossConfig.tau_init must lie in [tau_min, tau_max], got {self.tau_init}")
+            raise ValueError(f"loss.tau_init must lie in [tau_min, tau_max], got {self.tau_init}")
         if not math.isfinite(self.bias_init):
-            raise ValueError(f"LossConfig.bias_init must be a finite number, got {self.bias_init}")
+            raise ValueError(f"loss.bias_init must be a finite number, got {self.bias_init}")
         if self.rho < 0:
-            raise ValueError(f"LossConfig.rho must be >= 0, got {self.rho}")
+            raise ValueError(f"loss.rho must be >= 0, got {self.rho}")
         if not 0 < self.gamma_min <= 1:
-            raise ValueError(f"LossConfig.gamma_min must lie in (0, 1], got {self.gamma_min}")
+            raise ValueError(f"loss.gamma_min must lie in (0, 1], got {self.gamma_min}")
         if self.gamma_decay_epochs < 1:
-            raise ValueError(f"LossConfig.gamma_decay_epochs must be >= 1, got {self.gamma_decay_epochs}")
+            raise ValueError(f"loss.gamma_decay_epochs must be >= 1, got {self.gamma_decay_epochs}")
         if self.lr_tau is not None and self.lr_tau < 0:
-            raise ValueError(f"LossConfig.lr_tau must be >= 0, got {self.lr_tau}")
+            raise ValueError(f"loss.lr_tau must be >= 0, got {self.lr_tau}")
         if len(self.tau_betas) != 2 or not all(0 <= b < 1 for b in self.tau_betas):
-            raise ValueError(f"LossConfig.tau_betas must be two numbers in [0, 1), got {self.tau_betas}")
+            raise ValueError(f"loss.tau_betas must be two numbers in [0, 1), got {self.tau_betas}")
         if not self.tau_adam_eps > 0 or not self.tau_grad_clamp > 0:
-            raise ValueError("LossConfig.tau_adam_eps and LossConfig.tau_grad_clamp must be > 0")
+            raise ValueError("loss.tau_adam_eps and loss.tau_grad_clamp must be > 0")
         if (self.version == "v2" or self.name == "isogclr") and self.lr_tau is None:
-            raise ValueError("LossConfig.lr_tau: v2 needs the per-sample tau learning rate (fast_clip: 0.0133)")
+            raise ValueError("loss.lr_tau: v2 needs the per-sample tau learning rate (fast_clip: 0.0133)")
         if (self.version == "v2" or self.name == "isogclr") and self.lr_tau_schedule not in (None, "const"):
-            raise ValueError("LossConfig.lr_tau_schedule: v2's per-sample tau lr is constant ('const')")
+            raise ValueError("loss.lr_tau_schedule: v2's per-sample tau lr is constant ('const')")
         self._validate_reference()
 
     def _validate_reference(self) -> None:
         _choice("reference_features", self.reference_features, REFERENCE_FEATURES)
         if self.reference is None:
             if self.distill_weight:
-                raise ValueError("LossConfig.distill_weight: distillation needs a reference model (set loss.reference)")
+                raise ValueError("loss.distill_weight: distillation needs a reference model (set loss.reference)")
             return
         if self.name in _MINI_BATCH:
-            raise ValueError(f"LossConfig.reference: model steering (DRRho) needs a FastCLIP loss, not {self.name!r}; "
+            raise ValueError(f"loss.reference: model steering (DRRho) needs a FastCLIP loss, not {self.name!r}; "
                              "set loss.name: fastclip or remove loss.reference")  # fmt: skip
         source, sep, path = self.reference.partition(":")
         if not sep or source not in REFERENCE_SOURCES or not path:
-            raise ValueError(f"LossConfig.reference must be 'open_clip:PATH', 'hf:PATH' or 'fastflip:CHECKPOINT_DIR', "
+            raise ValueError(f"loss.reference must be 'open_clip:PATH', 'hf:PATH' or 'fastflip:CHECKPOINT_DIR', "
                              f"got {self.reference!r}")  # fmt: skip
         if source != "fastflip" and not self.reference_model:
-            raise ValueError(f"LossConfig.reference_model: name the architecture of {self.reference!r} (e.g. ViT-B-32)")
+            raise ValueError(f"loss.reference_model: name the architecture of {self.reference!r} (e.g. ViT-B-32)")
         if source == "fastflip" and self.reference_model:
-            raise ValueError("LossConfig.reference_model: a fastflip: checkpoint names its own architecture; remove it")
+            raise ValueError("loss.reference_model: a fastflip: checkpoint names its own architecture; remove it")
         if self.distill_weight < 0 or not self.distill_logit_scale > 0:
-            raise ValueError("LossConfig.distill_weight must be >= 0 and distill_logit_scale > 0")
+            raise ValueError("loss.distill_weight must be >= 0 and distill_logit_scale > 0")
         if self.distill_weight and (self.version == "v2" or self.name == "isogclr"):
-            raise ValueError("LossConfig.distill_weight: distillation is offered for v0, v1 and v3, not v2")
+            raise ValueError("loss.distill_weight: distillation is offered for v0, v1 and v3, not v2")
 
 
 def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"LossConfig.{field} must be one of {allowed}, got {value!r}")
+        raise ValueError(f"loss.{field} must be one of {allowed}, got {value!r}")
