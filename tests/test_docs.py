@@ -110,11 +110,6 @@ def test_check_exits_1_on_a_stale_doc_and_the_script_fixes_it(tmp_path: Path, mo
     assert "| hand |" not in doc.read_text() and doc_tables.render("watch") in doc.read_text()
 
 
-# Keys the docs already spell as the options branch of issue 29 names them (backend.options, data.webdataset). Once
-# that branch is merged they resolve, and this set must be emptied: the test below wants exactly these unresolved.
-PENDING_RENAMES = {"backend.options", "backend.options.ds_config", "data.csv", "data.hf", "data.webdataset",
-                   "data.webdataset.allow_missing_shards", "data.webdataset.cache_dir",
-                   "data.webdataset.remote_retry_s"}
 FILE_SUFFIXES = {"pt", "lock", "json", "jsonl", "yaml", "py", "md", "txt", "db"}
 
 
@@ -149,7 +144,7 @@ def doc_option_keys(text: str) -> set[str]:
 def test_the_option_keys_the_docs_name_exist() -> None:
     keys = {key for path in DOCS for key in doc_option_keys(path.read_text())}
     assert len(keys) > 40 and {"loss.name", "data.resize", "checkpoint.resume"} <= keys
-    assert {key for key in keys if not _is_option(key)} == PENDING_RENAMES
+    assert {key for key in keys if not _is_option(key)} == set()
 
 
 def test_a_mistyped_option_key_is_found() -> None:
