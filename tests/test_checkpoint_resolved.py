@@ -21,6 +21,7 @@ from tools.export import export
 from train.checkpoint.consolidate import load_model, model_from_checkpoint
 from train.checkpoint.files import read_meta, resolve_checkpoint
 from train.checkpoint.resolved import RESOLVED, checkpoint_model_config
+from train.config_io import ConfigError
 from train.losses import LossConfig
 
 GLOBAL_BATCH, STEPS = 8, 2
@@ -131,6 +132,14 @@ def test_export_evaluation_and_load_clip_give_the_siglip_bias_of_the_one_default
     loaded = load_clip(checkpoint).model.config.init_logit_bias
     assert trained["config"].init_logit_bias == exported == evaluated == loaded == default
     assert torch.equal(load_clip(checkpoint).model.logit_bias.detach(), trained["state"]["logit_bias"])
+
+
+def test_an_old_checkpoint_whose_config_no_longer_resolves_is_refused_with_the_reason() -> None:
+    meta = {"config": {"model": {"name": "tiny", "overrides": {}}, "loss": {"name": "fastclip", "beta": 0.5}}}
+    with pytest.raises(ConfigError, match=r"no `resolved` block .* unknown key 'beta'.* version that wrote it"):
+        checkpoint_model_config(meta)
+    meta["config"]["loss"] = {"name": "siglip"}  # written before bias_init was saved: the one default applies
+    assert checkpoint_model_config(meta).init_logit_bias == LossConfig().bias_init
 
 
 def test_the_siglip_bias_default_has_one_home() -> None:

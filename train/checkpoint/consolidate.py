@@ -30,12 +30,10 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     meta = read_meta(path)
     state = backend_class(meta["backend"]).consolidate(path, model_from_checkpoint(meta).state_dict())
     state = {k: v.detach().float().cpu() for k, v in state.items()}
-    temperature = path / "temperature.pt"  # the trained fp32 temperature (the model's own copy is frozen)
-    if temperature.is_file():
-        trained = load_file(temperature)
-        state["logit_scale"] = trained["logit_scale"].float()
-        if "logit_bias" in trained:  # SigLIP
-            state["logit_bias"] = trained["logit_bias"].float()
+    trained = load_file(path / "temperature.pt")  # the trained fp32 temperature (the model's own copy is frozen)
+    state["logit_scale"] = trained["logit_scale"].float()
+    if "logit_bias" in trained:  # SigLIP
+        state["logit_bias"] = trained["logit_bias"].float()
     return state, meta
 
 

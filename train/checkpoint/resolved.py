@@ -20,7 +20,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from model.configs import CLIPConfig, get_model_config
-from train.config_io import from_dict, to_dict
+from train.config_io import ConfigError, from_dict, to_dict
 from train.losses.config import LossConfig
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ def _derived_model_config(config: dict[str, Any]) -> CLIPConfig:
     """A checkpoint from before the `resolved` block: its model and loss sections resolved as train.setup does."""
     from train.losses.temperature import tau_spec  # noqa: PLC0415 (torch: only old checkpoints need it)
 
-    loss = from_dict(LossConfig, config["loss"], "meta.json config.loss").resolved()
+    try:
+        loss = from_dict(LossConfig, config["loss"], "meta.json config.loss").resolved()
+    except ValueError as err:  # ConfigError too
+        raise ConfigError(f"this checkpoint has no `{RESOLVED}` block (written before it was saved) and its saved loss "
+                          f"config no longer resolves ({err}); load it with the version that wrote it") from err
     model = config["model"]
     return model_config_for(model["name"], dict(model.get("overrides", {})), tau_spec(loss))
