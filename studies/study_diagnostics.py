@@ -101,10 +101,7 @@ def _features(checkpoint: Path, train_dir: Path) -> tuple[torch.Tensor, torch.Te
             images.append(model.encode_image(b["images"], normalize=True))
             texts.append(model.encode_text(b["tokens"], normalize=True))
             keys.append(b["index"])
-    # The trainer learns the temperature outside the model (temperature.pt); the model's own is the initial one.
-    temperature = checkpoint / "temperature.pt"
-    logit_scale = load_file(temperature)["logit_scale"] if temperature.exists() else model.logit_scale.detach()
-    scale = float(logit_scale.exp().reshape(-1)[0])
+    scale = float(model.logit_scale.detach().exp().reshape(-1)[0])  # the trained one: load_model reads temperature.pt
     return torch.cat(images).double(), torch.cat(texts).double(), torch.cat(keys), scale
 
 

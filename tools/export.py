@@ -21,21 +21,16 @@ from typing import Any
 
 import torch
 
-from model import CLIPConfig, get_model_config
+from model import get_model_config
 from model.param_count import parameter_counts
 from train.checkpoint.files import damage, read_meta, resolve_checkpoint
+from train.checkpoint.resolved import checkpoint_model_config
 
 logger = logging.getLogger("export")
 
 # Each format's writer, imported when exporting (transformers and open_clip take seconds to import; --info needs
 # neither, nor the backends that consolidation imports).
 FORMATS = {"open_clip": "model.convert_open_clip:save_open_clip", "hf": "model.convert_hf:save_hf"}
-
-
-def model_config(meta: dict[str, Any]) -> CLIPConfig:
-    from train.checkpoint.consolidate import model_overrides
-
-    return get_model_config(meta["config"]["model"]["name"], **model_overrides(meta))
 
 
 def export(checkpoint: str | Path, to: str, out: str | Path) -> Path:
@@ -50,7 +45,7 @@ def export(checkpoint: str | Path, to: str, out: str | Path) -> Path:
     path = resolve_checkpoint(checkpoint)
     state, meta = consolidated_state_dict(path)
     module, name = FORMATS[to].split(":")
-    getattr(importlib.import_module(module), name)(state, model_config(meta), folder)
+    getattr(importlib.import_module(module), name)(state, checkpoint_model_config(meta), folder)
     logger.info("exported %s (step %d, model %s) to %s format in %s", path, meta["step"],
                 meta["config"]["model"]["name"], to, folder)  # fmt: skip
     return folder

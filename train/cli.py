@@ -84,7 +84,7 @@ def main(
         preempt_during_startup(cfg.run.output_dir)
     from train.supervise import supervise  # noqa: PLC0415 (torch, the model and the backends load here)
 
-    return supervise(args, model_family, report)
+    return supervise(args, cfg, model_family, report)  # the checked config: the YAML is read once per launch
 
 
 def exit_process(code: int) -> NoReturn:

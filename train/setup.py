@@ -1,5 +1,6 @@
 """Resolve a run once: YAML + overrides -> a validated config, its model config, loss config, temperature
-spec and backend class. The trainer, the dry run, the CLI, the demo and bench_train take the result."""
+spec and backend class. The trainer, the dry run, the CLI, the demo and bench_train take the result, and every
+checkpoint saves it as meta.json's `resolved` block (train.checkpoint.resolved)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model import CLIPConfig, get_model_config
+from model import CLIPConfig
 from train.backends import Backend, backend_class
 from train.checkpoint.compat import check_allow_changes
+from train.checkpoint.resolved import model_config_for, resolved_block
 from train.config import TrainConfig, read_config
 from train.config_io import ConfigError, to_dict
 from train.losses import LossConfig, TauSpec, tau_spec
@@ -24,19 +26,33 @@ class RunSetup:
     """Everything a run derives from its config, computed once."""
 
     cfg: TrainConfig
-    model_config: CLIPConfig
+    model_config: CLIPConfig  # the architecture with the loss's initial logit_scale (and SigLIP's logit bias)
     loss: LossConfig  # resolved: aliases and per-version defaults filled in
     tau: TauSpec
     backend_cls: type[Backend]
     backend_options: dict[str, Any]  # the backend's own options, resolved (e.g. DeepSpeed's JSON)
     launcher_conflicts: tuple[str, ...] = ()  # accelerate config settings the recipe overrides (warned)
 
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """meta.json's `resolved` block: the model config, the resolved loss, the backend's options."""
+        return resolved_block(self.cfg.model.name, self.model_config, self.loss, self.cfg.backend.name,
+                              self.backend_options)  # fmt: skip
+
 
 def resolve(cfg: TrainConfig) -> RunSetup:
     """Section checks, then the checks across sections; raises ValueError naming the key."""
     cfg.validate()
+    return resolve_validated(cfg)
+
+
+def resolve_validated(cfg: TrainConfig) -> RunSetup:
+    """The checks across sections of a config whose sections passed their own checks (train.config.read_config);
+    raises ValueError naming the key. Each section is validated once per launch."""
+    loss = cfg.loss.resolved(validate=False)
+    tau = tau_spec(loss)
     try:
-        model_config = get_model_config(cfg.model.name, **cfg.model.overrides)
+        model_config = model_config_for(cfg.model.name, cfg.model.overrides, tau)
     except (KeyError, TypeError) as err:
         raise ValueError(f"model.overrides: {err}") from err
     vision = model_config.vision
@@ -52,9 +68,9 @@ def resolve(cfg: TrainConfig) -> RunSetup:
     check_allow_changes(cfg.checkpoint.allow_changes, to_dict(cfg))
     backend_cls = backend_class(cfg.backend.name)
     backend_options = backend_cls.check_config(cfg, vision.width)  # before any process group exists
-    loss = resolve_reference(cfg, with_epochs_rule(cfg.loss.resolved(), cfg.epochs))
+    loss = resolve_reference(cfg, with_epochs_rule(loss, cfg.epochs))
     conflicts = tuple(backend_cls.launcher_conflicts(cfg, os.environ))
-    return RunSetup(cfg, model_config, loss, tau_spec(loss), backend_cls, backend_options, conflicts)
+    return RunSetup(cfg, model_config, loss, tau, backend_cls, backend_options, conflicts)
 
 
 def with_epochs_rule(loss: LossConfig, epochs: int) -> LossConfig:
@@ -66,9 +82,14 @@ def with_epochs_rule(loss: LossConfig, epochs: int) -> LossConfig:
 
 def load_setup(path: str | Path, overrides: list[str] | None = None) -> RunSetup:
     """YAML file + `key.path=value` overrides -> RunSetup; every error is a ConfigError naming file and key."""
-    cfg = read_config(path, overrides)
+    return setup_for(read_config(path, overrides), path)
+
+
+def setup_for(cfg: TrainConfig, path: str | Path) -> RunSetup:
+    """The RunSetup of a config that train.config.read_config read from `path` and checked (train.cli hands it
+    over, so nothing is read or validated twice); an error is a ConfigError naming the file and key."""
     try:
-        return resolve(cfg)
+        return resolve_validated(cfg)
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from err
 

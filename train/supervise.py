@@ -1,6 +1,6 @@
 """A recipe's run under supervision: load the setup, dry-run or train, and turn known failures into one line,
 an exit code (see train.cli) and `<output_dir>/status.json`. Imported by train.cli once the recipe's config has
-passed its own checks (this module loads torch, the model and the backends)."""
+passed its own checks, which it hands over (this module loads torch, the model and the backends)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from data.integrity import IndexMismatch, ShardChanged
 from data.remote import AccessDenied
 from data.retry import DataUnavailable
 from train.checkpoint.files import CheckpointDamaged, CheckpointWriteError, NonFiniteCheckpointError, checkpoint_name
+from train.config import TrainConfig
 from train.config_io import ConfigError
 from train.faults.exit_codes import ExitCode
 from train.faults.nonfinite import TrainingDiverged
@@ -27,7 +28,7 @@ from train.faults.report import one_line, report_failure
 from train.faults.run_lock import RunDirectoryLocked
 from train.faults.status import write_status
 from train.faults.timeouts import CollectiveTimeout
-from train.setup import load_setup
+from train.setup import setup_for
 from train.summary import end_summary
 from train.trackers import TrackerError
 
@@ -57,11 +58,12 @@ Report = Callable[[dict[str, Any]], None]
 
 
 @record
-def supervise(args: argparse.Namespace, model_family: str = "", report: Report | None = None) -> int:
-    """Run the parsed command line (see train.cli.main); a known failure returns its exit code."""
+def supervise(args: argparse.Namespace, cfg: TrainConfig, model_family: str = "", report: Report | None = None) -> int:
+    """Run the parsed command line with the config train.cli.main read and checked from it (`cfg`: not read
+    again); a known failure returns its exit code."""
     outcome = _Outcome()
     try:
-        code = _main(args, model_family, report, outcome)
+        code = _main(args, cfg, model_family, report, outcome)
     except Exception as err:
         startup_failed()  # a signal from here on must not turn this failure into "preempted"
         for kind, code, label, agreed in KNOWN_ERRORS:
@@ -96,9 +98,9 @@ class _Outcome:
             logger.warning("could not write %s/status.json: %s", self.output_dir, err)
 
 
-def _main(args: argparse.Namespace, model_family: str, report: Report | None, outcome: _Outcome) -> int:
-    setup = load_setup(args.config, args.overrides)
-    cfg = setup.cfg
+def _main(args: argparse.Namespace, cfg: TrainConfig, model_family: str, report: Report | None,
+          outcome: _Outcome) -> int:  # fmt: skip
+    setup = setup_for(cfg, args.config)
     if model_family and cfg.model.name != model_family:
         raise ConfigError(
             f"{args.config}: model.name is {cfg.model.name!r} but this script trains {model_family}; "

@@ -24,7 +24,7 @@ from data.loader import build_train_loader
 from data.retry import DataUnavailable
 from data.tokenizer import get_tokenizer
 from data.transforms import normalize_pixels
-from model import CLIP, create_model
+from model import CLIP
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
 from model.lock import lock_tower
@@ -109,7 +109,8 @@ class Trainer:
         parts = checkpoint_parts(
             self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator
         )
-        self.checkpoints = Checkpointer(cfg, parts, self.backend.rank, self.backend.world_size, self.backend.barrier)
+        self.checkpoints = Checkpointer(cfg, parts, self.backend.rank, self.backend.world_size, self.backend.barrier,
+                                        run.resolved)  # fmt: skip
 
         self.step, self.epoch = 0, 0
         self._tracker_ids: dict[str, str] = {}  # a resumed run continues its tracked runs (load_checkpoint)
@@ -144,8 +145,7 @@ class Trainer:
     # ----- construction -------------------------------------------------------------------
     def _build_model(self) -> CLIP:
         cfg = self.cfg.model
-        bias = {} if self.tau.init_logit_bias is None else {"init_logit_bias": self.tau.init_logit_bias}  # siglip
-        model = create_model(cfg.name, **(cfg.overrides | {"init_logit_scale": self.tau.init_logit_scale} | bias))
+        model = CLIP(self.model_config)  # with the loss's logit init (and SigLIP's bias): train.checkpoint.resolved
         for name in ("logit_scale", "logit_bias"):  # trained by self.temperature in fp32, outside the backend
             if hasattr(model, name):
                 getattr(model, name).requires_grad_(False)

@@ -23,6 +23,7 @@ from train.checkpoint.files import (
     resolve_resume_on_main,
 )
 from train.checkpoint.parts import Part, load_parts, save_parts
+from train.checkpoint.resolved import RESOLVED
 from train.config import TrainConfig
 from train.config_io import ConfigError, to_dict
 from train.faults.timeouts import is_timeout
@@ -34,13 +35,16 @@ class Checkpointer:
     """The checkpoints of one run under `<run.output_dir>/checkpoints`; every rank holds one.
 
     `parts` is the map of what a checkpoint holds (train.checkpoint.parts); meta.json (progress, world size,
-    backend, the resolved config and facts measured from the data) is assembled here and written last.
+    backend, the config, the `resolved` block (train.checkpoint.resolved: RunSetup.resolved) and facts measured
+    from the data) is assembled here and written last; without `resolved` there is no block (readers derive it).
     """
 
     def __init__(
-        self, cfg: TrainConfig, parts: dict[str, Part], rank: int, world_size: int, barrier: Callable[[], None]
-    ) -> None:
+        self, cfg: TrainConfig, parts: dict[str, Part], rank: int, world_size: int, barrier: Callable[[], None],
+        resolved: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
+        self.resolved = resolved
         self.parts = parts
         self.rank = rank
         self.world_size = world_size
@@ -102,7 +106,7 @@ class Checkpointer:
             "backend": self.cfg.backend.name,
             "config": to_dict(self.cfg),
             "dataset": dataset,
-        }
+        } | ({} if self.resolved is None else {RESOLVED: self.resolved})
         return self.writer.save(
             progress["step"], lambda directory: save_parts(self.parts, directory, self.rank), meta, weights_finite
         )

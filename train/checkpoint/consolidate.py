@@ -10,24 +10,17 @@ from pathlib import Path
 
 import torch
 
-from model import CLIP, create_model
+from model import CLIP
 from train.backends import backend_class
 from train.checkpoint.files import read_meta, resolve_checkpoint
+from train.checkpoint.resolved import checkpoint_model_config
 from train.checkpoint.trusted import load_file
 
 
-def model_overrides(meta: dict) -> dict:
-    """The checkpoint's model overrides, plus the logit bias a SigLIP run's model carries."""
-    config = meta["config"]
-    overrides = dict(config["model"].get("overrides", {}))
-    if config.get("loss", {}).get("name") == "siglip":
-        overrides["init_logit_bias"] = config["loss"].get("bias_init", -10.0)
-    return overrides
-
-
-def model_from_meta(meta: dict) -> CLIP:
-    """An empty (randomly initialised) model with the checkpoint's architecture."""
-    return create_model(meta["config"]["model"]["name"], **model_overrides(meta))
+def model_from_checkpoint(meta: dict) -> CLIP:
+    """An initialised model with the architecture, logit init and SigLIP bias that the checkpoint whose meta.json
+    is `meta` was trained with (its `resolved` block; train.checkpoint.resolved)."""
+    return CLIP(checkpoint_model_config(meta))
 
 
 def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -35,20 +28,18 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     pointer, a run's checkpoints/ directory or the run directory; train.checkpoint.files.resolve_checkpoint)."""
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
-    state = backend_class(meta["backend"]).consolidate(path, model_from_meta(meta).state_dict())
+    state = backend_class(meta["backend"]).consolidate(path, model_from_checkpoint(meta).state_dict())
     state = {k: v.detach().float().cpu() for k, v in state.items()}
-    temperature = path / "temperature.pt"  # the trained fp32 temperature (the model's own copy is frozen)
-    if temperature.is_file():
-        trained = load_file(temperature)
-        state["logit_scale"] = trained["logit_scale"].float()
-        if "logit_bias" in trained:  # SigLIP
-            state["logit_bias"] = trained["logit_bias"].float()
+    trained = load_file(path / "temperature.pt")  # the trained fp32 temperature (the model's own copy is frozen)
+    state["logit_scale"] = trained["logit_scale"].float()
+    if "logit_bias" in trained:  # SigLIP
+        state["logit_bias"] = trained["logit_bias"].float()
     return state, meta
 
 
 def load_model(checkpoint: str | Path) -> tuple[CLIP, dict]:
     """The trained model (eval mode) and the checkpoint's meta; `checkpoint` as for `consolidated_state_dict`."""
     state, meta = consolidated_state_dict(checkpoint)
-    model = model_from_meta(meta)
+    model = model_from_checkpoint(meta)
     model.load_state_dict(state)
     return model.eval(), meta

@@ -15,7 +15,8 @@ from train.losses.siglip import SigLIPLoss
 
 
 def build_loss(cfg: LossConfig, num_samples: int, group: Group = None) -> ContrastiveLoss:
-    """The configured loss over the data-parallel `group` (None: the default group, if initialised)."""
+    """The configured loss over the data-parallel `group` (None: the default group, if initialised). `cfg` is
+    resolved once, here, unless it already is (train.setup's RunSetup.loss); the loss takes it resolved."""
     cfg = cfg.resolved()
     if cfg.name == "openclip":
         return OpenCLIPLoss(group)

@@ -95,12 +95,14 @@ class LossConfig:
     distill_weight: float = 0.0
     distill_logit_scale: float = 100.0
 
-    def resolved(self) -> LossConfig:
+    def resolved(self, validate: bool = True) -> LossConfig:
         """A validated copy with aliases and per-version defaults filled in (name openclip, siglip or fastclip);
-        a config that is already resolved is returned as it is (train.setup resolves once per run)."""
+        a config that is already resolved is returned as it is. train.setup resolves once per run, with
+        `validate=False` since train.config.read_config has validated the section."""
         if self.is_resolved:
             return self
-        self.validate()
+        if validate:
+            self.validate()
         tau_init = self.tau_init if self.tau_init is not None else _DEFAULT_TAU_INIT.get(self.name, 0.07)
         if self.name in _MINI_BATCH:
             return dataclasses.replace(self, tau_init=tau_init, lr_tau_schedule=self.lr_tau_schedule or "model")

@@ -84,9 +84,10 @@ class FastCLIPLoss(ContrastiveLoss):
     """FastCLIP v0-v3 (and SogCLR / iSogCLR through the config aliases); see the module doc."""
 
     def __init__(self, cfg: LossConfig, num_samples: int, group: Group = None) -> None:
-        cfg = cfg.resolved()
-        if cfg.name != "fastclip":
-            raise ValueError(f"FastCLIPLoss needs a fastclip config, got name {cfg.name!r}")
+        """`cfg`: resolved (LossConfig.resolved(); build_loss and train.setup hand it so), never resolved here."""
+        if cfg.name != "fastclip" or not cfg.is_resolved:
+            raise ValueError(f"FastCLIPLoss needs a resolved fastclip config (LossConfig.resolved()), got name "
+                             f"{cfg.name!r}, version {cfg.version!r}")  # fmt: skip
         self.cfg = cfg
         self.version = cfg.version
         columns = {"log_u1": -math.inf, "log_u2": -math.inf}

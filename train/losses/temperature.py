@@ -162,7 +162,7 @@ class GlobalTemperature:
 
 
 def tau_spec(cfg: LossConfig) -> TauSpec:
-    """The logit_scale treatment for a loss config (aliases and defaults resolved)."""
+    """The logit_scale treatment for a loss config, resolved once, here, unless it already is (train.setup)."""
     cfg = cfg.resolved()
     trainable = cfg.name in ("openclip", "siglip") or cfg.version in ("v0", "v3")
     return TauSpec(
