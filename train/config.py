@@ -235,8 +235,9 @@ class TrainConfig:
     dataset_samples: int = 0  # training pairs, for --dry-run planning without data (0 = unknown)
 
     def validate(self) -> None:
-        """Each section's own checks; the checks across sections (model vs data, backend) are train.setup's."""
-        sections = (self.model, self.data, self.loss, self.optim, self.flip, self.backend, self.checkpoint,
+        """Each section's own checks (DataConfig runs its own when built: data code builds it directly); the checks
+        across sections (model vs data, backend) are train.setup's."""
+        sections = (self.model, self.loss, self.optim, self.flip, self.backend, self.checkpoint,
                     self.logging, self.eval)  # fmt: skip
         for section in sections:
             section.validate()
