@@ -17,11 +17,10 @@ pixels become images:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.stateful import Stateful
 
 from data.plan import EpochPlan
 
@@ -100,8 +99,10 @@ class Source(Protocol):
         return ""
 
 
-class TrainStream(Stateful, Protocol):
-    """A rank's resumable training stream (data.loader.TrainLoader; tests pass fixed batches).
+class TrainStream(Protocol):
+    """A rank's resumable training stream (data.loader.TrainLoader; tests pass fixed batches); a
+    torch.distributed.checkpoint `Stateful` (it is not declared a subclass: torch checks `isinstance(x, Stateful)`
+    on every object it saves, and a protocol with attributes among Stateful's subclasses makes that check raise).
 
     Iterating yields the rest of the current epoch; `set_epoch(e)` moves to epoch e's start (kept when e is the
     current epoch, so a stream restored by `load_state_dict` continues mid-epoch). `batches` is how trainers and
@@ -111,6 +112,10 @@ class TrainStream(Stateful, Protocol):
     num_samples: int  # the per-sample table's size
     steps_per_epoch: int
     keys_are_rows: bool  # see Source.keys_are_rows
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
     def set_epoch(self, epoch: int) -> None: ...
 
