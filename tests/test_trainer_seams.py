@@ -39,11 +39,12 @@ def test_each_component_owns_its_cadence(tmp_path: Path) -> None:
 def test_tensorboard_is_a_tracker_that_hides_what_a_crashed_run_logged_after_the_resume(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    first = MetricsLogger(tmp_path, True, 4, 1, 0, open_trackers(["tensorboard"], tmp_path, "p", "n", {}, {}))
+    first = MetricsLogger(tmp_path, True, open_trackers(["tensorboard"], tmp_path, "p", "n", {}, {}), total_steps=4)
     for step in range(1, 5):
         first.log(step, {"train/loss": float(step)})
     first.close()
-    resumed = MetricsLogger(tmp_path, True, 4, 1, 2, open_trackers(["tensorboard"], tmp_path, "p", "n", {}, {}, 2))
+    trackers = open_trackers(["tensorboard"], tmp_path, "p", "n", {}, {}, resume_step=2)
+    resumed = MetricsLogger(tmp_path, True, trackers, total_steps=4, resume_step=2)
     assert resumed.run_ids() == {}  # nothing to resume by: the directory is the run
     resumed.log(3, {"train/loss": 30.0})
     resumed.log_eval(3, {"zeroshot_top1": 0.5})

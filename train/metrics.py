@@ -8,7 +8,9 @@ import logging
 import time
 from pathlib import Path
 
-from train.trackers import Tracker
+from train.config import TrainConfig
+from train.config_io import to_dict
+from train.trackers import Tracker, mlflow_uri, open_trackers
 
 logger = logging.getLogger("fastflip")
 
@@ -31,8 +33,8 @@ class MetricsLogger:
     """
 
     def __init__(
-        self, out_dir: Path, enabled: bool, total_steps: int, every_steps: int, resume_step: int = 0,
-        trackers: dict[str, Tracker] | None = None,
+        self, out_dir: Path, enabled: bool, trackers: dict[str, Tracker] | None = None, *, total_steps: int,
+        every_steps: int = 10, resume_step: int = 0,
     ) -> None:  # fmt: skip
         """`resume_step`: the step training continues from. What a crashed run logged after it is dropped from
         metrics.jsonl (the trackers do the same: TensorBoard hides it), so no step appears twice. `trackers` get the
@@ -46,6 +48,23 @@ class MetricsLogger:
             out_dir.mkdir(parents=True, exist_ok=True)
             _drop_rows_after(out_dir / "metrics.jsonl", resume_step)
             self.jsonl = (out_dir / "metrics.jsonl").open("a")
+
+    @classmethod
+    def for_run(
+        cls, cfg: TrainConfig, is_main: bool, total_steps: int, resume_step: int, run_ids: dict[str, str]
+    ) -> MetricsLogger:
+        """The run's logger under run.output_dir: on rank 0 with the trackers of `logging.trackers` (and TensorBoard
+        when `logging.tensorboard`), continuing the tracked runs `run_ids`; other ranks log nothing."""
+        log, out_dir = cfg.logging, Path(cfg.run.output_dir)
+        trackers: dict[str, Tracker] = {}
+        if is_main:
+            if {"wandb", "mlflow"} & set(log.trackers):
+                logger.info("starting the trackers: %s", ", ".join(
+                    f"mlflow ({mlflow_uri(out_dir)})" if t == "mlflow" else t for t in log.trackers))  # fmt: skip
+            names = [*log.trackers, *(["tensorboard"] if log.tensorboard else [])]
+            trackers = open_trackers(names, out_dir, log.project, cfg.run.name, to_dict(cfg), run_ids, resume_step)
+        return cls(out_dir, is_main, trackers, total_steps=total_steps, every_steps=log.every_steps,
+                   resume_step=resume_step)  # fmt: skip
 
     def due(self, step: int) -> bool:
         """Whether step `step` (just taken) is logged: every `every_steps` steps and the last one, on every rank

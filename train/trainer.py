@@ -48,7 +48,6 @@ from train.reference import build_reference, check_same_reference, reference_met
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
 from train.summary import describe_data, frozen_line
-from train.trackers import mlflow_uri, open_trackers
 
 logger = logging.getLogger("fastflip")
 
@@ -79,7 +78,7 @@ class Trainer:
         if self.backend.is_main and loader is None:
             logger.info("reading the training data's index: %s", describe_data(cfg.data))
         data = resolve_resize(cfg.data, self.backend.device)  # resize "auto": on the device when it is CUDA
-        self.loader: TrainStream = loader or build_train_loader(data, rank, world, self.tokenizer)
+        self.loader: TrainStream = build_train_loader(data, rank, world, self.tokenizer) if loader is None else loader
         self.global_batch = cfg.data.batch_size * world
         if cfg.run.world_size and cfg.run.world_size != world and self.backend.is_main:
             logger.warning(
@@ -132,14 +131,7 @@ class Trainer:
             cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world, self.backend.dp_group,
             total_steps=total,
         )  # fmt: skip
-        log = cfg.logging
-        if self.backend.is_main and {"wandb", "mlflow"} & set(log.trackers):
-            logger.info("starting the trackers: %s", ", ".join(
-                f"mlflow ({mlflow_uri(self.out)})" if t == "mlflow" else t for t in log.trackers))  # fmt: skip
-        names = [*log.trackers, *(["tensorboard"] if log.tensorboard else [])]
-        trackers = open_trackers(names, self.out, log.project, cfg.run.name, to_dict(cfg), self._tracker_ids,
-                                 self.step) if self.backend.is_main else {}  # fmt: skip
-        self.metrics = MetricsLogger(self.out, self.backend.is_main, total, log.every_steps, self.step, trackers)
+        self.metrics = MetricsLogger.for_run(cfg, self.backend.is_main, total, self.step, self._tracker_ids)
         self.losses = torch.full((total,), float("nan"), dtype=torch.float64, device=device)
         # train FLOPs per sample of each phase (masked pre-training, unmasked tuning), counted once
         self._flops = {p.name: train_flops_per_sample(self.model_config, p.mask_ratio) for p in self.plan.phases}
