@@ -1,7 +1,7 @@
 """Training and evaluation loaders: one batch format for every source.
 
-Training batches are `{"pixels": uint8 [B,H,W,3] (grey: [B,H,W]), "tokens": int64 [B,C], "index":
-int64 [B]}`, pinned when `pin_memory`; the trainer normalises the pixels on its device
+Batches are `data.types.Batch` (plain dicts). Training batches are `{"pixels": uint8 [B,H,W,3] (grey: [B,H,W]),
+"tokens": int64 [B,C], "index": int64 [B]}`, pinned when `pin_memory`; the trainer normalises the pixels on its device
 (`data.transforms.normalize_pixels`). With `data.resize: device` / `data.decode: device` the pixels are replaced
 by whole decoded images or JPEG bytes plus crop boxes, which the trainer crops and resizes on its device
 (`data.device_transforms.device_pixels`). Evaluation batches carry normalised float32 `"images"`
@@ -118,7 +118,8 @@ class _Positions(Sampler):
 
 
 class TrainLoader:
-    """Resumable, deterministic per-rank training stream. Iterating yields the rest of the current epoch.
+    """Resumable, deterministic per-rank training stream (a data.types.TrainStream). Iterating yields the rest of
+    the current epoch.
 
     `set_epoch(e)` moves to the start of epoch e (it keeps the position when e is already the
     current epoch, so calling it after `load_state_dict` continues mid-epoch).
