@@ -97,7 +97,7 @@ def measure(steps: int, rounds: int, batch: int, setting: str = "cpu_tiny") -> d
             cfg.data.webdataset.index = str(tmp)
             trainer = Trainer(cfg, FixedBatches(batch, 0, 1, 4, num_samples=NUM_SAMPLES, image_size=size,
                                                 context_length=context))  # fmt: skip
-            images, tokens, index = trainer.inputs(trainer._next_batch())
+            images, tokens, index = trainer.inputs(trainer.next_batch())
             batches[mode] = {"images": images, "tokens": tokens, "index": index}
             for _ in range(3):
                 trainer.train_step(batches[mode])

@@ -24,15 +24,19 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.multiprocessing as mp
 
 from benchmarks.bench_common import machine_description, write_json
+from data.types import Batch
 from model.flops import train_flops_per_sample
 from train.backends import variants
 from train.faults.rank_sync import free_port
+
+if TYPE_CHECKING:
+    from train.trainer import Trainer
 
 DEMO = "recipes/configs/demo_fashion_mnist.yaml"
 
@@ -59,7 +63,7 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _breakdown(trainer: Any, steps: int) -> dict[str, float]:
+def _breakdown(trainer: Trainer, steps: int) -> dict[str, float]:
     """Median seconds per step of each phase, synchronising the device between phases."""
     times: dict[str, list[float]] = {name: [] for name in PHASES}
     last = [0.0]
@@ -73,9 +77,7 @@ def _breakdown(trainer: Any, steps: int) -> dict[str, float]:
     for _ in range(steps):
         _sync()
         start = time.perf_counter()
-        batch = trainer._next_batch()
-        while batch is None:  # an epoch ended
-            batch = trainer._next_batch()
+        batch = trainer.next_batch()
         times["data_wait"].append(time.perf_counter() - start)
         last[0] = time.perf_counter()
         scalars = trainer.train_step(batch, probe)
@@ -106,11 +108,11 @@ def _rank_main(rank: int, world: int, port: int, config: str, overrides: list[st
         torch.save(result, out)
 
 
-def _measure(trainer: Any, args: dict) -> dict[str, Any]:
+def _measure(trainer: Trainer, args: dict) -> dict[str, Any]:
     steps, rounds = args["steps"], args["rounds"]
     trainer.train_steps(trainer.step + args["warmup"])  # warms the loader, allocator, kernels
-    images, tokens, index = trainer.inputs(trainer._next_batch() or trainer._next_batch())
-    resident = {"images": images, "tokens": tokens, "index": index}
+    images, tokens, index = trainer.inputs(trainer.next_batch())
+    resident = Batch(images=images, tokens=tokens, index=index)
     for _ in range(args["warmup"]):
         trainer.train_step(resident)
     model_s, loop_s = [], []

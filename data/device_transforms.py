@@ -24,7 +24,8 @@ from PIL import Image
 
 from data.device_resize import crop_resize
 from data.image_limits import check_image_size
-from data.transforms import random_resized_crop_box
+from data.transforms import normalize_pixels, random_resized_crop_box
+from data.types import Batch
 
 try:
     import simplejpeg
@@ -149,11 +150,21 @@ def resolve_resize(cfg, device: torch.device):
     return dataclasses.replace(cfg, resize="device" if on_device else "host")
 
 
-def has_device_work(batch: dict) -> bool:
+def has_device_work(batch: Batch) -> bool:
     return "decoded" in batch or "jpeg" in batch
 
 
-def device_pixels(batch: dict, device: torch.device | str, size: int) -> torch.Tensor:
+def device_images(batch: Batch, device: torch.device, size: int) -> torch.Tensor:
+    """The model's float32 [B, 3, size, size] input on `device`, whichever image fields `batch` carries
+    (data.types): uint8 pixels and device crops are normalised there, normalised images pass."""
+    if "pixels" in batch:
+        return normalize_pixels(batch["pixels"].to(device, non_blocking=True))
+    if has_device_work(batch):  # data.resize / data.decode: device
+        return normalize_pixels(device_pixels(batch, device, size))
+    return batch["images"].to(device, non_blocking=True)
+
+
+def device_pixels(batch: Batch, device: torch.device | str, size: int) -> torch.Tensor:
     """uint8 [B, size, size, 3] on `device` from a batch of `DecodedCrop` or `EncodedCrop` samples."""
     device = torch.device(device)
     sizes = batch["sizes"]
@@ -179,7 +190,7 @@ def _pad(images: list[torch.Tensor], sizes: torch.Tensor, device: torch.device) 
     return out
 
 
-def _decode_on(device: torch.device, batch: dict) -> list[torch.Tensor]:
+def _decode_on(device: torch.device, batch: Batch) -> list[torch.Tensor]:
     """JPEG bytes -> [h, w, 3] uint8 images on `device` (one batched decode_jpeg call; the rest arrive decoded)."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg

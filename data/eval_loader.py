@@ -18,10 +18,13 @@ from data.open_source import open_source
 from data.sources import SkipSample
 from data.tokenizer import get_tokenizer
 from data.transforms import EvalTransform
+from data.types import Batch, Source
 
 
 class _EvalBatches(Dataset):
-    def __init__(self, source, batch_size: int, image_size: int, tokenizer, num_samples: int, need_caption: bool):
+    def __init__(
+        self, source: Source, batch_size: int, image_size: int, tokenizer, num_samples: int, need_caption: bool
+    ) -> None:
         self.source, self.batch_size, self.image_size = source, batch_size, image_size
         self.tokenizer, self.num_samples, self.need_caption = tokenizer, num_samples, need_caption
         self.transform = EvalTransform(image_size)
@@ -31,7 +34,7 @@ class _EvalBatches(Dataset):
     def __len__(self) -> int:
         return -(-self.total // self.batch_size)
 
-    def __getitem__(self, b: int) -> dict:
+    def __getitem__(self, b: int) -> Batch:
         pos = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, self.total))
         shards = np.searchsorted(self.starts, pos, side="right") - 1
         counts: Counter = Counter()
@@ -78,8 +81,7 @@ class EvalLoader:
     @property
     def manifest(self) -> dict:
         """The shard manifest (class prompts/templates for zero-shot live here); {} for other sources."""
-        shardset = getattr(self.source, "shardset", None)
-        return shardset.manifest if shardset is not None else {}
+        return self.source.manifest
 
     def __len__(self) -> int:
         return len(self._batches)

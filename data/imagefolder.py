@@ -14,6 +14,7 @@ import numpy as np
 from data.config import DataConfig
 from data.shards import IMAGE_EXTS
 from data.sources import RawSample, SkipSample, _blocks, _Strings
+from data.types import Source
 
 
 def _is_image(name: str) -> bool:
@@ -33,7 +34,7 @@ def is_image_folder(path: str) -> bool:
     return False
 
 
-class ImageFolderSource:
+class ImageFolderSource(Source):
     kind = "imagefolder"
     has_labels = True
 
@@ -58,6 +59,7 @@ class ImageFolderSource:
         self.root, self._paths, self._labels = root, _Strings(paths), np.array(labels, dtype=np.int64)
         self.shard_sizes = _blocks(len(paths))
         self.num_samples = cfg.num_samples or len(paths)
+        self.origin = root
 
     def key(self, shard: int, i: int) -> int:
         return shard * 1000 + i

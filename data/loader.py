@@ -1,7 +1,7 @@
 """Training and evaluation loaders: one batch format for every source.
 
-Training batches are `{"pixels": uint8 [B,H,W,3] (grey: [B,H,W]), "tokens": int64 [B,C], "index":
-int64 [B]}`, pinned when `pin_memory`; the trainer normalises the pixels on its device
+Batches are `data.types.Batch` (plain dicts). Training batches are `{"pixels": uint8 [B,H,W,3] (grey: [B,H,W]),
+"tokens": int64 [B,C], "index": int64 [B]}`, pinned when `pin_memory`; the trainer normalises the pixels on its device
 (`data.transforms.normalize_pixels`). With `data.resize: device` / `data.decode: device` the pixels are replaced
 by whole decoded images or JPEG bytes plus crop boxes, which the trainer crops and resizes on its device
 (`data.device_transforms.device_pixels`). Evaluation batches carry normalised float32 `"images"`
@@ -29,6 +29,7 @@ import logging
 import random
 import weakref
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import Dataset, Sampler
@@ -37,12 +38,12 @@ from data.batching import MAX_ATTEMPTS, SKIP_REASONS, collate, load_sample, make
 from data.config import DataConfig
 from data.device_transforms import train_crop
 from data.eval_loader import EvalLoader, build_eval_loader
-from data.mixing import MixedPlan, MixedSource
 from data.open_source import open_source
-from data.plan import EpochPlan, steps_per_epoch
+from data.plan import steps_per_epoch
 from data.sources import SkipSample
 from data.tokenizer import get_tokenizer
 from data.transforms import TrainTransform
+from data.types import Batch, Plan, Source
 
 __all__ = ["TrainLoader", "build_train_loader", "EvalLoader", "build_eval_loader", "SKIP_REASONS"]
 
@@ -52,33 +53,32 @@ log = logging.getLogger(__name__)
 class _TrainBatches(Dataset):
     """Map-style dataset over (epoch, batch number) -> a full, collated batch of one rank."""
 
-    def __init__(self, source, cfg: DataConfig, rank: int, world_size: int, tokenizer, num_samples: int) -> None:
+    def __init__(
+        self, source: Source, cfg: DataConfig, rank: int, world_size: int, tokenizer, num_samples: int
+    ) -> None:
         self.source, self.cfg, self.rank, self.world_size = source, cfg, rank, world_size
         self.tokenizer, self.num_samples = tokenizer, num_samples
         device_crop = train_crop(cfg.resize, cfg.decode, cfg.image_size, cfg.train_crop_scale)
         self.transform = device_crop or TrainTransform(cfg.image_size, cfg.train_crop_scale)
         self.stack = device_crop.stack if device_crop is not None else None
-        self._plans: OrderedDict[int, EpochPlan] = OrderedDict()
+        self._plans: OrderedDict[int, Plan] = OrderedDict()
 
-    def plan(self, epoch: int) -> EpochPlan:
+    def plan(self, epoch: int) -> Plan:
         plan = self._plans.get(epoch)
         if plan is None:
             c = self.cfg
             args = dict(batch_size=c.batch_size, seed=c.seed, epoch=epoch, rank=self.rank,
                         world_size=self.world_size, window=c.shuffle_window, drop_last=c.drop_last)  # fmt: skip
-            mixed = isinstance(self.source, MixedSource)
-            plan = MixedPlan(self.source, **args) if mixed else EpochPlan(self.source.shard_sizes, **args)
-            self._plans[epoch] = plan
+            plan = self._plans[epoch] = self.source.plan(**args)
             if len(self._plans) > 2:
                 self._plans.popitem(last=False)
         return plan
 
-    def __getitem__(self, item: tuple[int, int]) -> dict:
+    def __getitem__(self, item: tuple[int, int]) -> Batch:
         epoch, b = item
         plan = self.plan(epoch)
         shards, locs = plan.batch(b)
-        if hasattr(self.source, "prefetch"):
-            self.source.prefetch(np.unique(shards))
+        self.source.prefetch(np.unique(shards))
         rng = random.Random(f"{self.cfg.seed}/{epoch}/{self.world_size}/{self.rank}/{b}")
         counts: Counter = Counter()
         pixels, captions, keys = [], [], []
@@ -118,7 +118,8 @@ class _Positions(Sampler):
 
 
 class TrainLoader:
-    """Resumable, deterministic per-rank training stream. Iterating yields the rest of the current epoch.
+    """Resumable, deterministic per-rank training stream (a data.types.TrainStream). Iterating yields the rest of
+    the current epoch.
 
     `set_epoch(e)` moves to the start of epoch e (it keeps the position when e is already the
     current epoch, so calling it after `load_state_dict` continues mid-epoch).
@@ -130,14 +131,10 @@ class TrainLoader:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.source = open_source(cfg)
         self.num_samples = int(self.source.num_samples)
-        mixed = isinstance(self.source, MixedSource)
-        self.total = self.source.epoch_total if mixed else int(self.source.shard_sizes.sum())
+        self.total = self.source.samples_per_epoch
         # True when every sample's dense row equals its integer source key (csv/datasets rows, the shards this
         # repo writes): per-sample state saved by versions that indexed it by source key still fits.
-        shardset = getattr(self.source, "shardset", None)
-        self.keys_are_rows = bool(shardset.manifest.get("keys_are_rows")) if shardset is not None else True
-        if mixed:
-            self.keys_are_rows = self.source.keys_are_rows
+        self.keys_are_rows = self.source.keys_are_rows
         if self.total == 0:
             raise ValueError(f"the {cfg.source} data at {cfg.path!r} has no samples")
         self.steps_per_epoch = steps_per_epoch(self.total, cfg.batch_size, world_size, cfg.drop_last)
@@ -152,11 +149,10 @@ class TrainLoader:
         if rank == 0:
             log.info(
                 "train data: %s, %d samples, index space %d, %d steps/epoch of %d x %d",
-                f"{len(cfg.sources)} mixed webdataset sources" if mixed else f"{cfg.source} {cfg.path}", self.total,
-                self.num_samples, self.steps_per_epoch, cfg.batch_size, world_size,
+                self.source.describe(), self.total, self.num_samples, self.steps_per_epoch, cfg.batch_size, world_size,
             )  # fmt: skip
-            if mixed:
-                log.info("train data: mixed sources per epoch: %s", self.source.describe())
+            if composition := self.source.composition():
+                log.info("train data: mixed sources per epoch: %s", composition)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -165,7 +161,7 @@ class TrainLoader:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Batch]:
         if self.position >= self.steps_per_epoch:
             return
         for batch in self._loader:

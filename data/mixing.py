@@ -19,17 +19,19 @@ import numpy as np
 from data.config import DataConfig
 from data.plan import EpochPlan
 from data.sources import RawSample, ShardSource
+from data.types import Source
 
 log = logging.getLogger(__name__)
 _MIX = 3  # stream tag for the seeded generator (data/plan.py uses 1 and 2)
 
 
-class MixedSource:
+class MixedSource(Source):
     """The shards of all sources as one list; `segments(seed, epoch)` is an epoch's weighted composition."""
 
     kind = "webdataset"
     has_labels = False
     classes = None
+    origin = "mixed sources"
 
     def __init__(self, cfg: DataConfig) -> None:
         self.parts: list[ShardSource] = []
@@ -46,13 +48,22 @@ class MixedSource:
         self.first_shard = np.cumsum([0] + [len(part.shard_sizes) for part in self.parts])
         self.per_source = [int(round(w * int(part.shard_sizes.sum()))) for w, part in zip(self.weights, self.parts,
                                                                                           strict=True)]  # fmt: skip
-        self.keys_are_rows = all(bool(p.shardset.manifest.get("keys_are_rows")) for p in self.parts)
-        self.epoch_total = sum(self.per_source)
+        self.keys_are_rows = all(part.keys_are_rows for part in self.parts)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return sum(self.per_source)
+
+    def plan(self, **plan_args: int | bool) -> MixedPlan:
+        return MixedPlan(self, **plan_args)
 
     def describe(self) -> str:
+        return f"{len(self.parts)} mixed webdataset sources"
+
+    def composition(self) -> str:
+        parts = zip(self.names, self.parts, self.weights, self.per_source, strict=True)
         return "; ".join(f"{name}: {int(part.shard_sizes.sum())} samples x weight {w:g} -> {n} per epoch"
-                         for name, part, w, n in zip(self.names, self.parts, self.weights, self.per_source,
-                                                     strict=True))  # fmt: skip
+                         for name, part, w, n in parts)  # fmt: skip
 
     def segments(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(global shard, start, length) of every piece of this epoch, sources in order."""

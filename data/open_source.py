@@ -6,9 +6,10 @@ from data.config import DataConfig
 from data.imagefolder import ImageFolderSource
 from data.mixing import MixedSource
 from data.sources import CsvSource, HFSource, ShardSource
+from data.types import Source
 
 
-def open_source(cfg: DataConfig, label_key: str | None = None):  # noqa: ANN201 - one of the source classes
+def open_source(cfg: DataConfig, label_key: str | None = None) -> Source:
     """The configured source: several weighted shard sources, webdataset shards, csv, a class-per-folder tree or a
     Hugging Face dataset (`label_key`: the column or json field holding an evaluation label)."""
     if cfg.sources:

@@ -27,6 +27,7 @@ from data.integrity import ShardChanged, shard_problem
 from data.manifest import load_index, resolve_shards
 from data.remote import is_remote, local_path
 from data.retry import retrying
+from data.types import Source
 
 log = logging.getLogger(__name__)
 BLOCK = 1000  # rows per virtual shard for csv / datasets sources
@@ -54,7 +55,7 @@ def _blocks(n: int) -> np.ndarray:
     return np.append(sizes, n % BLOCK) if n % BLOCK else sizes
 
 
-class ShardSource:
+class ShardSource(Source):
     """webdataset shards + their index; each read slices one memory-mapped shard file (no system call).
 
     Remote shards (fsspec URLs) are copied whole into the bounded `cache_dir` first (data/cache.py).
@@ -68,6 +69,7 @@ class ShardSource:
         path = cfg.path if path is None else path
         options = cfg.webdataset
         index = options.index if index is None else index
+        self.origin = path or index
         self.retry_s = options.remote_retry_s
         self.shardset = retrying(lambda: resolve_shards(path, index, options.allow_missing_shards),
                                  f"the shards {path or index!r} and their index", self.retry_s)  # fmt: skip
@@ -83,6 +85,17 @@ class ShardSource:
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
         self._pid = os.getpid()
+
+    @property
+    def keys_are_rows(self) -> bool:
+        return bool(self.shardset.manifest.get("keys_are_rows"))
+
+    @property
+    def manifest(self) -> dict:
+        return self.shardset.manifest
+
+    def describe(self) -> str:
+        return f"webdataset {self.origin}"
 
     def _index(self, shard: int) -> np.ndarray:
         idx = self._indices.get(shard)
@@ -177,7 +190,7 @@ class _Strings:
         return len(self._offsets) - 1
 
 
-class CsvSource:
+class CsvSource(Source):
     """csv/tsv with an image-path column and a caption column; the data row number is the key."""
 
     kind = "csv"
@@ -213,6 +226,7 @@ class CsvSource:
         self.num_samples = cfg.num_samples or len(paths)
         self.classes = None
         self.has_labels = li >= 0
+        self.origin = cfg.path
 
     def key(self, shard: int, i: int) -> int:
         return shard * BLOCK + i
@@ -228,7 +242,7 @@ class CsvSource:
         return RawSample(row, caption, os.path.join(self.root, path), int(self._labels[row]))
 
 
-class HFSource:
+class HFSource(Source):
     """A Hugging Face `datasets` table (save_to_disk dir or local data files); the row is the key."""
 
     kind = "hf"
@@ -254,6 +268,7 @@ class HFSource:
         self.ds, self.image_key, self.caption_key, self.label_key = ds.select_columns(cols), *cols[:2], label_key
         self.shard_sizes = _blocks(len(ds))
         self.num_samples = cfg.num_samples or len(ds)
+        self.origin = cfg.path
         if len(ds) == 0:
             raise ValueError(f"dataset at {cfg.path!r} has no rows")
 

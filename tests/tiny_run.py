@@ -15,8 +15,10 @@ from train.config_io import from_dict
 class FixedBatches:
     """Synthetic pairs with a fixed global batch per step; rank r takes rows [r*B, (r+1)*B) of it.
 
-    Implements the TrainLoader interface the trainer uses (set_epoch, iteration, state_dict, ...).
+    Implements the data.types.TrainStream protocol the trainer uses (set_epoch, iteration, state_dict, ...).
     """
+
+    keys_are_rows = True  # the index is the row
 
     def __init__(self, global_batch: int, rank: int, world_size: int, steps: int, num_samples: int = 48,
                  image_size: int = 32, context_length: int = 77, seed: int = 0) -> None:  # fmt: skip

@@ -35,14 +35,16 @@ class Evaluator:
 
     `rank` / `world_size` are this process's place in `group`, the data-parallel group the sets are
     sharded over (default: the whole job). `__call__(model)` must run on every rank of `group` with a
-    full-parameter model; every one of them gets the same metrics.
+    full-parameter model; every one of them gets the same metrics. In training, `due(step)` says when (every
+    `eval.every_steps` before `total_steps`, whose evaluation ends the run).
     """
 
     def __init__(
         self, cfg: EvalConfig, image_size: int, device: torch.device, tokenizer: Tokenizer,
-        rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None,
+        rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None, total_steps: int = 0,
     ) -> None:  # fmt: skip
         self.cfg = cfg
+        self.total_steps = total_steps
         self.device = device
         self.tokenizer = tokenizer
         self.distributed = world_size > 1
@@ -71,6 +73,10 @@ class Evaluator:
     @property
     def enabled(self) -> bool:
         return self.zeroshot_loader is not None or self.retrieval_loader is not None
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.every_steps
+        return self.enabled and bool(every) and step % every == 0 and step < self.total_steps
 
     def _open(self, key: str, path: str, image_size: int, label_key: str, rank: int, world: int) -> EvalLoader:
         if not Path(path).exists() and not any(c in path for c in "*{") and "://" not in path:

@@ -1,4 +1,5 @@
-"""Run logging: metrics.jsonl, TensorBoard, other trackers (train.trackers) and a console line, on rank 0 only."""
+"""Run logging: metrics.jsonl, the trackers (train.trackers: TensorBoard, wandb, MLflow) and a console line, on
+rank 0 only; the cadence is `logging.every_steps` and the last step."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import logging
 import time
 from pathlib import Path
 
-from train.trackers import Tracker
+from train.config import TrainConfig
+from train.config_io import to_dict
+from train.trackers import Tracker, mlflow_uri, open_trackers
 
 logger = logging.getLogger("fastflip")
 
@@ -24,38 +27,53 @@ _CONSOLE = (
 
 
 class MetricsLogger:
-    """Writes scalars to TensorBoard and `metrics.jsonl` and prints a progress line (rank 0 only).
+    """Writes scalars to `metrics.jsonl` and the trackers and prints a progress line (rank 0 only).
 
-    The trainer calls `log` on logging steps only, with values already read from the device.
+    The trainer asks `due(step)` and calls `log` on those steps only, with values already read from the device.
     """
 
     def __init__(
-        self, out_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, resume_step: int = 0,
-        trackers: dict[str, Tracker] | None = None,
+        self, out_dir: Path, enabled: bool, trackers: dict[str, Tracker] | None = None, *, total_steps: int,
+        every_steps: int = 10, resume_step: int = 0,
     ) -> None:  # fmt: skip
         """`resume_step`: the step training continues from. What a crashed run logged after it is dropped from
-        metrics.jsonl and hidden in TensorBoard (purge_step), so no step appears twice. `trackers` (wandb, mlflow)
-        get the same rows as metrics.jsonl."""
+        metrics.jsonl (the trackers do the same: TensorBoard hides it), so no step appears twice. `trackers` get the
+        same rows as metrics.jsonl."""
         self.enabled = enabled
         self.trackers = trackers or {}
         self.total_steps = total_steps
-        self.writer = None
+        self.every_steps = every_steps
         self.jsonl = None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
             _drop_rows_after(out_dir / "metrics.jsonl", resume_step)
             self.jsonl = (out_dir / "metrics.jsonl").open("a")
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
+    @classmethod
+    def for_run(
+        cls, cfg: TrainConfig, is_main: bool, total_steps: int, resume_step: int, run_ids: dict[str, str]
+    ) -> MetricsLogger:
+        """The run's logger under run.output_dir: on rank 0 with the trackers of `logging.trackers` (and TensorBoard
+        when `logging.tensorboard`), continuing the tracked runs `run_ids`; other ranks log nothing."""
+        log, out_dir = cfg.logging, Path(cfg.run.output_dir)
+        trackers: dict[str, Tracker] = {}
+        if is_main:
+            if {"wandb", "mlflow"} & set(log.trackers):
+                logger.info("starting the trackers: %s", ", ".join(
+                    f"mlflow ({mlflow_uri(out_dir)})" if t == "mlflow" else t for t in log.trackers))  # fmt: skip
+            names = [*log.trackers, *(["tensorboard"] if log.tensorboard else [])]
+            trackers = open_trackers(names, out_dir, log.project, cfg.run.name, to_dict(cfg), run_ids, resume_step)
+        return cls(out_dir, is_main, trackers, total_steps=total_steps, every_steps=log.every_steps,
+                   resume_step=resume_step)  # fmt: skip
+
+    def due(self, step: int) -> bool:
+        """Whether step `step` (just taken) is logged: every `every_steps` steps and the last one, on every rank
+        (logging sums the skip counts over ranks)."""
+        return step % self.every_steps == 0 or step == self.total_steps
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        if self.writer is not None:
-            for key, value in scalars.items():
-                self.writer.add_scalar(key, value, step)
         self.jsonl.write(json.dumps({"step": step} | scalars) + "\n")
         self.jsonl.flush()
         for tracker in self.trackers.values():
@@ -71,9 +89,6 @@ class MetricsLogger:
     def log_eval(self, step: int, results: dict[str, float]) -> None:
         if not self.enabled:
             return
-        for key, value in results.items():
-            if self.writer is not None:
-                self.writer.add_scalar(f"eval/{key}", value, step)
         row = {f"eval/{k}": v for k, v in results.items()}
         self.jsonl.write(json.dumps({"step": step} | row) + "\n")
         self.jsonl.flush()
@@ -83,14 +98,12 @@ class MetricsLogger:
 
     def run_ids(self) -> dict[str, str]:
         """Tracker name -> run id, kept in the checkpoint so a resumed run continues the same tracked run."""
-        return {name: tracker.run_id for name, tracker in self.trackers.items()}
+        return {name: tracker.run_id for name, tracker in self.trackers.items() if tracker.run_id}
 
     def close(self) -> None:
         for tracker in self.trackers.values():
             tracker.close()
         self.trackers = {}
-        if self.writer is not None:
-            self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
 

@@ -1,9 +1,10 @@
-"""Experiment trackers beyond TensorBoard: Weights & Biases and MLflow, on rank 0 only.
+"""Experiment trackers: TensorBoard, Weights & Biases and MLflow, on rank 0 only.
 
-They receive exactly the scalars of metrics.jsonl at the same steps. Each tracker's run id is returned
-by `run_ids()` and stored in the checkpoint's meta.json, so a resumed run continues the same tracked run
-instead of starting a new one. No tracker package is required by the project: a missing one is a clear
-error naming the extra to install (`pip install 'fastflip[trackers]'`).
+They receive exactly the scalars of metrics.jsonl at the same steps. Each tracker's run id (wandb, MLflow) is
+returned by `MetricsLogger.run_ids()` and stored in the checkpoint's meta.json, so a resumed run continues the
+same tracked run instead of starting a new one; TensorBoard's run is its directory (`<run dir>/tensorboard`),
+where a resumed run hides what a crashed one logged after the resumed step. wandb and MLflow are not required
+by the project: a missing one is a clear error naming the extra to install (`pip install 'fastflip[trackers]'`).
 
 wandb honours its own environment (WANDB_MODE=offline, WANDB_DIR, WANDB_API_KEY); MLflow logs to
 MLFLOW_TRACKING_URI (a server, or sqlite:///path.db), or, when that is unset, to the SQLite store MLflow 3
@@ -59,7 +60,7 @@ def check_trackers(names: list[str], out_dir: Path) -> None:
 
 
 class Tracker(Protocol):
-    run_id: str
+    run_id: str  # "" when there is nothing to resume by (TensorBoard)
 
     def log(self, step: int, scalars: dict[str, float]) -> None: ...
 
@@ -72,6 +73,25 @@ def _require(name: str) -> Any:
     except ImportError as err:
         raise ImportError(f"logging.trackers includes {name!r} but the {_PACKAGES[name]} package is not installed: "
                           "pip install 'fastflip[trackers]'") from err  # fmt: skip
+
+
+class TensorBoardTracker:
+    """Event files under `<run dir>/tensorboard`; a run resumed at `resume_step` hides the later steps a crashed run
+    logged there (purge_step), so no step appears twice."""
+
+    run_id = ""
+
+    def __init__(self, out_dir: Path, resume_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class WandbTracker:
@@ -144,18 +164,28 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def open_trackers(
-    names: list[str], out_dir: Path, project: str, name: str, config: dict, run_ids: dict[str, str]
-) -> dict[str, Tracker]:
-    """The wandb / mlflow trackers named in `names` (tensorboard is MetricsLogger's own), resuming `run_ids`."""
+    names: list[str], out_dir: Path, project: str, name: str, config: dict, run_ids: dict[str, str],
+    resume_step: int = 0,
+) -> dict[str, Tracker]:  # fmt: skip
+    """The trackers named in `names`, resuming `run_ids` (wandb, mlflow) and the step `resume_step`; when one fails
+    to start, those already open are closed."""
     classes = {"wandb": WandbTracker, "mlflow": MlflowTracker}
-    opened = {}
-    for n in (n for n in names if n in classes):
-        try:
-            opened[n] = classes[n](out_dir, project, name, config, run_ids.get(n))
-        except ImportError:
-            raise
-        except Exception as err:  # the tracker's own exception types (MlflowException, wandb.Error, ...)
-            raise TrackerError(f"logging.trackers: {n} could not start: {_first_line(err)}") from err
+    opened: dict[str, Tracker] = {}
+    try:
+        for n in dict.fromkeys(names):
+            if n == "tensorboard":
+                opened[n] = TensorBoardTracker(out_dir, resume_step)
+                continue
+            try:
+                opened[n] = classes[n](out_dir, project, name, config, run_ids.get(n))
+            except ImportError:
+                raise
+            except Exception as err:  # the tracker's own exception types (MlflowException, wandb.Error, ...)
+                raise TrackerError(f"logging.trackers: {n} could not start: {_first_line(err)}") from err
+    except BaseException:
+        for tracker in opened.values():
+            tracker.close()
+        raise
     return opened
 
 

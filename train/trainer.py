@@ -2,7 +2,8 @@
 
 A step never waits for the device: the loss, grad norm, temperature and loss statistics stay
 device tensors and are read (one transfer) only on logging steps, so the host runs ahead and
-queues the next step while the device works.
+queues the next step while the device works. The loop asks its components whether they are due
+(metrics, checkpoints, evaluation); the trainer's own progress is one more checkpoint part.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import numpy as np
 import torch
 import yaml
 
-from data.device_transforms import device_pixels, has_device_work, resolve_resize
+from data.device_transforms import device_images, resolve_resize
 from data.loader import build_train_loader
 from data.retry import DataUnavailable
 from data.tokenizer import get_tokenizer
-from data.transforms import normalize_pixels
+from data.types import Batch, TrainStream, batches
 from model import CLIP
 from model.flops import train_flops_per_sample
 from model.init_from import load_pretrained
@@ -47,7 +48,6 @@ from train.reference import build_reference, check_same_reference, reference_met
 from train.schedules import phase_plan_for
 from train.setup import RunSetup, resolve
 from train.summary import describe_data, frozen_line
-from train.trackers import mlflow_uri, open_trackers
 
 logger = logging.getLogger("fastflip")
 
@@ -61,10 +61,11 @@ def _no_probe(_: str) -> None:
 class Trainer:
     """Owns one run: backend, data stream, loss state, temperature, schedules, checkpoints.
 
-    `loader` may be given (any iterable with the TrainLoader interface) to train on fixed batches.
+    `loader` may be given (any data.types.TrainStream) to train on fixed batches. The trainer is `Stateful`: its
+    progress (step, non-finite counters, tracked runs) is the checkpoint's "trainer" part.
     """
 
-    def __init__(self, run: RunSetup | TrainConfig, loader: Any = None) -> None:
+    def __init__(self, run: RunSetup | TrainConfig, loader: TrainStream | None = None) -> None:
         run = run if isinstance(run, RunSetup) else resolve(run)
         cfg = self.cfg = run.cfg
         self.loss_cfg, self.tau, self.model_config = run.loss, run.tau, run.model_config
@@ -77,7 +78,7 @@ class Trainer:
         if self.backend.is_main and loader is None:
             logger.info("reading the training data's index: %s", describe_data(cfg.data))
         data = resolve_resize(cfg.data, self.backend.device)  # resize "auto": on the device when it is CUDA
-        self.loader = loader if loader is not None else build_train_loader(data, rank, world, self.tokenizer)
+        self.loader: TrainStream = build_train_loader(data, rank, world, self.tokenizer) if loader is None else loader
         self.global_batch = cfg.data.batch_size * world
         if cfg.run.world_size and cfg.run.world_size != world and self.backend.is_main:
             logger.warning(
@@ -107,16 +108,16 @@ class Trainer:
         )
         self.guard = StepGuard(cfg.optim.max_nonfinite_steps, PreemptionFlag(), self.backend.device)
         parts = checkpoint_parts(
-            self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator
+            self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator, self
         )
         self.checkpoints = Checkpointer(cfg, parts, self.backend.rank, self.backend.world_size, self.backend.barrier,
-                                        run.resolved)  # fmt: skip
+                                        run.resolved, total_steps=self.plan.total_steps)  # fmt: skip
 
         self.step, self.epoch = 0, 0
         self._tracker_ids: dict[str, str] = {}  # a resumed run continues its tracked runs (load_checkpoint)
-        self._batches: Iterator[dict] | None = None
-        self._last_batch: dict | None = None  # a rank whose data became unavailable repeats it until all stop
-        self._data_lost: dict | None = None
+        self._batches: Iterator[tuple[int, Batch]] | None = None  # (epoch, batch), from the first next_batch on
+        self._last_batch: Batch | None = None  # a rank whose data became unavailable repeats it until all stop
+        self._data_lost: Batch | None = None
         self.out = Path(cfg.run.output_dir)
         self.lock = RunLock.for_run(self.out, self.backend.is_main)  # rank 0 holds it; all raise if taken
         resume_from = self.checkpoints.resume_target()
@@ -125,21 +126,15 @@ class Trainer:
         if self.backend.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        total = self.plan.total_steps
         self.evaluator = Evaluator(
             cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world, self.backend.dp_group,
+            total_steps=total,
         )  # fmt: skip
-        log = cfg.logging
-        if self.backend.is_main and {"wandb", "mlflow"} & set(log.trackers):
-            logger.info("starting the trackers: %s", ", ".join(
-                f"mlflow ({mlflow_uri(self.out)})" if t == "mlflow" else t for t in log.trackers))  # fmt: skip
-        trackers = open_trackers(log.trackers, self.out, log.project, cfg.run.name, to_dict(cfg),
-                                 self._tracker_ids) if self.backend.is_main else {}  # fmt: skip
-        self.metrics = MetricsLogger(
-            self.out, self.backend.is_main, log.tensorboard or "tensorboard" in log.trackers, self.plan.total_steps,
-            resume_step=self.step, trackers=trackers,
-        )  # fmt: skip
-        self.losses = torch.full((self.plan.total_steps,), float("nan"), dtype=torch.float64, device=device)
-        self._flops: dict[float, float] = {}  # train FLOPs per sample, by mask ratio (counted once)
+        self.metrics = MetricsLogger.for_run(cfg, self.backend.is_main, total, self.step, self._tracker_ids)
+        self.losses = torch.full((total,), float("nan"), dtype=torch.float64, device=device)
+        # train FLOPs per sample of each phase (masked pre-training, unmasked tuning), counted once
+        self._flops = {p.name: train_flops_per_sample(self.model_config, p.mask_ratio) for p in self.plan.phases}
         self._window = ThroughputWindow()
 
     # ----- construction -------------------------------------------------------------------
@@ -170,15 +165,10 @@ class Trainer:
         return build_optimizer(o.name, groups, o.lr, o.betas, o.eps)
 
     # ----- one step -----------------------------------------------------------------------
-    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images, tokens, index) on the device; uint8 "pixels" are normalised there (float "images" pass)."""
+    def inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, tokens, index) on the device, the images made there from whatever the batch carries."""
         device = self.backend.device
-        if "pixels" in batch:
-            images = normalize_pixels(batch["pixels"].to(device, non_blocking=True))
-        elif has_device_work(batch):  # data.resize / data.decode: device
-            images = normalize_pixels(device_pixels(batch, device, self.cfg.data.image_size))
-        else:
-            images = batch["images"].to(device, non_blocking=True)
+        images = device_images(batch, device, self.cfg.data.image_size)
         tokens = batch["tokens"].to(device, non_blocking=True)
         index = batch["index"].to(device, non_blocking=True)
         return self.backend.cast_inputs(images), tokens, index
@@ -188,7 +178,7 @@ class Trainer:
             image_features, text_features, _ = self.backend.model(images, tokens)
         return image_features, text_features
 
-    def train_step(self, batch: dict[str, torch.Tensor], probe: Probe = _no_probe) -> dict[str, Any]:
+    def train_step(self, batch: Batch, probe: Probe = _no_probe) -> dict[str, Any]:
         """Forward, loss, backward, optimizer and temperature steps. Returns device tensors (and host
         floats) to log; reads nothing back from the device. `probe(phase)` is called after each phase
         (benchmarks/bench_train.py times them)."""
@@ -272,23 +262,20 @@ class Trainer:
         }
 
     def train_steps(self, until: int) -> None:
-        """Train up to step `until` (across epochs), logging, checkpointing and evaluating as configured."""
-        cfg, total = self.cfg, self.plan.total_steps
+        """Train up to step `until` (across epochs), logging, checkpointing and evaluating when each is due."""
         self._window.restart(self.step)
-        while self.step < min(until, total):
+        while self.step < min(until, self.plan.total_steps):
             waited = time.perf_counter()
-            batch = self._next_batch()
-            if batch is None:  # the epoch is over
-                continue
+            batch = self.next_batch()
             self._window.data_s += time.perf_counter() - waited
-            with self._collectives(f"training step {self.step + 1}", cfg.backend.step_timeout_s):
+            with self._collectives(f"training step {self.step + 1}", self.cfg.backend.step_timeout_s):
                 scalars = self.train_step(batch)
-                if self.step % cfg.logging.every_steps == 0 or self.step == total:
+                if self.metrics.due(self.step):
                     self.log(scalars)  # sums the loader's skip counts over ranks: a collective of the step
-            if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.step < total:
+            if self.checkpoints.due(self.step):
                 self.save_checkpoint()
                 self._window.restart(self.step)
-            if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < total:
+            if self.evaluator.due(self.step):
                 self.evaluate()
                 self._window.restart(self.step)
             if self.guard.preempted:  # every rank stops after the same step
@@ -303,14 +290,14 @@ class Trainer:
         with watch(operation, seconds):
             yield
 
-    def _next_batch(self) -> dict | None:
-        """The next batch of the current epoch, or None (and the epoch advanced) at its end."""
+    def next_batch(self) -> Batch:
+        """The stream's next batch, epoch after epoch (data.types.batches: the loss learns each epoch as it starts)."""
+        if self._data_lost is not None:
+            return self._data_lost
         if self._batches is None:
-            self.loader.set_epoch(self.epoch)
-            self.loss.set_epoch(self.epoch)
-            self._batches = iter(self.loader)
+            self._batches = batches(self.loader, self.epoch, self.loss.set_epoch)
         try:
-            batch = next(self._batches, None) if self._data_lost is None else self._data_lost
+            self.epoch, batch = next(self._batches)
         except DataUnavailable as err:
             if self._last_batch is None:  # nothing trained in this job: `latest` is already where to resume
                 raise
@@ -318,10 +305,7 @@ class Trainer:
                          "repeats its last batch for the few steps the ranks take to agree)", self.backend.rank, err)
             self.guard.preemption.data_unavailable = str(err)
             self._data_lost = batch = self._last_batch
-        self._last_batch = batch if batch is not None else self._last_batch
-        if batch is None:
-            self._batches = None
-            self.epoch += 1
+        self._last_batch = batch
         return batch
 
     def log(self, scalars: dict[str, Any]) -> None:
@@ -331,17 +315,12 @@ class Trainer:
             values = torch.stack([scalars[k].detach().reshape(()).double() for k in names]).tolist()
             scalars = scalars | dict(zip(names, values, strict=True))
         peak = self.cfg.logging.peak_tflops * 1e12 * self.backend.world_size
-        scalars |= self._window.perf(self.step, self.global_batch, self._flops_per_sample(scalars), peak)
+        flops = self._flops[self.plan.phase_at(self.step - 1).name]  # the phase of the step just taken
+        scalars |= self._window.perf(self.step, self.global_batch, flops, peak)
         for reason, count in summed(self.loader.skipped_counts()).items():  # over ranks
             scalars[f"data/skipped_{reason}"] = float(count)
         self.metrics.log(self.step, scalars)
         self._window.restart(self.step)
-
-    def _flops_per_sample(self, scalars: dict[str, Any]) -> float:
-        ratio = float(scalars["schedule/mask_ratio"])
-        if ratio not in self._flops:
-            self._flops[ratio] = train_flops_per_sample(self.model_config, ratio)
-        return self._flops[ratio]
 
     def evaluate(self) -> dict[str, Any]:
         """Every rank holds a full-parameter model and evaluates its share of the eval sets; rank 0 logs."""
@@ -373,22 +352,31 @@ class Trainer:
         self.close(completed=error_type is None)
 
     # ----- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's "trainer" part: the step, the non-finite counters and the tracked runs' ids (rank 0's,
+        the rank that writes it; a resumed run continues them). The epoch is the data stream's."""
+        return {"step": self.step, "nonfinite": self.guard.state_dict(), "trackers": self.metrics.run_ids()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.guard.load_state_dict(state["nonfinite"])
+        self._tracker_ids = dict(state["trackers"])
+
     def save_checkpoint(self) -> Path:
-        """Every part of the state map, then meta.json (progress) last; never NaN / inf weights."""
-        nonfinite = self.guard.state_dict()
-        progress = {
+        """Every part of the state map, then meta.json (what the checkpoint is, for people and tools) last; never
+        NaN / inf weights."""
+        about = {
             "step": self.step,
             "epoch": self.epoch,
             "phase": self.plan.phase_at(max(self.step - 1, 0)).name,
-            "nonfinite": nonfinite,
-            "trackers": self.metrics.run_ids(),  # rank 0's, the one that writes meta.json
+            "trackers": self.metrics.run_ids(),  # evaluation.watch logs to the run's MLflow run
         }
         if self.reference is not None:  # its source and hash, never its weights
-            progress["reference"] = reference_meta(self.reference)
+            about["reference"] = reference_meta(self.reference)
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
-            progress["health"] = self.checkpoints.health(self.losses[: self.step], nonfinite["in_a_row"],
-                                                         self._max_abs_weight())  # fmt: skip
-            path = self.checkpoints.save(progress, self._dataset_facts(), self._weights_finite)
+            about["health"] = self.checkpoints.health(self.losses[: self.step], int(self.guard.in_a_row),
+                                                      self._max_abs_weight())  # fmt: skip
+            path = self.checkpoints.save(about, self._dataset_facts(), self._weights_finite)
         if self.backend.is_main:
             logger.info("saved checkpoint %s", path)
         return path
@@ -413,22 +401,19 @@ class Trainer:
         a different world size re-partitions the state."""
         meta = self.checkpoints.check_resumable(
             path, self._dataset_facts(), self.global_batch, self.backend.resumes_on_other_world_size,
-            keys_are_rows=getattr(self.loader, "keys_are_rows", True),
+            keys_are_rows=self.loader.keys_are_rows,
         )  # fmt: skip
         check_same_reference(path, meta.get("reference"), reference_meta(self.reference))
         saved_world, world = meta["world_size"], self.backend.world_size
         with self._collectives(f"loading checkpoint {path.name}", self.cfg.backend.timeout_s):
-            self.checkpoints.load(path, saved_world)
+            self.checkpoints.load(path, saved_world)  # every part: this trainer's progress too
         if saved_world != world and self.backend.is_main:
             logger.warning(
                 "resuming a %d-rank checkpoint on %d ranks: the step counter continues, but the phase plan (steps "
                 "per epoch, LR milestones) is rebuilt for the new global batch and the data stream restarts at "
                 "the next epoch", saved_world, world,
             )  # fmt: skip
-        self.step, self.epoch = int(meta["step"]), int(self.loader.state_dict()["epoch"])
-        if "nonfinite" in meta:
-            self.guard.load_state_dict(meta["nonfinite"])
-        self._tracker_ids = meta.get("trackers", {})
+        self.epoch = int(self.loader.state_dict()["epoch"])
         if self.backend.is_main:
             logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
                         saved_world)  # fmt: skip

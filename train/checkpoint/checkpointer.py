@@ -30,27 +30,36 @@ from train.faults.timeouts import is_timeout
 
 logger = logging.getLogger("fastflip")
 
+FORMAT = 2  # meta.json's "format" (none: 1); 2: the trainer's progress is a part of its own (trainer.pt)
+
 
 class Checkpointer:
     """The checkpoints of one run under `<run.output_dir>/checkpoints`; every rank holds one.
 
-    `parts` is the map of what a checkpoint holds (train.checkpoint.parts); meta.json (progress, world size,
-    backend, the config, the `resolved` block (train.checkpoint.resolved: RunSetup.resolved) and facts measured
-    from the data) is assembled here and written last; without `resolved` there is no block (readers derive it).
+    `parts` is the map of what a checkpoint holds (train.checkpoint.parts); meta.json (a summary of the progress,
+    world size, backend, the config, the `resolved` block (train.checkpoint.resolved: RunSetup.resolved) and facts
+    measured from the data) is assembled here and written last; without `resolved` there is no block (readers derive
+    it). In training, `due(step)` says when to save (every `checkpoint.every_steps` before `total_steps`, whose
+    checkpoint ends the run).
     """
 
     def __init__(
         self, cfg: TrainConfig, parts: dict[str, Part], rank: int, world_size: int, barrier: Callable[[], None],
-        resolved: dict[str, Any] | None = None,
+        resolved: dict[str, Any] | None = None, total_steps: int = 0,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         self.resolved = resolved
+        self.total_steps = total_steps
         self.parts = parts
         self.rank = rank
         self.world_size = world_size
         self.root = Path(cfg.run.output_dir) / "checkpoints"
         c = cfg.checkpoint
         self.writer = CheckpointWriter(self.root, c.keep_last, rank, barrier, c.keep_every_steps)
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.checkpoint.every_steps
+        return bool(every) and step % every == 0 and step < self.total_steps
 
     def has(self, step: int) -> bool:
         return is_complete(self.root / checkpoint_name(step))
@@ -100,8 +109,10 @@ class Checkpointer:
         return f"the last healthy checkpoint is {healthy}: resume with checkpoint.resume={healthy}"
 
     def save(self, progress: dict[str, Any], dataset: dict[str, Any], weights_finite: Callable[[], bool]) -> Path:
-        """Write every part, then meta.json; `progress` holds step, epoch, phase, the guard's counters, health."""
+        """Write every part, then meta.json; `progress` (step, epoch, phase, health, tracked runs) describes the
+        checkpoint to people and tools, the parts hold the state (the trainer's own progress included)."""
         meta = progress | {
+            "format": FORMAT,
             "world_size": self.world_size,
             "backend": self.cfg.backend.name,
             "config": to_dict(self.cfg),
@@ -122,6 +133,11 @@ class Checkpointer:
         batch may differ when the global batch is kept.
         """
         meta = read_meta(path)
+        if meta.get("format", 1) != FORMAT:
+            raise ConfigError(
+                f"{path} is in checkpoint format {meta.get('format', 1)}; this version reads format {FORMAT} (the "
+                "trainer's progress in trainer.pt). Resume it with the version that wrote it, or start a new run"
+            )
         if meta["backend"] != self.cfg.backend.name:
             raise ConfigError(
                 f"{path} was written by backend {meta['backend']!r}, this run uses {self.cfg.backend.name!r}"

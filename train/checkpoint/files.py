@@ -2,6 +2,7 @@
 
 Layout of one checkpoint `step_00001234/`:
   meta.json              step, epoch, world size, backend, the resolved config (written last by rank 0)
+  trainer.pt             the trainer's progress: step, non-finite counters, tracked-run ids (rank 0)
   model / optimizer      in the backend's own format (model.pt + optimizer.pt, dcp/, deepspeed/)
   temperature.pt         the fp32 temperature and its Adam state (rank 0)
   data_rank{r}.pt        per rank: the data-stream position

@@ -6,7 +6,8 @@ on every backend (the `Stateful` style of torch.distributed.checkpoint: `state_d
   temperature      the fp32 global temperature and its optimizer state; replicated, rank 0 writes it
   data             each rank's data-stream position; on another number of ranks, rank 0's epoch restarts
   rng              each rank's RNG states (torch, numpy, python, CUDA, FLIP mask generator); same ranks only
-  progress         step, epoch, phase and the non-finite counters: meta.json, written last by rank 0
+  trainer          the trainer's progress: step, non-finite counters, tracked-run ids; replicated, rank 0 writes it
+meta.json, written last by rank 0 (train.checkpoint.checkpointer), describes the checkpoint to people and tools.
 
 Adding something to the checkpoint is one line in `checkpoint_parts`. Every part is tensors and plain
 containers and loads with `weights_only=True` (train.checkpoint.trusted): a checkpoint from elsewhere cannot
@@ -158,14 +159,16 @@ def checkpoint_parts(
     temperature: Stateful,
     loader: Stateful,
     mask_generator: torch.Generator,
+    trainer: Stateful,
 ) -> dict[str, Part]:
-    """The map: what every checkpoint holds besides meta.json (progress, written by the writer)."""
+    """The map: what every checkpoint holds besides meta.json (written last, by the Checkpointer)."""
     return {
         "model+optimizer": BackendPart(backend),
         "loss": ShardedPart(loss, "loss_rank{rank}.pt", repartition_loss),
         "temperature": ReplicatedPart(temperature, "temperature.pt"),
         "data": PerRankPart(loader, "data_rank{rank}.pt", restart_data_from_rank0),
         "rng": PerRankPart(RNGState(mask_generator), "rng_rank{rank}.pt"),
+        "trainer": ReplicatedPart(trainer, "trainer.pt"),
     }
 
 
