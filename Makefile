@@ -51,14 +51,16 @@ demo-openclip: setup $(DEMO_DATA)/train/manifest.json
 	$(LAUNCH) recipes/fastclip_demo.py --config recipes/configs/demo_fashion_mnist.yaml loss.name=openclip \
 	  loss.version=null loss.lr_tau=null run.name=demo_fashion_mnist_openclip run.output_dir=$(DEMO_RUN)_openclip
 
-# Every test: ruff, then the whole suite (multi-rank gloo tests included).
+# Every test: ruff (lint and format), then the whole suite (multi-rank gloo tests included).
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 # The tier without spawned ranks or subprocesses (tests marked slow are left out): under 90 s.
 test-fast: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow" tests
 
 # Wheels the GPU machine (python 3.12, no internet) lacks, into the ignored .whl/ that the GPU check carries
@@ -68,3 +70,4 @@ gpu-wheels: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

@@ -129,8 +129,9 @@ def _recording_allreduce_hook(recorder: CommRecorder) -> Callable[[Any, dist.Gra
 
 def _rank_main(rank: int, world_size: int, init_method: str, out_dir: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=300))
+    dist.init_process_group(
+        "gloo", init_method=init_method, rank=rank, world_size=world_size, timeout=timedelta(seconds=300)
+    )
     recorder = CommRecorder()
     recorder.install()
     results = {}
@@ -179,16 +180,24 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         with contextlib.closing(__import__("socket").socket()) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        mp.start_processes(_rank_main, args=(args.world_size, f"tcp://127.0.0.1:{port}", out_dir, args),
-                           nprocs=args.world_size, start_method="spawn")
+        mp.start_processes(
+            _rank_main,
+            args=(args.world_size, f"tcp://127.0.0.1:{port}", out_dir, args),
+            nprocs=args.world_size,
+            start_method="spawn",
+        )
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(args.world_size)]
 
 
 def state_memory_rows() -> list[dict[str, Any]]:
     return [
-        {"versions": versions, "world_size": k, "columns": cols,
-         "sharded_bytes": state_bytes_per_rank(STATE_N, cols, k, "sharded"),
-         "replicated_bytes": state_bytes_per_rank(STATE_N, cols, k, "replicated")}
+        {
+            "versions": versions,
+            "world_size": k,
+            "columns": cols,
+            "sharded_bytes": state_bytes_per_rank(STATE_N, cols, k, "sharded"),
+            "replicated_bytes": state_bytes_per_rank(STATE_N, cols, k, "replicated"),
+        }
         for versions, cols in STATE_COLUMNS.items()
         for k in (4, 8, 16, 32)
     ]
@@ -215,20 +224,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload["config"] = vars(args)
     payload["machine"] = machine_description()
 
-    print(f"bytes per rank per step, {args.model} (d={embed_dim}), global batch {global_batch} on "
-          f"{args.world_size} gloo ranks")
+    print(
+        f"bytes per rank per step, {args.model} (d={embed_dim}), global batch {global_batch} on "
+        f"{args.world_size} gloo ranks"
+    )
     header = ["loss", "features", "feature_grad", "state", "param_grad", "logging", "total", "collectives"]
     print(f"{header[0]:<24}" + "".join(f"{h:>14}" for h in header[1:]))
     for name in LOSSES:
         r = payload[name]
-        cells = [r["feature_bytes"]] + [r[f"{c}_bytes"] for c in CATEGORIES[1:]] + [r["total_bytes"],
-                                                                                      len(r["collectives"])]
+        cells = (
+            [r["feature_bytes"]] + [r[f"{c}_bytes"] for c in CATEGORIES[1:]] + [r["total_bytes"], len(r["collectives"])]
+        )
         print(f"{name:<24}" + "".join(f"{c:>14,}" for c in cells))
     print(f"\nper-rank per-sample state, N = {STATE_N:,} keys, float32 (GB)")
     print(f"{'versions':<10}{'columns':>8}{'K':>5}{'sharded':>10}{'replicated':>12}")
     for row in payload["state_memory"]["rows"]:
-        print(f"{row['versions']:<10}{row['columns']:>8}{row['world_size']:>5}"
-              f"{row['sharded_bytes'] / 1e9:>10.3f}{row['replicated_bytes'] / 1e9:>12.3f}")
+        print(
+            f"{row['versions']:<10}{row['columns']:>8}{row['world_size']:>5}"
+            f"{row['sharded_bytes'] / 1e9:>10.3f}{row['replicated_bytes'] / 1e9:>12.3f}"
+        )
     write_json(args.out, payload)
     return payload
 

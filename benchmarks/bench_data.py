@@ -67,12 +67,22 @@ def open_clip_pipeline(shards: str, batch_size: int, workers: int, image_size: i
     names = [s.name for s in shardset.shards]
     if len(names) < max(1, workers):
         raise SystemExit(f"open_clip's pipeline needs >= {workers} shards, {shards} has {len(names)}")
-    pattern = os.path.join(shardset.directory, names[0]) if len(names) == 1 else \
-        os.path.join(shardset.directory, "{" + ",".join(names) + "}")  # fmt: skip
+    pattern = (
+        os.path.join(shardset.directory, names[0])
+        if len(names) == 1
+        else os.path.join(shardset.directory, "{" + ",".join(names) + "}")
+    )
     args = Namespace(
-        train_data=pattern, val_data=None, dataset_resampled=False, train_num_samples=shardset.total,
-        train_data_upsampling_factors=None, seed=0, batch_size=batch_size, workers=workers, world_size=1,
-    )  # fmt: skip
+        train_data=pattern,
+        val_data=None,
+        dataset_resampled=False,
+        train_num_samples=shardset.total,
+        train_data_upsampling_factors=None,
+        seed=0,
+        batch_size=batch_size,
+        workers=workers,
+        world_size=1,
+    )
     preprocess = open_clip.image_transform(image_size, is_train=True)
     info = get_wds_dataset(args, preprocess, is_train=True, epoch=0, tokenizer=open_clip.get_tokenizer("ViT-B-32"))
     return (images for images, _ in info.dataloader), lambda: None
@@ -108,8 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, default=15, help="timed batches per run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--source", default="", help="compare reading the shards from local,http,s3 (servers on "
-                   "127.0.0.1) instead of comparing with open_clip")
+    p.add_argument(
+        "--source",
+        default="",
+        help="compare reading the shards from local,http,s3 (servers on 127.0.0.1) instead of comparing with open_clip",
+    )
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
     if args.source:
@@ -130,15 +143,19 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = med[("ours", best["ours"])] / med[("open_clip", best["open_clip"])]
     by_workers = {w: med[("ours", w)] / med[("open_clip", w)] for w in workers}
 
-    print(f"\ndata loading, {args.image_size}px, batch {args.batch_size}, median of {args.repeats} "
-          f"({args.batches} batches each), shards {args.shards}")  # fmt: skip
+    print(
+        f"\ndata loading, {args.image_size}px, batch {args.batch_size}, median of {args.repeats} "
+        f"({args.batches} batches each), shards {args.shards}"
+    )
     print(f"{'workers':>7} | {'ours (samples/s)':>16} | {'open_clip (samples/s)':>21} | {'ratio':>6}")
     print("-" * 60)
     for w in workers:
         print(f"{w:>7} | {med[('ours', w)]:16.1f} | {med[('open_clip', w)]:21.1f} | {by_workers[w]:6.2f}")
-    print(f"best: ours {med[('ours', best['ours'])]:.1f} (workers={best['ours']}), open_clip "
-          f"{med[('open_clip', best['open_clip'])]:.1f} (workers={best['open_clip']}) "
-          f"-> ratio_vs_open_clip {ratio:.2f}")
+    print(
+        f"best: ours {med[('ours', best['ours'])]:.1f} (workers={best['ours']}), open_clip "
+        f"{med[('open_clip', best['open_clip'])]:.1f} (workers={best['open_clip']}) "
+        f"-> ratio_vs_open_clip {ratio:.2f}"
+    )
     result = {
         "ratio_vs_open_clip": ratio,
         "ratio_by_workers": {str(w): r for w, r in by_workers.items()},

@@ -41,8 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_RATES = {"0.0": 2069.0, "0.5": 3170.0, "0.75": 4204.0}  # ViT-B/16 model step on one H200, samples/s
 GOALS = {"ours_over_floor": 0.8, "ours_over_open_clip": 2.0, "cores_per_gpu_0.75": {"256": 6.0, "512": 10.0}}
 DECODERS = ("pil", "simplejpeg", "torchvision", "pil_draft")
-OURS = {"ours": {"resize": "device"}, "ours_host": {"resize": "host"},
-        "ours_decode_device": {"resize": "device", "decode": "device"}}  # fmt: skip
+OURS = {
+    "ours": {"resize": "device"},
+    "ours_host": {"resize": "host"},
+    "ours_decode_device": {"resize": "device", "decode": "device"},
+}
 
 
 # ----- child processes: one measurement each --------------------------------------------------------------------
@@ -59,10 +62,12 @@ def decoder(name: str, size: int):
     from PIL import Image
 
     if name == "pil":
+
         def decode(data: bytes):
             with Image.open(io.BytesIO(data)) as img:
                 return img.convert("RGB")
     elif name == "pil_draft":
+
         def decode(data: bytes):
             with Image.open(io.BytesIO(data)) as img:
                 crop = (0.9**0.5) * min(img.size)  # the smallest crop side the train transform draws, about
@@ -100,8 +105,14 @@ def run_ours(spec: dict) -> dict:
     from data.config import DataConfig
     from data.loader import build_train_loader
 
-    cfg = DataConfig(path=spec["shards"], batch_size=spec["batch_size"], workers=spec["workers"],
-                     image_size=spec["image_size"], seed=0, **spec["data"])  # fmt: skip
+    cfg = DataConfig(
+        path=spec["shards"],
+        batch_size=spec["batch_size"],
+        workers=spec["workers"],
+        image_size=spec["image_size"],
+        seed=0,
+        **spec["data"],
+    )
     loader = build_train_loader(cfg)
     batches = iter(loader)
     for _ in range(spec["warmup"]):
@@ -136,6 +147,7 @@ def run_candidates(spec: dict) -> dict:
         def run(d, box):
             with Image.open(io.BytesIO(d)) as img:
                 return np.asarray(img.convert("RGB").resize((size, size), resample, box=box))
+
         return run
 
     def draft(d, box):
@@ -154,8 +166,11 @@ def run_candidates(spec: dict) -> dict:
             batch[i, : a.shape[0], : a.shape[1]] = torch.from_numpy(a)
         return crop_resize(batch, torch.tensor(bs), sizes, size).numpy()
 
-    runs = {"pil_bicubic": pil(Image.Resampling.BICUBIC), "pil_bilinear": pil(Image.Resampling.BILINEAR),
-            "pil_draft_bicubic": draft}  # fmt: skip
+    runs = {
+        "pil_bicubic": pil(Image.Resampling.BICUBIC),
+        "pil_bilinear": pil(Image.Resampling.BILINEAR),
+        "pil_draft_bicubic": draft,
+    }
     out, reference = {}, None
     for name, fn in runs.items():
         start = time.process_time()
@@ -168,8 +183,11 @@ def run_candidates(spec: dict) -> dict:
     start = time.process_time()
     pixels = device_on_cpu(data[:k], boxes[:k])
     diff = np.abs(pixels.astype(np.int16) - reference[:k])
-    out["device_resize_on_a_cpu_core"] = {"ms_per_image": 1e3 * (time.process_time() - start) / k,
-                                          "mean_abs_levels": float(diff.mean()), "max_abs_levels": int(diff.max())}
+    out["device_resize_on_a_cpu_core"] = {
+        "ms_per_image": 1e3 * (time.process_time() - start) / k,
+        "mean_abs_levels": float(diff.mean()),
+        "max_abs_levels": int(diff.max()),
+    }
     out |= handoff(data[: spec["batch_size"]], boxes, reference)
     return out
 
@@ -185,8 +203,10 @@ def handoff(data: list[bytes], boxes: list, crops) -> dict:
 
     decoded = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in data]
     out = {}
-    for name, fn in (("handoff_crops", lambda: stack_pixels(list(crops[: len(data)]), shared=True)),
-                     ("handoff_decoded", lambda: DecodedCrop.stack(list(zip(decoded, boxes, strict=False)), True))):
+    for name, fn in (
+        ("handoff_crops", lambda: stack_pixels(list(crops[: len(data)]), shared=True)),
+        ("handoff_decoded", lambda: DecodedCrop.stack(list(zip(decoded, boxes, strict=False)), True)),
+    ):
         start = time.process_time()
         for _ in range(3):
             fn()
@@ -231,11 +251,26 @@ def measure(names: list[str], spec: dict, site: Path) -> dict:
         shardset = resolve_shards(spec["shards"])
         names_glob = "{" + ",".join(s.name for s in shardset.shards) + "}"
         pattern = os.path.join(os.path.abspath(shardset.directory), names_glob)
-        command = [sys.executable, str(REPO / "benchmarks" / "open_clip_data_peer.py"), "--shards", pattern,
-                   "--samples", str(shardset.total), "--batch-size", str(spec["batch_size"]),
-                   "--workers", str(spec["workers"]), "--image-size", str(spec["image_size"]),
-                   "--warmup", str(spec["warmup"]), "--batches", str(spec["batches"]),
-                   "--core", str(spec.get("core", -1))]  # fmt: skip
+        command = [
+            sys.executable,
+            str(REPO / "benchmarks" / "open_clip_data_peer.py"),
+            "--shards",
+            pattern,
+            "--samples",
+            str(shardset.total),
+            "--batch-size",
+            str(spec["batch_size"]),
+            "--workers",
+            str(spec["workers"]),
+            "--image-size",
+            str(spec["image_size"]),
+            "--warmup",
+            str(spec["warmup"]),
+            "--batches",
+            str(spec["batches"]),
+            "--core",
+            str(spec.get("core", -1)),
+        ]
         peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
         out["open_clip"] = _run(command, peer_env)
     ours = [n for n in names if n != "open_clip"]
@@ -264,10 +299,12 @@ def summarise(per_core: dict, all_cores: dict) -> dict:
         size: {
             "ours_over_floor>=0.8": out["ours_over_floor"][size] >= GOALS["ours_over_floor"],
             "ours_over_open_clip>=2.0": out["ours_over_open_clip"][size] >= GOALS["ours_over_open_clip"],
-            f"cores_per_gpu_0.75<={GOALS['cores_per_gpu_0.75'][size]:g}":
-                out["cores_per_gpu"][size]["ours"]["0.75"] <= GOALS["cores_per_gpu_0.75"][size],
-        } for size in per_core if size in GOALS["cores_per_gpu_0.75"]
-    }  # fmt: skip
+            f"cores_per_gpu_0.75<={GOALS['cores_per_gpu_0.75'][size]:g}": out["cores_per_gpu"][size]["ours"]["0.75"]
+            <= GOALS["cores_per_gpu_0.75"][size],
+        }
+        for size in per_core
+        if size in GOALS["cores_per_gpu_0.75"]
+    }
     return out
 
 
@@ -294,11 +331,16 @@ def main(argv: list[str]) -> dict:
     from benchmarks.bench_common import machine_description, write_json
     from benchmarks.bench_e2e import peer_env
 
-    p = argparse.ArgumentParser(prog="bench_data.py --photos", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="bench_data.py --photos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--photos", action="store_true")
-    p.add_argument("--shards", default="", help="SIZE=DIR,SIZE=DIR of photo shards (default: build them in "
-                   "artifacts/photo_shards with benchmarks/photo_shards.py)")  # fmt: skip
+    p.add_argument(
+        "--shards",
+        default="",
+        help="SIZE=DIR,SIZE=DIR of photo shards (default: build them in "
+        "artifacts/photo_shards with benchmarks/photo_shards.py)",
+    )
     p.add_argument("--samples", type=int, default=4096, help="per shard set, when building them")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
@@ -322,8 +364,12 @@ def main(argv: list[str]) -> dict:
             shard_sets[size] = str(out)
     site = peer_env(Path(args.peer_site), args.peer_wheels)
     core = args.core if args.core >= 0 else max(os.sched_getaffinity(0))
-    base = {"batch_size": args.batch_size, "warmup": args.warmup, "batches": args.batches,
-            "image_size": args.image_size}  # fmt: skip
+    base = {
+        "batch_size": args.batch_size,
+        "warmup": args.warmup,
+        "batches": args.batches,
+        "image_size": args.image_size,
+    }
     pipelines = [*(f"decode:{d}" for d in DECODERS), *OURS, "open_clip"]
     runs: dict = {s: {n: [] for n in pipelines} for s in shard_sets}
     candidates: dict = {}
@@ -339,8 +385,12 @@ def main(argv: list[str]) -> dict:
             for name, r in measured.items():
                 runs[size][name].append(r["samples_per_cpu_s"])
                 wall[size][name].append(r["samples_per_s"])
-                print(f"  repeat {rep} {size} px {name:22s} {r['samples_per_cpu_s']:8.1f} samples/CPU-s "
-                      f"({r['samples_per_s']:.1f}/s wall)", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"  repeat {rep} {size} px {name:22s} {r['samples_per_cpu_s']:8.1f} samples/CPU-s "
+                    f"({r['samples_per_s']:.1f}/s wall)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     per_core = {s: {n: statistics.median(v) for n, v in rates.items()} for s, rates in runs.items()}
     all_cores: dict = {}
     if not args.no_all_cores:
@@ -348,12 +398,19 @@ def main(argv: list[str]) -> dict:
         for size, shards in shard_sets.items():
             measured = measure(["ours", "ours_host", "open_clip"], base | {"shards": shards, "workers": cores}, site)
             all_cores[size] = {name: r["samples_per_s"] for name, r in measured.items()}
-    result = {"per_core": per_core, **summarise(per_core, all_cores), "all_cores": all_cores,
-              "candidates": candidates, "per_core_runs": runs, "wall_samples_per_s_runs": wall,
-              "model_rates_b16_h200": MODEL_RATES, "goal_values": GOALS,
-              "config": {k: getattr(args, k) for k in ("image_size", "batch_size", "warmup", "batches", "repeats")}
-              | {"shards": shard_sets, "pinned_core": core, "cores_all": len(os.sched_getaffinity(0))},
-              "machine": info | {"loadavg_at_end": os.getloadavg()}}  # fmt: skip
+    result = {
+        "per_core": per_core,
+        **summarise(per_core, all_cores),
+        "all_cores": all_cores,
+        "candidates": candidates,
+        "per_core_runs": runs,
+        "wall_samples_per_s_runs": wall,
+        "model_rates_b16_h200": MODEL_RATES,
+        "goal_values": GOALS,
+        "config": {k: getattr(args, k) for k in ("image_size", "batch_size", "warmup", "batches", "repeats")}
+        | {"shards": shard_sets, "pinned_core": core, "cores_all": len(os.sched_getaffinity(0))},
+        "machine": info | {"loadavg_at_end": os.getloadavg()},
+    }
     print("\n" + table(result))
     print(json.dumps(result["goals"]))
     write_json(args.out or None, result)

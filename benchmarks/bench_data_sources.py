@@ -33,10 +33,18 @@ def _served(source: str, shard_dir: str, names: list[str]):
         import s3fs
 
         with s3_server() as endpoint:
-            saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3")}  # fmt: skip
-            os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint})  # fmt: skip
+            saved = {
+                k: os.environ.get(k)
+                for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3")
+            }
+            os.environ.update(
+                {
+                    "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL_S3": endpoint,
+                }
+            )
             s3fs.S3FileSystem.clear_instance_cache()
             try:
                 fs = s3fs.S3FileSystem()
@@ -72,15 +80,29 @@ def compare_sources(args, workers: list[int], measure, ours, machine: dict) -> d
                 for src in sources:
                     cache = tempfile.mkdtemp(dir=tmp)  # cold cache: downloads are timed
                     options = {"index": os.path.join(tmp, f"index-{src}"), "cache_dir": cache}
-                    rate = measure(ours, patterns[src], args.batch_size, w, args.image_size, args.warmup,
-                                   args.batches, webdataset=options)  # fmt: skip
+                    rate = measure(
+                        ours,
+                        patterns[src],
+                        args.batch_size,
+                        w,
+                        args.image_size,
+                        args.warmup,
+                        args.batches,
+                        webdataset=options,
+                    )
                     runs[(src, w)].append(rate)
                     print(f"  repeat {rep} {src:5s} workers={w}: {rate:8.1f} samples/s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    print(f"\nloader samples/s by source, {args.image_size}px, batch {args.batch_size}, median of {args.repeats} "
-          f"({args.batches} batches after {args.warmup} warm-up, cold cache), shards {args.shards}")  # fmt: skip
-    print(f"{'workers':>7} | " + " | ".join(f"{s:>9}" for s in sources) + " | "
-          + " | ".join(f"{s}/local" for s in sources if s != "local"))  # fmt: skip
+    print(
+        f"\nloader samples/s by source, {args.image_size}px, batch {args.batch_size}, median of {args.repeats} "
+        f"({args.batches} batches after {args.warmup} warm-up, cold cache), shards {args.shards}"
+    )
+    print(
+        f"{'workers':>7} | "
+        + " | ".join(f"{s:>9}" for s in sources)
+        + " | "
+        + " | ".join(f"{s}/local" for s in sources if s != "local")
+    )
     for w in workers:
         ratios = [f"{med[(s, w)] / med[('local', w)]:>{len(s) + 6}.2f}" for s in sources if s != "local"]
         print(f"{w:>7} | " + " | ".join(f"{med[(s, w)]:9.1f}" for s in sources) + " | " + " | ".join(ratios))
@@ -90,8 +112,10 @@ def compare_sources(args, workers: list[int], measure, ours, machine: dict) -> d
         "samples_per_s_runs": {f"{s}/workers={w}": v for (s, w), v in runs.items()},
         "ratio_vs_local": {f"{s}/workers={w}": med[(s, w)] / med[("local", w)] for s, w in runs if s != "local"},
         "index_samples_per_s": index_rate,
-        "config": {k: getattr(args, k) for k in ("shards", "source", "image_size", "batch_size", "warmup",
-                                                 "batches", "repeats")},  # fmt: skip
+        "config": {
+            k: getattr(args, k)
+            for k in ("shards", "source", "image_size", "batch_size", "warmup", "batches", "repeats")
+        },
         "machine": machine,
     }
     if args.out:

@@ -58,8 +58,22 @@ def peer_env(site: Path, wheels: str) -> Path:
     if not stamp.exists():
         shutil.rmtree(site, ignore_errors=True)
         offline = ["--no-index", "--find-links", wheels] if wheels else []
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), *offline,
-                        "-r", str(PEER_REQUIREMENTS)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(site),
+                *offline,
+                "-r",
+                str(PEER_REQUIREMENTS),
+            ],
+            check=True,
+        )
         stamp.touch()
     return site
 
@@ -80,10 +94,22 @@ class Setup:
 
     def ours(self, run_dir: Path) -> list[str]:
         port = str(free_port())
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml"), "--num_processes", str(self.ranks),
-                "--main_process_port", port, str(REPO / "recipes" / "run_recipe.py"), "--config", self.config,
-                *self.overrides, f"run.output_dir={run_dir}"]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml"),
+            "--num_processes",
+            str(self.ranks),
+            "--main_process_port",
+            port,
+            str(REPO / "recipes" / "run_recipe.py"),
+            "--config",
+            self.config,
+            *self.overrides,
+            f"run.output_dir={run_dir}",
+        ]
 
     def peer(self, model_json: Path) -> list[str]:
         """Run in the peer's run directory: torchrun's own --logs-specs option swallows open_clip's --logs."""
@@ -91,22 +117,60 @@ class Setup:
         names = "{" + ",".join(s.name for s in shardset.shards) + "}"
         pattern = os.path.join(os.path.abspath(shardset.directory), names)
         args = [
-            "--train-data", pattern, "--dataset-type", "webdataset",
-            "--train-num-samples", str(self.steps * self.global_batch), "--epochs", "1",
-            "--batch-size", str(c.data.batch_size), "--workers", str(c.data.workers),
-            "--model", model_json.stem, "--precision", PEER_PRECISION[c.backend.precision],
-            "--lr", str(c.optim.lr), "--wd", str(c.optim.weight_decay), "--beta1", str(c.optim.betas[0]),
-            "--beta2", str(c.optim.betas[1]), "--eps", str(c.optim.eps), "--warmup", str(c.optim.warmup_steps),
-            "--seed", str(c.run.seed), "--local-loss", "--gather-with-grad",
-            "--log-every-n-steps", str(c.logging.every_steps), "--name", "peer",  # logs in ./logs (cwd: its run dir)
-        ]  # fmt: skip
+            "--train-data",
+            pattern,
+            "--dataset-type",
+            "webdataset",
+            "--train-num-samples",
+            str(self.steps * self.global_batch),
+            "--epochs",
+            "1",
+            "--batch-size",
+            str(c.data.batch_size),
+            "--workers",
+            str(c.data.workers),
+            "--model",
+            model_json.stem,
+            "--precision",
+            PEER_PRECISION[c.backend.precision],
+            "--lr",
+            str(c.optim.lr),
+            "--wd",
+            str(c.optim.weight_decay),
+            "--beta1",
+            str(c.optim.betas[0]),
+            "--beta2",
+            str(c.optim.betas[1]),
+            "--eps",
+            str(c.optim.eps),
+            "--warmup",
+            str(c.optim.warmup_steps),
+            "--seed",
+            str(c.run.seed),
+            "--local-loss",
+            "--gather-with-grad",
+            "--log-every-n-steps",
+            str(c.logging.every_steps),
+            "--name",
+            "peer",  # logs in ./logs (cwd: its run dir)
+        ]
         if c.flip.mask_ratio:
             args += ["--force-patch-dropout", str(c.flip.mask_ratio)]
         if c.optim.grad_clip:
             args += ["--grad-clip-norm", str(c.optim.grad_clip)]
         shim = str(Path(__file__).with_name("open_clip_peer.py"))
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(self.ranks), "--master_port",
-                str(free_port()), shim, str(model_json), *args]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(self.ranks),
+            "--master_port",
+            str(free_port()),
+            shim,
+            str(model_json),
+            *args,
+        ]
 
 
 def resolve(config: str, overrides: list[str], ranks: int, steps: int, mask_ratio: float, log_every: int) -> Setup:
@@ -115,17 +179,30 @@ def resolve(config: str, overrides: list[str], ranks: int, steps: int, mask_rati
     loss = [] if cfg.loss.name == "openclip" else ["loss.name=openclip", "loss.version=null", "loss.lr_tau=null"]
     steps_per_epoch = resolve_shards(cfg.data.path).total // (cfg.data.batch_size * ranks)
     fixed = [
-        *loss, f"flip.mask_ratio={mask_ratio}", "flip.tuning_samples=0", f"max_steps={steps}",
-        f"epochs={math.ceil(steps / steps_per_epoch)}", "eval.every_steps=0", 'eval.zeroshot=""',
-        'eval.retrieval=""', "checkpoint.every_steps=0", "checkpoint.resume=null",
-        f"logging.every_steps={log_every}", "logging.tensorboard=false", f"run.world_size={ranks}",
-    ]  # fmt: skip
+        *loss,
+        f"flip.mask_ratio={mask_ratio}",
+        "flip.tuning_samples=0",
+        f"max_steps={steps}",
+        f"epochs={math.ceil(steps / steps_per_epoch)}",
+        "eval.every_steps=0",
+        'eval.zeroshot=""',
+        'eval.retrieval=""',
+        "checkpoint.every_steps=0",
+        "checkpoint.resume=null",
+        f"logging.every_steps={log_every}",
+        "logging.tensorboard=false",
+        f"run.world_size={ranks}",
+    ]
     if steps % max(1, cfg.data.workers):  # open_clip_train rounds its epoch up to whole batches per worker
-        raise SystemExit(f"--steps {steps} is not a multiple of data.workers={cfg.data.workers}: the peer would run "
-                         f"{math.ceil(steps / cfg.data.workers) * cfg.data.workers} steps")  # fmt: skip
+        raise SystemExit(
+            f"--steps {steps} is not a multiple of data.workers={cfg.data.workers}: the peer would run "
+            f"{math.ceil(steps / cfg.data.workers) * cfg.data.workers} steps"
+        )
     if steps > steps_per_epoch:
-        raise SystemExit(f"--steps {steps} > one epoch of the shards ({steps_per_epoch} steps): the peer would stop "
-                         "at the end of its shards")  # fmt: skip
+        raise SystemExit(
+            f"--steps {steps} > one epoch of the shards ({steps_per_epoch} steps): the peer would stop "
+            "at the end of its shards"
+        )
     overrides = overrides + fixed
     return Setup(load_config(config, overrides), config, overrides, ranks, steps)
 
@@ -212,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (ours, peer)")
     parser.add_argument("--warmup", type=int, default=30, help="steps before the first steady-state window")
     parser.add_argument("--log-every", type=int, default=10, help="logging window of both trainers, in steps")
-    parser.add_argument("--mask-ratio", type=float, default=0.0, help="FLIP mask ratio of both (the peer's "
-                        "--force-patch-dropout)")  # fmt: skip
+    parser.add_argument(
+        "--mask-ratio", type=float, default=0.0, help="FLIP mask ratio of both (the peer's --force-patch-dropout)"
+    )
     parser.add_argument("--peer-site", default=str(REPO / ".peer" / "site"), help="the peer's environment")
     parser.add_argument("--peer-wheels", default="", help="build the peer's environment offline from these wheels")
     parser.add_argument("--logs", default="", help="keep the runs' logs here (default: a temporary folder)")
@@ -235,20 +313,41 @@ def main(argv: list[str] | None = None) -> int:
         f"{c.flip.mask_ratio}, {c.data.workers} workers, {args.steps} steps, medians of {args.rounds} rounds"
     )
     for key, value in result.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else \
-            f"{value['median']:.3f} ({value['min']:.3f}-{value['max']:.3f})"  # fmt: skip
+        shown = (
+            f"{value:.3f}"
+            if isinstance(value, float)
+            else f"{value['median']:.3f} ({value['min']:.3f}-{value['max']:.3f})"
+        )
         print(f"  {key:<20} {shown}")
-    write_json(args.out, {
-        "summary": result, "rounds": rounds, "note": args.note,
-        "setting": {"config": args.config, "overrides": setup.overrides, "model": c.model.name, "ranks": ranks,
-                    "batch_per_rank": c.data.batch_size, "global_batch": setup.global_batch, "loss": "openclip",
-                    "precision": c.backend.precision, "mask_ratio": c.flip.mask_ratio, "workers": c.data.workers,
-                    "steps": args.steps, "warmup_steps": args.warmup, "log_every": args.log_every,
-                    "shards": c.data.path},
-        "peer": {"requirements": [r for r in PEER_REQUIREMENTS.read_text().splitlines() if r and r[0] != "#"],
-                 "launch": "torchrun benchmarks/open_clip_peer.py (open_clip_train.main)"},
-        "machine": machine_description() | {"loadavg_start": load_start, "loadavg_end": os.getloadavg()},
-    })  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "summary": result,
+            "rounds": rounds,
+            "note": args.note,
+            "setting": {
+                "config": args.config,
+                "overrides": setup.overrides,
+                "model": c.model.name,
+                "ranks": ranks,
+                "batch_per_rank": c.data.batch_size,
+                "global_batch": setup.global_batch,
+                "loss": "openclip",
+                "precision": c.backend.precision,
+                "mask_ratio": c.flip.mask_ratio,
+                "workers": c.data.workers,
+                "steps": args.steps,
+                "warmup_steps": args.warmup,
+                "log_every": args.log_every,
+                "shards": c.data.path,
+            },
+            "peer": {
+                "requirements": [r for r in PEER_REQUIREMENTS.read_text().splitlines() if r and r[0] != "#"],
+                "launch": "torchrun benchmarks/open_clip_peer.py (open_clip_train.main)",
+            },
+            "machine": machine_description() | {"loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+        },
+    )
     return 0
 
 

@@ -66,12 +66,15 @@ def main() -> None:
     for part, med in seconds.items():
         for r in RATIOS:
             print(f"{part:<12} {r:>6.2f} {med[str(r)]:>9.3f} {med[str(r)] / med['0.0']:>12.3f}")
-    write_json(args.out, {
-        **results,
-        "seconds": seconds,
-        "config": vars(args) | {"image_size": size, "device": device.type},
-        "machine": machine_description(),
-    })
+    write_json(
+        args.out,
+        {
+            **results,
+            "seconds": seconds,
+            "config": vars(args) | {"image_size": size, "device": device.type},
+            "machine": machine_description(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -84,8 +84,11 @@ def measure(args: argparse.Namespace, mask: float, device: torch.device) -> dict
     calls = {name: (lambda s=s: [s() for _ in range(args.steps)]) for name, s in steps.items()}
     seconds = interleaved_medians(calls, args.warmup, args.repeats)
     ms = {name: 1e3 * s / args.steps for name, s in seconds.items()}
-    result: dict[str, Any] = {"mask_ratio": mask, "ms_per_step": ms,
-                              "samples_per_s": {name: args.batch / (m / 1e3) for name, m in ms.items()}}  # fmt: skip
+    result: dict[str, Any] = {
+        "mask_ratio": mask,
+        "ms_per_step": ms,
+        "samples_per_s": {name: args.batch / (m / 1e3) for name, m in ms.items()},
+    }
     if "open_clip" in ms:
         result["ours_over_open_clip"] = {n: ms["open_clip"] / m for n, m in ms.items() if n != "open_clip"}
     if "ours_compiled" in ms and "ours" in ms:
@@ -115,11 +118,23 @@ def main(argv: list[str] | None = None) -> int:
     for mask in (float(r) for r in args.mask_ratios.split(",")):
         results.append(measure(args, mask, device))
         r = results[-1]
-        print(f"mask {mask}: " + "  ".join(f"{n} {m:.1f} ms ({r['samples_per_s'][n]:.0f}/s)"
-                                         for n, m in r["ms_per_step"].items()), flush=True)  # fmt: skip
-        write_json(args.out, {"model": args.model, "batch": args.batch, "precision": args.precision,
-                              "steps_per_call": args.steps, "repeats": args.repeats, "results": results,
-                              "machine": machine_description()})  # fmt: skip
+        print(
+            f"mask {mask}: "
+            + "  ".join(f"{n} {m:.1f} ms ({r['samples_per_s'][n]:.0f}/s)" for n, m in r["ms_per_step"].items()),
+            flush=True,
+        )
+        write_json(
+            args.out,
+            {
+                "model": args.model,
+                "batch": args.batch,
+                "precision": args.precision,
+                "steps_per_call": args.steps,
+                "repeats": args.repeats,
+                "results": results,
+                "machine": machine_description(),
+            },
+        )
     return 0
 
 

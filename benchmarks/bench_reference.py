@@ -32,10 +32,14 @@ WIDE = OVERRIDES | {"embed_dim": 128, "vision_width": 128, "text_width": 128, "v
 NUM_SAMPLES = 2500
 # setting -> target (model, overrides, image size, context), references {mode: (model, overrides)}, precision, mask
 SETTINGS = {
-    "cpu_tiny": (("tiny", OVERRIDES, 56, 40), {"model": ("tiny", OVERRIDES), "model_2x_wide": ("tiny", WIDE)},
-                 "fp32", 0.0),
+    "cpu_tiny": (
+        ("tiny", OVERRIDES, 56, 40),
+        {"model": ("tiny", OVERRIDES), "model_2x_wide": ("tiny", WIDE)},
+        "fp32",
+        0.0,
+    ),
     "gpu_b16": (("ViT-B-16", {}, 224, 77), {"model_b32": ("ViT-B-32", {})}, "bf16", 0.75),
-}  # fmt: skip
+}
 
 
 def _config(out: str, batch: int, setting: str, reference: dict | None):
@@ -44,8 +48,14 @@ def _config(out: str, batch: int, setting: str, reference: dict | None):
     from train.config_io import from_dict
 
     (model, overrides, size, _), _, precision, mask = SETTINGS[setting]
-    raw = tiny_recipe(out, data={"batch_size": batch, "image_size": size}, flip={"mask_ratio": mask}, epochs=1000,
-                      model={"name": model, "overrides": overrides}, backend={"name": "ddp", "precision": precision})
+    raw = tiny_recipe(
+        out,
+        data={"batch_size": batch, "image_size": size},
+        flip={"mask_ratio": mask},
+        epochs=1000,
+        model={"name": model, "overrides": overrides},
+        backend={"name": "ddp", "precision": precision},
+    )
     raw["loss"] |= {"gamma_schedule": "epochs_rule"} | (reference or {})
     return from_dict(TrainConfig, raw, "bench_reference")
 
@@ -79,8 +89,17 @@ def _sync() -> None:
 
 
 def measure(steps: int, rounds: int, batch: int, setting: str = "cpu_tiny") -> dict:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29731", "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29731",
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_WORLD_SIZE": "1",
+            "ACCELERATE_USE_CPU": "1",
+        }
+    )
     import torch
 
     from tests.tiny_run import FixedBatches
@@ -95,8 +114,9 @@ def measure(steps: int, rounds: int, batch: int, setting: str = "cpu_tiny") -> d
         for mode, reference in _modes(tmp, setting).items():
             cfg = _config(str(tmp / f"run_{mode}"), batch, setting, reference)
             cfg.data.webdataset.index = str(tmp)
-            trainer = Trainer(cfg, FixedBatches(batch, 0, 1, 4, num_samples=NUM_SAMPLES, image_size=size,
-                                                context_length=context))  # fmt: skip
+            trainer = Trainer(
+                cfg, FixedBatches(batch, 0, 1, 4, num_samples=NUM_SAMPLES, image_size=size, context_length=context)
+            )
             images, tokens, index = trainer.inputs(trainer.next_batch())
             batches[mode] = {"images": images, "tokens": tokens, "index": index}
             for _ in range(3):
@@ -126,19 +146,33 @@ def measure(steps: int, rounds: int, batch: int, setting: str = "cpu_tiny") -> d
     rows = {}
     for mode, times in step_s.items():
         med = statistics.median(times)
-        rows[mode] = {"step_ms": 1e3 * med, "samples_per_s": batch / med, "step_vs_none": med / base,
-                      "reference_ms": 1e3 * statistics.median(ref_s[mode]) if mode in ref_s else 0.0}  # fmt: skip
+        rows[mode] = {
+            "step_ms": 1e3 * med,
+            "samples_per_s": batch / med,
+            "step_vs_none": med / base,
+            "reference_ms": 1e3 * statistics.median(ref_s[mode]) if mode in ref_s else 0.0,
+        }
         rows[mode]["reference_share_of_step"] = rows[mode]["reference_ms"] / rows[mode]["step_ms"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu, 1 thread"
-    return {"setting": setting, "device": device, "precision": precision, "mask_ratio": mask, "batch": batch,
-            "steps_per_round": steps, "rounds": rounds, "modes": rows}  # fmt: skip
+    return {
+        "setting": setting,
+        "device": device,
+        "precision": precision,
+        "mask_ratio": mask,
+        "batch": batch,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "modes": rows,
+    }
 
 
 def table(result: dict) -> str:
     lines = [f"{'mode':<16}{'step ms':>9}{'samples/s':>11}{'vs none':>9}{'ref fwd ms':>12}{'ref share':>11}"]
     for mode, r in result["modes"].items():
-        lines.append(f"{mode:<16}{r['step_ms']:>9.1f}{r['samples_per_s']:>11.1f}{r['step_vs_none']:>9.3f}"
-                     f"{r['reference_ms']:>12.1f}{100 * r['reference_share_of_step']:>10.1f}%")  # fmt: skip
+        lines.append(
+            f"{mode:<16}{r['step_ms']:>9.1f}{r['samples_per_s']:>11.1f}{r['step_vs_none']:>9.3f}"
+            f"{r['reference_ms']:>12.1f}{100 * r['reference_share_of_step']:>10.1f}%"
+        )
     return "\n".join(lines)
 
 

@@ -43,10 +43,14 @@ DEMO = "recipes/configs/demo_fashion_mnist.yaml"
 
 def backend_choices() -> dict[str, list[str]]:
     """--backends names (the registry's variants, e.g. deepspeed:zero2, also as zero2) -> config overrides."""
-    full = {name: [f"backend.name={settings['name']}"] + [f"backend.options.{k}={v}" for k, v in
-                                                          settings.get("options", {}).items()]
-            for name, settings in variants().items()}  # fmt: skip
+    full = {
+        name: [f"backend.name={settings['name']}"]
+        + [f"backend.options.{k}={v}" for k, v in settings.get("options", {}).items()]
+        for name, settings in variants().items()
+    }
     return full | {name.split(":")[1]: overrides for name, overrides in full.items() if ":" in name}
+
+
 PHASES = ("data_wait", "host_to_device", "forward", "loss_and_state", "backward", "optimizer", "logging")
 
 
@@ -87,8 +91,16 @@ def _breakdown(trainer: Trainer, steps: int) -> dict[str, float]:
 
 
 def _rank_main(rank: int, world: int, port: int, config: str, overrides: list[str], args: dict, out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)})  # fmt: skip
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+        }
+    )
     if not torch.cuda.is_available():
         os.environ["ACCELERATE_USE_CPU"] = "1"
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -96,8 +108,14 @@ def _rank_main(rank: int, world: int, port: int, config: str, overrides: list[st
     from train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run_dir:
-        fixed = [f"run.output_dir={run_dir}", "checkpoint.every_steps=0", "eval.every_steps=0",
-                 "logging.tensorboard=false", 'eval.zeroshot=""', 'eval.retrieval=""']  # fmt: skip
+        fixed = [
+            f"run.output_dir={run_dir}",
+            "checkpoint.every_steps=0",
+            "eval.every_steps=0",
+            "logging.tensorboard=false",
+            'eval.zeroshot=""',
+            'eval.retrieval=""',
+        ]
         trainer = Trainer(load_setup(config, overrides + fixed))
         try:
             result = _measure(trainer, args)
@@ -153,8 +171,9 @@ def run_config(config: str, overrides: list[str], ranks: int, args: dict) -> dic
     """Benchmark one config on `ranks` fresh processes; rank 0's result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.pt")
-        mp.start_processes(_rank_main, args=(ranks, free_port(), config, overrides, args, out), nprocs=ranks,
-                           start_method="spawn")  # fmt: skip
+        mp.start_processes(
+            _rank_main, args=(ranks, free_port(), config, overrides, args, out), nprocs=ranks, start_method="spawn"
+        )
         return torch.load(out, weights_only=True)  # plain numbers and strings
 
 
@@ -177,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides of the recipe")
     parser.add_argument("--ranks", type=int, default=0, help="processes (default: 1 per GPU, else 2 on CPU)")
     choices = backend_choices()
-    parser.add_argument("--backends", default="", help=f"comma-separated, from {sorted(choices)}; "
-                        "default: the recipe's own backend")  # fmt: skip
+    parser.add_argument(
+        "--backends", default="", help=f"comma-separated, from {sorted(choices)}; default: the recipe's own backend"
+    )
     parser.add_argument("--steps", type=int, default=20, help="steps per round and mode")
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds (medians over them)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up steps of each mode")
@@ -190,21 +210,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [b for b in names if b not in choices]
     if unknown:
         parser.error(f"--backends: unknown {unknown}; choose from {sorted(choices)}")
-    knobs = {"steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
-             "breakdown_steps": args.breakdown_steps}  # fmt: skip
+    knobs = {"steps": args.steps, "rounds": args.rounds, "warmup": args.warmup, "breakdown_steps": args.breakdown_steps}
     results: list[dict[str, Any]] = []
     for name in names or [""]:  # each backend's row is printed and written as soon as it is measured
         result = run_config(args.config, args.overrides + choices.get(name, []), ranks, knobs)
         first = results[0] if results else result
         results.append(result | {"vs_first_backend": result["trainer_samples_per_s"] / first["trainer_samples_per_s"]})
         print(_table(results), flush=True)
-        write_json(args.out, {
-            "config": args.config, "overrides": args.overrides, "ranks": ranks, "machine": machine_description(),
-            "trainer_over_model": first["trainer_over_model"],
-            "model_samples_per_s": first["model_samples_per_s"],
-            "trainer_samples_per_s": first["trainer_samples_per_s"],
-            "runs": results,
-        })  # fmt: skip
+        write_json(
+            args.out,
+            {
+                "config": args.config,
+                "overrides": args.overrides,
+                "ranks": ranks,
+                "machine": machine_description(),
+                "trainer_over_model": first["trainer_over_model"],
+                "model_samples_per_s": first["model_samples_per_s"],
+                "trainer_samples_per_s": first["trainer_samples_per_s"],
+                "runs": results,
+            },
+        )
     return 0
 
 

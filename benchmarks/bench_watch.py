@@ -37,14 +37,28 @@ def prepare(root: Path, train_images: int, test_images: int) -> tuple[Path, Path
     from tests.export_fixtures import fashion_mnist_test
     from tests.suite_fixtures import fashion_wds
 
-    subprocess.run([sys.executable, str(REPO / "tools" / "make_shards.py"), "fashion-mnist", "--splits", "train",
-                    "--limit", str(train_images), "--out", str(root / "shards")], check=True, cwd=REPO,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "make_shards.py"),
+            "fashion-mnist",
+            "--splits",
+            "train",
+            "--limit",
+            str(train_images),
+            "--out",
+            str(root / "shards"),
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     images, labels = fashion_mnist_test(test_images)
     fashion_wds(root / "eval" / "wds_fashion_mnist_test", images, [int(x) for x in labels])
     suite = root / "suite.yaml"
-    suite.write_text(yaml.safe_dump({"tasks": [{"name": "fashion-mnist", "kind": "zeroshot",
-                                                "path": "wds_fashion_mnist_test"}]}))  # fmt: skip
+    suite.write_text(
+        yaml.safe_dump({"tasks": [{"name": "fashion-mnist", "kind": "zeroshot", "path": "wds_fashion_mnist_test"}]})
+    )
     return root / "shards" / "train", suite
 
 
@@ -69,16 +83,43 @@ def env() -> dict[str, str]:
 
 
 def train(config: Path, core: int) -> subprocess.Popen:
-    return subprocess.Popen(["taskset", "-c", str(core), sys.executable, str(REPO / "recipes" / "run_recipe.py"),
-                             "--config", str(config)], cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        ["taskset", "-c", str(core), sys.executable, str(REPO / "recipes" / "run_recipe.py"), "--config", str(config)],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def watch(run_dir: Path, suite: Path, data_root: Path, core: int, device: str) -> subprocess.Popen:
-    return subprocess.Popen(["taskset", "-c", str(core), sys.executable, str(REPO / "tools" / "evaluate.py"),
-                             "--watch", str(run_dir), "--suite", str(suite), "--data-root", str(data_root),
-                             "--device", device, "--poll-s", "0.5", "--batch-size", "250"], cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(core),
+            sys.executable,
+            str(REPO / "tools" / "evaluate.py"),
+            "--watch",
+            str(run_dir),
+            "--suite",
+            str(suite),
+            "--data-root",
+            str(data_root),
+            "--device",
+            device,
+            "--poll-s",
+            "0.5",
+            "--batch-size",
+            "250",
+        ],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def samples_per_s(run_dir: Path) -> list[float]:
@@ -107,7 +148,7 @@ def one_run(root: Path, name: str, args: argparse.Namespace, shards: Path, suite
     trained_at = time.time()
     evaluated_during = 0
     if watcher is not None:
-        rows = (run_dir / "eval_watch" / "results.jsonl")
+        rows = run_dir / "eval_watch" / "results.jsonl"
         before = [json.loads(x) for x in rows.read_text().splitlines()] if rows.exists() else []
         evaluated_during = sum(r["time"] <= trained_at for r in before)
         _, werr = watcher.communicate(timeout=600)
@@ -115,9 +156,15 @@ def one_run(root: Path, name: str, args: argparse.Namespace, shards: Path, suite
             raise RuntimeError(f"watcher of {name} failed:\n{werr[-3000:]}")
     windows = samples_per_s(run_dir)
     checkpoints = len(list((run_dir / "checkpoints").glob("step_*")))
-    return {"run": name, "beside": name.rstrip("0123456789"), "median_samples_per_s": statistics.median(windows),
-            "windows": windows, "checkpoints": checkpoints, "evaluated_while_training": evaluated_during,
-            "evaluated_after": checkpoints - evaluated_during if watcher is not None else None}  # fmt: skip
+    return {
+        "run": name,
+        "beside": name.rstrip("0123456789"),
+        "median_samples_per_s": statistics.median(windows),
+        "windows": windows,
+        "checkpoints": checkpoints,
+        "evaluated_while_training": evaluated_during,
+        "evaluated_after": checkpoints - evaluated_during if watcher is not None else None,
+    }
 
 
 def main() -> int:
@@ -127,8 +174,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--every", type=int, default=25, help="checkpoint every N steps")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of runs: alone, with the watcher, with a busy "
-                        "loop on the watcher's core")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of runs: alone, with the watcher, with a busy loop on the watcher's core",
+    )
     parser.add_argument("--train-core", type=int, default=0)
     parser.add_argument("--watch-core", type=int, default=1)
     parser.add_argument("--watch-device", default="cpu")
@@ -142,19 +193,31 @@ def main() -> int:
             for name in (f"alone{i}", f"watch{i}", f"busy{i}"):
                 runs.append(one_run(root, name, args, shards, suite))
                 print(f"{name}: {runs[-1]['median_samples_per_s']:.1f} samples/s", flush=True)
-    medians = {kind: statistics.median(r["median_samples_per_s"] for r in runs if r["beside"] == kind)
-               for kind in ("alone", "watch", "busy")}  # fmt: skip
+    medians = {
+        kind: statistics.median(r["median_samples_per_s"] for r in runs if r["beside"] == kind)
+        for kind in ("alone", "watch", "busy")
+    }
     print(f"\n{'run':<8} {'samples/s':>10} {'checkpoints':>12} {'evaluated while training':>25}")
     for r in runs:
         during = "-" if r["beside"] != "watch" else str(r["evaluated_while_training"])
         print(f"{r['run']:<8} {r['median_samples_per_s']:>10.1f} {r['checkpoints']:>12} {during:>25}")
-    print(f"median samples/s: alone {medians['alone']:.1f}, beside the watcher {medians['watch']:.1f} "
-          f"({medians['watch'] / medians['alone']:.3f}), beside a busy loop {medians['busy']:.1f} "
-          f"({medians['busy'] / medians['alone']:.3f}); watcher / busy loop {medians['watch'] / medians['busy']:.3f}")
-    write_json(args.out, {"machine": machine_description(), "args": vars(args), "runs": runs, "medians": medians,
-                          "watch_over_alone": medians["watch"] / medians["alone"],
-                          "busy_over_alone": medians["busy"] / medians["alone"],
-                          "watch_over_busy": medians["watch"] / medians["busy"]})  # fmt: skip
+    print(
+        f"median samples/s: alone {medians['alone']:.1f}, beside the watcher {medians['watch']:.1f} "
+        f"({medians['watch'] / medians['alone']:.3f}), beside a busy loop {medians['busy']:.1f} "
+        f"({medians['busy'] / medians['alone']:.3f}); watcher / busy loop {medians['watch'] / medians['busy']:.3f}"
+    )
+    write_json(
+        args.out,
+        {
+            "machine": machine_description(),
+            "args": vars(args),
+            "runs": runs,
+            "medians": medians,
+            "watch_over_alone": medians["watch"] / medians["alone"],
+            "busy_over_alone": medians["busy"] / medians["alone"],
+            "watch_over_busy": medians["watch"] / medians["busy"],
+        },
+    )
     return 0
 
 

@@ -51,8 +51,13 @@ PLACE = {"local": "local", "http": "HTTP", "s3": "S3 (moto)"}
 def data_sources(d: dict) -> Rows:
     places = d["config"]["source"].split(",")
     workers = sorted({int(k.split("=")[1]) for k in d["samples_per_s_median"]})
-    rows = [["workers", *(f"{PLACE.get(p, p)} (samples/s)" for p in places),
-             *(f"{PLACE.get(p, p)} / local" for p in places if p != "local")]]
+    rows = [
+        [
+            "workers",
+            *(f"{PLACE.get(p, p)} (samples/s)" for p in places),
+            *(f"{PLACE.get(p, p)} / local" for p in places if p != "local"),
+        ]
+    ]
     for w in workers:
         rate = [_n(d["samples_per_s_median"][f"{p}/workers={w}"]) for p in places]
         ratio = [_ratio(d["ratio_vs_local"][f"{p}/workers={w}"]) for p in places if p != "local"]
@@ -88,24 +93,43 @@ def data_photos(d: dict) -> Rows:
     return [
         ["per core, samples per CPU-second", *(f"{s} px" for s in sizes)],
         ["decode floor: tar read + fastest full decode", *each(lambda s: _n(core[s]["decode_floor"]))],
-        ["decode: PIL / torchvision / simplejpeg / PIL `draft`",
-         *each(lambda s: " / ".join(_n(core[s][k]) for k in decoders))],
-        ["**ours**, the GPU default (`data.resize: auto`): worker decodes, device resizes",
-         *each(lambda s: f"**{_n(core[s]['ours'])}**")],
-        ["ours, host path (`data.resize: host`, the CPU default): PIL decode + bicubic in the worker",
-         *each(lambda s: _n(core[s]["ours_host"]))],
-        ["ours, `data.decode: device`: worker reads bytes and headers only",
-         *each(lambda s: _n(core[s]["ours_decode_device"]))],
-        ["open_clip_train's webdataset pipeline + train transform (its own environment)",
-         *each(lambda s: _n(core[s]["open_clip"]))],
+        [
+            "decode: PIL / torchvision / simplejpeg / PIL `draft`",
+            *each(lambda s: " / ".join(_n(core[s][k]) for k in decoders)),
+        ],
+        [
+            "**ours**, the GPU default (`data.resize: auto`): worker decodes, device resizes",
+            *each(lambda s: f"**{_n(core[s]['ours'])}**"),
+        ],
+        [
+            "ours, host path (`data.resize: host`, the CPU default): PIL decode + bicubic in the worker",
+            *each(lambda s: _n(core[s]["ours_host"])),
+        ],
+        [
+            "ours, `data.decode: device`: worker reads bytes and headers only",
+            *each(lambda s: _n(core[s]["ours_decode_device"])),
+        ],
+        [
+            "open_clip_train's webdataset pipeline + train transform (its own environment)",
+            *each(lambda s: _n(core[s]["open_clip"])),
+        ],
         [f"`ours_over_floor` (goal >= {goal['ours_over_floor']})", *each(lambda s: _ratio(d["ours_over_floor"][s]))],
-        [f"`ours_over_open_clip` (goal >= {goal['ours_over_open_clip']})",
-         *each(lambda s: _ratio(d["ours_over_open_clip"][s]))],
-        [f"`cores_per_gpu`, B/16 at mask {masks}, ours",
-         *each(lambda s: f"{per_mask(s, 'ours', True)} (goal <= {goal['cores_per_gpu_0.75'][s]:g})")],
-        [f"the same at {last}: host path / `decode: device` / open_clip",
-         *each(lambda s: " / ".join(f"{cores[s][v][last]:.1f}" for v in ("ours_host", "ours_decode_device",
-                                                                            "open_clip")))],
+        [
+            f"`ours_over_open_clip` (goal >= {goal['ours_over_open_clip']})",
+            *each(lambda s: _ratio(d["ours_over_open_clip"][s])),
+        ],
+        [
+            f"`cores_per_gpu`, B/16 at mask {masks}, ours",
+            *each(lambda s: f"{per_mask(s, 'ours', True)} (goal <= {goal['cores_per_gpu_0.75'][s]:g})"),
+        ],
+        [
+            f"the same at {last}: host path / `decode: device` / open_clip",
+            *each(
+                lambda s: " / ".join(
+                    f"{cores[s][v][last]:.1f}" for v in ("ours_host", "ours_decode_device", "open_clip")
+                )
+            ),
+        ],
     ]
 
 
@@ -134,20 +158,35 @@ def photo_model_rates(d: dict) -> Rows:
 
 
 def e2e(*runs: dict) -> Rows:
-    rows = [["setting", "shards", "rounds", "ours (samples/s, median and range)", "open_clip_train",
-             "ours / open_clip_train (medians; per round)", "wall s, launch to exit: ours / theirs"]]
+    rows = [
+        [
+            "setting",
+            "shards",
+            "rounds",
+            "ours (samples/s, median and range)",
+            "open_clip_train",
+            "ours / open_clip_train (medians; per round)",
+            "wall s, launch to exit: ours / theirs",
+        ]
+    ]
     for d in runs:
         st, sm = d["setting"], d["summary"]
-        setting = (f"{st['model']}, {st['ranks']} ranks x {st['batch_per_rank']}, {st['loss']}, {st['precision']}, "
-                   f"mask {st['mask_ratio']:g}, {st['workers']} worker(s)/rank, {st['steps']} steps")
+        setting = (
+            f"{st['model']}, {st['ranks']} ranks x {st['batch_per_rank']}, {st['loss']}, {st['precision']}, "
+            f"mask {st['mask_ratio']:g}, {st['workers']} worker(s)/rank, {st['steps']} steps"
+        )
         ours, peer = sm["ours_samples_per_s"], sm["peer_samples_per_s"]
-        rows.append([
-            setting, f"`{st['shards']}`", str(len(d["rounds"])),
-            f"{_n(ours['median'], 1)} ({_range([ours['min'], ours['max']], 1)})",
-            f"{_n(peer['median'], 1)} ({_range([peer['min'], peer['max']], 1)})",
-            f"{_ratio(sm['ours_over_peer'])} ({_ratio(sm['ratio']['min'])}-{_ratio(sm['ratio']['max'])})",
-            f"{_n(sm['ours_wall_s']['median'])} / {_n(sm['peer_wall_s']['median'])}",
-        ])
+        rows.append(
+            [
+                setting,
+                f"`{st['shards']}`",
+                str(len(d["rounds"])),
+                f"{_n(ours['median'], 1)} ({_range([ours['min'], ours['max']], 1)})",
+                f"{_n(peer['median'], 1)} ({_range([peer['min'], peer['max']], 1)})",
+                f"{_ratio(sm['ours_over_peer'])} ({_ratio(sm['ratio']['min'])}-{_ratio(sm['ratio']['max'])})",
+                f"{_n(sm['ours_wall_s']['median'])} / {_n(sm['peer_wall_s']['median'])}",
+            ]
+        )
     return rows
 
 
@@ -162,20 +201,53 @@ REFERENCE_MODE = {
 def reference(d: dict) -> Rows:
     rows = [["mode", "step (ms)", "samples/s", "step vs no reference", "reference's share of the step"]]
     for mode, m in d["modes"].items():
-        rows.append([REFERENCE_MODE.get(mode, mode), _n(m["step_ms"]), _n(m["samples_per_s"], 1),
-                     f"{m['step_vs_none']:.2f}x", f"{100 * m['reference_share_of_step']:.0f}%"])
+        rows.append(
+            [
+                REFERENCE_MODE.get(mode, mode),
+                _n(m["step_ms"]),
+                _n(m["samples_per_s"], 1),
+                f"{m['step_vs_none']:.2f}x",
+                f"{100 * m['reference_share_of_step']:.0f}%",
+            ]
+        )
     return rows
 
 
 def train(d: dict) -> Rows:
-    rows = [["backend", "precision", "model", "ranks", "global batch", "mask", "loss", "rounds",
-             "model-only samples/s", "trainer samples/s", "trainer / model", "vs first backend"]]
+    rows = [
+        [
+            "backend",
+            "precision",
+            "model",
+            "ranks",
+            "global batch",
+            "mask",
+            "loss",
+            "rounds",
+            "model-only samples/s",
+            "trainer samples/s",
+            "trainer / model",
+            "vs first backend",
+        ]
+    ]
     for r in d["runs"]:
         rounds = r["trainer_samples_per_s_rounds"]
-        rows.append([r["backend"], r["precision"], r["model"], str(r["ranks"]), str(r["global_batch"]),
-                     f"{r['mask_ratio']:g}", r["loss"], str(len(rounds)), _n(r["model_samples_per_s"]),
-                     _n(r["trainer_samples_per_s"]), f"**{r['trainer_over_model']:.3f}**",
-                     _ratio(r["vs_first_backend"])])
+        rows.append(
+            [
+                r["backend"],
+                r["precision"],
+                r["model"],
+                str(r["ranks"]),
+                str(r["global_batch"]),
+                f"{r['mask_ratio']:g}",
+                r["loss"],
+                str(len(rounds)),
+                _n(r["model_samples_per_s"]),
+                _n(r["trainer_samples_per_s"]),
+                f"**{r['trainer_over_model']:.3f}**",
+                _ratio(r["vs_first_backend"]),
+            ]
+        )
     return rows
 
 
@@ -188,8 +260,7 @@ def train_breakdown(d: dict) -> Rows:
     return rows
 
 
-WATCH = {"alone": "nothing (training alone)", "watch": "the watcher, evaluating each checkpoint",
-         "busy": "a busy loop"}
+WATCH = {"alone": "nothing (training alone)", "watch": "the watcher, evaluating each checkpoint", "busy": "a busy loop"}
 
 
 def watch(d: dict) -> Rows:
@@ -197,10 +268,13 @@ def watch(d: dict) -> Rows:
     alone = d["medians"]["alone"]
     for beside, median in d["medians"].items():
         runs = [r for r in d["runs"] if r["beside"] == beside]
-        done = (f"{sum(r['evaluated_while_training'] for r in runs)} of {sum(r['checkpoints'] for r in runs)}"
-                f" ({len(runs)} rounds)")
-        rows.append([WATCH.get(beside, beside), _n(median, 1), f"{median / alone:.2f}x",
-                     done if beside == "watch" else "-"])
+        done = (
+            f"{sum(r['evaluated_while_training'] for r in runs)} of {sum(r['checkpoints'] for r in runs)}"
+            f" ({len(runs)} rounds)"
+        )
+        rows.append(
+            [WATCH.get(beside, beside), _n(median, 1), f"{median / alone:.2f}x", done if beside == "watch" else "-"]
+        )
     return rows
 
 

@@ -29,8 +29,9 @@ def tests(path: Path) -> dict[str, str] | None:
     outcomes = {}
     for case in ET.parse(path).getroot().iter("testcase"):
         kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        outcomes[f"{case.get('classname')}::{case.get('name')}"] = {"failure": "failed"}.get(
-            kinds[0], kinds[0]) if kinds else "passed"  # fmt: skip
+        outcomes[f"{case.get('classname')}::{case.get('name')}"] = (
+            {"failure": "failed"}.get(kinds[0], kinds[0]) if kinds else "passed"
+        )
     return outcomes
 
 
@@ -59,8 +60,11 @@ def photo_feed(out: Path) -> dict[str, Any]:
     for place in ("cpu_decode", "device_decode"):
         runs = (_json(out / f"photo_feed_{place}.json") or {}).get("runs") or [None]
         run = runs[0]
-        feed[place] = None if run is None else {k: run[k] for k in ("trainer_over_model", "trainer_samples_per_s",
-                                                                     "model_samples_per_s") if k in run}  # fmt: skip
+        feed[place] = (
+            None
+            if run is None
+            else {k: run[k] for k in ("trainer_over_model", "trainer_samples_per_s", "model_samples_per_s") if k in run}
+        )
     return feed
 
 
@@ -70,10 +74,15 @@ def main(out_dir: str) -> int:
     outcomes = tests(out / "gpu_tests.xml")
     train, model, e2e = (_json(out / f"{n}.json") for n in ("bench_train", "bench_model", "bench_e2e"))
     summary = {
-        "stages": stages, "env": _json(out / "env.json"), "tests": outcomes,
-        "goals": goals(train, e2e, outcomes), "bench_train": train, "bench_model": model, "bench_e2e": e2e,
+        "stages": stages,
+        "env": _json(out / "env.json"),
+        "tests": outcomes,
+        "goals": goals(train, e2e, outcomes),
+        "bench_train": train,
+        "bench_model": model,
+        "bench_e2e": e2e,
         "photo_feed": photo_feed(out),
-    }  # fmt: skip
+    }
     summary["bench_reference"] = _json(out / "bench_reference.json")  # DRRho: samples/s with and without a reference
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({"stages": stages, "goals": summary["goals"], "photo_feed": summary["photo_feed"]}, indent=1))

@@ -39,9 +39,16 @@ def main() -> None:
 
     torch.set_num_threads(1)
     data_args = Namespace(
-        train_data=args.shards, val_data=None, dataset_resampled=False, train_num_samples=args.samples,
-        train_data_upsampling_factors=None, seed=0, batch_size=args.batch_size, workers=args.workers, world_size=1,
-    )  # fmt: skip
+        train_data=args.shards,
+        val_data=None,
+        dataset_resampled=False,
+        train_num_samples=args.samples,
+        train_data_upsampling_factors=None,
+        seed=0,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        world_size=1,
+    )
     preprocess = open_clip.image_transform(args.image_size, is_train=True)
     info = get_wds_dataset(data_args, preprocess, is_train=True, epoch=0, tokenizer=open_clip.get_tokenizer("ViT-B-16"))
     batches = iter(info.dataloader)

@@ -40,27 +40,70 @@ QUALITY = 95  # img2dataset's default encode_quality
 # (package, file in its data folder, subject): real photographs only (no renders, masks or synthetic patterns). Read
 # as files with Pillow, without importing the packages (the GPU image carries their wheels, not scipy).
 PHOTOS = (
-    ("skimage", "data/astronaut.png", "astronaut in a spacesuit"), ("skimage", "data/chelsea.png", "tabby cat"),
+    ("skimage", "data/astronaut.png", "astronaut in a spacesuit"),
+    ("skimage", "data/chelsea.png", "tabby cat"),
     ("skimage", "data/coffee.png", "cup of coffee"),
     ("skimage", "data/hubble_deep_field.jpg", "deep field of galaxies"),
-    ("skimage", "data/ihc.png", "stained tissue under a microscope"), ("skimage", "data/retina.jpg", "retina scan"),
+    ("skimage", "data/ihc.png", "stained tissue under a microscope"),
+    ("skimage", "data/retina.jpg", "retina scan"),
     ("skimage", "data/rocket.jpg", "rocket on the launch pad"),
     ("skimage", "data/motorcycle_left.png", "motorcycle in a garage"),
     ("skimage", "data/motorcycle_right.png", "motorcycle in a garage"),
     ("skimage", "data/camera.png", "man with a camera"),
-    ("skimage", "data/moon.png", "surface of the moon"), ("skimage", "data/coins.png", "old coins"),
-    ("skimage", "data/clock_motion.png", "wall clock"), ("skimage", "data/brick.png", "brick wall"),
-    ("skimage", "data/grass.png", "grass"), ("skimage", "data/gravel.png", "gravel path"),
-    ("sklearn", "datasets/images/china.jpg", "chinese temple"), ("sklearn", "datasets/images/flower.jpg", "flower"),
-)  # fmt: skip
+    ("skimage", "data/moon.png", "surface of the moon"),
+    ("skimage", "data/coins.png", "old coins"),
+    ("skimage", "data/clock_motion.png", "wall clock"),
+    ("skimage", "data/brick.png", "brick wall"),
+    ("skimage", "data/grass.png", "grass"),
+    ("skimage", "data/gravel.png", "gravel path"),
+    ("sklearn", "datasets/images/china.jpg", "chinese temple"),
+    ("sklearn", "datasets/images/flower.jpg", "flower"),
+)
 OPENERS = ("", "", "", "photo of", "a photo of", "close-up of", "stock image:", "image of", "picture of", "view of")
-ADJECTIVES = ("beautiful", "old", "bright", "dark", "vintage", "colorful", "detailed", "small", "large", "natural",
-              "high resolution", "blurry", "sharp", "famous", "rare", "classic", "modern", "quiet")  # fmt: skip
-PHRASES = ("in the afternoon light", "on a white background", "seen from above", "at the museum", "for sale",
-           "with a shallow depth of field", "in high definition", "royalty free", "from our collection",
-           "on display", "taken with a DSLR camera", "at night", "in the summer of 2014", "wallpaper",
-           "by a local photographer", "free download", "product shot", "best price online", "art print",
-           "for your desktop", "next to the window", "in the studio")  # fmt: skip
+ADJECTIVES = (
+    "beautiful",
+    "old",
+    "bright",
+    "dark",
+    "vintage",
+    "colorful",
+    "detailed",
+    "small",
+    "large",
+    "natural",
+    "high resolution",
+    "blurry",
+    "sharp",
+    "famous",
+    "rare",
+    "classic",
+    "modern",
+    "quiet",
+)
+PHRASES = (
+    "in the afternoon light",
+    "on a white background",
+    "seen from above",
+    "at the museum",
+    "for sale",
+    "with a shallow depth of field",
+    "in high definition",
+    "royalty free",
+    "from our collection",
+    "on display",
+    "taken with a DSLR camera",
+    "at night",
+    "in the summer of 2014",
+    "wallpaper",
+    "by a local photographer",
+    "free download",
+    "product shot",
+    "best price online",
+    "art print",
+    "for your desktop",
+    "next to the window",
+    "in the studio",
+)
 
 
 @functools.cache
@@ -70,8 +113,10 @@ def photos() -> list[tuple[np.ndarray, str]]:
     for package, name, subject in PHOTOS:
         spec = importlib.util.find_spec(package)  # locates the package without importing it
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit(f"photo_shards needs the {package} package installed (its photographs): pip install "
-                             f"{'scikit-image' if package == 'skimage' else 'scikit-learn'} (see requirements-dev.txt)")
+            raise SystemExit(
+                f"photo_shards needs the {package} package installed (its photographs): pip install "
+                f"{'scikit-image' if package == 'skimage' else 'scikit-learn'} (see requirements-dev.txt)"
+            )
         with Image.open(os.path.join(spec.submodule_search_locations[0], name)) as img:
             out.append((np.asarray(img.convert("RGB")), subject))
     return out
@@ -128,9 +173,18 @@ def sample(seed: int, index: int, layout: str) -> tuple[bytes, str, dict]:
     buffer = io.BytesIO()
     stored.save(buffer, format="JPEG", quality=QUALITY)
     data, text = buffer.getvalue(), caption(rng, subject)
-    meta = {"caption": text, "url": f"https://photos.invalid/{seed}/{index}.jpg", "status": "success",
-            "error_message": None, "width": stored.width, "height": stored.height, "original_width": image.width,
-            "original_height": image.height, "exif": "{}", "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    meta = {
+        "caption": text,
+        "url": f"https://photos.invalid/{seed}/{index}.jpg",
+        "status": "success",
+        "error_message": None,
+        "width": stored.width,
+        "height": stored.height,
+        "original_width": image.width,
+        "original_height": image.height,
+        "exif": "{}",
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     return data, text, meta
 
 
@@ -164,8 +218,9 @@ def build(out: str, layout: str, samples: int, shards: int, seed: int = 0, worke
     workers = workers or min(shards, os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         paths = list(pool.map(write_shard, [out] * shards, range(shards), chunks, [layout] * shards, [seed] * shards))
-    return build_manifest(paths, out, {"description": f"photo benchmark shards, {layout} layout, seed {seed}"},
-                          workers=workers)  # fmt: skip
+    return build_manifest(
+        paths, out, {"description": f"photo benchmark shards, {layout} layout, seed {seed}"}, workers=workers
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,18 +78,29 @@ def finish(batch: dict) -> dict:
 
 
 def make_dataloader(
-    dataset, sampler, workers: int, pin_memory: bool, prefetch_factor: int, worker_priority: str = "normal",
+    dataset,
+    sampler,
+    workers: int,
+    pin_memory: bool,
+    prefetch_factor: int,
+    worker_priority: str = "normal",
     seed: int = 0,
-) -> DataLoader:  # fmt: skip
+) -> DataLoader:
     """Each item is a whole batch (batch_size=None); workers persist across epochs, run at
     `worker_priority` (see DataConfig) and ignore the preemption signals (`_init_worker`).
     The workers' base seed comes from `seed`: drawn from the global RNG, it would move the RNG state a
     checkpoint saves by one draw per (re)start, so a resumed run's state would differ from an uninterrupted one's."""
     loader = DataLoader(
-        dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=functools.partial(_init_worker, worker_priority), generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        worker_init_fn=functools.partial(_init_worker, worker_priority),
+        generator=torch.Generator().manual_seed(seed),
+    )
     if workers > 0:  # registered after multiprocessing's own exit hook, so it runs first (atexit is LIFO)
         atexit.register(_stop_workers, weakref.ref(loader))
     return loader

@@ -86,8 +86,10 @@ class ShardCache:
         got = os.path.getsize(tmp)
         if got != size:
             os.unlink(tmp)
-            raise ShardChanged(f"shard {url} has {got} bytes, {size} when indexed: it changed since it was indexed; "
-                               "restore it, or re-index with tools/make_shards.py manifest")  # fmt: skip
+            raise ShardChanged(
+                f"shard {url} has {got} bytes, {size} when indexed: it changed since it was indexed; "
+                "restore it, or re-index with tools/make_shards.py manifest"
+            )
         os.replace(tmp, path)
         log.debug("cached %s (%d bytes) as %s", url, size, path)
 

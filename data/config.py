@@ -42,8 +42,9 @@ class WebDatasetOptions:
         if not isinstance(cache, int | float) or isinstance(cache, bool) or cache <= 0:
             raise ValueError(f"data.webdataset.cache_max_gb must be a number > 0, got {cache!r}")
         if not isinstance(self.allow_missing_shards, bool):
-            raise ValueError(f"data.webdataset.allow_missing_shards must be true or false, "
-                             f"got {self.allow_missing_shards!r}")  # fmt: skip
+            raise ValueError(
+                f"data.webdataset.allow_missing_shards must be true or false, got {self.allow_missing_shards!r}"
+            )
 
 
 @dataclass
@@ -163,24 +164,28 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be a mapping of {options.__name__} keys, got {section!r}")
             section.validate()
             if name != self.source and section != options():
-                raise ValueError(f"data.{name} is set but data.source is {self.source!r}; remove data.{name} or set "
-                                 f"data.source: {name}")  # fmt: skip
+                raise ValueError(
+                    f"data.{name} is set but data.source is {self.source!r}; remove data.{name} or set "
+                    f"data.source: {name}"
+                )
         index = self.webdataset.index
         if self.sources and (self.source != "webdataset" or self.path or index):
-            raise ValueError("data.sources replaces data.path / data.webdataset.index (webdataset shards only); set "
-                             "one of them")  # fmt: skip
+            raise ValueError(
+                "data.sources replaces data.path / data.webdataset.index (webdataset shards only); set one of them"
+            )
         if not all(isinstance(s, SourceSpec) for s in self.sources):
             raise ValueError(f"data.sources must be a list of {{path, index, weight}} mappings, got {self.sources!r}")
         seen: dict[tuple[str, str], int] = {}
         for i, spec in enumerate(self.sources):
             key = (_location(spec.path), _location(spec.index))
             if key in seen:
-                raise ValueError(f"data.sources[{i}] repeats data.sources[{seen[key]}] ({spec.path or spec.index!r}): "
-                                 "its samples would be read twice under two sets of rows. List it once; to draw it "
-                                 "more often, raise its weight (weight: 2 shows every sample twice per epoch)")
+                raise ValueError(
+                    f"data.sources[{i}] repeats data.sources[{seen[key]}] ({spec.path or spec.index!r}): "
+                    "its samples would be read twice under two sets of rows. List it once; to draw it "
+                    "more often, raise its weight (weight: 2 shows every sample twice per epoch)"
+                )
             seen[key] = i
-        if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and index)
-                                                  or self.sources):  # fmt: skip
+        if not isinstance(self.path, str) or not (self.path or (self.source == "webdataset" and index) or self.sources):
             raise ValueError("data.path must be a non-empty string (shard dir/pattern/URL, csv file or datasets dir)")
         _int(self, "batch_size", 1)
         _int(self, "workers", 0)
@@ -193,8 +198,9 @@ class DataConfig:
         if self.decode not in DECODE_PLACES:
             raise ValueError(f"data.decode must be one of {DECODE_PLACES}, got {self.decode!r}")
         if self.decode == "device" and self.resize == "host":
-            raise ValueError("data.decode: device needs data.resize: device or auto (the decoded image stays on the "
-                             "device)")  # fmt: skip
+            raise ValueError(
+                "data.decode: device needs data.resize: device or auto (the decoded image stays on the device)"
+            )
         if self.worker_priority not in WORKER_PRIORITIES:
             raise ValueError(f"data.worker_priority must be one of {WORKER_PRIORITIES}, got {self.worker_priority!r}")
         if self.worker_priority == "idle" and not hasattr(os, "SCHED_IDLE"):

@@ -25,8 +25,9 @@ def _bicubic(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def resample_weights(start: torch.Tensor, stop: torch.Tensor, in_size: torch.Tensor, out_size: int,
-                     width: int) -> torch.Tensor:  # fmt: skip
+def resample_weights(
+    start: torch.Tensor, stop: torch.Tensor, in_size: torch.Tensor, out_size: int, width: int
+) -> torch.Tensor:
     """[B, out_size, width] float32 weights of one axis: output i of sample b is sum_j w[b, i, j] * input[b, j].
 
     `start`/`stop`: the box's edges on this axis [B] (float), `in_size`: the image's true extent [B] (the input is
@@ -70,8 +71,10 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor, 
         raise ValueError("crop_resize takes boxes and sizes as host tensors (they come from the loader)")
     b, h, w, _ = images.shape
     if b > CHUNK:  # bounds the float32 copies and weights (about 0.4 GB per chunk of 512 px images)
-        parts = [crop_resize(images[i : i + CHUNK], boxes[i : i + CHUNK], sizes[i : i + CHUNK], out_size)
-                 for i in range(0, b, CHUNK)]  # fmt: skip
+        parts = [
+            crop_resize(images[i : i + CHUNK], boxes[i : i + CHUNK], sizes[i : i + CHUNK], out_size)
+            for i in range(0, b, CHUNK)
+        ]
         return torch.cat(parts)
     first = vertical_first(sizes, out_size)
     device = images.device

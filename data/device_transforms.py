@@ -127,11 +127,12 @@ class EncodedCrop(_Crop):
         ends = np.cumsum([len(p) if isinstance(p, bytes) else 0 for p, _, _ in items])
         ends[[not isinstance(p, bytes) for p, _, _ in items]] = 0
         return {
-            "jpeg": _flat(blobs, shared), "jpeg_ends": torch.from_numpy(ends.astype(np.int64)),
+            "jpeg": _flat(blobs, shared),
+            "jpeg_ends": torch.from_numpy(ends.astype(np.int64)),
             "other": [torch.from_numpy(np.ascontiguousarray(p)) for p, _, _ in items if not isinstance(p, bytes)],
             "boxes": torch.tensor([b for _, b, _ in items], dtype=torch.int64),
             "sizes": torch.tensor([s for _, _, s in items], dtype=torch.int64),
-        }  # fmt: skip
+        }
 
 
 def train_crop(resize: str, decode: str, size: int, scale: tuple[float, float]):
@@ -195,8 +196,10 @@ def _decode_on(device: torch.device, batch: Batch) -> list[torch.Tensor]:
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError as e:
-        raise RuntimeError("data.decode: device decodes with torchvision.io.decode_jpeg: pip install torchvision "
-                           "(requirements.txt pins it), or set data.decode: host") from e
+        raise RuntimeError(
+            "data.decode: device decodes with torchvision.io.decode_jpeg: pip install torchvision "
+            "(requirements.txt pins it), or set data.decode: host"
+        ) from e
     ends, flat = batch["jpeg_ends"].tolist(), batch["jpeg"]
     blobs, at = [], 0
     for end in ends:

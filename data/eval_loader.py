@@ -74,8 +74,9 @@ class EvalLoader:
     def shard(self, rank: int, world_size: int) -> EvalLoader:
         """Iterate only batches rank, rank + K, ... (sharded evaluation gathers and re-orders by index)."""
         batches = range(rank, len(self._batches), world_size)
-        self._loader = make_dataloader(self._batches, batches, self.cfg.workers, self.cfg.pin_memory,
-                                       self.cfg.prefetch_factor)  # fmt: skip
+        self._loader = make_dataloader(
+            self._batches, batches, self.cfg.workers, self.cfg.pin_memory, self.cfg.prefetch_factor
+        )
         return self
 
     @property

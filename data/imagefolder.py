@@ -49,13 +49,16 @@ class ImageFolderSource(Source):
             paths += [os.path.join(name, f) for f in files]
             labels += [label] * len(files)
         if not paths:
-            raise ValueError(f"no {'/'.join(IMAGE_EXTS)} images in class sub-folders of {root!r} "
-                             "(want ROOT/<class>/<image>)")  # fmt: skip
+            raise ValueError(
+                f"no {'/'.join(IMAGE_EXTS)} images in class sub-folders of {root!r} (want ROOT/<class>/<image>)"
+            )
         counts = np.bincount(labels, minlength=len(self.classes))
         empty = [c for c, n in zip(self.classes, counts, strict=True) if not n]
         if empty:
-            raise ValueError(f"class folders without images in {root!r}: {empty[:10]}; remove them (labels follow "
-                             "the sorted folder names)")  # fmt: skip
+            raise ValueError(
+                f"class folders without images in {root!r}: {empty[:10]}; remove them (labels follow "
+                "the sorted folder names)"
+            )
         self.root, self._paths, self._labels = root, _Strings(paths), np.array(labels, dtype=np.int64)
         self.shard_sizes = _blocks(len(paths))
         self.num_samples = cfg.num_samples or len(paths)

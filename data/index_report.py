@@ -26,8 +26,10 @@ def checks_line(manifest: dict) -> str:
     invalid = manifest.get("invalid_at_index_time", {})
     skipped = sum(invalid.values())
     reasons = f" ({', '.join(f'{k} {v}' for k, v in invalid.items())})" if invalid else ""
-    return (f"checks: {duplicates} duplicate source keys, {truncated} truncated or unreadable shards, "
-            f"{skipped} samples the loader will skip{reasons}")  # fmt: skip
+    return (
+        f"checks: {duplicates} duplicate source keys, {truncated} truncated or unreadable shards, "
+        f"{skipped} samples the loader will skip{reasons}"
+    )
 
 
 @dataclass
@@ -47,8 +49,9 @@ class ShardHoles:
     def line(self) -> str:
         errors = "; ".join(f"{e}: {n}" for e, n in self.errors.most_common())
         keys = ", ".join(self.keys[:MAX_KEYS]) + (" ..." if len(self.keys) > MAX_KEYS else "")
-        return (f"  {remote.basename(self.shard)}: {self.failed} of {self.count} failed ({errors})"
-                + (f", keys {keys}" if keys else ""))  # fmt: skip
+        return f"  {remote.basename(self.shard)}: {self.failed} of {self.count} failed ({errors})" + (
+            f", keys {keys}" if keys else ""
+        )
 
 
 def download_holes(shards: list[str]) -> list[ShardHoles]:
@@ -65,8 +68,12 @@ def download_holes(shards: list[str]) -> list[ShardHoles]:
             record = ShardHoles(shard, int(stats.get("count", 0)), int(stats.get("successes", 0)))
             record.errors.update({k: int(v) for k, v in stats.get("status_dict", {}).items() if k != "success"})
         except (ValueError, TypeError, AttributeError) as err:  # a report, not the index: never abort indexing
-            log.warning("%s is not img2dataset's stats (%s: %s); its shard's download holes are not reported",
-                        stats_url, type(err).__name__, err)  # fmt: skip
+            log.warning(
+                "%s is not img2dataset's stats (%s: %s); its shard's download holes are not reported",
+                stats_url,
+                type(err).__name__,
+                err,
+            )
             continue
         if record.failed <= 0:
             continue
@@ -91,8 +98,10 @@ def holes_lines(holes: list[ShardHoles]) -> list[str]:
     if not holes:
         return []
     failed, tried = sum(h.failed for h in holes), sum(h.count for h in holes)
-    lines = [f"download holes (img2dataset's *_stats.json): {failed} failed downloads in {len(holes)} shard(s) "
-             f"(of {tried} URLs in those shards); their keys have no sample, the index's rows stay dense"]  # fmt: skip
+    lines = [
+        f"download holes (img2dataset's *_stats.json): {failed} failed downloads in {len(holes)} shard(s) "
+        f"(of {tried} URLs in those shards); their keys have no sample, the index's rows stay dense"
+    ]
     lines += [h.line() for h in holes[:MAX_SHARD_LINES]]
     if len(holes) > MAX_SHARD_LINES:
         lines.append(f"  ... and {len(holes) - MAX_SHARD_LINES} more shard(s) (manifest.json: download_holes)")
@@ -101,5 +110,7 @@ def holes_lines(holes: list[ShardHoles]) -> list[str]:
 
 def holes_record(holes: list[ShardHoles]) -> dict:
     """The holes as manifest.json keeps them: shard name -> failed, tried, errors, keys."""
-    return {remote.basename(h.shard): {"failed": h.failed, "count": h.count, "errors": dict(h.errors),
-                                       "keys": h.keys} for h in holes}  # fmt: skip
+    return {
+        remote.basename(h.shard): {"failed": h.failed, "count": h.count, "errors": dict(h.errors), "keys": h.keys}
+        for h in holes
+    }

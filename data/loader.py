@@ -67,8 +67,15 @@ class _TrainBatches(Dataset):
         plan = self._plans.get(epoch)
         if plan is None:
             c = self.cfg
-            args = dict(batch_size=c.batch_size, seed=c.seed, epoch=epoch, rank=self.rank,
-                        world_size=self.world_size, window=c.shuffle_window, drop_last=c.drop_last)  # fmt: skip
+            args = dict(
+                batch_size=c.batch_size,
+                seed=c.seed,
+                epoch=epoch,
+                rank=self.rank,
+                world_size=self.world_size,
+                window=c.shuffle_window,
+                drop_last=c.drop_last,
+            )
             plan = self._plans[epoch] = self.source.plan(**args)
             if len(self._plans) > 2:
                 self._plans.popitem(last=False)
@@ -143,14 +150,24 @@ class TrainLoader:
         tokenizer = tokenizer or get_tokenizer()
         self._batches = _TrainBatches(self.source, cfg, rank, world_size, tokenizer, self.num_samples)
         self._loader = make_dataloader(
-            self._batches, _Positions(self), cfg.workers, cfg.pin_memory, cfg.prefetch_factor, cfg.worker_priority,
+            self._batches,
+            _Positions(self),
+            cfg.workers,
+            cfg.pin_memory,
+            cfg.prefetch_factor,
+            cfg.worker_priority,
             cfg.seed,
-        )  # fmt: skip
+        )
         if rank == 0:
             log.info(
                 "train data: %s, %d samples, index space %d, %d steps/epoch of %d x %d",
-                self.source.describe(), self.total, self.num_samples, self.steps_per_epoch, cfg.batch_size, world_size,
-            )  # fmt: skip
+                self.source.describe(),
+                self.total,
+                self.num_samples,
+                self.steps_per_epoch,
+                cfg.batch_size,
+                world_size,
+            )
             if composition := self.source.composition():
                 log.info("train data: mixed sources per epoch: %s", composition)
 
@@ -188,24 +205,38 @@ class TrainLoader:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch, "position": self.position, "seed": self.cfg.seed, "world_size": self.world_size,
-            "batch_size": self.cfg.batch_size, "total": self.total, "steps_per_epoch": self.steps_per_epoch,
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.cfg.seed,
+            "world_size": self.world_size,
+            "batch_size": self.cfg.batch_size,
+            "total": self.total,
+            "steps_per_epoch": self.steps_per_epoch,
             "skipped": dict(self._skipped),
-        }  # fmt: skip
+        }
 
     def load_state_dict(self, sd: dict, strict: bool = True) -> None:
         """Continue where `sd` was taken. A different seed/world size/batch size/dataset mid-epoch cannot
         continue that epoch's order: strict raises; otherwise the loader moves to the next epoch's start."""
-        same = all(sd[k] == v for k, v in (("seed", self.cfg.seed), ("world_size", self.world_size),
-                                          ("batch_size", self.cfg.batch_size), ("total", self.total)))  # fmt: skip
+        same = all(
+            sd[k] == v
+            for k, v in (
+                ("seed", self.cfg.seed),
+                ("world_size", self.world_size),
+                ("batch_size", self.cfg.batch_size),
+                ("total", self.total),
+            )
+        )
         self._skipped = Counter(sd.get("skipped", {}))
         self.epoch, self.position = int(sd["epoch"]), int(sd["position"])
         if not same and self.position == sd.get("steps_per_epoch"):  # saved at an epoch's end
             self.epoch, self.position = self.epoch + 1, 0
         if not same and 0 < self.position:
-            msg = (f"data stream state {({k: sd[k] for k in ('seed', 'world_size', 'batch_size', 'total')})} "
-                   f"does not match this loader (seed {self.cfg.seed}, world_size {self.world_size}, batch_size "
-                   f"{self.cfg.batch_size}, total {self.total}); cannot resume mid-epoch")  # fmt: skip
+            msg = (
+                f"data stream state { ({k: sd[k] for k in ('seed', 'world_size', 'batch_size', 'total')}) } "
+                f"does not match this loader (seed {self.cfg.seed}, world_size {self.world_size}, batch_size "
+                f"{self.cfg.batch_size}, total {self.total}); cannot resume mid-epoch"
+            )
             if strict:
                 raise ValueError(msg)
             log.warning("%s: starting epoch %d from its beginning", msg, self.epoch + 1)

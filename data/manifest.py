@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 def manifest_hint(shards: str, index: str = "") -> str:
     if index and remote.normalize(index) != remote.normalize(shards):
         return f"Create it with: python tools/make_shards.py manifest --shards {shards} --out {index}"
-    return (f"Create it with: python tools/make_shards.py manifest --shards {shards} (read-only or remote shards: "
-            "add --out INDEX_DIR and set data.webdataset.index: INDEX_DIR)")
+    return (
+        f"Create it with: python tools/make_shards.py manifest --shards {shards} (read-only or remote shards: "
+        "add --out INDEX_DIR and set data.webdataset.index: INDEX_DIR)"
+    )
 
 
 @dataclass
@@ -113,15 +115,25 @@ def _index_one(job: tuple[str, str]) -> dict:
     np.savez(buf, index=idx, keys=np.array(keys, dtype=str))
     remote.write_bytes(index_url, buf.getvalue())
     valid_keys = [k for k, r in zip(keys, idx["row"].tolist(), strict=True) if r >= 0]
-    return {"url": url, "count": len(idx), "rows": len(valid_keys), "bytes": size, "stats": dict(index_stats(idx)),
-            "problem": problem, "fingerprint": fingerprint(read, size, idx), **_key_facts(valid_keys)}  # fmt: skip
+    return {
+        "url": url,
+        "count": len(idx),
+        "rows": len(valid_keys),
+        "bytes": size,
+        "stats": dict(index_stats(idx)),
+        "problem": problem,
+        "fingerprint": fingerprint(read, size, idx),
+        **_key_facts(valid_keys),
+    }
 
 
 def _key_facts(keys: list[str]) -> dict:
     """What the manifest needs of a shard's source keys, compactly (hundreds of millions at LAION scale):
     64-bit hashes to find duplicates, and the constant key - row offset if the keys are consecutive integers."""
-    hashes = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True)
-                       for k in keys], dtype=np.int64)  # fmt: skip
+    hashes = np.array(
+        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True) for k in keys],
+        dtype=np.int64,
+    )
     offset = None
     if keys and all(k.isdigit() for k in keys):
         ints = np.array([int(k) for k in keys], dtype=np.int64)
@@ -154,8 +166,17 @@ def build_manifest(
     shards, stats, problems, row = [], {}, {}, 0
     for (url, index_url), r in zip(jobs, results, strict=True):
         name = _relative(url, out_dir)
-        shards.append({"path": name, "count": r["count"], "rows": r["rows"], "row_start": row, "bytes": r["bytes"],
-                       "fingerprint": r["fingerprint"], "index": remote.basename(index_url)})  # fmt: skip
+        shards.append(
+            {
+                "path": name,
+                "count": r["count"],
+                "rows": r["rows"],
+                "row_start": row,
+                "bytes": r["bytes"],
+                "fingerprint": r["fingerprint"],
+                "index": remote.basename(index_url),
+            }
+        )
         row += r["rows"]
         for reason, n in r["stats"].items():
             stats[reason] = stats.get(reason, 0) + n
@@ -169,8 +190,8 @@ def build_manifest(
         "format": FORMAT,
         "num_samples": row,
         "total": sum(r["count"] for r in results),
-        "keys_are_rows": bool(row) and all(r["first_key"] == s["row_start"] for r, s in zip(results, shards,
-                                                                                            strict=True) if r["rows"]),
+        "keys_are_rows": bool(row)
+        and all(r["first_key"] == s["row_start"] for r, s in zip(results, shards, strict=True) if r["rows"]),
         "invalid_at_index_time": dict(sorted(stats.items())),
         "problems": problems,
         "shards": shards,
@@ -223,8 +244,10 @@ def load_manifest(index_dir: str, shards_hint: str) -> dict:
     if manifest is None:
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {index_dir}. {manifest_hint(shards_hint, index_dir)}")
     if manifest.get("format") != FORMAT:
-        raise IndexMismatch(f"{manifest_url} has format {manifest.get('format')!r}, this version reads {FORMAT!r} "
-                            f"(dense rows, source keys). {manifest_hint(shards_hint, index_dir)}")  # fmt: skip
+        raise IndexMismatch(
+            f"{manifest_url} has format {manifest.get('format')!r}, this version reads {FORMAT!r} "
+            f"(dense rows, source keys). {manifest_hint(shards_hint, index_dir)}"
+        )
     return manifest
 
 
@@ -250,28 +273,34 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
         if not index:
             dirs = sorted({remote.dirname(u) for u in wanted})
             if len(dirs) > 1:
-                raise IndexMismatch(f"shards matched by {path!r} span several directories {dirs[:5]}: index them "
-                                    f"into one place and set data.webdataset.index. "
-                                    f"{manifest_hint(path, 'INDEX_DIR')}")  # fmt: skip
+                raise IndexMismatch(
+                    f"shards matched by {path!r} span several directories {dirs[:5]}: index them "
+                    f"into one place and set data.webdataset.index. "
+                    f"{manifest_hint(path, 'INDEX_DIR')}"
+                )
             index = dirs[0]
     index = remote.normalize(index)
     found = remote.sizes(wanted) if wanted and not wanted[0].startswith("dir:") else {}
     missing = [u for u in found if found[u] is None]
     if missing and not allow_missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(found)} shard(s) named by {path!r} do not exist: "
-                                f"{_listing(missing)}. Fix data.path (a typo in the pattern?) or set "
-                                "data.webdataset.allow_missing_shards: true to train without them")  # fmt: skip
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(found)} shard(s) named by {path!r} do not exist: "
+            f"{_listing(missing)}. Fix data.path (a typo in the pattern?) or set "
+            "data.webdataset.allow_missing_shards: true to train without them"
+        )
     manifest = load_manifest(index, path or index)
     entries = {_listed(s["path"], index): s for s in manifest.get("shards", [])}
     if not entries:
-        raise IndexMismatch(f"{remote.join(index, MANIFEST_NAME)} lists no shards. "
-                            f"{manifest_hint(path or index, index)}")  # fmt: skip
+        raise IndexMismatch(
+            f"{remote.join(index, MANIFEST_NAME)} lists no shards. {manifest_hint(path or index, index)}"
+        )
     if wanted is None:
         located = entries
     elif wanted[0].startswith("dir:"):
         directory = wanted[0][4:]
         located = {u: e for u, e in entries.items() if remote.dirname(u) == directory} or {
-            remote.join(directory, rel): entries[u] for u, rel in _relative_names(list(entries)).items()}  # a copy
+            remote.join(directory, rel): entries[u] for u, rel in _relative_names(list(entries)).items()
+        }  # a copy
     else:  # shards that do not exist (allow_missing) keep their place, unmatched
         matched = _match_by_name([u for u in wanted if found[u] is not None], entries, path, index)
         located = {u: matched.get(u, {}) for u in wanted}
@@ -279,33 +308,58 @@ def resolve_shards(path: str, index: str = "", allow_missing: bool = False) -> S
     found = found if set(urls) <= set(found) else remote.sizes(urls)
     missing = [u for u in urls if found[u] is None]
     if missing and len(missing) == len(urls) and any(u not in entries for u in urls):
-        raise IndexMismatch(f"none of the {len(urls)} shard(s) that the index {index} lists exist under {path!r} "
-                            f"(looked for {_listing(missing[:3])}): data.path and data.webdataset.index name different "
-                            f"datasets. {manifest_hint(path, index)}")  # fmt: skip
+        raise IndexMismatch(
+            f"none of the {len(urls)} shard(s) that the index {index} lists exist under {path!r} "
+            f"(looked for {_listing(missing[:3])}): data.path and data.webdataset.index name different "
+            f"datasets. {manifest_hint(path, index)}"
+        )
     if missing and not allow_missing:  # listed in the index, gone since
-        raise FileNotFoundError(f"{len(missing)} of {len(urls)} indexed shard(s) under {path or index!r} do not "
-                                f"exist: {_listing(missing)}. Restore them, re-index, or set "
-                                "data.webdataset.allow_missing_shards: true to train without them")  # fmt: skip
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(urls)} indexed shard(s) under {path or index!r} do not "
+            f"exist: {_listing(missing)}. Restore them, re-index, or set "
+            "data.webdataset.allow_missing_shards: true to train without them"
+        )
     if missing:
-        log.warning("data.webdataset.allow_missing_shards: %d of %d shards named by %r do not exist; training "
-                    "without them", len(missing), len(urls), path)  # fmt: skip
+        log.warning(
+            "data.webdataset.allow_missing_shards: %d of %d shards named by %r do not exist; training without them",
+            len(missing),
+            len(urls),
+            path,
+        )
     shards = []
     for url in urls:
         if url in missing:
             continue
         e = located[url]
         if found[url] != e["bytes"]:
-            raise ShardChanged(f"shard {url} changed since it was indexed (the index {index} is stale for it: "
-                               f"{found[url]} bytes, {e['bytes']} when indexed as {e['path']}: truncated or replaced); "
-                               f"restore it, or re-index. {manifest_hint(path or index, index)}")  # fmt: skip
-        shards.append(ShardInfo(e["path"], url, int(e["count"]), int(e["rows"]), int(e["row_start"]),
-                                remote.join(index, e["index"]), int(e["bytes"]), e.get("fingerprint")))  # fmt: skip
+            raise ShardChanged(
+                f"shard {url} changed since it was indexed (the index {index} is stale for it: "
+                f"{found[url]} bytes, {e['bytes']} when indexed as {e['path']}: truncated or replaced); "
+                f"restore it, or re-index. {manifest_hint(path or index, index)}"
+            )
+        shards.append(
+            ShardInfo(
+                e["path"],
+                url,
+                int(e["count"]),
+                int(e["rows"]),
+                int(e["row_start"]),
+                remote.join(index, e["index"]),
+                int(e["bytes"]),
+                e.get("fingerprint"),
+            )
+        )
     if not shards:
         raise FileNotFoundError(f"none of the shards named by {path!r} exist")
     moved = sum(s.url not in entries for s in shards)
     if moved:
-        log.info("index %s serves %d shard(s) of %r at another location (matched by name and size; each shard's "
-                 "content is verified when it is opened)", index, moved, path)  # fmt: skip
+        log.info(
+            "index %s serves %d shard(s) of %r at another location (matched by name and size; each shard's "
+            "content is verified when it is opened)",
+            index,
+            moved,
+            path,
+        )
     return ShardSet(index, shards, int(manifest["num_samples"]), manifest.get("classes"), manifest, missing)
 
 
@@ -339,13 +393,17 @@ def _match_by_name(wanted: list[str], entries: dict[str, dict], path: str, index
         else:
             unindexed.append(url)
     if unindexed and not located:
-        raise IndexMismatch(f"the index {index} belongs to other shards: it lists {len(entries)} shard(s) "
-                            f"({_listing(list(entries)[:3])}), none named like the {len(wanted)} of {path!r} "
-                            f"({_listing(wanted[:3])}). Set data.webdataset.index to this data's index, or build one. "
-                            f"{manifest_hint(path, index)}")  # fmt: skip
+        raise IndexMismatch(
+            f"the index {index} belongs to other shards: it lists {len(entries)} shard(s) "
+            f"({_listing(list(entries)[:3])}), none named like the {len(wanted)} of {path!r} "
+            f"({_listing(wanted[:3])}). Set data.webdataset.index to this data's index, or build one. "
+            f"{manifest_hint(path, index)}"
+        )
     if unindexed:
-        raise IndexMismatch(f"{len(unindexed)} shard(s) of {path!r} are not in the index {index}: "
-                            f"{_listing(unindexed)}. {manifest_hint(path, index)}")  # fmt: skip
+        raise IndexMismatch(
+            f"{len(unindexed)} shard(s) of {path!r} are not in the index {index}: "
+            f"{_listing(unindexed)}. {manifest_hint(path, index)}"
+        )
     return located
 
 
@@ -359,9 +417,9 @@ def load_index(info: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
         with np.load(io.BytesIO(remote.read_bytes(info.index_url)), allow_pickle=False) as z:
             index, keys = z["index"], z["keys"]
     except FileNotFoundError:
-        raise FileNotFoundError(f"index file {info.index_url} of {info.url} is missing; re-run "
-                                f"tools/make_shards.py manifest") from None  # fmt: skip
+        raise FileNotFoundError(
+            f"index file {info.index_url} of {info.url} is missing; re-run tools/make_shards.py manifest"
+        ) from None
     if len(index) != info.count:
         raise IndexMismatch(f"index of {info.url} disagrees with the manifest; re-run tools/make_shards.py manifest")
     return index, keys
-

@@ -46,8 +46,9 @@ class MixedSource(Source):
         self._where = [(p, s) for p, part in enumerate(self.parts) for s in range(len(part.shard_sizes))]
         self.shard_sizes = np.concatenate([part.shard_sizes for part in self.parts])
         self.first_shard = np.cumsum([0] + [len(part.shard_sizes) for part in self.parts])
-        self.per_source = [int(round(w * int(part.shard_sizes.sum()))) for w, part in zip(self.weights, self.parts,
-                                                                                          strict=True)]  # fmt: skip
+        self.per_source = [
+            int(round(w * int(part.shard_sizes.sum()))) for w, part in zip(self.weights, self.parts, strict=True)
+        ]
         self.keys_are_rows = all(part.keys_are_rows for part in self.parts)
 
     @property
@@ -62,8 +63,10 @@ class MixedSource(Source):
 
     def composition(self) -> str:
         parts = zip(self.names, self.parts, self.weights, self.per_source, strict=True)
-        return "; ".join(f"{name}: {int(part.shard_sizes.sum())} samples x weight {w:g} -> {n} per epoch"
-                         for name, part, w, n in parts)  # fmt: skip
+        return "; ".join(
+            f"{name}: {int(part.shard_sizes.sum())} samples x weight {w:g} -> {n} per epoch"
+            for name, part, w, n in parts
+        )
 
     def segments(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(global shard, start, length) of every piece of this epoch, sources in order."""

@@ -30,15 +30,29 @@ class DataUnavailable(OneLineError, OSError):
 
 # errnos of a connection that failed or broke: a later attempt may succeed. Everything else an OSError carries
 # (ENOSPC, EROFS, EACCES, ...) is a fault of this machine or of the request, and retrying cannot fix it.
-CONNECTION_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
-                               errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE})  # fmt: skip
+CONNECTION_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EPIPE,
+    }
+)
 # Client libraries' connection failures, by (top-level module, class name), matched along the class's MRO.
-TRANSIENT_CLASSES = frozenset({
-    ("aiohttp", "ClientConnectionError"),  # refused, reset, server disconnected, server timeout
-    ("botocore", "EndpointConnectionError"), ("botocore", "ConnectTimeoutError"), ("botocore", "ReadTimeoutError"),
-    ("botocore", "ConnectionClosedError"),
-    ("requests", "ConnectionError"), ("requests", "Timeout"),
-})  # fmt: skip
+TRANSIENT_CLASSES = frozenset(
+    {
+        ("aiohttp", "ClientConnectionError"),  # refused, reset, server disconnected, server timeout
+        ("botocore", "EndpointConnectionError"),
+        ("botocore", "ConnectTimeoutError"),
+        ("botocore", "ReadTimeoutError"),
+        ("botocore", "ConnectionClosedError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    }
+)
 NEVER_TRANSIENT = ("Certificate", "SSL")  # a TLS failure is a connection error in aiohttp, but it stays
 CREDENTIAL_CLASSES = frozenset({("botocore", "NoCredentialsError"), ("botocore", "PartialCredentialsError")})
 
@@ -69,8 +83,11 @@ def _server_error(err: BaseException) -> bool:
     """A 5xx answer: aiohttp's ClientResponseError (`status`), botocore's ClientError (`response`)."""
     status = getattr(err, "status", None)
     if status is None:
-        status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") \
-            if isinstance(getattr(err, "response", None), dict) else None
+        status = (
+            getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(getattr(err, "response", None), dict)
+            else None
+        )
     return isinstance(status, int) and 500 <= status < 600
 
 
@@ -137,12 +154,20 @@ def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
             left = retry_s - (now - started)
             attempt += 1
             if left <= 0:
-                raise DataUnavailable(f"{what} unreachable for {now - started:.0f} s (data.webdataset.remote_retry_s="
-                                      f"{retry_s:g}): {type(err).__name__}: {_first_line(err)}") from None
+                raise DataUnavailable(
+                    f"{what} unreachable for {now - started:.0f} s (data.webdataset.remote_retry_s="
+                    f"{retry_s:g}): {type(err).__name__}: {_first_line(err)}"
+                ) from None
             pause = min(wait, left, MAX_WAIT_S)
-            log.warning("reading %s failed (%s: %s); retry %d in %.0f s (giving up after "
-                        "data.webdataset.remote_retry_s=%g s)",
-                        what, type(err).__name__, _first_line(err), attempt, pause, retry_s)  # fmt: skip
+            log.warning(
+                "reading %s failed (%s: %s); retry %d in %.0f s (giving up after data.webdataset.remote_retry_s=%g s)",
+                what,
+                type(err).__name__,
+                _first_line(err),
+                attempt,
+                pause,
+                retry_s,
+            )
             time.sleep(pause)
             wait *= 2
 

@@ -49,8 +49,14 @@ def _record(members: dict[str, tarfile.TarInfo], meta_bytes: bytes | None, prefi
             label = meta["label"]
     img = next((members[e] for e in IMAGE_EXTS if e in members), None)
     txt = members.get("txt")
-    rec = (0, label, img.offset_data if img else -1, img.size if img else -1,
-           txt.offset_data if txt else -1, txt.size if txt else -1)  # fmt: skip
+    rec = (
+        0,
+        label,
+        img.offset_data if img else -1,
+        img.size if img else -1,
+        txt.offset_data if txt else -1,
+        txt.size if txt else -1,
+    )
     return rec, source_key(meta, prefix.rsplit("/", 1)[-1])
 
 

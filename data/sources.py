@@ -64,15 +64,17 @@ class ShardSource(Source):
 
     kind = "webdataset"
 
-    def __init__(self, cfg: DataConfig, path: str | None = None, index: str | None = None,
-                 key_offset: int = 0) -> None:  # fmt: skip
+    def __init__(self, cfg: DataConfig, path: str | None = None, index: str | None = None, key_offset: int = 0) -> None:
         path = cfg.path if path is None else path
         options = cfg.webdataset
         index = options.index if index is None else index
         self.origin = path or index
         self.retry_s = options.remote_retry_s
-        self.shardset = retrying(lambda: resolve_shards(path, index, options.allow_missing_shards),
-                                 f"the shards {path or index!r} and their index", self.retry_s)  # fmt: skip
+        self.shardset = retrying(
+            lambda: resolve_shards(path, index, options.allow_missing_shards),
+            f"the shards {path or index!r} and their index",
+            self.retry_s,
+        )
         self.shards = self.shardset.shards
         self.paths = [s.url for s in self.shards]
         self.shard_sizes = np.array([s.count for s in self.shards], dtype=np.int64)
@@ -149,8 +151,10 @@ class ShardSource(Source):
             problem = shard_problem(f, info, self._index(shard))
         if problem is not None:
             f.close()
-            raise ShardChanged(f"shard {info.url} changed since it was indexed as {info.name}: {problem}. Restore "
-                               "it, or re-index with tools/make_shards.py manifest")  # fmt: skip
+            raise ShardChanged(
+                f"shard {info.url} changed since it was indexed as {info.name}: {problem}. Restore "
+                "it, or re-index with tools/make_shards.py manifest"
+            )
         return f
 
     def key(self, shard: int, i: int) -> int:

@@ -40,9 +40,11 @@ def refuse_url_secrets(values: dict[str, Any]) -> None:
         problem = url_secret(value)
         if problem is not None:
             scheme = value.split("://")[0].rsplit("::", 1)[-1]
-            raise ValueError(f"{key} carries {problem} ({scheme}://...); it would be saved in configs, "
-                             "checkpoints and indexes. Give credentials through the environment instead (AWS_*, "
-                             "~/.aws, gcloud, FSSPEC_* settings)")  # fmt: skip
+            raise ValueError(
+                f"{key} carries {problem} ({scheme}://...); it would be saved in configs, "
+                "checkpoints and indexes. Give credentials through the environment instead (AWS_*, "
+                "~/.aws, gcloud, FSSPEC_* settings)"
+            )
 
 
 def refuse_argument_secrets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

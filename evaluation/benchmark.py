@@ -46,8 +46,12 @@ class Prompts:
 
     def describe(self) -> dict[str, Any]:
         shown = [t if isinstance(t, str) else f"{expand(t, '{c}')} (callable)" for t in self.templates]
-        return {"classnames": self.classnames, "classnames_source": self.classnames_source, "templates": shown,
-                "templates_source": self.templates_source}  # fmt: skip
+        return {
+            "classnames": self.classnames,
+            "classnames_source": self.classnames_source,
+            "templates": shown,
+            "templates_source": self.templates_source,
+        }
 
 
 def expand(template: Any, classname: str) -> str:
@@ -95,8 +99,9 @@ def resolve_prompts(task: Task, path: Path, layout: str, folder_classes: list[st
     if names is None:
         names = _clip_benchmark_default("classnames", task)
     if not names or not names[0]:
-        raise ValueError(f"task {task.name}: no class names (set `classnames` in the suite file, or add {path}/"
-                         "classnames.txt)")  # fmt: skip
+        raise ValueError(
+            f"task {task.name}: no class names (set `classnames` in the suite file, or add {path}/classnames.txt)"
+        )
     templates = _given(task.templates, get_templates)
     if templates is None and layout == "wds" and (path / "zeroshot_classification_templates.txt").is_file():
         file = path / "zeroshot_classification_templates.txt"
@@ -173,8 +178,10 @@ def _loader(task: Task, path: Path, layout: str, transform: Callable, batch_size
             dataset = build_wds_dataset(task.name, transform=transform, split="test", data_dir=str(path))
         is_captions = dataset.classes is None and dataset.templates is None  # dataset_type.txt says retrieval
         if is_captions != retrieval:
-            raise ValueError(f"task {task.name}: kind {task.kind} but {path}/dataset_type.txt says "
-                             f"{'retrieval' if is_captions else 'classification'}")  # fmt: skip
+            raise ValueError(
+                f"task {task.name}: kind {task.kind} but {path}/dataset_type.txt says "
+                f"{'retrieval' if is_captions else 'classification'}"
+            )
         collate = {"collation_fn": image_captions_collate_fn} if retrieval else {}  # else webdataset's default
         # batch_size=None: the DataLoader only converts (numpy labels -> tensors), as DataComp's wds_eval does
         batches = dataset.batched(batch_size, partial=True, **collate)
@@ -213,9 +220,19 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[s
     }
 
 
-def run_task(task: Task, path: Path, layout: str, model: Any, tokenizer: Callable, transform: Callable,
-             device: torch.device, batch_size: int = 256, workers: int = 0, amp: bool = False,
-             prompts: Prompts | None = None) -> dict[str, Any]:  # fmt: skip
+def run_task(
+    task: Task,
+    path: Path,
+    layout: str,
+    model: Any,
+    tokenizer: Callable,
+    transform: Callable,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 0,
+    amp: bool = False,
+    prompts: Prompts | None = None,
+) -> dict[str, Any]:
     """Metrics of one task (clip_benchmark's names; zero-shot adds `n`, retrieval `n_images`, `n_texts`)."""
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
@@ -228,8 +245,10 @@ def run_task(task: Task, path: Path, layout: str, model: Any, tokenizer: Callabl
     if task.kind == "zeroshot":
         prompts = prompts or resolve_prompts(task, path, layout, folder_classes)
         if folder_classes is not None and len(folder_classes) != len(prompts.classnames):
-            raise ValueError(f"task {task.name}: {path} has {len(folder_classes)} class folders but "
-                             f"{prompts.classnames_source} names {len(prompts.classnames)} classes")  # fmt: skip
+            raise ValueError(
+                f"task {task.name}: {path} has {len(folder_classes)} class folders but "
+                f"{prompts.classnames_source} names {len(prompts.classnames)} classes"
+            )
         counted = _Counted(loader)
         classifier = zeroshot_classification.zero_shot_classifier(
             model, tokenizer, prompts.classnames, prompts.per_class(), device_type, amp=amp
@@ -238,12 +257,14 @@ def run_task(task: Task, path: Path, layout: str, model: Any, tokenizer: Callabl
         metrics = classification_metrics(logits, target) | {"n": counted.images}
         if task.grouped:
             if layout != "wds":
-                raise ValueError(f"task {task.name}: grouped metrics read per-sample .npy from a webdataset; "
-                                 f"{path} is a {layout}")  # fmt: skip
+                raise ValueError(
+                    f"task {task.name}: grouped metrics read per-sample .npy from a webdataset; {path} is a {layout}"
+                )
             metrics |= grouped_metrics(task.grouped, logits, target, path, batch_size, workers)
         return metrics
     counted = _Counted(loader)
-    metrics = zeroshot_retrieval.evaluate(model, counted, tokenizer, device_type, amp=amp,
-                                          recall_k_list=list(RECALL_KS))
+    metrics = zeroshot_retrieval.evaluate(
+        model, counted, tokenizer, device_type, amp=amp, recall_k_list=list(RECALL_KS)
+    )
     metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
     return metrics | {"n_images": counted.images, "n_texts": counted.texts}

@@ -60,8 +60,13 @@ def fmow(logits: torch.Tensor, target: torch.Tensor, metadata: np.ndarray) -> Me
     correct = (logits.argmax(dim=1) == target).double().numpy()
     by_year, worst_year = _grouped("acc", "year", correct, metadata[:, 1])
     by_region, worst_region = _grouped("acc", "region", correct, metadata[:, 0])
-    return {"acc_avg": float(correct.mean()), **by_year, "acc_worst_year": worst_year, **by_region,
-            "acc_worst_region": worst_region}  # fmt: skip
+    return {
+        "acc_avg": float(correct.mean()),
+        **by_year,
+        "acc_worst_year": worst_year,
+        **by_region,
+        "acc_worst_region": worst_region,
+    }
 
 
 def dollar_street(logits: torch.Tensor, target: torch.Tensor, metadata: np.ndarray) -> Metrics:
@@ -110,8 +115,9 @@ def read_metadata(path: Path, batch_size: int, workers: int) -> tuple[np.ndarray
     return np.concatenate(labels).astype(np.int64), np.concatenate(rows)
 
 
-def grouped_metrics(name: str, logits: torch.Tensor, target: torch.Tensor, path: Path, batch_size: int = 256,
-                    workers: int = 0) -> Metrics:  # fmt: skip
+def grouped_metrics(
+    name: str, logits: torch.Tensor, target: torch.Tensor, path: Path, batch_size: int = 256, workers: int = 0
+) -> Metrics:
     """DataComp's metrics `name` (a key of GROUPINGS) of a zero-shot pass over the webdataset at `path`."""
     if name not in GROUPINGS:
         raise ValueError(f"grouped metrics {name!r}: known are {sorted(GROUPINGS)}")
@@ -120,12 +126,16 @@ def grouped_metrics(name: str, logits: torch.Tensor, target: torch.Tensor, path:
     if grouping.fields:
         labels, metadata = read_metadata(path, batch_size, workers)
         if metadata.ndim != 2 or metadata.shape[1] != len(grouping.fields):
-            raise ValueError(f"{path}/test: each <key>.npy must hold the {len(grouping.fields)} fields "
-                             f"{grouping.fields} of {name}; got shape {metadata.shape}")  # fmt: skip
+            raise ValueError(
+                f"{path}/test: each <key>.npy must hold the {len(grouping.fields)} fields "
+                f"{grouping.fields} of {name}; got shape {metadata.shape}"
+            )
         if len(labels) != len(target) or not np.array_equal(labels, target.numpy()):
-            raise ValueError(f"{path}/test: the .cls labels read with the .npy metadata ({len(labels)}) do not "
-                             f"match the zero-shot pass ({len(target)}); a sample lacks its .npy or the shards "
-                             "changed")  # fmt: skip
+            raise ValueError(
+                f"{path}/test: the .cls labels read with the .npy metadata ({len(labels)}) do not "
+                f"match the zero-shot pass ({len(target)}); a sample lacks its .npy or the shards "
+                "changed"
+            )
         if (metadata < 0).any() or not np.issubdtype(metadata.dtype, np.integer):
             raise ValueError(f"{path}/test: metadata must be non-negative integers, got {metadata.dtype}")
     return grouping.compute(logits, target, metadata)

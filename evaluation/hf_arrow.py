@@ -39,8 +39,10 @@ class ArrowSplit:
         files = arrow_files(path)
         folders = sorted({str(f.parent) for f in files})
         if len(folders) != 1:
-            raise ValueError(f"{path}: the test split must be cached in one folder, found {len(folders)} "
-                             f"({folders}); `datasets` keeps one per download: remove the stale ones")  # fmt: skip
+            raise ValueError(
+                f"{path}: the test split must be cached in one folder, found {len(folders)} "
+                f"({folders}); `datasets` keeps one per download: remove the stale ones"
+            )
         tables = []
         for file in files:
             table = pa.ipc.open_stream(pa.memory_map(str(file))).read_all()
@@ -71,8 +73,10 @@ class ArrowSplit:
         path = Path(stored.get("path") or "")
         path = path if path.is_absolute() else self.root / path
         if not path.is_file():
-            raise FileNotFoundError(f"{self.root}: image {stored.get('path')!r} has no bytes and no file at {path}; "
-                                    "download the dataset again into this hf_cache")  # fmt: skip
+            raise FileNotFoundError(
+                f"{self.root}: image {stored.get('path')!r} has no bytes and no file at {path}; "
+                "download the dataset again into this hf_cache"
+            )
         with Image.open(path) as img:
             img.load()
             return img

@@ -57,9 +57,14 @@ def load_checkpoint(path: str | Path) -> Evaluable:
     if checkpoint_identity(checkpoint) != identity:
         raise FileNotFoundError(f"{checkpoint} changed while it was loaded (a run rewrote it); evaluate it again")
     return Evaluable(
-        model, get_tokenizer(model.config.text.context_length), eval_transform(model.config.vision.image_size),
-        identity, f"{checkpoint} (step {meta['step']}, model {meta['config']['model']['name']})", meta["step"], meta,
-    )  # fmt: skip
+        model,
+        get_tokenizer(model.config.text.context_length),
+        eval_transform(model.config.vision.image_size),
+        identity,
+        f"{checkpoint} (step {meta['step']}, model {meta['config']['model']['name']})",
+        meta["step"],
+        meta,
+    )
 
 
 def load_open_clip(folder: Path) -> Evaluable:
@@ -68,8 +73,13 @@ def load_open_clip(folder: Path) -> Evaluable:
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    return Evaluable(model.eval(), open_clip.get_tokenizer(f"local-dir:{folder}"), preprocess, _sha256(files),
-                     f"{folder} (open_clip)")  # fmt: skip
+    return Evaluable(
+        model.eval(),
+        open_clip.get_tokenizer(f"local-dir:{folder}"),
+        preprocess,
+        _sha256(files),
+        f"{folder} (open_clip)",
+    )
 
 
 class HFTowers(nn.Module):

@@ -40,8 +40,14 @@ def palette(labels: Sequence[str]) -> dict[str, tuple]:
     return {label: cmap((2 * i) % 20 + (i // 10) % 2) for i, label in enumerate(labels)}
 
 
-def draw_panels(panels: list[Panel], out: Path, cols: int = 3, panel_size: tuple[float, float] = (5.2, 3.6),
-                legend_cols: int = 6, dpi: int = 100) -> Path:  # fmt: skip
+def draw_panels(
+    panels: list[Panel],
+    out: Path,
+    cols: int = 3,
+    panel_size: tuple[float, float] = (5.2, 3.6),
+    legend_cols: int = 6,
+    dpi: int = 100,
+) -> Path:
     """Draw `panels` in a grid of `cols` columns and save it to `out`; the legend appears when 2+ labels are drawn."""
     import matplotlib
 
@@ -58,8 +64,16 @@ def draw_panels(panels: list[Panel], out: Path, cols: int = 3, panel_size: tuple
     handles = {}
     for ax, panel in zip(axes.flat, panels, strict=False):
         for c in panel.curves:
-            (line,) = ax.plot(c.xs, c.ys, color=colours[c.label], label=c.label, linestyle=c.linestyle,
-                              linewidth=c.linewidth, marker=c.marker, markersize=3)  # fmt: skip
+            (line,) = ax.plot(
+                c.xs,
+                c.ys,
+                color=colours[c.label],
+                label=c.label,
+                linestyle=c.linestyle,
+                linewidth=c.linewidth,
+                marker=c.marker,
+                markersize=3,
+            )
             handles.setdefault(c.label, line)
             if c.band is not None and c.bars:
                 below = [y - low for y, low in zip(c.ys, c.band[0], strict=True)]

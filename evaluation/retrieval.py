@@ -70,7 +70,7 @@ def encode_retrieval_set(
     caption_index = cat_rows(caption_indices, torch.long) if caption_indices else None
     _, (text_features, caption_image) = gather_indexed(
         [text_features, caption_image], caption_index, distributed, group
-    )  # fmt: skip
+    )
     if text_features.shape[0] == 0:
         raise ValueError("retrieval evaluation got no captions")
     return RetrievalFeatures(

@@ -58,8 +58,9 @@ class Task:
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.grouped and (self.kind != "zeroshot" or self.grouped not in GROUPINGS):
-            raise ValueError(f"task {self.name!r}: grouped {self.grouped!r} needs kind zeroshot and one of "
-                             f"{sorted(GROUPINGS)}")  # fmt: skip
+            raise ValueError(
+                f"task {self.name!r}: grouped {self.grouped!r} needs kind zeroshot and one of {sorted(GROUPINGS)}"
+            )
         if not self.main_metric:
             object.__setattr__(self, "main_metric", DEFAULT_METRIC[self.kind])
         if not self.title:
@@ -127,8 +128,12 @@ _DATACOMP: dict[str, tuple[str, str]] = {
     "fairness/geode": ("GeoDE", "acc_wg"),
 }
 # Tasks scored with metadata-grouped metrics (evaluation.grouped_metrics).
-_GROUPED = {"wilds/iwildcam": "iwildcam", "wilds/fmow": "fmow", "fairness/dollar_street": "dollar_street",
-            "fairness/geode": "geode"}  # fmt: skip
+_GROUPED = {
+    "wilds/iwildcam": "iwildcam",
+    "wilds/fmow": "fmow",
+    "fairness/dollar_street": "dollar_street",
+    "fairness/geode": "geode",
+}
 # ImageNet and the variants CLIP papers report (FastCLIP: ImageNet & variants), in DataComp's folders.
 _IMAGENET = ("imagenet1k", "imagenetv2", "imagenet_sketch", "imagenet-a", "imagenet-r", "objectnet")
 
@@ -141,10 +146,16 @@ def _datacomp_kind(key: str) -> str:
 
 def datacomp_suite() -> Suite:
     tasks = [
-        Task(name=key, kind=_datacomp_kind(key), path=datacomp_folder(key), main_metric=metric, title=title,
-             grouped=_GROUPED.get(key, ""))
+        Task(
+            name=key,
+            kind=_datacomp_kind(key),
+            path=datacomp_folder(key),
+            main_metric=metric,
+            title=title,
+            grouped=_GROUPED.get(key, ""),
+        )
         for key, (title, metric) in _DATACOMP.items()
-    ]  # fmt: skip
+    ]
     return Suite("datacomp", tasks, expected=len(tasks))
 
 
@@ -164,8 +175,9 @@ def load_suite_file(path: str | Path) -> Suite:
     for i, entry in enumerate(raw["tasks"]):
         unknown = set(entry) - known if isinstance(entry, dict) else {"(not a mapping)"}
         if unknown or not isinstance(entry, dict) or not {"name", "kind", "path"} <= set(entry):
-            raise ValueError(f"{path}: task {i} needs name, kind and path and may hold {sorted(known)}; "
-                             f"unknown: {sorted(unknown)}")  # fmt: skip
+            raise ValueError(
+                f"{path}: task {i} needs name, kind and path and may hold {sorted(known)}; unknown: {sorted(unknown)}"
+            )
         entry = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
         tasks.append(Task(**entry))
     names = [t.name for t in tasks]

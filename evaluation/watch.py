@@ -69,8 +69,17 @@ def checkpoint_number(identity: str) -> int:
 
 
 class Watcher:
-    def __init__(self, run_dir: str | Path, suite: Suite, data_root: str, device: torch.device, batch_size: int = 256,
-                 workers: int = 0, amp: bool = False, poll_s: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str | Path,
+        suite: Suite,
+        data_root: str,
+        device: torch.device,
+        batch_size: int = 256,
+        workers: int = 0,
+        amp: bool = False,
+        poll_s: float = 10.0,
+    ) -> None:
         self.run = Path(run_dir)
         self.suite, self.data_root, self.device = suite, data_root, device
         self.batch_size, self.workers, self.amp, self.poll_s = batch_size, workers, amp, poll_s
@@ -136,14 +145,22 @@ class Watcher:
             logger.warning("skipping %s: %s (raise checkpoint.keep_last if the watcher falls behind)", checkpoint, err)
             return None
         logger.info("evaluating %s", evaluable.description)
-        results = run_suite(self.suite, self.data_root, evaluable, self.device, self.cache, self.batch_size,
-                            self.workers, self.amp)  # fmt: skip
+        results = run_suite(
+            self.suite, self.data_root, evaluable, self.device, self.cache, self.batch_size, self.workers, self.amp
+        )
         meta = evaluable.meta or {}
         samples = meta["step"] * meta["world_size"] * meta["config"]["data"]["batch_size"]
         scalars = flat_scalars(results) | {"samples": float(samples)}
         self.publish(meta["step"], evaluable.identity, scalars, meta)
-        row = {"step": meta["step"], "checkpoint": checkpoint.name, "identity": evaluable.identity,
-               "samples": samples, "scalars": scalars, "results": results, "time": time.time()}  # fmt: skip
+        row = {
+            "step": meta["step"],
+            "checkpoint": checkpoint.name,
+            "identity": evaluable.identity,
+            "samples": samples,
+            "scalars": scalars,
+            "results": results,
+            "time": time.time(),
+        }
         append_line(self.dir / RESULTS, row)  # last: a crash before it re-evaluates (from the cache)
         return row
 
@@ -165,8 +182,9 @@ class Watcher:
 
             steps = [row["step"] for row in read_rows(self.dir / RESULTS)]
             # events a killed watcher wrote after its last recorded checkpoint are hidden, then written again
-            self.writer = SummaryWriter(str(self.run / "tensorboard" / WATCH_DIR),
-                                        purge_step=max(steps) + 1 if steps else None)  # fmt: skip
+            self.writer = SummaryWriter(
+                str(self.run / "tensorboard" / WATCH_DIR), purge_step=max(steps) + 1 if steps else None
+            )
         return self.writer
 
     def _mlflow(self, step: int, scalars: dict[str, float], meta: dict[str, Any]) -> None:
@@ -209,8 +227,12 @@ class Watcher:
                     evaluated += self.evaluate(checkpoint) is not None
                 if ended and not self.pending():
                     status = json.loads((self.run / "status.json").read_text())
-                    logger.info("run ended (%s at step %s); %d checkpoints evaluated by this watcher",
-                                status.get("status"), status.get("step"), evaluated)  # fmt: skip
+                    logger.info(
+                        "run ended (%s at step %s); %d checkpoints evaluated by this watcher",
+                        status.get("status"),
+                        status.get("step"),
+                        evaluated,
+                    )
                     return evaluated
                 time.sleep(self.poll_s)
         finally:

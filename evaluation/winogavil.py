@@ -97,8 +97,16 @@ def summarize(instance_scores: np.ndarray, sizes: np.ndarray) -> Metrics:
 
 
 @torch.no_grad()
-def evaluate_winogavil(path: Path, model: Any, tokenizer: Callable, transform: Callable, device: torch.device,
-                       batch_size: int = 256, workers: int = 0, amp: bool = False) -> Metrics:  # fmt: skip
+def evaluate_winogavil(
+    path: Path,
+    model: Any,
+    tokenizer: Callable,
+    transform: Callable,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 0,
+    amp: bool = False,
+) -> Metrics:
     """Score a model (clip_benchmark's interface: encode_image, encode_text) on the WinoGAViL Arrow files."""
     split = ArrowSplit(path, COLUMNS)
     instances = read_instances(split)

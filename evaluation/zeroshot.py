@@ -134,5 +134,5 @@ def evaluate_zeroshot(
     """Build the classifier from the current weights, then measure accuracy (what in-loop eval calls)."""
     classifier = build_zeroshot_classifier(
         model, tokenizer, classnames, templates, device, batch_size, distributed, group
-    )  # fmt: skip
+    )
     return zeroshot_accuracy(model, classifier, batches, device, distributed, group)

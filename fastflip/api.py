@@ -86,13 +86,26 @@ def _from_open_clip(folder: Path) -> CLIP:
     cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
     config = CLIPConfig(
-        embed_dim=cfg["embed_dim"], quick_gelu=cfg.get("quick_gelu", False),
+        embed_dim=cfg["embed_dim"],
+        quick_gelu=cfg.get("quick_gelu", False),
         init_logit_bias=cfg.get("init_logit_bias"),
-        vision=VisionConfig(image_size=_int(v["image_size"]), patch_size=_int(v["patch_size"]), width=v["width"],
-                            layers=v["layers"], head_width=v.get("head_width", 64), mlp_ratio=v.get("mlp_ratio", 4.0)),
-        text=TextConfig(context_length=t["context_length"], vocab_size=t["vocab_size"], width=t["width"],
-                        heads=t["heads"], layers=t["layers"], mlp_ratio=t.get("mlp_ratio", 4.0)),
-    )  # fmt: skip
+        vision=VisionConfig(
+            image_size=_int(v["image_size"]),
+            patch_size=_int(v["patch_size"]),
+            width=v["width"],
+            layers=v["layers"],
+            head_width=v.get("head_width", 64),
+            mlp_ratio=v.get("mlp_ratio", 4.0),
+        ),
+        text=TextConfig(
+            context_length=t["context_length"],
+            vocab_size=t["vocab_size"],
+            width=t["width"],
+            heads=t["heads"],
+            layers=t["layers"],
+            mlp_ratio=t.get("mlp_ratio", 4.0),
+        ),
+    )
     return _with_state(config, lambda template: from_open_clip(load_open_clip_state(folder), template))
 
 
@@ -102,14 +115,26 @@ def _from_hf(folder: Path) -> CLIP:
     cfg = json.loads((folder / "config.json").read_text())
     v, t = cfg["vision_config"], cfg["text_config"]
     config = CLIPConfig(
-        embed_dim=cfg["projection_dim"], quick_gelu=v.get("hidden_act") == "quick_gelu",
-        vision=VisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
-                            layers=v["num_hidden_layers"], head_width=v["hidden_size"] // v["num_attention_heads"],
-                            mlp_ratio=v["intermediate_size"] / v["hidden_size"], in_chans=v.get("num_channels", 3)),
-        text=TextConfig(context_length=t["max_position_embeddings"], vocab_size=t["vocab_size"],
-                        width=t["hidden_size"], heads=t["num_attention_heads"], layers=t["num_hidden_layers"],
-                        mlp_ratio=t["intermediate_size"] / t["hidden_size"]),
-    )  # fmt: skip
+        embed_dim=cfg["projection_dim"],
+        quick_gelu=v.get("hidden_act") == "quick_gelu",
+        vision=VisionConfig(
+            image_size=v["image_size"],
+            patch_size=v["patch_size"],
+            width=v["hidden_size"],
+            layers=v["num_hidden_layers"],
+            head_width=v["hidden_size"] // v["num_attention_heads"],
+            mlp_ratio=v["intermediate_size"] / v["hidden_size"],
+            in_chans=v.get("num_channels", 3),
+        ),
+        text=TextConfig(
+            context_length=t["max_position_embeddings"],
+            vocab_size=t["vocab_size"],
+            width=t["hidden_size"],
+            heads=t["num_attention_heads"],
+            layers=t["num_hidden_layers"],
+            mlp_ratio=t["intermediate_size"] / t["hidden_size"],
+        ),
+    )
     return _with_state(config, lambda template: from_hf(load_hf_state(folder), template))
 
 

@@ -35,9 +35,7 @@ class CLIP(nn.Module):
         features = self.text(tokens)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(
-        self, images: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # A copy made inside forward: under ZeRO-3 the parameter itself is released after forward.
         return (
             self.encode_image(images, normalize=True),

@@ -69,20 +69,37 @@ def hf_config(cfg: CLIPConfig, logit_scale: float | None = None) -> transformers
     v, t = cfg.vision, cfg.text
     act = "quick_gelu" if cfg.quick_gelu else "gelu"  # both towers; "gelu" is the exact erf GELU, like ours
     text = transformers.CLIPTextConfig(
-        vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=int(t.width * t.mlp_ratio),
-        projection_dim=cfg.embed_dim, num_hidden_layers=t.layers, num_attention_heads=t.heads,
-        max_position_embeddings=t.context_length, hidden_act=act, layer_norm_eps=1e-5,
-        pad_token_id=0, bos_token_id=49406, eos_token_id=49407,
-    )  # fmt: skip
+        vocab_size=t.vocab_size,
+        hidden_size=t.width,
+        intermediate_size=int(t.width * t.mlp_ratio),
+        projection_dim=cfg.embed_dim,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        max_position_embeddings=t.context_length,
+        hidden_act=act,
+        layer_norm_eps=1e-5,
+        pad_token_id=0,
+        bos_token_id=49406,
+        eos_token_id=49407,
+    )
     vision = transformers.CLIPVisionConfig(
-        hidden_size=v.width, intermediate_size=int(v.width * v.mlp_ratio), projection_dim=cfg.embed_dim,
-        num_hidden_layers=v.layers, num_attention_heads=v.heads, num_channels=v.in_chans, image_size=v.image_size,
-        patch_size=v.patch_size, hidden_act=act, layer_norm_eps=1e-5,
-    )  # fmt: skip
+        hidden_size=v.width,
+        intermediate_size=int(v.width * v.mlp_ratio),
+        projection_dim=cfg.embed_dim,
+        num_hidden_layers=v.layers,
+        num_attention_heads=v.heads,
+        num_channels=v.in_chans,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        hidden_act=act,
+        layer_norm_eps=1e-5,
+    )
     out = transformers.CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=cfg.embed_dim,
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=cfg.embed_dim,
         logit_scale_init_value=cfg.init_logit_scale if logit_scale is None else logit_scale,
-    )  # fmt: skip
+    )
     out.architectures = ["CLIPModel"]
     return out
 
@@ -97,19 +114,38 @@ def hf_processor(cfg: CLIPConfig) -> transformers.CLIPProcessor:
     """
     size = cfg.vision.image_size
     image_processor = transformers.CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=3,
-        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD), do_convert_rgb=True,
-    )  # fmt: skip
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=3,
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+        do_convert_rgb=True,
+    )
     return transformers.CLIPProcessor(image_processor=image_processor, tokenizer=build_hf_tokenizer(cfg.text))
 
 
 # Config fields compared before loading: weight shapes cannot show the activation or the number of heads.
 CHECKED_FIELDS = {
-    "text_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "max_position_embeddings", "vocab_size", "hidden_act"),
-    "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                      "patch_size", "num_channels", "hidden_act"),
-}  # fmt: skip
+    "text_config": (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "max_position_embeddings",
+        "vocab_size",
+        "hidden_act",
+    ),
+    "vision_config": (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "hidden_act",
+    ),
+}
 
 
 def check_config(folder: Path, cfg: CLIPConfig) -> None:
@@ -121,8 +157,10 @@ def check_config(folder: Path, cfg: CLIPConfig) -> None:
         for field in fields:
             got, want = getattr(getattr(theirs, tower), field), getattr(getattr(ours, tower), field)
             if got != want:
-                raise ValueError(f"{folder / 'config.json'}: {tower}.{field} is {got!r}, our model needs {want!r}: "
-                                 "another architecture (check model.name and model.overrides)")  # fmt: skip
+                raise ValueError(
+                    f"{folder / 'config.json'}: {tower}.{field} is {got!r}, our model needs {want!r}: "
+                    "another architecture (check model.name and model.overrides)"
+                )
 
 
 def to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -137,8 +175,10 @@ def from_hf(state: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tens
 def save_hf(state: Mapping[str, torch.Tensor], cfg: CLIPConfig, out: str | Path) -> Path:
     """Write a `CLIPModel.save_pretrained` folder with processor and tokenizer files into `out`."""
     if "logit_bias" in state:
-        raise ValueError("a Hugging Face CLIPModel has no logit bias, so this SigLIP-trained model cannot be exported "
-                         "to hf without changing its logits; export it --to open_clip (which keeps the bias)")
+        raise ValueError(
+            "a Hugging Face CLIPModel has no logit bias, so this SigLIP-trained model cannot be exported "
+            "to hf without changing its logits; export it --to open_clip (which keeps the bias)"
+        )
     folder = Path(out)
     config = hf_config(cfg, float(state["logit_scale"].reshape(-1)[0]))
     with torch.device("meta"):  # only the key/shape check; the weights are assigned below

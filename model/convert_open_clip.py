@@ -72,11 +72,23 @@ def model_cfg(cfg: CLIPConfig) -> dict[str, Any]:
         raise ValueError(f"open_clip's ViT takes 3-channel images; this model has vision in_chans={v.in_chans}")
     out: dict[str, Any] = {
         "embed_dim": cfg.embed_dim,
-        "vision_cfg": {"image_size": v.image_size, "layers": v.layers, "width": v.width, "head_width": v.head_width,
-                       "mlp_ratio": v.mlp_ratio, "patch_size": v.patch_size},
-        "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
-                     "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio},
-    }  # fmt: skip
+        "vision_cfg": {
+            "image_size": v.image_size,
+            "layers": v.layers,
+            "width": v.width,
+            "head_width": v.head_width,
+            "mlp_ratio": v.mlp_ratio,
+            "patch_size": v.patch_size,
+        },
+        "text_cfg": {
+            "context_length": t.context_length,
+            "vocab_size": t.vocab_size,
+            "width": t.width,
+            "heads": t.heads,
+            "layers": t.layers,
+            "mlp_ratio": t.mlp_ratio,
+        },
+    }
     if cfg.quick_gelu:
         out["quick_gelu"] = True
     if cfg.init_logit_bias is not None:  # open_clip then builds (and loads) its logit_bias parameter
@@ -86,8 +98,14 @@ def model_cfg(cfg: CLIPConfig) -> dict[str, Any]:
 
 def preprocess_cfg(cfg: CLIPConfig) -> dict[str, Any]:
     """Our eval transform in open_clip's terms: shortest side -> size (bicubic), center crop, OpenAI mean/std."""
-    return {"size": cfg.vision.image_size, "mode": "RGB", "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD),
-            "interpolation": "bicubic", "resize_mode": "shortest"}  # fmt: skip
+    return {
+        "size": cfg.vision.image_size,
+        "mode": "RGB",
+        "mean": list(OPENAI_CLIP_MEAN),
+        "std": list(OPENAI_CLIP_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
 
 
 def check_config(folder: Path, cfg: CLIPConfig) -> None:
@@ -107,8 +125,10 @@ def check_config(folder: Path, cfg: CLIPConfig) -> None:
         wanted |= {f"{tower}.{k}": v for k, v in expected[tower].items()}
     for name, want in wanted.items():
         if _scalar(found[name]) != want:
-            raise ValueError(f"{file}: {name} is {found[name]!r}, our model needs {want!r}: another architecture "
-                             "(check model.name and model.overrides)")  # fmt: skip
+            raise ValueError(
+                f"{file}: {name} is {found[name]!r}, our model needs {want!r}: another architecture "
+                "(check model.name and model.overrides)"
+            )
 
 
 def _scalar(value: Any) -> Any:

@@ -19,8 +19,12 @@ from model.configs import TextConfig
 # open_clip's names for the special tokens -> the names CLIP tokenizers on the Hugging Face hub use.
 SPECIAL_NAMES = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
 PAD_TOKEN = "!"  # id 0: what open_clip (and so our tokenizer) pads with
-SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-                  "pad_token": PAD_TOKEN}  # fmt: skip
+SPECIAL_TOKENS = {
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "pad_token": PAD_TOKEN,
+}
 
 
 def bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -37,9 +41,12 @@ def build_hf_tokenizer(text: TextConfig) -> transformers.CLIPTokenizer:
     if len(vocab) != text.vocab_size:
         raise ValueError(f"the BPE has {len(vocab)} tokens but the text tower's vocab_size is {text.vocab_size}")
     return transformers.CLIPTokenizer(
-        vocab=vocab, merges=merges, model_max_length=text.context_length, split_special_tokens=True,
+        vocab=vocab,
+        merges=merges,
+        model_max_length=text.context_length,
+        split_special_tokens=True,
         **SPECIAL_TOKENS,
-    )  # fmt: skip
+    )
 
 
 def save_tokenizer_files(folder: str | Path) -> None:

@@ -67,6 +67,8 @@ def load_pretrained(model: CLIP, spec: str) -> None:
         state["logit_bias"] = model.logit_bias.detach().clone()
     model.load_state_dict(state, strict=True)
     logger.info(
-        "loaded %d tensors from %s; its temperature (tau %.4f) is not used, the loss starts "
-        "from loss.tau_init", len(state) - 1, spec, math.exp(-theirs),
-    )  # fmt: skip
+        "loaded %d tensors from %s; its temperature (tau %.4f) is not used, the loss starts from loss.tau_init",
+        len(state) - 1,
+        spec,
+        math.exp(-theirs),
+    )

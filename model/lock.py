@@ -18,7 +18,7 @@ _NORM = re.compile(r"(^|\.)(norm\w*|ln_\w+)\.")
 
 
 def tower_of(name: str) -> str | None:
-    """"visual" / "text" for a tower's parameter name, None for the shared ones (logit_scale, logit_bias)."""
+    """ "visual" / "text" for a tower's parameter name, None for the shared ones (logit_scale, logit_bias)."""
     head = name.split(".", 1)[0]
     return head if head in TOWERS else None
 
@@ -28,8 +28,10 @@ def layer_id(name: str, num_blocks: int) -> int:
     match = _BLOCK.match(name)
     if match:
         return int(match.group(2)) + 1
-    is_embedding = any(part in name for part in ("patch_embed", "cls_token", "pos_embed", "norm_pre",
-                                                  "token_embedding", "positional_embedding"))  # fmt: skip
+    is_embedding = any(
+        part in name
+        for part in ("patch_embed", "cls_token", "pos_embed", "norm_pre", "token_embedding", "positional_embedding")
+    )
     return 0 if is_embedding else num_blocks + 1
 
 

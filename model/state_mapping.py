@@ -113,6 +113,8 @@ def to_ours(
         unused.difference_update(keys)
     if unused:
         first = next(k for k in theirs if k in unused)
-        raise ValueError(f"{fmt} checkpoint has {len(unused)} keys our model lacks, e.g. {first!r}: another "
-                         "architecture (check model.name and model.overrides)")  # fmt: skip
+        raise ValueError(
+            f"{fmt} checkpoint has {len(unused)} keys our model lacks, e.g. {first!r}: another "
+            "architecture (check model.name and model.overrides)"
+        )
     return out

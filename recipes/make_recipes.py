@@ -49,16 +49,24 @@ FLIP_TUNING_SAMPLES = 128_000_000  # ~0.32 epoch of LAION-400M
 DRRHO_DATA = ("cc12m", "laion315m")
 REFERENCE = "open_clip:checkpoints/openai_vit_b_32"  # open_clip folder / .pt / .safetensors of OpenAI ViT-B/32
 DRRHO_LOSS = {
-    "name": "fastclip", "version": "v3", "tau_grad": "reference", "eps": 1e-4, "tau_init": 0.01, "tau_min": 0.01,
-    "lr_tau": 0.0, "lr_tau_schedule": "const", "rho": 11.0, "gamma_schedule": "epochs_rule", "reference": REFERENCE,
-    "reference_model": "ViT-B-32", "reference_overrides": {"quick_gelu": True},  # OpenAI's weights use QuickGELU
-}  # fmt: skip
+    "name": "fastclip",
+    "version": "v3",
+    "tau_grad": "reference",
+    "eps": 1e-4,
+    "tau_init": 0.01,
+    "tau_min": 0.01,
+    "lr_tau": 0.0,
+    "lr_tau_schedule": "const",
+    "rho": 11.0,
+    "gamma_schedule": "epochs_rule",
+    "reference": REFERENCE,
+    "reference_model": "ViT-B-32",
+    "reference_overrides": {"quick_gelu": True},  # OpenAI's weights use QuickGELU
+}
 
 
 def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
-    model, batch, epochs, lr, lr_min, warmup, wd, lr_tau, rho, gamma_min, gamma_epochs, eps, pairs = FASTCLIP[
-        data
-    ]
+    model, batch, epochs, lr, lr_min, warmup, wd, lr_tau, rho, gamma_min, gamma_epochs, eps, pairs = FASTCLIP[data]
     world = nodes * GPUS_PER_NODE
     warmup = round(warmup * PAPER_GLOBAL_BATCH[data] / (batch * world))  # same warmup in samples at every scale
     name = f"{loss}_{data}_{model.lower().replace('-', '')}_{nodes}node"
@@ -68,22 +76,38 @@ def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
         else {"name": "siglip", "tau_init": 0.1, "bias_init": -10.0, "lr_tau_schedule": "model"}
         if loss == "siglip"
         else {
-            "name": "fastclip", "version": "v3", "tau_grad": "reference", "eps": eps, "tau_init": 0.07,
-            "lr_tau": lr_tau, "rho": rho, "gamma_schedule": "cosine", "gamma_min": gamma_min,
+            "name": "fastclip",
+            "version": "v3",
+            "tau_grad": "reference",
+            "eps": eps,
+            "tau_init": 0.07,
+            "lr_tau": lr_tau,
+            "rho": rho,
+            "gamma_schedule": "cosine",
+            "gamma_min": gamma_min,
             "gamma_decay_epochs": gamma_epochs,
         }
-    )  # fmt: skip
+    )
     return {
         "run": {"name": name, "output_dir": f"runs/{name}", "seed": 2024, "world_size": world},
         "model": {"name": model},
         "data": {
-            "source": "webdataset", "path": f"data/{data}/train", "batch_size": batch, "workers": 6,
-            "image_size": 224, "seed": 2024,
+            "source": "webdataset",
+            "path": f"data/{data}/train",
+            "batch_size": batch,
+            "workers": 6,
+            "image_size": 224,
+            "seed": 2024,
         },
         "loss": loss_section,
         "optim": {
-            "name": "adamw", "lr": lr, "lr_min": lr_min, "warmup_steps": warmup, "weight_decay": wd,
-            "betas": [0.9, 0.98], "eps": 1e-6,
+            "name": "adamw",
+            "lr": lr,
+            "lr_min": lr_min,
+            "warmup_steps": warmup,
+            "weight_decay": wd,
+            "betas": [0.9, 0.98],
+            "eps": 1e-6,
         },
         "backend": {"name": "ddp", "precision": "bf16"},
         "checkpoint": {"every_steps": 2000, "keep_last": 3, "resume": "latest"},
@@ -91,7 +115,7 @@ def fastclip_recipe(data: str, nodes: int, loss: str) -> dict:
         "eval": {"every_steps": 0, "zeroshot": "data/imagenet/val", "classnames": "imagenet", "batch_size": 256},
         "epochs": epochs,
         "dataset_samples": pairs,
-    }  # fmt: skip
+    }
 
 
 def drrho_recipe(data: str, nodes: int) -> dict:
@@ -126,13 +150,21 @@ def flip_recipe(model: str, mask: float) -> dict:
     base["model"] = {"name": model, "grad_checkpointing": model != "ViT-B-16"}
     base["data"]["batch_size"] = batch
     warmup = round(FASTCLIP["laion315m"][5] * PAPER_GLOBAL_BATCH["laion315m"] / global_batch)
-    base["optim"].update({
-        "lr": FLIP_LR_PER_256 * global_batch / 256, "lr_min": 0.0, "betas": [0.9, 0.95], "warmup_steps": warmup,
-    })  # fmt: skip
+    base["optim"].update(
+        {
+            "lr": FLIP_LR_PER_256 * global_batch / 256,
+            "lr_min": 0.0,
+            "betas": [0.9, 0.95],
+            "warmup_steps": warmup,
+        }
+    )
     base["flip"] = {
-        "mask_ratio": mask, "tuning_samples": FLIP_TUNING_SAMPLES,
-        "tuning_lr": FLIP_TUNING_LR_PER_256 * global_batch / 256, "tuning_lr_min": 0.0, "tuning_warmup_steps": 500,
-    }  # fmt: skip
+        "mask_ratio": mask,
+        "tuning_samples": FLIP_TUNING_SAMPLES,
+        "tuning_lr": FLIP_TUNING_LR_PER_256 * global_batch / 256,
+        "tuning_lr_min": 0.0,
+        "tuning_warmup_steps": 500,
+    }
     options = {"options": {"ds_config": ds_config}} if ds_config else {}  # backend deepspeed's own option
     base["backend"] = {"name": backend, "precision": "bf16"} | options
     return base

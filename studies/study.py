@@ -68,26 +68,83 @@ class Settings:
 # ~100x shorter than the paper's; rho 6.5 and gamma_min 0.2 are the paper's CC3M values.
 LOSSES: dict[str, dict] = {
     "openclip": {"name": "openclip", "tau_init": 0.07},
-    "fastclip-v3": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07, "rho": 6.5,
-                    "gamma_schedule": "cosine", "gamma_min": 0.2, "lr_tau_schedule": "step_thresh"},
+    "fastclip-v3": {
+        "name": "fastclip",
+        "version": "v3",
+        "tau_grad": "reference",
+        "tau_init": 0.07,
+        "rho": 6.5,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.2,
+        "lr_tau_schedule": "step_thresh",
+    },
     # Paper-tuned knobs, one at a time (1 seed each; declared before their results were seen):
-    "fastclip-v3-gmin0.8": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
-                            "rho": 6.5, "gamma_schedule": "cosine", "gamma_min": 0.8, "lr_tau_schedule": "step_thresh"},
-    "fastclip-v3-lrtau2e-4": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
-                              "rho": 6.5, "gamma_schedule": "cosine", "gamma_min": 0.2, "lr_tau": 2.0e-4,
-                              "lr_tau_schedule": "step_thresh"},
-    "fastclip-v3-rho8.5": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
-                           "rho": 8.5, "gamma_schedule": "cosine", "gamma_min": 0.2, "lr_tau_schedule": "step_thresh"},
-    "fastclip-v3-gamma1": {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.07,
-                           "rho": 6.5, "gamma_schedule": "constant", "gamma_min": 1.0,
-                           "lr_tau_schedule": "step_thresh"},
-    "fastclip-v1": {"name": "fastclip", "version": "v1", "tau_init": 0.07, "gamma_schedule": "cosine",
-                    "gamma_min": 0.2},
-    "fastclip-v0": {"name": "fastclip", "version": "v0", "tau_grad": "reference", "tau_init": 0.07,
-                    "gamma_schedule": "cosine", "gamma_min": 0.2},
-    "fastclip-v2": {"name": "fastclip", "version": "v2", "tau_init": 0.03, "rho": 7.0, "lr_tau": 0.0133,
-                    "gamma_schedule": "cosine", "gamma_min": 0.2},
-}  # fmt: skip
+    "fastclip-v3-gmin0.8": {
+        "name": "fastclip",
+        "version": "v3",
+        "tau_grad": "reference",
+        "tau_init": 0.07,
+        "rho": 6.5,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.8,
+        "lr_tau_schedule": "step_thresh",
+    },
+    "fastclip-v3-lrtau2e-4": {
+        "name": "fastclip",
+        "version": "v3",
+        "tau_grad": "reference",
+        "tau_init": 0.07,
+        "rho": 6.5,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.2,
+        "lr_tau": 2.0e-4,
+        "lr_tau_schedule": "step_thresh",
+    },
+    "fastclip-v3-rho8.5": {
+        "name": "fastclip",
+        "version": "v3",
+        "tau_grad": "reference",
+        "tau_init": 0.07,
+        "rho": 8.5,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.2,
+        "lr_tau_schedule": "step_thresh",
+    },
+    "fastclip-v3-gamma1": {
+        "name": "fastclip",
+        "version": "v3",
+        "tau_grad": "reference",
+        "tau_init": 0.07,
+        "rho": 6.5,
+        "gamma_schedule": "constant",
+        "gamma_min": 1.0,
+        "lr_tau_schedule": "step_thresh",
+    },
+    "fastclip-v1": {
+        "name": "fastclip",
+        "version": "v1",
+        "tau_init": 0.07,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.2,
+    },
+    "fastclip-v0": {
+        "name": "fastclip",
+        "version": "v0",
+        "tau_grad": "reference",
+        "tau_init": 0.07,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.2,
+    },
+    "fastclip-v2": {
+        "name": "fastclip",
+        "version": "v2",
+        "tau_init": 0.03,
+        "rho": 7.0,
+        "lr_tau": 0.0133,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.2,
+    },
+}
 
 
 # The loss choice: every setting a loss may take (key -> its `loss:` section), compared on the validation mosaics.
@@ -95,10 +152,13 @@ LOSSES: dict[str, dict] = {
 # 2e-4; SigLIP: the paper's bias init -10 (about -ln of its 32k batch), -4 (about -ln 64) and 0. OpenCLIP has no knob.
 CHOICES: dict[str, dict[str, dict]] = {
     "openclip": {"openclip": LOSSES["openclip"]},
-    "fastclip-v3": {f"fastclip-v3-g{g:g}-lt{lt:g}": LOSSES["fastclip-v3"] | {"gamma_min": g, "lr_tau": lt}
-                    for g in (0.2, 0.5, 0.8, 1.0) for lt in (1e-3, 2e-4)},
+    "fastclip-v3": {
+        f"fastclip-v3-g{g:g}-lt{lt:g}": LOSSES["fastclip-v3"] | {"gamma_min": g, "lr_tau": lt}
+        for g in (0.2, 0.5, 0.8, 1.0)
+        for lt in (1e-3, 2e-4)
+    },
     "siglip": {f"siglip-bias{b:g}": {"name": "siglip", "tau_init": 0.1, "bias_init": b} for b in (-10.0, -4.0, 0.0)},
-}  # fmt: skip
+}
 LOSSES |= {key: loss for candidates in CHOICES.values() for key, loss in candidates.items()}
 
 
@@ -137,14 +197,35 @@ def plan_arms(s: Settings, confirm: tuple[str, ...] = ()) -> list[Arm]:
     for seed in range(s.seeds):
         arms += [Arm("openclip", b, e, seed, "main"), Arm("fastclip-v3", b, e, seed, "main", diagnose=seed == 0)]
     arms += [Arm(v, b, e, 0, "versions") for v in ("fastclip-v1", "fastclip-v0", "fastclip-v2")]
-    arms += [Arm(loss, 2 * b, e, 0, "flip", mask_ratio=0.5, note=f"masked at 2b for the wall clock of the twin at b "
-                 f"and {e} epochs, then unmasked tuning") for loss in ("openclip", "fastclip-v3")]  # fmt: skip
-    arms.append(Arm("openclip", 4 * b, 4 * s.scale_epochs, 0, "scale",
-                    note=f"same steps as openclip@{b} at {s.scale_epochs} epochs"))  # fmt: skip
+    arms += [
+        Arm(
+            loss,
+            2 * b,
+            e,
+            0,
+            "flip",
+            mask_ratio=0.5,
+            note=f"masked at 2b for the wall clock of the twin at b and {e} epochs, then unmasked tuning",
+        )
+        for loss in ("openclip", "fastclip-v3")
+    ]
+    arms.append(
+        Arm(
+            "openclip",
+            4 * b,
+            4 * s.scale_epochs,
+            0,
+            "scale",
+            note=f"same steps as openclip@{b} at {s.scale_epochs} epochs",
+        )
+    )
     arms += [Arm(loss, b, ep, 0, "sweep") for ep in s.sweep if ep != e for loss in ("openclip", "fastclip-v3")]
     arms.append(Arm("fastclip-v3-gamma1", b, e, 0, "ablation", note="gamma = 1: u is the last batch's g"))
-    notes = {"fastclip-v3-gmin0.8": "gamma_min 0.8 (LAION recipe): fresher u",
-             "fastclip-v3-lrtau2e-4": "lr_tau 2e-4 (CC3M recipe)", "fastclip-v3-rho8.5": "rho 8.5 (CC12M recipe)"}
+    notes = {
+        "fastclip-v3-gmin0.8": "gamma_min 0.8 (LAION recipe): fresher u",
+        "fastclip-v3-lrtau2e-4": "lr_tau 2e-4 (CC3M recipe)",
+        "fastclip-v3-rho8.5": "rho 8.5 (CC12M recipe)",
+    }
     arms += [Arm(loss, b, e, 0, "tuning", note=note) for loss, note in notes.items()]
     for loss in confirm:
         if loss not in LOSSES:
@@ -158,8 +239,12 @@ def plan_arms(s: Settings, confirm: tuple[str, ...] = ()) -> list[Arm]:
 
 def choice_arms(s: Settings) -> list[Arm]:
     """Every candidate setting of every loss on `choice_seeds` seeds, evaluated on the validation mosaics."""
-    return [Arm(key, s.batch, s.epochs, seed, "choice", split="val", note=f"candidate {loss} setting")
-            for seed in range(s.choice_seeds) for loss, keys in CHOICES.items() for key in keys]  # fmt: skip
+    return [
+        Arm(key, s.batch, s.epochs, seed, "choice", split="val", note=f"candidate {loss} setting")
+        for seed in range(s.choice_seeds)
+        for loss, keys in CHOICES.items()
+        for key in keys
+    ]
 
 
 def choose(runs: dict[str, dict], s: Settings) -> dict[str, str]:
@@ -180,8 +265,11 @@ def choose(runs: dict[str, dict], s: Settings) -> dict[str, str]:
 def final_arms(s: Settings, chosen: dict[str, str]) -> list[Arm]:
     """The chosen setting of each loss on every seed, evaluated once on the test mosaics (OpenCLIP's are the
     main comparison's own arms)."""
-    return [Arm(key, s.batch, s.epochs, seed, "main" if key == "openclip" else "final", note="chosen on validation")
-            for seed in range(s.seeds) for key in chosen.values()]  # fmt: skip
+    return [
+        Arm(key, s.batch, s.epochs, seed, "main" if key == "openclip" else "final", note="chosen on validation")
+        for seed in range(s.seeds)
+        for key in chosen.values()
+    ]
 
 
 def steps_per_epoch(s: Settings, batch: int) -> int:
@@ -209,24 +297,48 @@ def arm_config(arm: Arm, s: Settings, data: Path, out: Path, flip_steps: tuple[i
             raise ValueError(f"{arm.id}: a FLIP arm needs the calibrated (masked, tuning) steps")
         max_steps, tuning_steps = flip_steps
         epochs, total = -(-max_steps // spe), max_steps + tuning_steps
-        flip |= {"tuning_samples": tuning_steps * arm.batch, "tuning_lr": s.lr / 10, "tuning_lr_min": s.lr / 100,
-                 "tuning_warmup_steps": 10}  # fmt: skip
+        flip |= {
+            "tuning_samples": tuning_steps * arm.batch,
+            "tuning_lr": s.lr / 10,
+            "tuning_lr_min": s.lr / 100,
+            "tuning_warmup_steps": 10,
+        }
     every = max(1, total // s.evals_per_run)
     return {
         "run": {"name": arm.id, "output_dir": str(out), "seed": arm.seed, "world_size": 1},
-        "model": {"name": "tiny", "overrides": {"vision_image_size": 56, "vision_patch_size": 14,
-                                                "text_context_length": 40}},  # fmt: skip
-        "data": {"source": "webdataset", "path": str(data / "train"), "batch_size": arm.batch, "workers": 1,
-                 "image_size": 56, "seed": arm.seed},  # fmt: skip
+        "model": {
+            "name": "tiny",
+            "overrides": {"vision_image_size": 56, "vision_patch_size": 14, "text_context_length": 40},
+        },
+        "data": {
+            "source": "webdataset",
+            "path": str(data / "train"),
+            "batch_size": arm.batch,
+            "workers": 1,
+            "image_size": 56,
+            "seed": arm.seed,
+        },
         "loss": loss_section(arm, s, epochs),
-        "optim": {"name": "adamw", "lr": s.lr, "lr_min": s.lr / 100, "warmup_steps": s.warmup_steps,
-                  "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1.0e-6},  # fmt: skip
+        "optim": {
+            "name": "adamw",
+            "lr": s.lr,
+            "lr_min": s.lr / 100,
+            "warmup_steps": s.warmup_steps,
+            "weight_decay": 0.1,
+            "betas": [0.9, 0.98],
+            "eps": 1.0e-6,
+        },
         "flip": flip,
         "backend": {"name": "ddp", "precision": "fp32"},
         "checkpoint": {"every_steps": spe if arm.diagnose else 0, "keep_last": arm.epochs + 2},
         "logging": {"every_steps": 1, "tensorboard": False},  # every step: per-epoch trajectories
-        "eval": {"retrieval": str(data / arm.split), "zeroshot": "" if arm.split == "val" else str(data / "zeroshot"),
-                 "templates": "fashion-mosaic", "batch_size": 500, "every_steps": every},  # fmt: skip
+        "eval": {
+            "retrieval": str(data / arm.split),
+            "zeroshot": "" if arm.split == "val" else str(data / "zeroshot"),
+            "templates": "fashion-mosaic",
+            "batch_size": 500,
+            "every_steps": every,
+        },
         "epochs": epochs,
         "max_steps": max_steps,
     }
@@ -254,8 +366,17 @@ class Study:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"settings": asdict(self.settings), "calibration": self.calibration,
-                                   "data": self.data, "runs": self.runs}, indent=1))  # fmt: skip
+        tmp.write_text(
+            json.dumps(
+                {
+                    "settings": asdict(self.settings),
+                    "calibration": self.calibration,
+                    "data": self.data,
+                    "runs": self.runs,
+                },
+                indent=1,
+            )
+        )
         os.replace(tmp, path)
 
 
@@ -267,9 +388,21 @@ def pending(arms: list[Arm], study: Study) -> list[Arm]:
 def build_data(s: Settings, data: Path, python: str) -> None:
     if (data / "zeroshot" / "manifest.json").exists() and (data / "val" / "manifest.json").exists():
         return
-    cmd = [python, str(REPO / "tools/make_shards.py"), "fashion-mosaic", "--out", str(data), "--seed",
-           str(s.data_seed), "--train-size", str(s.train_size), "--zeroshot-size", str(s.zeroshot_size),
-           "--val-size", str(s.val_size)]  # fmt: skip
+    cmd = [
+        python,
+        str(REPO / "tools/make_shards.py"),
+        "fashion-mosaic",
+        "--out",
+        str(data),
+        "--seed",
+        str(s.data_seed),
+        "--train-size",
+        str(s.train_size),
+        "--zeroshot-size",
+        str(s.zeroshot_size),
+        "--val-size",
+        str(s.val_size),
+    ]
     subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
 
 
@@ -301,8 +434,14 @@ def run_arm(arm: Arm, s: Settings, study: Study, work: Path, python: str, timeou
             status = "done" if proc.returncode == 0 else f"failed (exit {proc.returncode}, see {out}/train.log)"
         except subprocess.TimeoutExpired:
             status = f"failed (over the {timeout:.0f} s limit)"
-    record = {"arm": asdict(arm), "id": arm.id, "label": arm.label, "status": status, "config": config,
-              "process_seconds": time.perf_counter() - started}  # fmt: skip
+    record = {
+        "arm": asdict(arm),
+        "id": arm.id,
+        "label": arm.label,
+        "status": status,
+        "config": config,
+        "process_seconds": time.perf_counter() - started,
+    }
     if status == "done":
         record |= parse_metrics(out / "metrics.jsonl", arm.batch, steps_per_epoch(s, arm.batch))
         if arm.diagnose:
@@ -311,16 +450,31 @@ def run_arm(arm: Arm, s: Settings, study: Study, work: Path, python: str, timeou
     return record
 
 
-def run_all(todo: list[Arm], s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int,
-            name: str = "study.json") -> None:  # fmt: skip
+def run_all(
+    todo: list[Arm],
+    s: Settings,
+    study: Study,
+    work: Path,
+    out: Path,
+    timeout: float,
+    jobs: int,
+    name: str = "study.json",
+) -> None:
     """Train `todo`, `jobs` arms at a time, saving `out`/`name` after each."""
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = {pool.submit(run_arm, arm, s, study, work, sys.executable, timeout): arm for arm in todo}
         for i, future in enumerate(as_completed(futures)):
             arm = futures[future]
             study.runs[arm.id] = rec = future.result()
-            logger.info("[%d/%d] %s: %s, %.0f s, final text->image R@1 %s", i + 1, len(todo), arm.id, rec["status"],
-                        rec["process_seconds"], rec.get("final", {}).get("text_to_image_R@1"))  # fmt: skip
+            logger.info(
+                "[%d/%d] %s: %s, %.0f s, final text->image R@1 %s",
+                i + 1,
+                len(todo),
+                arm.id,
+                rec["status"],
+                rec["process_seconds"],
+                rec.get("final", {}).get("text_to_image_R@1"),
+            )
             study.save(out / name)
 
 
@@ -341,14 +495,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confirm", nargs="*", default=[], help="losses (LOSSES keys) to run on every seed as well")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    s = Settings(seeds=args.seeds, epochs=args.epochs, sweep=tuple(int(x) for x in args.sweep.split(",")),
-                 scale_epochs=args.scale_epochs, train_size=args.train_size, zeroshot_size=args.zeroshot_size)
+    s = Settings(
+        seeds=args.seeds,
+        epochs=args.epochs,
+        sweep=tuple(int(x) for x in args.sweep.split(",")),
+        scale_epochs=args.scale_epochs,
+        train_size=args.train_size,
+        zeroshot_size=args.zeroshot_size,
+    )
     arms = plan_arms(s, tuple(args.confirm))
     if args.dry_run:
         for i, arm in enumerate(arms):
             print(f"{i + 1:2d}. {arm.id:40s} group {arm.group:9s} {arm.note}")
-        print(f"{len(arms)} arms; each {s.train_size} mosaics, batch {s.batch} unless named; then the setting of "
-              f"{', '.join(CHOICES)} chosen on validation, on {s.seeds} seeds against the test mosaics")
+        print(
+            f"{len(arms)} arms; each {s.train_size} mosaics, batch {s.batch} unless named; then the setting of "
+            f"{', '.join(CHOICES)} chosen on validation, on {s.seeds} seeds against the test mosaics"
+        )
         return 0
     out, work = Path(args.out), Path(args.work).resolve()
     study = Study.load(out / "study.json", s)

@@ -46,5 +46,10 @@ def calibrate(batch: int, repeats: int = 12, threads: int = 1) -> dict:
             if rep >= 2:  # warm-up
                 times[key].append(seconds)
     step_s = {k: statistics.median(v) for k, v in times.items()}
-    return {"step_s": step_s, "ratio_to_b": {k: v / step_s["b"] for k, v in step_s.items()}, "repeats": repeats,
-            "threads": threads, "batch": batch}  # fmt: skip
+    return {
+        "step_s": step_s,
+        "ratio_to_b": {k: v / step_s["b"] for k, v in step_s.items()},
+        "repeats": repeats,
+        "threads": threads,
+        "batch": batch,
+    }

@@ -44,8 +44,9 @@ def parse_metrics(path: Path, batch: int, steps_per_epoch: int) -> dict:
     trajectory = []
     for end in range(steps_per_epoch, max(steps) + 1, steps_per_epoch):
         if end in steps:
-            trajectory.append({"epoch": end // steps_per_epoch, "step": end} |
-                              {k: steps[end][k] for k in TRACKED if k in steps[end]})  # fmt: skip
+            trajectory.append(
+                {"epoch": end // steps_per_epoch, "step": end} | {k: steps[end][k] for k in TRACKED if k in steps[end]}
+            )
     return {"evals": evals, "final": evals[-1], "train_seconds": clock, "steps": max(steps), "trajectory": trajectory}
 
 
@@ -93,8 +94,7 @@ def _features(checkpoint: Path, train_dir: Path) -> tuple[torch.Tensor, torch.Te
 
     model, _ = load_model(checkpoint)
     tokenizer = get_tokenizer(model.config.text.context_length)
-    loader = build_eval_loader(str(train_dir), model.config.vision.image_size, 500, tokenizer=tokenizer,
-                               label_key=None)  # fmt: skip
+    loader = build_eval_loader(str(train_dir), model.config.vision.image_size, 500, tokenizer=tokenizer, label_key=None)
     images, texts, keys = [], [], []
     with eval_mode(model):
         for b in loader:

@@ -41,10 +41,22 @@ from studies.study import LOSSES, Arm, Settings, Study, build_data, pending, run
 logger = logging.getLogger("study_drrho")
 
 V3_CHOSEN = LOSSES["fastclip-v3"] | {"gamma_schedule": "constant", "gamma_min": 1.0, "lr_tau": 1e-3}  # study.py's
-AUTHORS = {"name": "fastclip", "version": "v3", "tau_grad": "reference", "tau_init": 0.01, "tau_min": 0.01,
-           "lr_tau": 0.0, "lr_tau_schedule": "const", "rho": 11.0, "eps": 1e-4, "gamma_schedule": "epochs_rule"}
-STEERING = {"reference_model": "tiny", "reference_overrides": {"vision_image_size": 56, "vision_patch_size": 14,
-                                                                "text_context_length": 40}}  # fmt: skip
+AUTHORS = {
+    "name": "fastclip",
+    "version": "v3",
+    "tau_grad": "reference",
+    "tau_init": 0.01,
+    "tau_min": 0.01,
+    "lr_tau": 0.0,
+    "lr_tau_schedule": "const",
+    "rho": 11.0,
+    "eps": 1e-4,
+    "gamma_schedule": "epochs_rule",
+}
+STEERING = {
+    "reference_model": "tiny",
+    "reference_overrides": {"vision_image_size": 56, "vision_patch_size": 14, "text_context_length": 40},
+}
 # (for a dry run before the reference exists; the study's arms name its fastflip: checkpoint instead)
 DRRHO_LOSSES = {
     "reference-openclip": LOSSES["openclip"],
@@ -60,24 +72,43 @@ RESULTS = "study_drrho.json"
 
 
 def reference_arm(s: Settings) -> Arm:
-    return Arm("reference-openclip", s.batch, s.epochs, REFERENCE_SEED, "reference",
-               note="OpenCLIP on 2500 mosaics of images the target's train and val mosaics never use")  # fmt: skip
+    return Arm(
+        "reference-openclip",
+        s.batch,
+        s.epochs,
+        REFERENCE_SEED,
+        "reference",
+        note="OpenCLIP on 2500 mosaics of images the target's train and val mosaics never use",
+    )
 
 
 def plan(s: Settings) -> list[Arm]:
     """The reference and the loss-choice candidates (validation) first, then the 5-seed gamma-rule arm."""
     arms = [reference_arm(s)]
-    arms += [Arm(key, s.batch, s.epochs, seed, "choice", split="val", note="DRRho candidate")
-             for seed in range(CHOICE_SEEDS) for key in CANDIDATES]  # fmt: skip
-    arms += [Arm("fastclip-v3-rule", s.batch, s.epochs, seed, "final", note="2025 gamma rule")
-             for seed in range(s.seeds)]  # fmt: skip
+    arms += [
+        Arm(key, s.batch, s.epochs, seed, "choice", split="val", note="DRRho candidate")
+        for seed in range(CHOICE_SEEDS)
+        for key in CANDIDATES
+    ]
+    arms += [
+        Arm("fastclip-v3-rule", s.batch, s.epochs, seed, "final", note="2025 gamma rule") for seed in range(s.seeds)
+    ]
     return arms
 
 
 def final_arms(s: Settings, chosen: str) -> list[Arm]:
     arms = [Arm(chosen, s.batch, s.epochs, seed, "final", note="chosen on validation") for seed in range(s.seeds)]
-    return arms + [Arm(chosen + "-precomputed", s.batch, s.epochs, seed, "precomputed",
-                       note="reference features precomputed on centre crops") for seed in range(s.seeds)]  # fmt: skip
+    return arms + [
+        Arm(
+            chosen + "-precomputed",
+            s.batch,
+            s.epochs,
+            seed,
+            "precomputed",
+            note="reference features precomputed on centre crops",
+        )
+        for seed in range(s.seeds)
+    ]
 
 
 def choose(runs: dict[str, dict], s: Settings) -> str:
@@ -115,8 +146,7 @@ def build_reference_data(s: Settings, data: Path) -> None:
             cells = tuple(int(labels[i]) for i in picks)
             m = Mosaic(compose([images[i] for i in picks]), _caption(cells, rng), cells, tuple(picks))
             w.write(key, _png(m.pixels), "png", m.caption, cells=list(m.labels))
-    _finish(str(out), w.paths, {"description": "reference mosaics: images the target's train/val never use"},
-            Counter())  # fmt: skip
+    _finish(str(out), w.paths, {"description": "reference mosaics: images the target's train/val never use"}, Counter())
 
 
 def reference_checkpoint(work: Path, s: Settings) -> Path:
@@ -136,8 +166,10 @@ def patch_configs(s: Settings, work: Path) -> None:
         config = original(arm, settings, data, out, flip_steps)
         if arm.group == "reference":
             config["data"]["path"] = str(data / "ref_train")
-            config["checkpoint"] = {"every_steps": settings.epochs * -(-settings.train_size // arm.batch),
-                                    "keep_last": 1}  # fmt: skip
+            config["checkpoint"] = {
+                "every_steps": settings.epochs * -(-settings.train_size // arm.batch),
+                "keep_last": 1,
+            }
         if key.startswith("drrho"):  # a fastflip: checkpoint names its own architecture
             for field in STEERING:
                 config["loss"].pop(field)
@@ -155,13 +187,22 @@ def precompute(s: Settings, work: Path) -> None:
 
     if (work / "data" / "train" / "reference_features.npy").exists():
         return
-    cmd = [sys.executable, str(REPO / "tools/reference_features.py"), "--reference",
-           f"fastflip:{reference_checkpoint(work, s)}", "--data", str(work / "data" / "train"), "--image-size", "56"]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools/reference_features.py"),
+        "--reference",
+        f"fastflip:{reference_checkpoint(work, s)}",
+        "--data",
+        str(work / "data" / "train"),
+        "--image-size",
+        "56",
+    ]
     subprocess.run(cmd, check=True, env=os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
 
 
-def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int,
-                          skip: frozenset[str] = frozenset()) -> str:  # fmt: skip
+def run_choice_then_final(
+    s: Settings, study: Study, work: Path, out: Path, timeout: float, jobs: int, skip: frozenset[str] = frozenset()
+) -> str:
     """One pool of `jobs` workers: the candidates (validation) and the remaining gamma-rule seeds; as soon as every
     candidate has finished, the chosen setting's test arms join the queue (then its precomputed-features arms)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -208,8 +249,13 @@ def run_choice_then_final(s: Settings, study: Study, work: Path, out: Path, time
             for future in done:
                 arm = futures.pop(future)
                 study.runs[arm.id] = rec = future.result()
-                logger.info("%s: %s, %.0f s, final text->image R@1 %s", arm.id, rec["status"], rec["process_seconds"],
-                            rec.get("final", {}).get("text_to_image_R@1"))  # fmt: skip
+                logger.info(
+                    "%s: %s, %.0f s, final text->image R@1 %s",
+                    arm.id,
+                    rec["status"],
+                    rec["process_seconds"],
+                    rec.get("final", {}).get("text_to_image_R@1"),
+                )
                 study.save(out / RESULTS)
             choose_once()
     if chosen is None:
@@ -231,7 +277,8 @@ def finished(run: Path, s: Settings, arm: Arm) -> bool:
     total = s.epochs * -(-s.train_size // arm.batch)
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     return any(r.get("step") == total and any(k.startswith("eval/") for k in r) for r in rows) and (
-        time.time() - (run / "train.log").stat().st_mtime > 20)  # fmt: skip
+        time.time() - (run / "train.log").stat().st_mtime > 20
+    )
 
 
 def adopt(arm: Arm, s: Settings, work: Path) -> dict:
@@ -242,8 +289,15 @@ def adopt(arm: Arm, s: Settings, work: Path) -> dict:
     run = work / arm.id
     (run / "adopt.done").write_text("adopted\n")
     config = yaml.safe_load((run / "recipe.yaml").read_text())
-    record = {"arm": asdict(arm), "id": arm.id, "label": arm.label, "status": "done", "config": config,
-              "process_seconds": None, "note": "trained by an earlier study process, adopted from its run directory"}
+    record = {
+        "arm": asdict(arm),
+        "id": arm.id,
+        "label": arm.label,
+        "status": "done",
+        "config": config,
+        "process_seconds": None,
+        "note": "trained by an earlier study process, adopted from its run directory",
+    }
     return record | parse_metrics(run / "metrics.jsonl", arm.batch, steps_per_epoch(s, arm.batch))
 
 
@@ -261,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for i, arm in enumerate(plan(s)):
             print(f"{i + 1:2d}. {arm.id:40s} group {arm.group:10s} {arm.note}")
-        print(f"then the DRRho candidate chosen on validation ({', '.join(CANDIDATES)}) on {s.seeds} seeds "
-              f"(test), and with precomputed features")  # fmt: skip
+        print(
+            f"then the DRRho candidate chosen on validation ({', '.join(CANDIDATES)}) on {s.seeds} seeds "
+            f"(test), and with precomputed features"
+        )
         return 0
     work, out = Path(args.work).resolve(), Path(args.out)
     build_data(s, work / "data", sys.executable)
@@ -273,8 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     fastclip_rule = [a for a in rest if a.loss == "fastclip-v3-rule"]
     # the reference first (beside the first gamma-rule arm), then everything that needs it
     if pending(ref, study):
-        run_all(pending(ref, study) + pending(fastclip_rule, study)[:1], s, study, work, out, args.timeout,
-                args.jobs, RESULTS)  # fmt: skip
+        run_all(
+            pending(ref, study) + pending(fastclip_rule, study)[:1],
+            s,
+            study,
+            work,
+            out,
+            args.timeout,
+            args.jobs,
+            RESULTS,
+        )
     chosen = run_choice_then_final(s, study, work, out, args.timeout, args.jobs, frozenset(args.skip))
     (out / "study_drrho_chosen.json").write_text(json.dumps({"chosen": chosen, "settings": asdict(s)}, indent=1))
     return 0

@@ -1,6 +1,6 @@
 """studies/results/study_drrho.md from study_drrho.json (and the main study's OpenCLIP / FastCLIP-v3 test arms).
 
-  python studies/study_drrho_report.py [--out studies/results]
+python studies/study_drrho_report.py [--out studies/results]
 """
 
 from __future__ import annotations
@@ -64,33 +64,56 @@ def report(out: Path) -> str:
     chosen = json.loads(chosen_file.read_text())["chosen"] if chosen_file.is_file() else None
     rows = list(ROWS)
     if chosen:
-        rows += [(f"DRRho ({chosen}, chosen on validation)", f"{chosen}-b64-e20", "study_drrho.json"),
-                 (f"DRRho ({chosen}), precomputed centre-crop features", f"{chosen}-precomputed-b64-e20",
-                  "study_drrho.json")]  # fmt: skip
+        rows += [
+            (f"DRRho ({chosen}, chosen on validation)", f"{chosen}-b64-e20", "study_drrho.json"),
+            (
+                f"DRRho ({chosen}), precomputed centre-crop features",
+                f"{chosen}-precomputed-b64-e20",
+                "study_drrho.json",
+            ),
+        ]
     pooled = {label: _pooled(files[f], prefix) for label, prefix, f in rows}
     r1 = {label: [r["final"][METRIC] for r in rs] for label, rs in pooled.items()}
     zs = {label: [r["final"][ZEROSHOT] for r in rs if ZEROSHOT in r["final"]] for label, rs in pooled.items()}
     reference, openclip, v3 = r1[ROWS[0][0]], r1[ROWS[1][0]], r1[ROWS[2][0]]
-    lines = ["# Train with a reference model at small scale (DRRho-CLIP study)", "",
-             "Text->image R@1 (%) on the 1000 test mosaics, mean ± std over seeds; Δ with the standard error of the "
-             "difference of means. Zero-shot top-1 (%) on 1000 single test items.", "",
-             "| arm | seeds | text→image R@1 | Δ vs OpenCLIP | Δ vs FastCLIP-v3 (gamma 1) | Δ vs reference | "
-             "zero-shot top-1 |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "# Train with a reference model at small scale (DRRho-CLIP study)",
+        "",
+        "Text->image R@1 (%) on the 1000 test mosaics, mean ± std over seeds; Δ with the standard error of the "
+        "difference of means. Zero-shot top-1 (%) on 1000 single test items.",
+        "",
+        "| arm | seeds | text→image R@1 | Δ vs OpenCLIP | Δ vs FastCLIP-v3 (gamma 1) | Δ vs reference | "
+        "zero-shot top-1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, _, _ in rows:
         if not r1[label]:
             lines.append(f"| {label} | 0 | not run | | | | |")
             continue
-        lines.append(f"| {label} | {len(r1[label])} | {_mean_sd(r1[label])} | {_delta(r1[label], openclip)} | "
-                     f"{_delta(r1[label], v3)} | {_versus_one(r1[label], reference)} | {_mean_sd(zs[label])} |")
-    lines += ["", "Validation (500 mosaics, seed 0 only; choice only, never test):", "",
-              "| candidate | val text→image R@1 |", "|---|---:|"]  # fmt: skip
+        lines.append(
+            f"| {label} | {len(r1[label])} | {_mean_sd(r1[label])} | {_delta(r1[label], openclip)} | "
+            f"{_delta(r1[label], v3)} | {_versus_one(r1[label], reference)} | {_mean_sd(zs[label])} |"
+        )
+    lines += [
+        "",
+        "Validation (500 mosaics, seed 0 only; choice only, never test):",
+        "",
+        "| candidate | val text→image R@1 |",
+        "|---|---:|",
+    ]
     for key in CANDIDATES:
-        vals = [r["final"][METRIC] for k, r in sorted(drrho.items()) if k.startswith(f"{key}-b64-e20-val-s")
-                and r.get("status") == "done"]  # fmt: skip
+        vals = [
+            r["final"][METRIC]
+            for k, r in sorted(drrho.items())
+            if k.startswith(f"{key}-b64-e20-val-s") and r.get("status") == "done"
+        ]
         lines.append(f"| {key}{' (chosen)' if key == chosen else ''} | {_mean_sd(vals)} |")
     seconds = {label: [r["train_seconds"] for r in rs] for label, rs in pooled.items() if rs}
-    lines += ["", "Train seconds per arm (shared, loaded 2-core machine; see benchmarks/bench_reference.py for a "
-              "side-by-side cost): " + ", ".join(f"{k}: {statistics.fmean(v):.0f}" for k, v in seconds.items())]
+    lines += [
+        "",
+        "Train seconds per arm (shared, loaded 2-core machine; see benchmarks/bench_reference.py for a "
+        "side-by-side cost): " + ", ".join(f"{k}: {statistics.fmean(v):.0f}" for k, v in seconds.items()),
+    ]
     text = "\n".join(lines) + "\n"
     (out / "study_drrho.md").write_text(text)
     return text

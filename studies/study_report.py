@@ -73,21 +73,33 @@ def _choice(groups: dict[str, list[dict]], settings: dict, chosen: dict[str, str
         return []
     order = ["openclip", "fastclip", "siglip"]
     val.sort(key=lambda rs: (order.index(rs[0]["config"]["loss"]["name"]), _setting(rs[0]["config"]["loss"])))
-    lines = ["", "### Which loss at small batch: settings chosen on validation", "",
-             f"Every candidate trains on seeds 0-{settings['choice_seeds'] - 1} and is evaluated on the "
-             f"{settings['val_size']} validation mosaics only (train images no training mosaic uses). The best mean "
-             "text→image R@1 is chosen; only the chosen settings are evaluated on the test mosaics.", "",
-             "| loss | setting | seeds | val text→image R@1 | val image→text R@1 | chosen |",
-             "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "",
+        "### Which loss at small batch: settings chosen on validation",
+        "",
+        f"Every candidate trains on seeds 0-{settings['choice_seeds'] - 1} and is evaluated on the "
+        f"{settings['val_size']} validation mosaics only (train images no training mosaic uses). The best mean "
+        "text→image R@1 is chosen; only the chosen settings are evaluated on the test mosaics.",
+        "",
+        "| loss | setting | seeds | val text→image R@1 | val image→text R@1 | chosen |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for rs in val:
         mark = "**yes**" if rs[0]["arm"]["loss"] in chosen.values() else ""
         t2i, i2t = _pct([r["final"][METRIC] for r in rs]), _pct([r["final"]["image_to_text_R@1"] for r in rs])
-        lines.append(f"| {rs[0]['config']['loss']['name']} | {_setting(rs[0]['config']['loss'])} | {len(rs)} "
-                     f"| {t2i} | {i2t} | {mark} |")  # fmt: skip
-    lines += ["", f"The chosen settings on the 1000 test mosaics ({e} epochs at b = {b}; mean ± std over seeds; "
-                  "Δ: mean difference to OpenCLIP with its standard error):", "",
-              "| loss | setting | seeds | text→image R@1 | Δ vs OpenCLIP | text→image R@5 | image→text R@1 "
-              "| zero-shot top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines.append(
+            f"| {rs[0]['config']['loss']['name']} | {_setting(rs[0]['config']['loss'])} | {len(rs)} "
+            f"| {t2i} | {i2t} | {mark} |"
+        )
+    lines += [
+        "",
+        f"The chosen settings on the 1000 test mosaics ({e} epochs at b = {b}; mean ± std over seeds; "
+        "Δ: mean difference to OpenCLIP with its standard error):",
+        "",
+        "| loss | setting | seeds | text→image R@1 | Δ vs OpenCLIP | text→image R@5 | image→text R@1 "
+        "| zero-shot top-1 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for key in chosen.values():
         rs = groups.get(f"{key}-b{b}-e{e}", [])
         if not rs:
@@ -98,8 +110,10 @@ def _choice(groups: dict[str, list[dict]], settings: dict, chosen: dict[str, str
         delta = "" if gap is None else f"{100 * gap['gap']:+.1f} (s.e. {100 * gap['se']:.1f})"
         metrics = (METRIC, "text_to_image_R@5", "image_to_text_R@1", "zeroshot_top1")
         cells = [_pct([f[k] for f in final]) for k in metrics]
-        lines.append(f"| {rs[0]['config']['loss']['name']} | {_setting(rs[0]['config']['loss'])} | {len(rs)} "
-                     f"| {cells[0]} | {delta} | {cells[1]} | {cells[2]} | {cells[3]} |")  # fmt: skip
+        lines.append(
+            f"| {rs[0]['config']['loss']['name']} | {_setting(rs[0]['config']['loss'])} | {len(rs)} "
+            f"| {cells[0]} | {delta} | {cells[1]} | {cells[2]} | {cells[3]} |"
+        )
     return lines
 
 
@@ -143,23 +157,30 @@ def _diagnostics(groups: dict[str, list[dict]], settings: dict, data: dict) -> l
     lines = []
     if data:
         lines += [
-            "", "### False negatives in a batch", "",
+            "",
+            "### False negatives in a batch",
+            "",
             f"{data['train_mosaics']} training mosaics, {data['distinct_train_captions']} distinct captions. For a "
             f"batch of {data['batch']}, the chance that a negative has the anchor's exact caption is "
             f"{100 * data['p_negative_same_caption']:.3f}% ({data['false_negatives_per_anchor_in_batch']['mosaic']:.3f}"
             f" per anchor); it shares 3 of 4 cells {100 * data['p_negative_3_of_4_cells']:.2f}% of the time. With "
             f"Fashion-MNIST class names as captions it would be {100 * data['p_negative_same_class_single_items']:.1f}%"
             f" ({data['false_negatives_per_anchor_in_batch']['single_items']:.1f} per anchor).",
-        ]  # fmt: skip
+        ]
     b, e = settings["batch"], settings["epochs"]
     diag = [r for r in groups.get(f"fastclip-v3-b{b}-e{e}", []) if "u_staleness" in r]
     if diag:
-        lines += ["", "### Staleness of u (FastCLIP-v3@b, seed 0, end of each epoch)", "",
-                  "|log u − log g| against the exact dataset-wide g of the current model (median over samples; "
-                  "image anchors), next to the error of a fresh single-batch estimate g(batch) as the mini-batch "
-                  "loss uses it. Mean signed log(u/g) > 0: u overestimates g.", "",
-                  "| epoch | tau | median abs log u/g | mean log u/g | median abs log g(batch)/g |",
-                  "|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "### Staleness of u (FastCLIP-v3@b, seed 0, end of each epoch)",
+            "",
+            "|log u − log g| against the exact dataset-wide g of the current model (median over samples; "
+            "image anchors), next to the error of a fresh single-batch estimate g(batch) as the mini-batch "
+            "loss uses it. Mean signed log(u/g) > 0: u overestimates g.",
+            "",
+            "| epoch | tau | median abs log u/g | mean log u/g | median abs log g(batch)/g |",
+            "|---:|---:|---:|---:|---:|",
+        ]
         spe = -(-settings["train_size"] // b)
         rows = diag[0]["u_staleness"]
         shown = rows[:: max(1, len(rows) // 8)]
@@ -174,13 +195,20 @@ def _diagnostics(groups: dict[str, list[dict]], settings: dict, data: dict) -> l
     if taus:
         epochs = [t["epoch"] for t in next(iter(taus.values()))]
         shown = [ep for ep in epochs if ep == 1 or ep % max(1, len(epochs) // 5) == 0]
-        lines += ["", "### Temperature tau at the end of epochs (seed 0)", "",
-                  "| arm | " + " | ".join(f"ep {ep}" for ep in shown) + " |",
-                  "|---|" + "---:|" * len(shown)]  # fmt: skip
+        lines += [
+            "",
+            "### Temperature tau at the end of epochs (seed 0)",
+            "",
+            "| arm | " + " | ".join(f"ep {ep}" for ep in shown) + " |",
+            "|---|" + "---:|" * len(shown),
+        ]
         for key, traj in taus.items():
             by_epoch = {t["epoch"]: t.get("schedule/tau", math.nan) for t in traj}
-            lines.append(f"| {groups[key][0]['label']} | " + " | ".join(f"{by_epoch.get(ep, math.nan):.4f}"
-                                                                          for ep in shown) + " |")  # fmt: skip
+            lines.append(
+                f"| {groups[key][0]['label']} | "
+                + " | ".join(f"{by_epoch.get(ep, math.nan):.4f}" for ep in shown)
+                + " |"
+            )
     return lines
 
 
@@ -189,26 +217,36 @@ def write_markdown(
 ) -> None:
     groups = pooled(runs)
     tested = _on_test(groups)
-    lines = ["# FastCLIP vs OpenCLIP vs SigLIP at small batch on Fashion-MNIST mosaics", "",
-             f"Tiny CLIP (56 px, patch 14), {settings['train_size']} training mosaics, b = {settings['batch']}, "
-             f"one CPU process per run; final evaluation on 1000 test mosaics with distinct captions (R@k, %) and "
-             f"{settings['zeroshot_size']} single test items (zero-shot, %). Mean ± std over seeds.", ""]  # fmt: skip
+    lines = [
+        "# FastCLIP vs OpenCLIP vs SigLIP at small batch on Fashion-MNIST mosaics",
+        "",
+        f"Tiny CLIP (56 px, patch 14), {settings['train_size']} training mosaics, b = {settings['batch']}, "
+        f"one CPU process per run; final evaluation on 1000 test mosaics with distinct captions (R@k, %) and "
+        f"{settings['zeroshot_size']} single test items (zero-shot, %). Mean ± std over seeds.",
+        "",
+    ]
     lines += _table(tested, settings)
     b = settings["batch"]
     for loss in sorted({rs[0]["arm"]["loss"] for rs in tested.values() if len(rs) > 1} - {"openclip"}):
         gap = gap_to_openclip(groups, settings, loss)
         if gap:
             se = "n/a" if math.isnan(gap["se"]) else f"{100 * gap['se']:.2f}"
-            lines += ["", f"**{loss}@{b} − openclip@{b}, text→image R@1 at {settings['epochs']} epochs: "
-                          f"{100 * gap['gap']:+.2f} points** (standard error {se}; {gap['n_fast']} vs "
-                          f"{gap['n_openclip']} seeds)."]  # fmt: skip
+            lines += [
+                "",
+                f"**{loss}@{b} − openclip@{b}, text→image R@1 at {settings['epochs']} epochs: "
+                f"{100 * gap['gap']:+.2f} points** (standard error {se}; {gap['n_fast']} vs "
+                f"{gap['n_openclip']} seeds).",
+            ]
     lines += ["", "### Epochs per sample (seed 0)", "", *_sweep(groups, settings)]
     lines += _choice(groups, settings, chosen)
     lines += _diagnostics(tested, settings, data)
     if calibration:
         r = calibration["ratio_to_b"]
-        lines += ["", f"FLIP budget: step time relative to b unmasked, measured side by side: 2b {r['2b']:.2f}, "
-                      f"2b with 50% masking {r['2b_mask0.5']:.2f}."]  # fmt: skip
+        lines += [
+            "",
+            f"FLIP budget: step time relative to b unmasked, measured side by side: 2b {r['2b']:.2f}, "
+            f"2b with 50% masking {r['2b_mask0.5']:.2f}.",
+        ]
     missing = [r["id"] + ": " + r["status"] for r in runs.values() if r["status"] != "done"]
     if missing:
         lines += ["", "Not finished: " + "; ".join(missing)]
@@ -221,11 +259,19 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
     from evaluation.plots import Curve, Panel, draw_panels  # noqa: PLC0415 (plotting only when writing the report)
 
     groups = _on_test(pooled(runs))
-    styles = {"main": ("-", 2.5), "flip": ("-.", 1.2), "scale": (":", 1.5), "ablation": ("--", 1.2),
-              "tuning": ("--", 1.2)}  # fmt: skip
+    styles = {
+        "main": ("-", 2.5),
+        "flip": ("-.", 1.2),
+        "scale": (":", 1.5),
+        "ablation": ("--", 1.2),
+        "tuning": ("--", 1.2),
+    }
     by_samples = Panel("R@1 vs samples seen", ylabel="text→image R@1 (%)")
-    by_time = Panel("R@1 vs time", xlabel="training wall-clock seconds (one core of a shared, loaded machine)",
-                    ylabel="text→image R@1 (%)")  # fmt: skip
+    by_time = Panel(
+        "R@1 vs time",
+        xlabel="training wall-clock seconds (one core of a shared, loaded machine)",
+        ylabel="text→image R@1 (%)",
+    )
     for rs in (rs for rs in groups.values() if rs[0]["arm"]["group"] != "sweep"):
         n = min(len(r["evals"]) for r in rs)
         ys = [[100 * r["evals"][i][METRIC] for r in rs] for i in range(n)]
@@ -234,11 +280,16 @@ def write_plot(runs: dict[str, dict], settings: dict, path: Path) -> None:
         style, width = styles.get(rs[0]["arm"]["group"], ("-", 1.2))
         for panel, axis in ((by_samples, "samples"), (by_time, "train_seconds")):
             xs = [statistics.fmean(r["evals"][i][axis] for r in rs) for i in range(n)]
-            panel.curves.append(Curve(label, xs, [statistics.fmean(y) for y in ys], band, linestyle=style,
-                                      linewidth=width, marker="."))
+            panel.curves.append(
+                Curve(label, xs, [statistics.fmean(y) for y in ys], band, linestyle=style, linewidth=width, marker=".")
+            )
     b = settings["batch"]
-    gap = Panel(f"gap at batch {b} (paired seeds; range)", xlabel="epochs per sample",
-                ylabel="FastCLIP-v3 − OpenCLIP R@1 (points)", zero_line=True)  # fmt: skip
+    gap = Panel(
+        f"gap at batch {b} (paired seeds; range)",
+        xlabel="epochs per sample",
+        ylabel="FastCLIP-v3 − OpenCLIP R@1 (points)",
+        zero_line=True,
+    )
     points = []
     for ep in sorted({*settings["sweep"], *settings.get("long_sweep", ()), settings["epochs"]}):
         o, f = groups.get(f"openclip-b{b}-e{ep}"), groups.get(f"fastclip-v3-b{b}-e{ep}")

@@ -28,8 +28,12 @@ CPU_CONFIG = str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml")
 def write_recipe(directory: Path, shards: str, **sections: Any) -> Path:
     """The tiny run as a ddp recipe on `shards` (5 steps per epoch on 2 ranks x 4, one loader worker per rank as
     every shipped recipe has, checkpoints every 2 steps, 2 epochs) with `sections` merged in; returns its path."""
-    base = {"data": {"batch_size": 4, "shuffle_window": 16, "workers": 1},
-            "checkpoint": {"every_steps": 2, "keep_last": 3}, "run": {"name": "cluster"}, "epochs": 2}  # fmt: skip
+    base = {
+        "data": {"batch_size": 4, "shuffle_window": 16, "workers": 1},
+        "checkpoint": {"every_steps": 2, "keep_last": 3},
+        "run": {"name": "cluster"},
+        "epochs": 2,
+    }
     raw = tiny_recipe(str(directory / "run"), shards, **base)
     for key, values in sections.items():
         raw[key] = raw.get(key, {}) | values if isinstance(values, dict) else values
@@ -39,10 +43,16 @@ def write_recipe(directory: Path, shards: str, **sections: Any) -> Path:
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    return os.environ | {
-        "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO),
-        "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
-    } | extra  # fmt: skip
+    return (
+        os.environ
+        | {
+            "OMP_NUM_THREADS": "1",
+            "ACCELERATE_USE_CPU": "1",
+            "PYTHONPATH": str(REPO),
+            "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
+        }
+        | extra
+    )
 
 
 def launch_args(port: int, *extra: str) -> list[str]:
@@ -53,9 +63,14 @@ def start(recipe: Path, *overrides: str, launcher: tuple[str, ...] = (), env: di
     """`accelerate launch ... recipes/run_recipe.py --config recipe overrides` in its own process group."""
     cmd = [*launch_args(free_port(), *launcher), str(REPO / "recipes" / "run_recipe.py"), "--config", str(recipe)]
     return subprocess.Popen(
-        [*cmd, *overrides], cwd=REPO, env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+        [*cmd, *overrides],
+        cwd=REPO,
+        env=env or job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(job: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
@@ -119,9 +134,7 @@ def workers(launcher_pid: int) -> dict[int, int]:
         try:
             if int((child / "stat").read_text().rsplit(")", 1)[1].split()[1]) != launcher_pid:
                 continue
-            environ = dict(
-                item.split("=", 1) for item in (child / "environ").read_text().split("\0") if "=" in item
-            )
+            environ = dict(item.split("=", 1) for item in (child / "environ").read_text().split("\0") if "=" in item)
         except (OSError, ValueError, IndexError):
             continue
         if "RANK" in environ:

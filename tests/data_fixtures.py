@@ -31,8 +31,9 @@ def caption_of(key: int) -> str:
     return f"sample number {key}"
 
 
-def write_shards(directory: str, sizes: list[int], keys: list[int] | None = None, labels: bool = True,
-                 extra: dict | None = None) -> list[int]:  # fmt: skip
+def write_shards(
+    directory: str, sizes: list[int], keys: list[int] | None = None, labels: bool = True, extra: dict | None = None
+) -> list[int]:
     """Shards of the given sizes with keys (default 0..n-1) and a manifest; returns the keys in stream order."""
     keys = list(range(sum(sizes))) if keys is None else list(keys)
     os.makedirs(directory, exist_ok=True)
@@ -78,8 +79,12 @@ def shards_in_s3(monkeypatch, endpoint: str, local: str, bucket: str):  # noqa: 
     pointing at it (test credentials); returns the s3fs filesystem."""
     import s3fs
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }.items():
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()

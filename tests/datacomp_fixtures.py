@@ -52,8 +52,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def grouped_wds(out: Path, images: list[Image.Image], labels: np.ndarray, metadata: np.ndarray,
-                shards: int = 1) -> GroupedSet:  # fmt: skip
+def grouped_wds(
+    out: Path, images: list[Image.Image], labels: np.ndarray, metadata: np.ndarray, shards: int = 1
+) -> GroupedSet:
     """test/{0..shards-1}.tar with <key>.png, <key>.cls, <key>.npy; nshards.txt, classnames and {c} templates."""
     (out / "test").mkdir(parents=True)
     parts = np.array_split(np.arange(len(images)), shards)
@@ -109,8 +110,11 @@ def winogavil_instances(seed: int = 0) -> list[WinoInstance]:
         other = rng.choice(np.flatnonzero(labels != cue), size - k, replace=False)
         chosen = rng.permutation(np.concatenate([same, other]))
         names = [f"img{int(i)}" for i in chosen]
-        instances.append(WinoInstance(DIGIT_NAMES[cue].capitalize(), names, [f"img{int(i)}" for i in same],
-                                      [images[i] for i in chosen]))  # fmt: skip
+        instances.append(
+            WinoInstance(
+                DIGIT_NAMES[cue].capitalize(), names, [f"img{int(i)}" for i in same], [images[i] for i in chosen]
+            )
+        )
     return instances
 
 
@@ -140,8 +144,10 @@ def retrieval_cache(data_root: Path, name: str, images: list[Image.Image], capti
     import pyarrow as pa
 
     schema = pa.schema([("image", _image_type()), ("caption", pa.list_(pa.string())), ("filename", pa.string())])
-    rows = [{"image": {"bytes": _bytes(im), "path": None}, "caption": caps, "filename": f"{i}.png"}
-            for i, (im, caps) in enumerate(zip(images, captions, strict=True))]  # fmt: skip
+    rows = [
+        {"image": {"bytes": _bytes(im), "path": None}, "caption": caps, "filename": f"{i}.png"}
+        for i, (im, caps) in enumerate(zip(images, captions, strict=True))
+    ]
     return _write_arrow(_cache_folder(data_root, name), name, rows, schema)
 
 
@@ -161,9 +167,24 @@ def winogavil_cache(data_root: Path, instances: list[WinoInstance]) -> Path:
                 stored.append({"bytes": None, "path": str(files / f"{name}.png")})
             else:
                 stored.append({"bytes": _bytes(image), "path": None})
-        rows.append({"ID": n, "cue": inst.cue, "candidates": inst.candidates, "associations": inst.associations,
-                     "num_associations": len(inst.associations), "candidate_images": stored})  # fmt: skip
-    schema = pa.schema([("ID", pa.int64()), ("cue", pa.string()), ("candidates", pa.list_(pa.string())),
-                        ("associations", pa.list_(pa.string())), ("num_associations", pa.int64()),
-                        ("candidate_images", pa.list_(_image_type()))])  # fmt: skip
+        rows.append(
+            {
+                "ID": n,
+                "cue": inst.cue,
+                "candidates": inst.candidates,
+                "associations": inst.associations,
+                "num_associations": len(inst.associations),
+                "candidate_images": stored,
+            }
+        )
+    schema = pa.schema(
+        [
+            ("ID", pa.int64()),
+            ("cue", pa.string()),
+            ("candidates", pa.list_(pa.string())),
+            ("associations", pa.list_(pa.string())),
+            ("num_associations", pa.int64()),
+            ("candidate_images", pa.list_(_image_type())),
+        ]
+    )
     return _write_arrow(_cache_folder(data_root, "winogavil"), "winogavil", rows, schema)

@@ -92,8 +92,14 @@ class Embedders:
         oc_model, _, oc_preprocess = open_clip.create_model_and_transforms(f"local-dir:{open_clip_dir}")
         hf = transformers.CLIPModel.from_pretrained(hf_dir)
         processor = transformers.CLIPProcessor.from_pretrained(hf_dir, backend="pil")
-        return cls(ours.eval(), oc_model.eval(), oc_preprocess, open_clip.get_tokenizer(f"local-dir:{open_clip_dir}"),
-                   hf.eval(), processor)  # fmt: skip
+        return cls(
+            ours.eval(),
+            oc_model.eval(),
+            oc_preprocess,
+            open_clip.get_tokenizer(f"local-dir:{open_clip_dir}"),
+            hf.eval(),
+            processor,
+        )
 
     def pixels(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """Each library's preprocessed images [N, 3, S, S]: {"ours", "open_clip", "hf"}."""
@@ -141,8 +147,12 @@ def briefly_trained_demo(steps: int = 60, batch_size: int = 64) -> CLIP:
     images = make_shards._read_idx(images_file)
     labels = torch.as_tensor(make_shards._read_idx(labels_file).astype(np.int64))
     tokenize = get_tokenizer(model.config.text.context_length)
-    captions = torch.stack([tokenize([make_shards.caption(t, name) for t in make_shards.CAPTION_TEMPLATES])
-                            for name in FASHION_MNIST_CLASSNAMES])  # fmt: skip
+    captions = torch.stack(
+        [
+            tokenize([make_shards.caption(t, name) for t in make_shards.CAPTION_TEMPLATES])
+            for name in FASHION_MNIST_CLASSNAMES
+        ]
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     for step in range(steps):
         for group in optimizer.param_groups:

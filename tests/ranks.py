@@ -39,11 +39,19 @@ multiprocessing.set_forkserver_preload(["tests.ranks", "train.trainer"])
 def _rank_main(
     rank: int, fn: Callable[..., Any], world_size: int, port: int, init_group: bool, out_dir: str, args: tuple
 ) -> None:
-    os.environ.update({
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size), "OMP_NUM_THREADS": "1",
-        "ACCELERATE_USE_CPU": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
-    })  # fmt: skip
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "OMP_NUM_THREADS": "1",
+            "ACCELERATE_USE_CPU": "1",
+            "TORCH_EXTENSIONS_DIR": str(REPO / ".venv" / "torch_extensions"),
+        }
+    )
     torch.set_num_threads(1)
     multiprocessing.set_start_method("fork", force=True)  # loader workers start as under torchrun on Linux
     if init_group:
@@ -61,9 +69,13 @@ def _rank_main(
 
 
 def run_on_ranks(
-    fn: Callable[..., Any], world_size: int = 2, args: tuple = (), *, init_group: bool = False,
+    fn: Callable[..., Any],
+    world_size: int = 2,
+    args: tuple = (),
+    *,
+    init_group: bool = False,
     timeout: float = 300.0,
-) -> list[Any]:  # fmt: skip
+) -> list[Any]:
     """Per-rank results of `fn(rank, world_size, *args)`, each rank a fresh process.
 
     A rank's exception is re-raised here with its traceback; a run over `timeout` seconds raises
@@ -72,9 +84,12 @@ def run_on_ranks(
     """
     with tempfile.TemporaryDirectory() as out_dir:
         context = mp.start_processes(
-            _rank_main, args=(fn, world_size, free_port(), init_group, out_dir, args), nprocs=world_size,
-            join=False, start_method="forkserver",
-        )  # fmt: skip
+            _rank_main,
+            args=(fn, world_size, free_port(), init_group, out_dir, args),
+            nprocs=world_size,
+            join=False,
+            start_method="forkserver",
+        )
         deadline = time.monotonic() + timeout
         try:
             while not context.join(timeout=0.1):

@@ -120,13 +120,26 @@ def build_suite(root: Path, fashion_n: int = 300, digits_n: int = 300) -> SuiteD
     fashion_shards(root / "fashion_shards", images, labels)
     digits_folder(root / "digits", digits_n)
     captions = caption_csv(root / "photos")
-    suite = {"name": "offline-three", "tasks": [
-        {"name": "fashion-mnist", "kind": "zeroshot", "path": "wds_fashion_mnist_test", "title": "Fashion-MNIST"},
-        {"name": "digits", "kind": "zeroshot", "path": "digits", "templates": "generic",
-         "main_metric": "mean_per_class_recall", "title": "sklearn digits"},
-        {"name": "photos", "kind": "retrieval", "path": os.path.join("photos", "captions.csv"),
-         "title": "skimage photos"},
-    ]}  # fmt: skip
+    suite = {
+        "name": "offline-three",
+        "tasks": [
+            {"name": "fashion-mnist", "kind": "zeroshot", "path": "wds_fashion_mnist_test", "title": "Fashion-MNIST"},
+            {
+                "name": "digits",
+                "kind": "zeroshot",
+                "path": "digits",
+                "templates": "generic",
+                "main_metric": "mean_per_class_recall",
+                "title": "sklearn digits",
+            },
+            {
+                "name": "photos",
+                "kind": "retrieval",
+                "path": os.path.join("photos", "captions.csv"),
+                "title": "skimage photos",
+            },
+        ],
+    }
     suite_file = root / "suite.yaml"
     suite_file.write_text(yaml.safe_dump(suite, sort_keys=False))
     return SuiteData(root, suite_file, root / "fashion_shards", root / "digits", captions)

@@ -23,9 +23,8 @@ CONFIGS = {
     "openclip": LossConfig(name="openclip"),
     "siglip": LossConfig(name="siglip", bias_init=-2.0),
     "fastclip_v3": LossConfig(version="v3", rho=0.5, lr_tau=1e-2, gamma_min=0.5, state_dtype="float64"),
-    "fastclip_v2": LossConfig(version="v2", rho=0.5, lr_tau=1e-2, tau_init=0.05, gamma_min=0.5,
-                              state_dtype="float64"),
-}  # fmt: skip
+    "fastclip_v2": LossConfig(version="v2", rho=0.5, lr_tau=1e-2, tau_init=0.05, gamma_min=0.5, state_dtype="float64"),
+}
 
 
 class Towers(torch.nn.Module):
@@ -63,8 +62,9 @@ def run(name: str, accum_steps: int) -> list[dict]:
             out = loss_fn(*model(x1, x2))
             out.loss.backward()
         else:
-            out = cached_feature_backward(lambda a, b: model(a, b), x1, x2, accum_steps, loss_fn,
-                                          lambda s: s.backward(), model.generator)  # fmt: skip
+            out = cached_feature_backward(
+                lambda a, b: model(a, b), x1, x2, accum_steps, loss_fn, lambda s: s.backward(), model.generator
+            )
         extra = [t.grad for t in (ls, lb) if t is not None and t.grad is not None]
         grads = torch.cat([model.image.grad.flatten(), model.text.grad.flatten(), *extra])
         records.append({"value": out.value.double(), "grads": grads})

@@ -33,8 +33,9 @@ def test_bench_comm_counts_collectives(tmp_path) -> None:
         assert r["feature_grad_bytes"] == 0, name
         assert r["feature_bytes"] == g * (2 * d * fp32 + 8), name  # features + int64 keys, one gather
         assert abs(r["param_grad_bytes"] - param_bytes) <= fp32, name  # v1/v2 freeze logit_scale
-        assert r["total_bytes"] == sum(r[k] for k in ("feature_bytes", "feature_grad_bytes", "state_bytes",
-                                                      "param_grad_bytes", "logging_bytes"))
+        assert r["total_bytes"] == sum(
+            r[k] for k in ("feature_bytes", "feature_grad_bytes", "state_bytes", "param_grad_bytes", "logging_bytes")
+        )
         assert sum(c["phase"] == "backward" and c["category"] != "param_grad" for c in r["collectives"]) == 0
     # state: sharded = fetch (reduce-scatter [G, T]) + all_gather of [G, T + extras]; replicated skips the fetch
     assert result["fastclip_v3"]["state_bytes"] == g * 2 * fp32 + g * 4 * fp32

@@ -136,5 +136,6 @@ def test_health_compares_the_recent_loss_with_the_last_healthy_checkpoint(tmp_pa
     assert checkpointer.health(torch.full((20,), 2.0), 0, 26.6)["healthy"]  # within 10 x 2.66
     jumped = checkpointer.health(torch.full((20,), 2.0), 0, 181.6)  # the probe's step 54: a low, finite loss
     assert not jumped["healthy"] and jumped["reason"] == (
-        "largest |weight| 181.6 jumped past 10 x 2.66 (the last healthy checkpoint's, step_00000005)")
+        "largest |weight| 181.6 jumped past 10 x 2.66 (the last healthy checkpoint's, step_00000005)"
+    )
     assert checkpointer.resume_advice().endswith(f"checkpoint.resume={tmp_path / 'checkpoints' / 'step_00000005'}")

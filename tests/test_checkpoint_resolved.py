@@ -58,8 +58,13 @@ def _train(rank: int, world_size: int, out_dir: str, backend: str, loss: dict, r
         state["logit_bias"] = t.logit_bias.detach().clone()
     with trainer.backend.full_model() as model:
         logits = _logits(model, t.logit_scale.detach(), None if t.logit_bias is None else t.logit_bias.detach())
-    return {"state": state, "logits": logits, "resolved": run.resolved, "config": trainer.backend.raw_model.config,
-            "step": trainer.step}  # fmt: skip
+    return {
+        "state": state,
+        "logits": logits,
+        "resolved": run.resolved,
+        "config": trainer.backend.raw_model.config,
+        "step": trainer.step,
+    }
 
 
 def _without_block(checkpoint: Path, copy: Path) -> Path:
@@ -146,7 +151,11 @@ def test_the_siglip_bias_default_has_one_home() -> None:
     """No model-building module writes its own copy of the SigLIP bias default (LossConfig.bias_init)."""
     root = Path(__file__).resolve().parents[1]
     home = root / "train" / "losses" / "config.py"
-    copies = [str(p.relative_to(root)) for package in ("model", "train", "tools", "evaluation", "fastflip", "studies")
-              for p in (root / package).rglob("*.py") if p != home and "-10.0" in p.read_text()]  # fmt: skip
+    copies = [
+        str(p.relative_to(root))
+        for package in ("model", "train", "tools", "evaluation", "fastflip", "studies")
+        for p in (root / package).rglob("*.py")
+        if p != home and "-10.0" in p.read_text()
+    ]
     assert copies == ["studies/study.py"], copies  # the study's bias sweep (-10, -4, 0) names values, not a default
     assert "bias_init: float = -10.0" in home.read_text()

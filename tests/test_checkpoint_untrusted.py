@@ -29,9 +29,11 @@ OURS = ("temperature.pt", "loss_rank0.pt", "data_rank0.pt", "rng_rank0.pt")
 BACKEND_FILES = {  # each backend's own files of a 1-rank checkpoint
     "ddp": ("model.pt", "optimizer.pt"),
     "fsdp2": ("dcp/.metadata",),  # a plain pickle (DCP's tensors are raw bytes)
-    "deepspeed:zero2": ("deepspeed/state/mp_rank_00_model_states.pt",
-                        "deepspeed/state/zero_pp_rank_0_mp_rank_00_optim_states.pt"),
-}  # fmt: skip
+    "deepspeed:zero2": (
+        "deepspeed/state/mp_rank_00_model_states.pt",
+        "deepspeed/state/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    ),
+}
 
 
 class Payload:
@@ -178,8 +180,9 @@ def test_a_payload_in_fsdp2_bytes_items_never_runs(shards: str, tmp_path: Path) 
         assert not (tmp_path / "PWNED-model").exists(), "consolidation ran the model item's payload"
 
 
-@pytest.mark.parametrize(("backend", "part"), [("ddp", "model.pt"),
-                                             *(("deepspeed:zero2", p) for p in BACKEND_FILES["deepspeed:zero2"])])
+@pytest.mark.parametrize(
+    ("backend", "part"), [("ddp", "model.pt"), *(("deepspeed:zero2", p) for p in BACKEND_FILES["deepspeed:zero2"])]
+)
 def test_a_payload_in_a_checkpoint_never_runs_on_export(backend: str, part: str, shards: str, tmp_path: Path) -> None:
     """Consolidation (DeepSpeed's zero_to_fp32 loads with weights_only=False) reads data only."""
     from tools.export import export

@@ -16,8 +16,16 @@ from train.checkpoint.files import last_healthy
 pytestmark = pytest.mark.slow
 
 
-def _run(rank: int, world_size: int, out_dir: str, shards: str, lr: float, steps: int, resume: str | None,
-         weight_factor: float = 10.0) -> str:  # fmt: skip
+def _run(
+    rank: int,
+    world_size: int,
+    out_dir: str,
+    shards: str,
+    lr: float,
+    steps: int,
+    resume: str | None,
+    weight_factor: float = 10.0,
+) -> str:
     from train.trainer import Trainer
 
     cfg = tiny_config(out_dir, "ddp", batch_size=4)
@@ -38,7 +46,8 @@ def test_a_weight_jump_is_unhealthy_and_the_last_healthy_checkpoint_is_kept(shar
     root = tmp_path / "checkpoints"
     assert run_on_ranks(_run, 1, (str(tmp_path), shards, 1e-3, 4, None)) == [
         f"done at step 4; advice: the last healthy checkpoint is {root / 'step_00000004'}: resume with "
-        f"checkpoint.resume={root / 'step_00000004'}"]  # fmt: skip
+        f"checkpoint.resume={root / 'step_00000004'}"
+    ]
     before = json.loads((root / "step_00000004" / "meta.json").read_text())["health"]
     assert before["healthy"] and 0 < before["max_abs_weight"] < 10
     # lr 20 multiplies the largest weight by ~4 while every loss stays finite (1000, as the probe used, also makes

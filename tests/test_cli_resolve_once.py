@@ -15,8 +15,18 @@ from train import config
 from train.cli import main
 from train.losses.config import LossConfig
 
-SECTIONS = (config.ModelSection, config.OptimConfig, config.FlipConfig, config.BackendConfig, config.CheckpointConfig,
-            config.LoggingConfig, config.EvalConfig, config.TrainConfig, LossConfig, DataConfig)  # fmt: skip
+SECTIONS = (
+    config.ModelSection,
+    config.OptimConfig,
+    config.FlipConfig,
+    config.BackendConfig,
+    config.CheckpointConfig,
+    config.LoggingConfig,
+    config.EvalConfig,
+    config.TrainConfig,
+    LossConfig,
+    DataConfig,
+)
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, counts: Counter, owner: object, name: str, key: str) -> None:

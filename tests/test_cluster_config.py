@@ -28,9 +28,16 @@ def _cfg(*overrides: str) -> dict:
 
 @pytest.mark.parametrize(
     "override",
-    ["data.batch_size=64", "model.name=tiny data.image_size=32", "loss.version=v1", "epochs=9", "max_steps=7",
-     "flip.mask_ratio=0.75", "data.path=/elsewhere"],
-)  # fmt: skip
+    [
+        "data.batch_size=64",
+        "model.name=tiny data.image_size=32",
+        "loss.version=v1",
+        "epochs=9",
+        "max_steps=7",
+        "flip.mask_ratio=0.75",
+        "data.path=/elsewhere",
+    ],
+)
 def test_resume_refuses_changes_that_alter_the_run(override: str) -> None:
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"(?s)cannot resume from ckpt: .*\n  {key}: .*allow_changes=\[{key}\]"):
@@ -94,6 +101,7 @@ def test_exit_process_keeps_the_code_and_flushes_what_was_written() -> None:
         "logging.getLogger('fastflip').warning('last log line'); print('no newline', end=''); exit_process(3)"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"LOCAL_RANK": "0"}  # as launched
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 3 and done.stdout == "no newline" and "last log line" in done.stderr, done

@@ -57,9 +57,21 @@ def remote_recipe(tmp_path: Path) -> tuple[Path, Server]:
     write_shards(str(tmp_path / "shards"), [14, 9, 17])
     make_shards.main(["manifest", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "index")])
     server = Server(tmp_path / "shards")
-    recipe = write_recipe(tmp_path, f"{server.url}/{{0000..0002}}-00.tar", epochs=6, data={
-        "webdataset": {"index": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache"), "cache_max_gb": 1e-6},
-        "batch_size": 4, "shuffle_window": 16, "workers": 1})  # fmt: skip
+    recipe = write_recipe(
+        tmp_path,
+        f"{server.url}/{{0000..0002}}-00.tar",
+        epochs=6,
+        data={
+            "webdataset": {
+                "index": str(tmp_path / "index"),
+                "cache_dir": str(tmp_path / "cache"),
+                "cache_max_gb": 1e-6,
+            },
+            "batch_size": 4,
+            "shuffle_window": 16,
+            "workers": 1,
+        },
+    )
     return recipe, server
 
 
@@ -82,8 +94,9 @@ def test_a_short_outage_is_retried_and_the_run_completes(remote_recipe: tuple[Pa
     assert logged_steps(tmp_path / "run") == list(range(1, 31))
 
 
-def test_a_long_outage_saves_ends_data_unavailable_and_resumes(remote_recipe: tuple[Path, Server],
-                                                               tmp_path: Path) -> None:  # fmt: skip
+def test_a_long_outage_saves_ends_data_unavailable_and_resumes(
+    remote_recipe: tuple[Path, Server], tmp_path: Path
+) -> None:
     recipe, server = remote_recipe
     server.start()
     job = start(recipe, "data.webdataset.remote_retry_s=3")

@@ -75,7 +75,7 @@ def stand_ins(bin_dir: Path) -> Path:
     (bin_dir / "srun").write_text(
         '#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"$@" &\ntask=$!\n'
         "trap 'kill -USR1 $task' USR1\ntrap 'kill -TERM $task' TERM\n"
-        'wait $task; code=$?\nwhile kill -0 $task 2>/dev/null; do wait $task; code=$?; done\nexit $code\n'
+        "wait $task; code=$?\nwhile kill -0 $task 2>/dev/null; do wait $task; code=$?; done\nexit $code\n"
     )
     (bin_dir / "scontrol").write_text(
         '#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; else echo "$@" >> "$REQUEUE_LOG"; fi\n'
@@ -90,14 +90,25 @@ def stand_ins(bin_dir: Path) -> Path:
 def sbatch(recipe: Path, bin_dir: Path, requeue_log: Path) -> subprocess.Popen:
     """tools/slurm_train.sbatch as SLURM runs it on one node of 2 CPU ranks (job 42)."""
     env = job_env(
-        PATH=f"{bin_dir}:{os.environ['PATH']}", REQUEUE_LOG=str(requeue_log), SLURM_JOB_ID="42",
-        SLURM_JOB_NODELIST="localhost", SLURM_NNODES="1", SLURM_NODEID="0", GPUS_PER_NODE="2",
-        ACCELERATE_CONFIG=str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml"), MASTER_PORT=str(free_port()),
-    )  # fmt: skip
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        REQUEUE_LOG=str(requeue_log),
+        SLURM_JOB_ID="42",
+        SLURM_JOB_NODELIST="localhost",
+        SLURM_NNODES="1",
+        SLURM_NODEID="0",
+        GPUS_PER_NODE="2",
+        ACCELERATE_CONFIG=str(REPO / "ds_configs" / "accelerate_cpu_2proc.yaml"),
+        MASTER_PORT=str(free_port()),
+    )
     return subprocess.Popen(
-        ["bash", str(REPO / "tools" / "slurm_train.sbatch"), str(recipe)], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        ["bash", str(REPO / "tools" / "slurm_train.sbatch"), str(recipe)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def stopped(run_dir: Path, code: int, out: str) -> Stop:
@@ -162,8 +173,18 @@ def life(shards: str, tmp_path_factory: pytest.TempPathFactory) -> Life:
     for pid in everyone:  # as scancel does: every process of the step at once
         os.kill(pid, signal.SIGTERM)
     last = stopped(run_dir, *finish(job))
-    return Life(root / "reference" / "run", reference_out, run_dir, second, first_status_then, launcher, by_sbatch,
-                last, len(everyone), requeues)  # fmt: skip
+    return Life(
+        root / "reference" / "run",
+        reference_out,
+        run_dir,
+        second,
+        first_status_then,
+        launcher,
+        by_sbatch,
+        last,
+        len(everyone),
+        requeues,
+    )
 
 
 def _check_preempted(stop: Stop, after: int) -> None:
@@ -233,10 +254,26 @@ def _assert_equal(a: Any, b: Any, where: str) -> None:
 def torchrun(recipe: Path, *overrides: str) -> subprocess.Popen:
     """`torchrun --nproc_per_node 2 recipes/run_recipe.py --config recipe overrides` (the launcher accelerate
     launch runs inside it, without accelerate's own start-up)."""
-    cmd = [str(REPO / ".venv" / "bin" / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(REPO / "recipes" / "run_recipe.py"), "--config", str(recipe), *overrides]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    cmd = [
+        str(REPO / ".venv" / "bin" / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "recipes" / "run_recipe.py"),
+        "--config",
+        str(recipe),
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_a_config_error_line_is_never_lost(tmp_path: Path) -> None:

@@ -101,10 +101,23 @@ def test_two_nodes_train_and_resume_as_one_node(shards: str, tmp_path: Path) -> 
     recipe = write_recipe(tmp_path, shards, checkpoint={"every_steps": 2, "keep_last": 10})
     port = free_port()
     nodes = [
-        start(recipe, launcher=("--num_machines", "2", "--machine_rank", str(node), "--num_processes", "2",
-                                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)))
+        start(
+            recipe,
+            launcher=(
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(node),
+                "--num_processes",
+                "2",
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                str(port),
+            ),
+        )
         for node in (0, 1)
-    ]  # fmt: skip
+    ]
     results = finish_all(nodes)
     assert all(code == 0 for code, _ in results), "\n".join(crash_report(out) for _, out in results)
     two_nodes = {r["step"]: r["train/loss"] for r in _metrics(tmp_path / "run") if "train/loss" in r}

@@ -20,10 +20,26 @@ from tests.ranks import REPO
 def test_bench_data_smoke(tmp_path):
     write_shards(tmp_path / "shards", [40, 40])
     out = tmp_path / "bench.json"
-    returned = bench_data.main([
-        "--shards", str(tmp_path / "shards"), "--image-size", "16", "--batch-size", "8", "--workers", "0,1",
-        "--warmup", "1", "--batches", "2", "--repeats", "2", "--out", str(out),
-    ])  # fmt: skip
+    returned = bench_data.main(
+        [
+            "--shards",
+            str(tmp_path / "shards"),
+            "--image-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0,1",
+            "--warmup",
+            "1",
+            "--batches",
+            "2",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result == json.loads(json.dumps(returned))  # the file is what main() returned
     runs, med = result["samples_per_s_runs"], result["samples_per_s_median"]
@@ -34,8 +50,10 @@ def test_bench_data_smoke(tmp_path):
     best = result["best_workers"]
     for name in ("ours", "open_clip"):
         assert med[f"{name}/workers={best[name]}"] == max(med[f"{name}/workers={w}"] for w in (0, 1))
-    assert result["ratio_vs_open_clip"] == med[f"ours/workers={best['ours']}"] / med[
-        f"open_clip/workers={best['open_clip']}"]  # fmt: skip
+    assert (
+        result["ratio_vs_open_clip"]
+        == med[f"ours/workers={best['ours']}"] / med[f"open_clip/workers={best['open_clip']}"]
+    )
     for w in (0, 1):
         assert result["ratio_by_workers"][str(w)] == med[f"ours/workers={w}"] / med[f"open_clip/workers={w}"]
     assert result["config"]["batches"] == 2 and result["config"]["image_size"] == 16
@@ -46,11 +64,33 @@ def test_bench_data_smoke(tmp_path):
 def test_bench_data_sources_side_by_side(tmp_path):
     write_shards(tmp_path / "shards", [20, 20])
     # As users run it: a script from the repository root (so it may import only installed packages).
-    subprocess.run([
-        sys.executable, "benchmarks/bench_data.py", "--shards", str(tmp_path / "shards"), "--source", "local,http,s3",
-        "--image-size", "16", "--batch-size", "8", "--workers", "1", "--warmup", "0", "--batches", "2",
-        "--repeats", "1", "--out", str(tmp_path / "b.json"),
-    ], cwd=REPO, check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_data.py",
+            "--shards",
+            str(tmp_path / "shards"),
+            "--source",
+            "local,http,s3",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+            "--warmup",
+            "0",
+            "--batches",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "b.json"),
+        ],
+        cwd=REPO,
+        check=True,
+        timeout=600,
+    )
     result = json.loads((tmp_path / "b.json").read_text())
     med = result["samples_per_s_median"]
     assert set(med) == {"local/workers=1", "http/workers=1", "s3/workers=1"} and all(v > 0 for v in med.values())
@@ -70,10 +110,26 @@ def test_bench_data_photos_small_mode(tmp_path):
         sets[size] = str(tmp_path / layout)
         build(sets[size], layout, samples=48, shards=2, seed=1, workers=1)
     out = tmp_path / "photos.json"
-    returned = bench_data.main([
-        "--photos", "--shards", ",".join(f"{k}={v}" for k, v in sets.items()), "--image-size", "32",
-        "--batch-size", "4", "--warmup", "1", "--batches", "2", "--repeats", "1", "--no-all-cores", "--out", str(out),
-    ])  # fmt: skip
+    returned = bench_data.main(
+        [
+            "--photos",
+            "--shards",
+            ",".join(f"{k}={v}" for k, v in sets.items()),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--warmup",
+            "1",
+            "--batches",
+            "2",
+            "--repeats",
+            "1",
+            "--no-all-cores",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result == json.loads(json.dumps(returned))
     names = {*(f"decode:{d}" for d in DECODERS), *OURS, "open_clip", "decode_floor"}
@@ -89,6 +145,9 @@ def test_bench_data_photos_small_mode(tmp_path):
         candidates = result["candidates"][size]
         assert candidates["pil_bicubic"]["max_abs_levels"] == 0  # the host path itself
         assert candidates["device_resize_on_a_cpu_core"]["max_abs_levels"] <= 1
-        assert set(result["goals"][size]) == {"ours_over_floor>=0.8", "ours_over_open_clip>=2.0",
-                                              f"cores_per_gpu_0.75<={6 if size == '256' else 10}"}  # fmt: skip
+        assert set(result["goals"][size]) == {
+            "ours_over_floor>=0.8",
+            "ours_over_open_clip>=2.0",
+            f"cores_per_gpu_0.75<={6 if size == '256' else 10}",
+        }
     assert result["config"]["pinned_core"] in os.sched_getaffinity(0)

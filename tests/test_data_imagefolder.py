@@ -58,22 +58,45 @@ def test_zero_shot_on_a_folder_tree_with_folder_or_registry_names(tmp_path):
 
     ev = Evaluator(EvalConfig(zeroshot=str(tmp_path / "val"), batch_size=4), 32, torch.device("cpu"), get_tokenizer())
     assert ev.classnames == WNIDS
-    assert ev.prompts_line() == (f"zero-shot: 3 class names from the data ({tmp_path / 'val'}) ({', '.join(WNIDS)}); "
-                                 f"{len(ev.templates)} templates from registry 'generic' ('a photo of a {{c}}.', ...)")
+    assert ev.prompts_line() == (
+        f"zero-shot: 3 class names from the data ({tmp_path / 'val'}) ({', '.join(WNIDS)}); "
+        f"{len(ev.templates)} templates from registry 'generic' ('a photo of a {{c}}.', ...)"
+    )
     assert 0.0 <= ev(model)["zeroshot_top1"] <= 1.0
     with pytest.raises(ValueError, match="has 3 classes, eval.classnames 'imagenet' names 1000"):
-        Evaluator(EvalConfig(zeroshot=str(tmp_path / "val"), classnames="imagenet"), 32, torch.device("cpu"),
-                  get_tokenizer())  # fmt: skip
+        Evaluator(
+            EvalConfig(zeroshot=str(tmp_path / "val"), classnames="imagenet"), 32, torch.device("cpu"), get_tokenizer()
+        )
 
 
 def test_make_shards_folder_keeps_caption_less_labelled_images(tmp_path):
     expected = valprep_tree(tmp_path / "val")
     (tmp_path / "val" / WNIDS[0] / "ILSVRC2012_val_00000000.txt").write_text("a caption for one image")
-    make_shards.main(["folder", "--src", str(tmp_path / "val"), "--out", str(tmp_path / "shards"),
-                      "--labels-from-dirs", "--shard-size", "4"])  # fmt: skip
+    make_shards.main(
+        [
+            "folder",
+            "--src",
+            str(tmp_path / "val"),
+            "--out",
+            str(tmp_path / "shards"),
+            "--labels-from-dirs",
+            "--shard-size",
+            "4",
+        ]
+    )
     ev = build_eval_loader(str(tmp_path / "shards"), 8, 16, need_caption=False)
     (batch,) = list(ev)
     assert ev.class_names == WNIDS and batch["label"].tolist() == [lab for lab, _ in expected]
     with pytest.raises(SystemExit, match="names 1000 classes"):
-        make_shards.main(["folder", "--src", str(tmp_path / "val"), "--out", str(tmp_path / "s2"),
-                          "--labels-from-dirs", "--classnames", "imagenet"])  # fmt: skip
+        make_shards.main(
+            [
+                "folder",
+                "--src",
+                str(tmp_path / "val"),
+                "--out",
+                str(tmp_path / "s2"),
+                "--labels-from-dirs",
+                "--classnames",
+                "imagenet",
+            ]
+        )

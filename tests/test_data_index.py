@@ -66,8 +66,18 @@ def test_dense_rows_keep_source_keys(tmp_path):
     assert [s["row_start"] for s in manifest["shards"]] == [0, 3, 5, 7]
     shardset = resolve_shards(str(src), str(tmp_path / "idx"))
     keys = [k for s in shardset.shards for k in load_index(s)[1].tolist()]
-    assert keys == ["000000000", "000000003", "000000004", "000010002", "000010007", "9f86d081884c7d65",
-                    "2c26b46b68ffc68f", "000000000", "000000001", "000000002"]  # fmt: skip
+    assert keys == [
+        "000000000",
+        "000000003",
+        "000000004",
+        "000010002",
+        "000010007",
+        "9f86d081884c7d65",
+        "2c26b46b68ffc68f",
+        "000000000",
+        "000000001",
+        "000000002",
+    ]
     loader = build_train_loader(cfg(src, webdataset={"index": str(tmp_path / "idx")}), 0, 1)
     assert loader.num_samples == 10 and sorted(set(rows_of(loader))) == list(range(10))
 
@@ -95,9 +105,11 @@ def test_duplicates_and_truncation_reported_by_shard(tmp_path):
     make_shards.main(["manifest", "--shards", both, "--out", str(idx)])
     manifest = json.loads((idx / "manifest.json").read_text())
     problems = manifest["problems"]
-    assert problems["duplicate_source_keys"] == {"samples": 10, "by_shard": {
-        str(tmp_path / "a" / "00000.tar"): 5, str(tmp_path / "b" / "00000.tar"): 5}}  # fmt: skip
-    (name, why), = problems["truncated_or_unreadable"].items()
+    assert problems["duplicate_source_keys"] == {
+        "samples": 10,
+        "by_shard": {str(tmp_path / "a" / "00000.tar"): 5, str(tmp_path / "b" / "00000.tar"): 5},
+    }
+    ((name, why),) = problems["truncated_or_unreadable"].items()
     assert name.endswith("b/00001.tar") and "truncated" in why
     truncated = manifest["shards"][2]
     assert 0 < truncated["count"] < 6  # the complete samples before the cut are kept

@@ -13,9 +13,13 @@ from data.index_report import download_holes
 
 
 def test_a_malformed_stats_file_is_warned_about_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    stats = {"0000": "{not json", "0001": json.dumps({"count": 10, "successes": 7, "status_dict": {"success": 7,
-             "timeout": 3}}), "0002": json.dumps({"count": "many"}), "0003": json.dumps([1, 2]),
-             "0004": json.dumps({"count": 3, "successes": 1, "status_dict": ["timeout"]})}  # fmt: skip
+    stats = {
+        "0000": "{not json",
+        "0001": json.dumps({"count": 10, "successes": 7, "status_dict": {"success": 7, "timeout": 3}}),
+        "0002": json.dumps({"count": "many"}),
+        "0003": json.dumps([1, 2]),
+        "0004": json.dumps({"count": 3, "successes": 1, "status_dict": ["timeout"]}),
+    }
     for name, text in stats.items():
         (tmp_path / f"{name}.tar").write_bytes(b"")
         (tmp_path / f"{name}_stats.json").write_text(text)

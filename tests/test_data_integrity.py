@@ -25,7 +25,7 @@ SIZES = [14, 9, 17]
 
 
 def cfg(path, **kw) -> DataConfig:
-    base = dict(path=str(path), batch_size=4, workers=1, image_size=8, seed=5, shuffle_window=10)  # fmt: skip
+    base = dict(path=str(path), batch_size=4, workers=1, image_size=8, seed=5, shuffle_window=10)
     return DataConfig(**{**base, **kw})
 
 
@@ -110,5 +110,6 @@ def test_a_damaged_cached_shard_is_fetched_again(data: dict[str, Path], caplog: 
             assert epoch_keys(c) == reference
         assert f"cached copy {cached} of {url}/0001-00.tar is damaged" in caplog.text
         assert sum(1 for method, path, _ in log if method == "GET" and path == "/0001-00.tar") == fetched + 1
-    assert np.array_equal(np.frombuffer(cached.read_bytes(), np.uint8),
-                          np.frombuffer((data["ro"] / "0001-00.tar").read_bytes(), np.uint8))  # fmt: skip
+    assert np.array_equal(
+        np.frombuffer(cached.read_bytes(), np.uint8), np.frombuffer((data["ro"] / "0001-00.tar").read_bytes(), np.uint8)
+    )

@@ -26,8 +26,13 @@ from train.faults.exit_codes import ExitCode
 def test_a_source_listed_twice_is_one_config_error(second: str, tmp_path: Path, capsys) -> None:
     shards = tmp_path / "cc"
     raw = tiny_recipe(str(tmp_path / "run"), "")
-    raw["data"] |= {"path": "", "sources": [{"path": str(shards), "weight": 1.0},
-                                           {"path": second.format(shards=shards, name="cc"), "weight": 1.0}]}
+    raw["data"] |= {
+        "path": "",
+        "sources": [
+            {"path": str(shards), "weight": 1.0},
+            {"path": second.format(shards=shards, name="cc"), "weight": 1.0},
+        ],
+    }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
     assert main(["--config", str(tmp_path / "r.yaml")]) == ExitCode.CONFIG
     err = capsys.readouterr().err.strip()
@@ -49,8 +54,9 @@ def test_a_huge_image_is_skipped_and_counted_without_decoding(tmp_path: Path) ->
             writer.write(key, _huge_png() if key == 3 else png(key), "png", caption_of(key))
     build_manifest(writer.paths, str(tmp_path))
     assert os.path.getsize(writer.paths[0]) < 2 << 20
-    loader = build_train_loader(DataConfig(path=str(tmp_path), batch_size=4, workers=0, image_size=8,
-                                           shuffle_window=0), 0, 1)  # fmt: skip
+    loader = build_train_loader(
+        DataConfig(path=str(tmp_path), batch_size=4, workers=0, image_size=8, shuffle_window=0), 0, 1
+    )
     keys = [int(k) for batch in loader for k in batch["index"]]
     assert len(keys) == 8 and 3 not in keys  # its slot was refilled by another sample
     assert loader.skipped_counts()["image_too_large"] == 1

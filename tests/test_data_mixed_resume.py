@@ -22,8 +22,10 @@ def _run(rank: int, world_size: int, out_dir: str, shards: str, kill_at: int, re
 
     cfg = tiny_config(out_dir, "ddp", batch_size=LOCAL_BATCH)
     cfg.data.path, cfg.data.workers, cfg.data.shuffle_window = "", 1, 16
-    cfg.data.sources = [SourceSpec(os.path.join(shards, "a"), weight=2.0), SourceSpec(os.path.join(shards, "b"),
-                                                                                       weight=0.5)]  # fmt: skip
+    cfg.data.sources = [
+        SourceSpec(os.path.join(shards, "a"), weight=2.0),
+        SourceSpec(os.path.join(shards, "b"), weight=0.5),
+    ]
     cfg.epochs, cfg.max_steps = 2, 7  # 20 + 8 samples per epoch: 4 steps of 8 per epoch, crosses an epoch
     cfg.checkpoint.every_steps, cfg.checkpoint.resume = EVERY, resume
     trainer = Trainer(cfg)

@@ -17,8 +17,9 @@ def mixed_cfg(tmp_path, **kw) -> DataConfig:
     write_shards(tmp_path / "a", [6, 6, 6])  # 18 samples, weight 2 -> 36 per epoch
     write_shards(tmp_path / "b", [5, 5, 5, 5])  # 20 samples, weight 0.5 -> 10 per epoch
     sources = [{"path": str(tmp_path / "a"), "weight": 2.0}, {"path": str(tmp_path / "b"), "weight": 0.5}]
-    base = dict(sources=sources, batch_size=2, workers=0, image_size=8, seed=7, shuffle_window=12,
-                train_crop_scale=(0.5, 1.0))  # fmt: skip
+    base = dict(
+        sources=sources, batch_size=2, workers=0, image_size=8, seed=7, shuffle_window=12, train_crop_scale=(0.5, 1.0)
+    )
     return DataConfig(**{**base, **kw})
 
 

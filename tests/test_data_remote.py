@@ -19,8 +19,9 @@ SIZES = [6, 5, 7, 6]
 
 
 def cfg(path, **kw) -> DataConfig:
-    base = dict(path=str(path), batch_size=4, workers=2, image_size=8, seed=5, shuffle_window=10,
-                train_crop_scale=(0.5, 1.0))  # fmt: skip
+    base = dict(
+        path=str(path), batch_size=4, workers=2, image_size=8, seed=5, shuffle_window=10, train_crop_scale=(0.5, 1.0)
+    )
     return DataConfig(**{**base, **kw})
 
 
@@ -105,7 +106,9 @@ def test_s3_shards_with_index_in_the_bucket(local, tmp_path, monkeypatch):
         assert fs.exists("shards-bucket/index/manifest.json") and not fs.exists("shards-bucket/data/manifest.json")
         check_remote("s3://shards-bucket/data", "s3://shards-bucket/index", local, tmp_path / "cache")
         with pytest.raises(FileNotFoundError, match=r"1 of 2 shard.*s3://shards-bucket/data/0009-00.tar"):
-            build_train_loader(cfg("s3://shards-bucket/data/{0000,0009}-00.tar", webdataset={"index": "s3://shards-bucket/index"}))
+            build_train_loader(
+                cfg("s3://shards-bucket/data/{0000,0009}-00.tar", webdataset={"index": "s3://shards-bucket/index"})
+            )
         s3fs.S3FileSystem.clear_instance_cache()
 
 

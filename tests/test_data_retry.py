@@ -70,19 +70,25 @@ def test_the_transient_errors_are_an_allow_list() -> None:
     from botocore import exceptions as boto
 
     transient = [
-        OSError(errno.ECONNRESET, "reset"), OSError(errno.EHOSTUNREACH, "no route"), OSError(errno.EPIPE, "pipe"),
-        boto.EndpointConnectionError(endpoint_url="https://s3"), boto.ConnectTimeoutError(endpoint_url="https://s3"),
-        boto.ReadTimeoutError(endpoint_url="https://s3"), aiohttp.ServerDisconnectedError(),
+        OSError(errno.ECONNRESET, "reset"),
+        OSError(errno.EHOSTUNREACH, "no route"),
+        OSError(errno.EPIPE, "pipe"),
+        boto.EndpointConnectionError(endpoint_url="https://s3"),
+        boto.ConnectTimeoutError(endpoint_url="https://s3"),
+        boto.ReadTimeoutError(endpoint_url="https://s3"),
+        aiohttp.ServerDisconnectedError(),
         aiohttp.ClientResponseError(None, (), status=503),
         boto.ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"),
-    ]  # fmt: skip
+    ]
     lasting = [
-        OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EROFS, "Read-only file system"),
-        OSError("something else"), boto.NoCredentialsError(),
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError("something else"),
+        boto.NoCredentialsError(),
         boto.PartialCredentialsError(provider="env", cred_var="x"),
         aiohttp.ClientResponseError(None, (), status=404),
         boto.ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"),
-    ]  # fmt: skip
+    ]
     assert [e for e in transient if not is_transient(e)] == []
     assert [e for e in lasting if is_transient(e)] == []
 
@@ -112,8 +118,11 @@ def test_remote_retries_must_end_before_the_step_timeout(tmp_path) -> None:  # n
     cfg.data.path = "https://shards.example.org/{0000..0009}.tar"
     cfg.validate()  # the defaults fit: 300 s + the margin < 600 s
     cfg.backend.step_timeout_s = 300.0
-    with pytest.raises(ValueError, match=r"data.webdataset.remote_retry_s \(300 s\) \+ 60 s must stay below "
-                                         r"backend.step_timeout_s \(300 s\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"data.webdataset.remote_retry_s \(300 s\) \+ 60 s must stay below "
+        r"backend.step_timeout_s \(300 s\)",
+    ):
         cfg.validate()
     cfg.data.path = str(tmp_path)  # local shards never retry
     cfg.validate()

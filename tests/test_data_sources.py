@@ -56,8 +56,10 @@ def test_csv_source_row_number_is_the_index(tmp_path):
     ev = build_eval_loader(path, 8, 4, source="csv")
     assert keys_of(ev) == [0, 1, 2, 4, 6, 8, 9]
     assert {k: v for k, v in ev.skipped_counts().items() if v} == {
-        "missing_image": 1, "missing_caption": 1, "corrupt_image": 1,
-    }  # fmt: skip
+        "missing_image": 1,
+        "missing_caption": 1,
+        "corrupt_image": 1,
+    }
 
 
 def test_csv_source_errors(tmp_path):
@@ -76,8 +78,13 @@ def test_hf_datasets_source(tmp_path):
     images = [Image.new("RGB", (8, 8), key_color(k)) for k in range(n)]
     texts = [caption_of(k) for k in range(n)]
     texts[4] = None
-    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["a", "b", "c"])})  # fmt: skip
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["a", "b", "c"]),
+        }
+    )
     ds = datasets.Dataset.from_dict({"image": images, "text": texts, "label": [k % 3 for k in range(n)]}, features)
     ds.save_to_disk(str(tmp_path / "ds"))
 
@@ -110,8 +117,9 @@ def test_hf_source_from_local_parquet(tmp_path, monkeypatch):
     images = [Image.new("RGB", (8, 8), key_color(k)) for k in range(6)]
     ds = datasets.Dataset.from_dict({"jpg": images, "caption": [caption_of(k) for k in range(6)]}, features)
     ds.to_parquet(str(tmp_path / "pairs.parquet"))
-    ev = build_eval_loader(str(tmp_path / "pairs.parquet"), 8, 4, source="hf",
-                           hf=HfOptions(image_key="jpg", caption_key="caption"))  # fmt: skip
+    ev = build_eval_loader(
+        str(tmp_path / "pairs.parquet"), 8, 4, source="hf", hf=HfOptions(image_key="jpg", caption_key="caption")
+    )
     batches = list(ev)
     assert keys_of(batches) == list(range(6)) and "label" not in batches[0]
     colors = decode_colors(torch.cat([b["images"] for b in batches]), MEAN, STD)
@@ -183,8 +191,9 @@ def test_make_shards_folder_and_csv(tmp_path):
             (src / cls / f"{k}.png").write_bytes(png(k))
             if not (cls == "dog" and k == 2):
                 (src / cls / f"{k}.txt").write_text(f"a {cls} number {k}")
-    make_shards.main(["folder", "--src", str(src), "--out", str(tmp_path / "s1"), "--labels-from-dirs",
-                      "--shard-size", "2"])  # fmt: skip
+    make_shards.main(
+        ["folder", "--src", str(src), "--out", str(tmp_path / "s1"), "--labels-from-dirs", "--shard-size", "2"]
+    )
     ev = build_eval_loader(str(tmp_path / "s1"), 8, 10, need_caption=False)
     (batch,) = list(ev)
     assert ev.class_names == ["cat", "dog"]

@@ -26,13 +26,15 @@ TOL = 1e-5  # float32 normalisation order differs from ToTensor+Normalize by ~4e
 
 def openai_reference(n: int):
     """OpenAI CLIP's `_transform(n_px)` written with torchvision ops."""
-    return T.Compose([
-        T.Resize(n, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(n),
-        lambda im: im.convert("RGB"),
-        T.ToTensor(),
-        T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    ])  # fmt: skip
+    return T.Compose(
+        [
+            T.Resize(n, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(n),
+            lambda im: im.convert("RGB"),
+            T.ToTensor(),
+            T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

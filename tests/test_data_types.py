@@ -44,13 +44,18 @@ def test_every_source_answers_the_protocol(tmp_path: Path) -> None:
     write_shards(str(tmp_path / "a"), [4, 3])
     write_shards(str(tmp_path / "b"), [5])
     single = open_source(DataConfig(path=str(tmp_path / "a")))
-    mixed = open_source(DataConfig(sources=[{"path": str(tmp_path / "a"), "weight": 2.0},
-                                            {"path": str(tmp_path / "b"), "weight": 0.4}]))  # fmt: skip
+    mixed = open_source(
+        DataConfig(sources=[{"path": str(tmp_path / "a"), "weight": 2.0}, {"path": str(tmp_path / "b"), "weight": 0.4}])
+    )
     table = open_source(DataConfig(source="csv", path=_csv(tmp_path / "csv", 5)))
     folder = open_source(DataConfig(source="imagefolder", path=_image_folder(tmp_path / "folder", [2, 3])))
 
-    for source, total, kind in ((single, 7, "webdataset"), (mixed, 14 + 2, "webdataset"), (table, 5, "csv"),
-                                (folder, 5, "imagefolder")):  # fmt: skip
+    for source, total, kind in (
+        (single, 7, "webdataset"),
+        (mixed, 14 + 2, "webdataset"),
+        (table, 5, "csv"),
+        (folder, 5, "imagefolder"),
+    ):
         assert source.kind == kind and source.samples_per_epoch == total
         assert source.plan(**PLAN).steps == -(-total // 2)
         assert source.prefetch(np.array([0])) is None and source.keys_are_rows

@@ -43,8 +43,12 @@ def test_crop_resize_equals_pillow_bicubic_in_both_pass_orders() -> None:
     images, boxes, refs = [], [], []
     for h, w in sizes:
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        box = (int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4)), int(rng.integers(w // 2, w + 1)),
-               int(rng.integers(h // 2, h + 1)))  # fmt: skip
+        box = (
+            int(rng.integers(0, w // 4)),
+            int(rng.integers(0, h // 4)),
+            int(rng.integers(w // 2, w + 1)),
+            int(rng.integers(h // 2, h + 1)),
+        )
         images.append(img)
         boxes.append(box)
         refs.append(np.asarray(Image.fromarray(img).resize((96, 96), Image.Resampling.BICUBIC, box=box)))
@@ -116,9 +120,13 @@ def test_decode_device_ships_other_formats_decoded_and_skips_truncated_jpegs(tmp
         Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).convert(mode).save(buf, format=fmt)
         return buf.getvalue()
 
-    samples = [("jpg", encoded("RGB", "JPEG", (40, 30))), ("png", encoded("RGB", "PNG", (20, 50))),
-               ("jpg", encoded("CMYK", "JPEG", (30, 30))), ("jpg", encoded("L", "JPEG", (33, 41))),
-               ("jpg", encoded("RGB", "JPEG", (40, 40))[:-300])]  # fmt: skip
+    samples = [
+        ("jpg", encoded("RGB", "JPEG", (40, 30))),
+        ("png", encoded("RGB", "PNG", (20, 50))),
+        ("jpg", encoded("CMYK", "JPEG", (30, 30))),
+        ("jpg", encoded("L", "JPEG", (33, 41))),
+        ("jpg", encoded("RGB", "JPEG", (40, 40))[:-300]),
+    ]
     writer = ShardWriter(str(tmp_path), shard_size=8)
     for key, (ext, data) in enumerate(samples):
         writer.write(key, data, ext, f"caption {key}")
@@ -126,8 +134,9 @@ def test_decode_device_ships_other_formats_decoded_and_skips_truncated_jpegs(tmp
     build_manifest(writer.paths, str(tmp_path), {})
     out = {}
     for resize, decode in [("host", "host"), *MODES]:
-        cfg = DataConfig(path=str(tmp_path), batch_size=5, workers=0, image_size=16, resize=resize, decode=decode,
-                         drop_last=True)  # fmt: skip
+        cfg = DataConfig(
+            path=str(tmp_path), batch_size=5, workers=0, image_size=16, resize=resize, decode=decode, drop_last=True
+        )
         loader = build_train_loader(cfg)
         batch = next(iter(loader))
         out[decode, resize] = batch
@@ -142,12 +151,15 @@ def test_decode_device_ships_other_formats_decoded_and_skips_truncated_jpegs(tmp
         assert diff.max().item() <= MAX_LEVELS, (diff.flatten(1).max(1).values, batch["index"])
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"resize": "gpu"}, "data.resize must be one of"),
-    ({"decode": "cuda"}, "data.decode must be one of"),
-    ({"resize": "auto-ish"}, "data.resize must be one of"),
-    ({"decode": "device", "resize": "host"}, "data.decode: device needs data.resize: device or auto"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"resize": "gpu"}, "data.resize must be one of"),
+        ({"decode": "cuda"}, "data.decode must be one of"),
+        ({"resize": "auto-ish"}, "data.resize must be one of"),
+        ({"decode": "device", "resize": "host"}, "data.decode: device needs data.resize: device or auto"),
+    ],
+)
 def test_config_names_the_bad_place(overrides, message) -> None:
     with pytest.raises(ValueError, match=message):
         DataConfig(path="x", **overrides)

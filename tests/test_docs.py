@@ -93,9 +93,23 @@ def test_relative_links_and_anchors_in_the_docs_resolve() -> None:
 
 
 def test_no_code_cites_a_design_note_outside_the_repository() -> None:
-    cites = [str(p.relative_to(REPO)) for pkg in ("fastflip", "model", "data", "train", "evaluation", "tools",
-                                                 "benchmarks", "studies", "recipes", "tests")
-             for p in (REPO / pkg).rglob("*.py") if "DESIGN.md" in p.read_text() and p.name != "test_docs.py"]
+    cites = [
+        str(p.relative_to(REPO))
+        for pkg in (
+            "fastflip",
+            "model",
+            "data",
+            "train",
+            "evaluation",
+            "tools",
+            "benchmarks",
+            "studies",
+            "recipes",
+            "tests",
+        )
+        for p in (REPO / pkg).rglob("*.py")
+        if "DESIGN.md" in p.read_text() and p.name != "test_docs.py"
+    ]
     assert cites == []
 
 
@@ -134,8 +148,11 @@ def doc_option_keys(text: str) -> set[str]:
         if not (m := re.match(r"[a-z_]+(?:\.[a-z0-9_]+)+", code)) or m[0].split(".")[0] not in sections:
             continue
         parts = m[0].split(".")
-        if parts[-1] in FILE_SUFFIXES or (REPO / parts[0] / parts[1]).is_dir() or (
-                REPO / parts[0] / f"{parts[1]}.py").exists():
+        if (
+            parts[-1] in FILE_SUFFIXES
+            or (REPO / parts[0] / parts[1]).is_dir()
+            or (REPO / parts[0] / f"{parts[1]}.py").exists()
+        ):
             continue  # model.pt, run.lock; data.transforms.normalize_pixels is a module
         keys.add(m[0])
     return keys

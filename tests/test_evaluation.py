@@ -298,9 +298,7 @@ def _sharded_worker(rank: int, world_size: int) -> dict:
     result = {"sharded": sharded}
     if rank == 0:  # rank-0-only evaluation inside the same process group: no collectives
         result["single"] = {
-            "classifier": build_zeroshot_classifier(
-                model, tokenizer, classnames, templates, "cpu", distributed=False
-            ),
+            "classifier": build_zeroshot_classifier(model, tokenizer, classnames, templates, "cpu", distributed=False),
             "one_class": build_zeroshot_classifier(model, tokenizer, ["bag"], templates, "cpu", distributed=False),
             "zeroshot": evaluate_zeroshot(
                 model, tokenizer, classnames, templates, zeroshot_batches(list(range(10))), "cpu", distributed=False
@@ -314,11 +312,17 @@ def _sharded_worker(rank: int, world_size: int) -> dict:
     if rank == 0:
         result["own_group"] = {
             "zeroshot": evaluate_zeroshot(
-                model, tokenizer, classnames, templates, zeroshot_batches(list(range(10))), "cpu", distributed=True,
+                model,
+                tokenizer,
+                classnames,
+                templates,
+                zeroshot_batches(list(range(10))),
+                "cpu",
+                distributed=True,
                 group=own,
             ),
             "retrieval": evaluate_retrieval(model, retrieval_batches(slice(0, 12)), "cpu", distributed=True, group=own),
-        }  # fmt: skip
+        }
     return result
 
 

@@ -161,9 +161,11 @@ def test_hf_processor_is_our_eval_transform_up_to_its_crop_offset(variant: str, 
     default = transformers.CLIPProcessor.from_pretrained(hf_dir)(images=images, return_tensors="pt")["pixel_values"]
     odd = (pixels["ours"] - floor_crop).abs().flatten(1).amax(dim=1) > 0
     one_level = 1 / (255 * min(OPENAI_CLIP_STD))
-    print(f"{variant}: {int(odd.sum())} of {len(images)} images with an odd crop margin; pixels vs ours: PIL backend "
-          f"{(pixels['hf'] - pixels['ours'])[~odd].abs().max():.2e}, torchvision backend "
-          f"{(default - pixels['ours'])[~odd].abs().max():.2e} (one grey level = {one_level:.4f})")  # fmt: skip
+    print(
+        f"{variant}: {int(odd.sum())} of {len(images)} images with an odd crop margin; pixels vs ours: PIL backend "
+        f"{(pixels['hf'] - pixels['ours'])[~odd].abs().max():.2e}, torchvision backend "
+        f"{(default - pixels['ours'])[~odd].abs().max():.2e} (one grey level = {one_level:.4f})"
+    )
     assert odd.any()  # the difference is exercised
     torch.testing.assert_close(pixels["hf"], floor_crop, rtol=0, atol=1e-6)
     torch.testing.assert_close(pixels["open_clip"], pixels["ours"], rtol=0, atol=1e-6)
@@ -196,9 +198,15 @@ def test_round_trips_are_exact(variant: str, exported: Callable) -> None:
 
 
 TEXTS = [
-    "a photo of a t-shirt/top.", "wow!! it's 3 o'clock, isn't it?", "Ünïcödé café, naïve façade", "emoji 😀 test",
-    "numbers 1234567 and 3.14", "  many   spaces\tand\nnewlines  ", "a " * 100, "<|endoftext|> in a caption",
-]  # fmt: skip
+    "a photo of a t-shirt/top.",
+    "wow!! it's 3 o'clock, isn't it?",
+    "Ünïcödé café, naïve façade",
+    "emoji 😀 test",
+    "numbers 1234567 and 3.14",
+    "  many   spaces\tand\nnewlines  ",
+    "a " * 100,
+    "<|endoftext|> in a caption",
+]
 
 
 @pytest.mark.parametrize("variant", ["tiny", "demo"])  # context lengths 77 and 16 (truncation keeps EOT last)
@@ -227,9 +235,11 @@ def test_zero_shot_predictions_identical_on_fashion_mnist(tmp_path: Path) -> Non
     tokenizers = {
         "ours": (model, get_tokenizer(model.config.text.context_length)),
         "open_clip": (embedders.open_clip_model, embedders.open_clip_tokenizer),
-        "hf": (HFTowers(embedders.hf),
-               lambda t: hf_tokenize(t, padding="max_length", truncation=True, return_tensors="pt")["input_ids"]),
-    }  # fmt: skip
+        "hf": (
+            HFTowers(embedders.hf),
+            lambda t: hf_tokenize(t, padding="max_length", truncation=True, return_tensors="pt")["input_ids"],
+        ),
+    }
     predictions = {}
     for name, (towers, tokenize) in tokenizers.items():
         classifier = build_zeroshot_classifier(
@@ -247,8 +257,10 @@ def test_init_from_loads_both_formats_and_keeps_the_temperature(exported: Callab
     source = embedders.ours.state_dict()
     # open_clip training checkpoints wrap the weights: {"epoch", "state_dict": {"module.<key>": ...}}
     epoch_file = tmp_path / "epoch_3.pt"
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in load_file(str(oc_dir / WEIGHTS_FILE)).items()}},
-               epoch_file)  # fmt: skip
+    torch.save(
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in load_file(str(oc_dir / WEIGHTS_FILE)).items()}},
+        epoch_file,
+    )
     specs = (f"open_clip:{oc_dir}", f"open_clip:{epoch_file}", f"open_clip:{oc_dir / WEIGHTS_FILE}", f"hf:{hf_dir}")
     for spec in specs:
         fresh = _model("tiny", seed=1)

@@ -82,6 +82,7 @@ def test_init_from_trains_and_exports(backend: str, tmp_path: Path) -> None:
     step_dir = resolve_checkpoint(str(checkpoint))
     with (step_dir / "loss_rank1.pt").open("r+b") as shard:
         shard.truncate(10)
-    assert any(line.startswith("verification: DAMAGED: ") and "loss_rank1.pt: 10 bytes" in line
-               for line in info(step_dir))  # fmt: skip
+    assert any(
+        line.startswith("verification: DAMAGED: ") and "loss_rank1.pt: 10 bytes" in line for line in info(step_dir)
+    )
     assert meta["step"] == STEPS

@@ -25,8 +25,10 @@ def _expected_scale(name: str) -> float:
         return tower * 0.25
     if ".blocks.1." in name:
         return tower * 0.5
-    if any(k in name for k in ("patch_embed", "cls_token", "pos_embed", "norm_pre", "token_embedding",
-                               "positional_embedding")):  # fmt: skip
+    if any(
+        k in name
+        for k in ("patch_embed", "cls_token", "pos_embed", "norm_pre", "token_embedding", "positional_embedding")
+    ):
         return tower * 0.125
     return tower
 
@@ -84,8 +86,12 @@ def _train(rank: int, world_size: int, out_dir: str, backend: str) -> dict:
 def test_locked_parameters_unchanged_on_every_backend(backend: str, tmp_path: Path) -> None:
     result = run_on_ranks(_train, 2, (str(tmp_path / "run"), backend), timeout=900)[0]
     initial, trained = result["initial"], result["trained"]
-    locked = [k for k in initial if k.startswith("text.") or (k.startswith("visual.") and not k.startswith(
-        ("visual.blocks.1.", "visual.norm.", "visual.head.")))]  # fmt: skip
+    locked = [
+        k
+        for k in initial
+        if k.startswith("text.")
+        or (k.startswith("visual.") and not k.startswith(("visual.blocks.1.", "visual.norm.", "visual.head.")))
+    ]
     assert locked and all(torch.equal(initial[k], trained[k]) for k in locked), backend
     assert not torch.equal(initial["visual.head.weight"], trained["visual.head.weight"])  # the rest trained
     assert not torch.equal(initial["visual.blocks.1.attn.qkv.weight"], trained["visual.blocks.1.attn.qkv.weight"])

@@ -50,8 +50,9 @@ def test_mlflow_defaults_to_a_sqlite_store_in_the_run_dir(tmp_path: Path, monkey
     check_trackers(["mlflow"], tmp_path)
 
 
-def test_a_refused_tracker_is_one_config_line_before_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_a_refused_tracker_is_one_config_line_before_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     code = cli_main(["--config", str(DEMO), "logging.trackers=[tensorboard, mlflow]", f"run.output_dir={tmp_path}"])
@@ -98,7 +99,10 @@ def test_the_recipes_own_loss_quoted_on_the_command_line_is_no_switch(capsys: py
     for quoted in ('loss.name="fastclip"', "loss.name='fastclip'", "loss.name= fastclip"):
         same = read_config(MIX, [quoted])
         assert (same.loss.name, same.loss.version, same.loss.rho) == (
-            recipe.loss.name, recipe.loss.version, recipe.loss.rho), quoted  # fmt: skip
+            recipe.loss.name,
+            recipe.loss.version,
+            recipe.loss.rho,
+        ), quoted
     assert recipe.loss.name == "fastclip" and recipe.loss.rho == 6.5
     assert "replaces" not in capsys.readouterr().err
 
@@ -128,8 +132,10 @@ def test_parameter_counts_without_the_model_code_match_the_model() -> None:
         for cfg in (get_model_config(name), get_model_config(name, init_logit_bias=-10.0, quick_gelu=True)):
             with torch.device("meta"):
                 model = CLIP(cfg)
-            built = {"visual": sum(p.numel() for p in model.visual.parameters()),
-                     "text": sum(p.numel() for p in model.text.parameters())}  # fmt: skip
+            built = {
+                "visual": sum(p.numel() for p in model.visual.parameters()),
+                "text": sum(p.numel() for p in model.text.parameters()),
+            }
             built["other"] = sum(p.numel() for p in model.parameters()) - built["visual"] - built["text"]
             assert parameter_counts(cfg) == built, name
 
@@ -148,9 +154,12 @@ def test_indexing_img2dataset_output_prints_its_checks_and_the_download_holes(
     for shard, s in stats.items():
         table = pq.read_table(FIXTURE / f"{shard}.parquet").to_pydict()
         keys = sorted(k for k, st in zip(table["key"], table["status"], strict=True) if st != "success")
-        assert recorded[f"{shard}.tar"] == {"failed": s["count"] - s["successes"], "count": s["count"],
-                                            "errors": {k: v for k, v in s["status_dict"].items() if k != "success"},
-                                            "keys": keys}  # fmt: skip
+        assert recorded[f"{shard}.tar"] == {
+            "failed": s["count"] - s["successes"],
+            "count": s["count"],
+            "errors": {k: v for k, v in s["status_dict"].items() if k != "success"},
+            "keys": keys,
+        }
         assert f"  {shard}.tar: {s['count'] - s['successes']} of {s['count']} failed (" in out
         assert ", keys " + ", ".join(keys) in out
 
@@ -174,10 +183,13 @@ def test_the_dry_run_plans_a_mixed_source_run_from_the_indexes(tmp_path: Path) -
     write_shards(str(tmp_path / "second"), [14, 9, 17])
     recipe = tmp_path / "mix.yaml"
     recipe.write_text(DEMO.read_text())
-    sources = (f"data.sources=[{{path: {FIXTURE}, index: {tmp_path / 'index'}, weight: 2}}, "
-               f"{{path: {tmp_path / 'second'}, weight: 0.5}}]")  # fmt: skip
-    setup = load_setup(recipe, [sources, "data.path=''", "data.batch_size=4", "epochs=3", "run.world_size=0",
-                                "dataset_samples=0"])  # fmt: skip
+    sources = (
+        f"data.sources=[{{path: {FIXTURE}, index: {tmp_path / 'index'}, weight: 2}}, "
+        f"{{path: {tmp_path / 'second'}, weight: 0.5}}]"
+    )
+    setup = load_setup(
+        recipe, [sources, "data.path=''", "data.batch_size=4", "epochs=3", "run.world_size=0", "dataset_samples=0"]
+    )
     text = dry_run(setup)
     epoch = 2 * 24 + 20  # round(weight x samples): the fixture's 24 downloads twice, half of the 40
     steps = steps_per_epoch(epoch, 4, 1, setup.cfg.data.drop_last)
@@ -216,8 +228,9 @@ def assert_modes_follow(root: Path, umask: int) -> None:
 # ----- 2. make setup says what it installs ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_make_setup_says_what_it_installs() -> None:
-    plan = subprocess.run(["make", "-n", "-W", "requirements.txt", "setup"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout  # fmt: skip
+    plan = subprocess.run(
+        ["make", "-n", "-W", "requirements.txt", "setup"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     installs = [line for line in plan.splitlines() if "pip install" in line]
     assert len(installs) == 4 and not any(" -q" in line for line in installs)  # pip prints what it fetches
     assert "setup: installing the pinned stack" in plan and "setup: installing this repository" in plan
@@ -232,8 +245,10 @@ def test_a_tracker_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(trackers.MlflowTracker, "__init__", refuse)
     with pytest.raises(trackers.TrackerError) as failed:
         trackers.open_trackers(["tensorboard", "mlflow"], tmp_path, "p", "n", {}, {})
-    assert str(failed.value) == ("logging.trackers: mlflow could not start: RuntimeError: API request to endpoint "
-                                 "/api/2.0/mlflow/experiments failed")  # fmt: skip
+    assert str(failed.value) == (
+        "logging.trackers: mlflow could not start: RuntimeError: API request to endpoint "
+        "/api/2.0/mlflow/experiments failed"
+    )
 
 
 def _train_and_save(rank: int, world_size: int, out_dir: str, backend: str, umask: int) -> None:

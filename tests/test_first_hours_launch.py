@@ -30,8 +30,13 @@ from tests.test_first_hours import FIXTURE, assert_modes_follow
 
 pytestmark = pytest.mark.slow
 UMASK = 0o002
-PROGRESS = ("read and checked", "reading the training data's index: 2 mixed sources", "train data: 2 mixed webdataset",
-            "building the model tiny on 2 rank(s)", "frozen: the image tower; trainable")  # in this order  # fmt: skip
+PROGRESS = (
+    "read and checked",
+    "reading the training data's index: 2 mixed sources",
+    "train data: 2 mixed webdataset",
+    "building the model tiny on 2 rank(s)",
+    "frozen: the image tower; trainable",
+)  # in this order
 
 
 def _launch(recipe: Path, *overrides: str):  # noqa: ANN202 (a Popen)
@@ -49,8 +54,9 @@ def _launch(recipe: Path, *overrides: str):  # noqa: ANN202 (a Popen)
 def _run_tool(*args: str) -> str:
     previous = os.umask(UMASK)
     try:
-        done = subprocess.run([sys.executable, *args], cwd=REPO, env=job_env(), capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, *args], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600
+        )
     finally:
         os.umask(previous)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -78,14 +84,20 @@ def test_a_lab_run_from_img2dataset_output_to_an_exported_model(tmp_path: Path) 
             make_shards.main(["manifest", "--shards", remote_shards, "--out", str(tmp_path / "index_http")])
         finally:
             os.umask(previous)
-        sources = [{"path": str(FIXTURE), "index": str(index), "weight": 1.0},
-                   {"path": remote_shards, "index": str(tmp_path / "index_http"), "weight": 0.5}]  # fmt: skip
+        sources = [
+            {"path": str(FIXTURE), "index": str(index), "weight": 1.0},
+            {"path": remote_shards, "index": str(tmp_path / "index_http"), "weight": 0.5},
+        ]
         recipe = write_recipe(
-            tmp_path, "", data={"path": "", "sources": sources}, epochs=4,
-            checkpoint={"every_steps": 4, "keep_last": 2}, model={"name": "tiny", "lock_image": True},
+            tmp_path,
+            "",
+            data={"path": "", "sources": sources},
+            epochs=4,
+            checkpoint={"every_steps": 4, "keep_last": 2},
+            model={"name": "tiny", "lock_image": True},
             logging={"every_steps": 1, "trackers": ["tensorboard", "mlflow"]},
             eval={"zeroshot": str(tmp_path / "served"), "batch_size": 16},
-        )  # fmt: skip
+        )
         run = tmp_path / "run"
 
         # 11: SIGTERM to the launcher; the entry point's last line says where it stopped and what to type
@@ -141,10 +153,12 @@ def test_a_lab_run_from_img2dataset_output_to_an_exported_model(tmp_path: Path) 
         assert_modes_follow(root, UMASK)
 
     # 2: --info reads no weights and imports neither the model code nor the exporters
-    probe = ("import runpy, sys; sys.argv = ['export.py', '--info', sys.argv[1]]\ntry:\n"
-             " runpy.run_path('tools/export.py', run_name='__main__')\nexcept SystemExit:\n pass\n"
-             "print(sorted(m for m in ('timm', 'transformers', 'open_clip', 'deepspeed', 'accelerate') if m in "
-             "sys.modules))")  # fmt: skip
+    probe = (
+        "import runpy, sys; sys.argv = ['export.py', '--info', sys.argv[1]]\ntry:\n"
+        " runpy.run_path('tools/export.py', run_name='__main__')\nexcept SystemExit:\n pass\n"
+        "print(sorted(m for m in ('timm', 'transformers', 'open_clip', 'deepspeed', 'accelerate') if m in "
+        "sys.modules))"
+    )
     described = _run_tool("-c", probe, str(run / "checkpoints" / "latest"))
     assert f"step {last}, epoch" in described and described.rstrip().endswith("[]"), described
 
@@ -158,9 +172,12 @@ def test_a_lab_run_from_img2dataset_output_to_an_exported_model(tmp_path: Path) 
     texts = ["an astronaut", "a cup of coffee"]
     ours = load_clip(run / "checkpoints" / "latest")
     for other in (load_clip(run), load_clip(open_clip_dir), load_clip(hf_dir)):
-        for mine, theirs in ((ours.embed_images(images), other.embed_images(images)),
-                             (ours.embed_texts(texts), other.embed_texts(texts))):  # fmt: skip
+        for mine, theirs in (
+            (ours.embed_images(images), other.embed_images(images)),
+            (ours.embed_texts(texts), other.embed_texts(texts)),
+        ):
             assert torch.allclose(mine, theirs, atol=1e-6), other.source
     logits = ours.logits(ours.embed_images(images), ours.embed_texts(texts))
     assert logits.shape == (2, 2) and torch.allclose(
-        logits, model.logit_scale.exp() * ours.embed_images(images) @ ours.embed_texts(texts).T)
+        logits, model.logit_scale.exp() * ours.embed_images(images) @ ours.embed_texts(texts).T
+    )

@@ -21,8 +21,9 @@ from train.backends import variants
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def _gpu_trainer(out_dir: str, backend: str, steps: int, loss: dict | None = None, mask_ratio: float = 0.0,
-                 **logging: Any) -> Any:  # fmt: skip
+def _gpu_trainer(
+    out_dir: str, backend: str, steps: int, loss: dict | None = None, mask_ratio: float = 0.0, **logging: Any
+) -> Any:
     from train.trainer import Trainer
 
     os.environ.pop("ACCELERATE_USE_CPU", None)  # the test harness sets it for CPU ranks

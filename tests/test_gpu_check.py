@@ -13,16 +13,30 @@ import pytest
 
 from tests.ranks import REPO
 
-STAGES = ["env", "shards", "gpu_tests", "bench_train", "photo_feed_cpu_decode", "photo_feed_device_decode",
-          "bench_model", "bench_e2e", "bench_reference"]
+STAGES = [
+    "env",
+    "shards",
+    "gpu_tests",
+    "bench_train",
+    "photo_feed_cpu_decode",
+    "photo_feed_device_decode",
+    "bench_model",
+    "bench_e2e",
+    "bench_reference",
+]
 
 
 @pytest.mark.slow
 def test_gpu_check_small_mode_runs_every_stage(tmp_path) -> None:
-    env = os.environ | {"OUT": str(tmp_path), "GPU_CHECK_SMALL": "1", "GPU_CHECK_BUDGET_S": "3000",
-                        "PYTHON": sys.executable}  # fmt: skip
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=3600)  # fmt: skip
+    env = os.environ | {
+        "OUT": str(tmp_path),
+        "GPU_CHECK_SMALL": "1",
+        "GPU_CHECK_BUDGET_S": "3000",
+        "PYTHON": sys.executable,
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600
+    )
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     failed = {s["stage"]: (tmp_path / f"{s['stage']}.log").read_text()[-3000:] for s in summary["stages"] if s["rc"]}
     assert proc.returncode == 0 and not failed, (proc.stdout, failed)

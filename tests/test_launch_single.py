@@ -16,9 +16,12 @@ def test_one_deepspeed_process_under_accelerate_launch(tmp_path: Path) -> None:
     write_shards(str(shards), [16])
     zero2 = str(REPO / "ds_configs" / "zero2.json")
     recipe = write_recipe(
-        tmp_path, str(shards), backend={"name": "deepspeed", "options": {"ds_config": zero2}},
-        epochs=1, checkpoint={"every_steps": 0},
-    )  # fmt: skip
+        tmp_path,
+        str(shards),
+        backend={"name": "deepspeed", "options": {"ds_config": zero2}},
+        epochs=1,
+        checkpoint={"every_steps": 0},
+    )
     code, out = finish(start(recipe, launcher=("--num_processes", "1")), timeout=600)
     assert code == 0, out[-3000:]
     assert logged_steps(tmp_path / "run") == [1, 2, 3, 4]  # 16 pairs, 4 per step, one rank

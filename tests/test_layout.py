@@ -29,8 +29,12 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
-        skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
-            node.test) for n in ast.walk(node)}  # fmt: skip
+        skipped = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
         targets = set()
         for node in ast.walk(tree):
             if id(node) in skipped:
@@ -42,7 +46,8 @@ def import_graph() -> dict[str, set[str]]:
         # importing a submodule runs its package's __init__ too
         graph[name] = {t for t in targets if t in modules and t != name}
         graph[name] |= {".".join(t.split(".")[:i]) for t in graph[name] for i in range(1, t.count(".") + 1)} & set(
-            modules) - {name} - {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}  # fmt: skip
+            modules
+        ) - {name} - {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
     return graph
 
 
@@ -56,7 +61,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -87,8 +92,10 @@ def test_config_dataclasses_import_no_backend() -> None:
 
 def test_a_recipe_is_read_and_checked_before_torch_loads() -> None:
     """train.cli reads and checks the config torch-free, so each launched rank reports a bad value at once."""
-    script = ("import sys; from train.cli import main; code = main(['--config', sys.argv[1], 'optim.lr=-1']); "
-              "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'numpy')))")
+    script = (
+        "import sys; from train.cli import main; code = main(['--config', sys.argv[1], 'optim.lr=-1']); "
+        "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'numpy')))"
+    )
     out = subprocess.run([sys.executable, "-c", script, str(DEMO)], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.split() == ["2", "[]"] and "optim needs 0 <= lr_min <= lr" in out.stderr, out.stderr
 
@@ -105,8 +112,9 @@ def test_accelerate_config_conflicts_name_the_key() -> None:
     cfg = load_setup(DEMO).cfg  # fp32, ddp
     launcher_conflicts = backend_class(cfg.backend.name).launcher_conflicts
     assert launcher_conflicts(cfg, {"ACCELERATE_MIXED_PRECISION": "no"}) == []
-    lines = launcher_conflicts(cfg, {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_DEEPSPEED": "true",
-                                     "ACCELERATE_USE_FSDP": "true"})  # fmt: skip
+    lines = launcher_conflicts(
+        cfg, {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_FSDP": "true"}
+    )
     assert len(lines) == 3
     assert lines[0].startswith("mixed_precision: 'bf16' is ignored") and "backend.precision 'fp32'" in lines[0]
     assert "DEEPSPEED" in lines[1] and "FSDP" in lines[2]
@@ -121,13 +129,21 @@ def test_demo_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "fastclip_demo.py"), "--dry-run", f"run.output_dir={out}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "global batch" in done.stdout and "memory per GPU" in done.stdout
     assert not out.exists()
-    bad = subprocess.run([sys.executable, str(REPO / "recipes" / "fastclip_demo.py"), "optim.lr=-1"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "fastclip_demo.py"), "optim.lr=-1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "config error" in bad.stderr and "optim" in bad.stderr
 
 
@@ -137,8 +153,12 @@ FORBIDDEN_LAYERS = {"data": ("train",), "model": ("train", "data")}
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     """Every `module -> import` arrow that crosses a forbidden layer boundary."""
-    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
-                  if target.split(".")[0] in FORBIDDEN_LAYERS.get(module.split(".")[0], ()))
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if target.split(".")[0] in FORBIDDEN_LAYERS.get(module.split(".")[0], ())
+    )
 
 
 def test_data_and_model_never_import_train_and_model_never_imports_data() -> None:

@@ -119,9 +119,18 @@ def test_temperature_step_is_adamw_without_decay_then_clamp() -> None:
 
 def test_per_sample_adam_first_step_is_signed_lr_and_clamped() -> None:
     zeros = torch.zeros(3, dtype=torch.float64)
-    tau, m, v, count = per_sample_adam(torch.tensor([0.5, 0.5, 0.011], dtype=torch.float64), zeros, zeros, zeros,
-                                       torch.tensor([2.0, -30.0, 1.0], dtype=torch.float64), lr=0.01,
-                                       betas=(0.9, 0.999), eps=1e-12, bounds=(0.01, 1.0), grad_clamp=5.0)
+    tau, m, v, count = per_sample_adam(
+        torch.tensor([0.5, 0.5, 0.011], dtype=torch.float64),
+        zeros,
+        zeros,
+        zeros,
+        torch.tensor([2.0, -30.0, 1.0], dtype=torch.float64),
+        lr=0.01,
+        betas=(0.9, 0.999),
+        eps=1e-12,
+        bounds=(0.01, 1.0),
+        grad_clamp=5.0,
+    )
     assert tau.tolist() == pytest.approx([0.49, 0.51, 0.01])
     assert m.tolist() == pytest.approx([0.2, -0.5, 0.1])  # gradient clamped to +-5
     assert count.tolist() == [1.0, 1.0, 1.0]
@@ -131,9 +140,14 @@ def test_per_sample_adam_first_step_is_signed_lr_and_clamped() -> None:
 def test_loss_state_dict_resumes_exactly(version: str) -> None:
     cfg = LossConfig(version=version, lr_tau=0.01, gamma_schedule="constant", gamma_min=0.5, state_dtype="float64")
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=1),
-                torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=1),
-                torch.randperm(10, generator=gen)[:6]) for _ in range(3)]
+    batches = [
+        (
+            torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=1),
+            torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=1),
+            torch.randperm(10, generator=gen)[:6],
+        )
+        for _ in range(3)
+    ]
     ls = torch.tensor([2.5], dtype=torch.float64)
     first = build_loss(cfg, 10)
     for epoch, (e1, e2, keys) in enumerate(batches[:2]):

@@ -78,8 +78,9 @@ def run_steps(rank: int, world_size: int, names: list[str], steps: range, states
             model.zero_grad()
             out = loss(*model(x1[local], x2[local]), keys[local], model.logit_scale)
             out.loss.backward()
-            grads = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten()
-                               for p in model.parameters()])
+            grads = torch.cat(
+                [torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in model.parameters()]
+            )
             if world_size > 1:
                 torch.distributed.all_reduce(grads)
             records.append({"value": out.value, "grads": grads / world_size, "stats": out.stats})
@@ -120,8 +121,10 @@ def test_two_ranks_equal_one_process(runs: dict, name: str) -> None:
         assert_rel(rank_values[0], single[step]["value"])
         for r in runs["ranks"]:
             assert_rel(r["full"][name]["records"][step]["grads"], single[step]["grads"])
-        assert runs["ranks"][0]["full"][name]["records"][step]["stats"] == runs["ranks"][1]["full"][name][
-            "records"][step]["stats"]
+        assert (
+            runs["ranks"][0]["full"][name]["records"][step]["stats"]
+            == runs["ranks"][1]["full"][name]["records"][step]["stats"]
+        )
     if name != "openclip":
         shards = [r["full"][name]["state"]["sample_state"] for r in runs["ranks"]]
         assert shards[0]["table"].shape[0] == N // K  # each rank stores only its half

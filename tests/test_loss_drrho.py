@@ -42,10 +42,20 @@ def inputs(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def config(version: str, distill: float) -> LossConfig:
-    return LossConfig(version=version, eps=EPS, rho=RHO, tau_init=TAU_INIT, gamma_schedule="constant",
-                      gamma_min=GAMMA, state_dtype="float64", reference="open_clip:unused", reference_model="tiny",
-                      distill_weight=distill, distill_logit_scale=T_DISTILL,
-                      lr_tau=LR_TAU if version == "v2" else None)  # fmt: skip
+    return LossConfig(
+        version=version,
+        eps=EPS,
+        rho=RHO,
+        tau_init=TAU_INIT,
+        gamma_schedule="constant",
+        gamma_min=GAMMA,
+        state_dtype="float64",
+        reference="open_clip:unused",
+        reference_model="tiny",
+        distill_weight=distill,
+        distill_logit_scale=T_DISTILL,
+        lr_tau=LR_TAU if version == "v2" else None,
+    )
 
 
 def _margins(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,8 +85,9 @@ def brute_force(version: str, distill: float) -> list[dict[str, torch.Tensor]]:
     for step, gamma in ((0, 1.0), (1, GAMMA)):
         w1, w2, q1, q2 = towers()
         w1.requires_grad_(), w2.requires_grad_()
-        ls = torch.tensor([LOGIT_SCALE if version != "v1" else -math.log(TAU_INIT)], dtype=torch.float64,
-                          requires_grad=True)  # fmt: skip
+        ls = torch.tensor(
+            [LOGIT_SCALE if version != "v1" else -math.log(TAU_INIT)], dtype=torch.float64, requires_grad=True
+        )
         x1, x2 = inputs(step)
         e1, e2 = F.normalize(x1 @ w1, dim=1), F.normalize(x2 @ w2, dim=1)
         r1, r2 = F.normalize(x1 @ q1, dim=1), F.normalize(x2 @ q2, dim=1)
@@ -112,9 +123,14 @@ def brute_force(version: str, distill: float) -> list[dict[str, torch.Tensor]]:
             value = value + distill / 2 * kd.detach()
         objective.sum().backward()
         grads = [w1.grad.flatten(), w2.grad.flatten()] + ([ls.grad] if version in ("v0", "v3") else [])
-        out.append({"value": value.reshape(()), "grads": torch.cat(grads),
-                    "u": torch.stack([u[1][KEYS], u[2][KEYS]]),
-                    "tau": torch.stack([taus[1][KEYS], taus[2][KEYS]])})  # fmt: skip
+        out.append(
+            {
+                "value": value.reshape(()),
+                "grads": torch.cat(grads),
+                "u": torch.stack([u[1][KEYS], u[2][KEYS]]),
+                "tau": torch.stack([taus[1][KEYS], taus[2][KEYS]]),
+            }
+        )
     return out
 
 
@@ -126,8 +142,11 @@ def on_ranks(rank: int, world_size: int, version: str, distill: float) -> dict:
         loss.set_epoch(step)
         w1, w2, q1, q2 = towers()
         w1.requires_grad_(), w2.requires_grad_()
-        ls = torch.tensor([LOGIT_SCALE if version != "v1" else -math.log(TAU_INIT)], dtype=torch.float64,
-                          requires_grad=version in ("v0", "v3"))  # fmt: skip
+        ls = torch.tensor(
+            [LOGIT_SCALE if version != "v1" else -math.log(TAU_INIT)],
+            dtype=torch.float64,
+            requires_grad=version in ("v0", "v3"),
+        )
         x1, x2 = (x[local] for x in inputs(step))
         e1, e2 = F.normalize(x1 @ w1, dim=1), F.normalize(x2 @ w2, dim=1)
         ref = (F.normalize(x1 @ q1, dim=1), F.normalize(x2 @ q2, dim=1))
@@ -137,8 +156,7 @@ def on_ranks(rank: int, world_size: int, version: str, distill: float) -> dict:
         grads = torch.cat(grads)
         if world_size > 1:
             torch.distributed.all_reduce(grads)
-        steps.append({"value": result.value, "grads": grads / world_size,
-                      "state": loss.state_dict()["sample_state"]})  # fmt: skip
+        steps.append({"value": result.value, "grads": grads / world_size, "state": loss.state_dict()["sample_state"]})
     return steps
 
 

@@ -40,8 +40,19 @@ def u_hat(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def make_loss(version: str, tau_grad: str = "exact", **kw):
-    cfg = LossConfig(name="fastclip", version=version, tau_grad=tau_grad, eps=EPS, rho=RHO, tau_init=0.1,
-                     gamma_schedule="constant", gamma_min=0.4, lr_tau=LR_TAU, state_dtype="float64", **kw)
+    cfg = LossConfig(
+        name="fastclip",
+        version=version,
+        tau_grad=tau_grad,
+        eps=EPS,
+        rho=RHO,
+        tau_init=0.1,
+        gamma_schedule="constant",
+        gamma_min=0.4,
+        lr_tau=LR_TAU,
+        state_dtype="float64",
+        **kw,
+    )
     return build_loss(cfg, N)
 
 
@@ -171,13 +182,17 @@ def test_reference_v3_matches_fast_clip_formula() -> None:
     s_text_anchor = r2 @ r1.detach().T
     pos = (r1 * r2).sum(1)
     off = ~torch.eye(G, dtype=torch.bool)
-    loss1 = ((torch.exp(scale * (s_anchor - pos[:, None])) * off).sum(1) / (G - 1) / (u1 + EPS)
-             + (torch.exp(scale * (s_text_anchor - pos[:, None])) * off).sum(1) / (G - 1) / (u2 + EPS)).mean()
+    loss1 = (
+        (torch.exp(scale * (s_anchor - pos[:, None])) * off).sum(1) / (G - 1) / (u1 + EPS)
+        + (torch.exp(scale * (s_text_anchor - pos[:, None])) * off).sum(1) / (G - 1) / (u2 + EPS)
+    ).mean()
     pos_d = pos.detach()
     s_col_text = r1.detach() @ r2.T  # anchors detached, columns with grad
     s_col_img = r2.detach() @ r1.T
-    loss2 = ((torch.exp(scale * (s_col_text - pos_d[:, None])) * off).sum(1) / (G - 1) / (u1 + EPS)
-             + (torch.exp(scale * (s_col_img - pos_d[:, None])) * off).sum(1) / (G - 1) / (u2 + EPS)).mean()
+    loss2 = (
+        (torch.exp(scale * (s_col_text - pos_d[:, None])) * off).sum(1) / (G - 1) / (u1 + EPS)
+        + (torch.exp(scale * (s_col_img - pos_d[:, None])) * off).sum(1) / (G - 1) / (u2 + EPS)
+    ).mean()
     loss = (loss1 + loss2) / 2 / scale.detach() + RHO / scale + (torch.log(u1) + torch.log(u2)).mean() / 2 / scale
     loss.sum().backward()
     assert_rel(e1.grad, r1.grad)
@@ -215,8 +230,11 @@ EXTREME = ["openclip", "v0", "v1", "v2", "v3"]
 @pytest.mark.parametrize("version", EXTREME)
 def test_tau_001_with_extreme_similarities_is_finite(version: str, tau_grad: str) -> None:
     """s_ij - s_ii in {-2, 0, 2} at tau = 0.01: exponents of +-200 in fp32, over two steps."""
-    cfg = LossConfig(name="openclip") if version == "openclip" else LossConfig(
-        name="fastclip", version=version, tau_grad=tau_grad, tau_init=0.01, lr_tau=0.01, gamma_min=0.2)
+    cfg = (
+        LossConfig(name="openclip")
+        if version == "openclip"
+        else LossConfig(name="fastclip", version=version, tau_grad=tau_grad, tau_init=0.01, lr_tau=0.01, gamma_min=0.2)
+    )
     loss = build_loss(cfg, N)
     sign = torch.tensor([1.0, -1.0] * (G // 2))
     base = torch.zeros(G, 2)

@@ -23,8 +23,10 @@ LOGIT_SCALE, LOGIT_BIAS = math.log(10.0) + 0.3, -2.0  # near init, bias chosen s
 
 def towers() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(D_IN, D, generator=gen, dtype=torch.float64),
-            torch.randn(D_IN, D, generator=gen, dtype=torch.float64))  # fmt: skip
+    return (
+        torch.randn(D_IN, D, generator=gen, dtype=torch.float64),
+        torch.randn(D_IN, D, generator=gen, dtype=torch.float64),
+    )
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +90,9 @@ def test_siglip_defaults_and_trained_bias() -> None:
     assert tau_spec(LossConfig(name="openclip")).init_logit_bias is None
     temperature = GlobalTemperature(spec, (0.9, 0.98), 1e-6, torch.device("cpu"))
     e1 = F.normalize(torch.randn(4, 3), dim=1)
-    out = build_loss(LossConfig(name="siglip"), 4)(e1, e1, torch.arange(4), temperature.logit_scale,
-                                                   temperature.logit_bias)  # fmt: skip
+    out = build_loss(LossConfig(name="siglip"), 4)(
+        e1, e1, torch.arange(4), temperature.logit_scale, temperature.logit_bias
+    )
     out.loss.backward()
     temperature.step(1e-2, 1e-2)
     assert temperature.logit_bias.item() == pytest.approx(-10.0 + 1e-2, abs=1e-6)  # Adam's first step: lr * sign(-grad)

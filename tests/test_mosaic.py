@@ -28,8 +28,15 @@ def _samples(split_dir: Path) -> list[dict]:
             for m in tf:
                 stem, ext = m.name.rsplit(".", 1)
                 out.setdefault(stem, {})[ext] = tf.extractfile(m).read()
-    return [{"key": json.loads(s["json"])["key"], "caption": s.get("txt", b"").decode(), "meta": json.loads(s["json"]),
-             "png": s["png"]} for s in out.values()]  # fmt: skip
+    return [
+        {
+            "key": json.loads(s["json"])["key"],
+            "caption": s.get("txt", b"").decode(),
+            "meta": json.loads(s["json"]),
+            "png": s["png"],
+        }
+        for s in out.values()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +45,25 @@ def mosaics(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     dirs = []
     for name in ("a", "b"):
         out = tmp_path_factory.mktemp(name)
-        make_shards.main(["fashion-mosaic", "--out", str(out), "--train-size", "60", "--test-size", "50", "--val-size",
-                          "40", "--zeroshot-size", "30", "--shard-size", "25", "--seed", "3"])  # fmt: skip
+        make_shards.main(
+            [
+                "fashion-mosaic",
+                "--out",
+                str(out),
+                "--train-size",
+                "60",
+                "--test-size",
+                "50",
+                "--val-size",
+                "40",
+                "--zeroshot-size",
+                "30",
+                "--shard-size",
+                "25",
+                "--seed",
+                "3",
+            ]
+        )
         dirs.append(out)
     return dirs[0], dirs[1]
 
@@ -73,11 +97,11 @@ def test_cells_come_from_their_split() -> None:
     test_set = {x.tobytes(): y for x, y in zip(test_x, test_y, strict=True)}
     train_set = {x.tobytes() for x in train_x}
     for m in distinct_mosaics(test_x, test_y, 5, "0/test"):
-        cells = [m.pixels[r:r + 28, c:c + 28] for r in (0, 28) for c in (0, 28)]
+        cells = [m.pixels[r : r + 28, c : c + 28] for r in (0, 28) for c in (0, 28)]
         assert [test_set[cell.tobytes()] for cell in cells] == list(m.labels)
     m = next(random_mosaics(train_x, train_y, 1, "0/train"))
     assert m.pixels.shape == (56, 56) and m.pixels.dtype == np.uint8
-    assert all(m.pixels[r:r + 28, c:c + 28].tobytes() in train_set for r in (0, 28) for c in (0, 28))
+    assert all(m.pixels[r : r + 28, c : c + 28].tobytes() in train_set for r in (0, 28) for c in (0, 28))
 
 
 def test_validation_mosaics_use_train_images_no_training_mosaic_uses(
@@ -91,8 +115,25 @@ def test_validation_mosaics_use_train_images_no_training_mosaic_uses(
     assert [s["meta"]["cells"] for s in built] == [list(m.labels) for m in val]
     assert [s["caption"] for s in built] == [m.caption for m in val]
     # Adding the split changed nothing else: the train and test shards equal a build without it.
-    make_shards.main(["fashion-mosaic", "--out", str(tmp_path), "--train-size", "60", "--test-size", "50",
-                      "--val-size", "0", "--zeroshot-size", "30", "--shard-size", "25", "--seed", "3"])  # fmt: skip
+    make_shards.main(
+        [
+            "fashion-mosaic",
+            "--out",
+            str(tmp_path),
+            "--train-size",
+            "60",
+            "--test-size",
+            "50",
+            "--val-size",
+            "0",
+            "--zeroshot-size",
+            "30",
+            "--shard-size",
+            "25",
+            "--seed",
+            "3",
+        ]
+    )
     assert not (tmp_path / "val").exists()
     for split in ("train", "test"):
         assert _samples(tmp_path / split) == _samples(mosaics[0] / split)

@@ -56,9 +56,21 @@ def test_csv_retrieval_in_the_loop_and_in_evaluate(tmp_path: Path) -> None:
     assert [r["step"] for r in rows if "eval/n_images" in r] == [1, 2], "in-loop eval at step 1 and at the end"
 
     out = tmp_path / "eval.json"
-    subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--checkpoint", str(tmp_path / "run" /
-                    "checkpoints"), "--retrieval", str(captions), "--out", str(out)], check=True, cwd=REPO,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "evaluate.py"),
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoints"),
+            "--retrieval",
+            str(captions),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     alone = json.loads(out.read_text())
     for key in ("text_to_image_R@1", "image_to_text_R@5", "n_images"):
         assert alone[key] == pytest.approx(final[key], abs=1e-9), key

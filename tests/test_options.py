@@ -56,20 +56,25 @@ def test_an_old_key_in_the_yaml_is_refused_naming_the_new_one(tmp_path: Path, ol
 
 
 def test_an_old_key_on_the_command_line_is_refused_in_one_line(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(ConfigError, match=r"^command line \(data\.csv_image_key=\.\.\.\): data\.csv_image_key was "
-                                          r"renamed: use data\.csv\.image_key$"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^command line \(data\.csv_image_key=\.\.\.\): data\.csv_image_key was "
+        r"renamed: use data\.csv\.image_key$",
+    ):
         read_config(DEMO, ["optim.lr=1e-4", "data.csv_image_key=jpg"])
     secret = "https://h.example/idx?token=SECRET"
     assert main(["--config", str(DEMO), f"data.index={secret}"]) == ExitCode.CONFIG
     err = capsys.readouterr().err
-    assert err.strip() == ("config error: command line (data.index=...): data.index was renamed: use "
-                           "data.webdataset.index")
+    assert err.strip() == (
+        "config error: command line (data.index=...): data.index was renamed: use data.webdataset.index"
+    )
     assert "SECRET" not in err  # the value is never echoed
 
 
 def test_the_new_keys_reach_each_source_and_backend(tmp_path: Path) -> None:
-    cfg = read_config(_recipe(tmp_path, data={"source": "csv", "path": "pairs.csv",
-                                              "csv": {"image_key": "jpg", "separator": ";"}}))  # fmt: skip
+    cfg = read_config(
+        _recipe(tmp_path, data={"source": "csv", "path": "pairs.csv", "csv": {"image_key": "jpg", "separator": ";"}})
+    )
     assert (cfg.data.csv.image_key, cfg.data.csv.separator, cfg.data.csv.caption_key) == ("jpg", ";", "title")
     cfg = read_config(DEMO, ["data.webdataset.remote_retry_s=30", "data.webdataset.allow_missing_shards=true"])
     assert cfg.data.webdataset.remote_retry_s == 30.0 and cfg.data.webdataset.allow_missing_shards
@@ -85,17 +90,31 @@ def test_a_source_section_set_for_another_source_is_refused(tmp_path: Path, sect
         read_config(path)
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    (["backend.options.ds_config=x.json"], r"backend\.options\.ds_config is not an option of backend 'ddp' "
-                                           r"\(it takes none\); remove it"),
-    (["backend.name=fsdp2", "backend.options.ds_config=x.json"], r"backend\.options\.ds_config is not an option of "
-                                                                 r"backend 'fsdp2' \(it takes none\)"),
-    (["backend.name=deepspeed", f"backend.options.ds_config={ZERO2}", "backend.options.stage=3"],
-     r"backend\.options\.stage is not an option of backend 'deepspeed' \(it takes ds_config\)"),
-    (["backend.name=deepspeed", "backend.options.ds_config=3"], r"'backend\.options\.ds_config' must be str, got 3"),
-    (["backend.name=deepspeed"], r"backend\.options\.ds_config must name a DeepSpeed JSON"),
-    (["backend.options=[1]"], r"'backend\.options' must be a mapping"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (
+            ["backend.options.ds_config=x.json"],
+            r"backend\.options\.ds_config is not an option of backend 'ddp' "
+            r"\(it takes none\); remove it",
+        ),
+        (
+            ["backend.name=fsdp2", "backend.options.ds_config=x.json"],
+            r"backend\.options\.ds_config is not an option of "
+            r"backend 'fsdp2' \(it takes none\)",
+        ),
+        (
+            ["backend.name=deepspeed", f"backend.options.ds_config={ZERO2}", "backend.options.stage=3"],
+            r"backend\.options\.stage is not an option of backend 'deepspeed' \(it takes ds_config\)",
+        ),
+        (
+            ["backend.name=deepspeed", "backend.options.ds_config=3"],
+            r"'backend\.options\.ds_config' must be str, got 3",
+        ),
+        (["backend.name=deepspeed"], r"backend\.options\.ds_config must name a DeepSpeed JSON"),
+        (["backend.options=[1]"], r"'backend\.options' must be a mapping"),
+    ],
+)
 def test_backend_options_are_checked_by_the_chosen_backend(overrides: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_setup(DEMO, overrides)
@@ -104,14 +123,20 @@ def test_backend_options_are_checked_by_the_chosen_backend(overrides: list[str],
 def test_every_registered_variant_passes_its_backend_options() -> None:
     for name, section in variants().items():
         options = backend_class(section["name"]).parse_options(section.get("options", {}))
-        assert (options.ds_config.endswith(".json") if ":" in name else not vars(options)), name
+        assert options.ds_config.endswith(".json") if ":" in name else not vars(options), name
 
 
 def test_each_backend_answers_its_own_launcher_conflicts() -> None:
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_FSDP": "true"}
-    lines = {name: backend_class(name).launcher_conflicts(load_setup(DEMO, [f"backend.name={name}"] + (
-        [f"backend.options.ds_config={ZERO2}"] if name == "deepspeed" else [])).cfg, env)
-        for name in ("ddp", "fsdp2", "deepspeed")}  # fmt: skip
+    lines = {
+        name: backend_class(name).launcher_conflicts(
+            load_setup(
+                DEMO, [f"backend.name={name}"] + ([f"backend.options.ds_config={ZERO2}"] if name == "deepspeed" else [])
+            ).cfg,
+            env,
+        )
+        for name in ("ddp", "fsdp2", "deepspeed")
+    }
     assert [len(lines[n]) for n in ("ddp", "fsdp2", "deepspeed")] == [2, 1, 1]
     assert "DEEPSPEED" in lines["fsdp2"][0] and "FSDP" in lines["deepspeed"][0]
 
@@ -151,8 +176,16 @@ def test_upgrade_keeps_a_new_key_and_drops_the_old_unset_default() -> None:
 
 
 def test_exit_codes_keep_their_numbers_and_status_words() -> None:
-    before = {0: "completed", 1: "failed", 2: "config error", 3: "diverged", 4: "checkpoint error", 5: "hung rank",
-              69: "data unavailable", 75: "preempted"}  # the literals and status.json words of the last release
+    before = {
+        0: "completed",
+        1: "failed",
+        2: "config error",
+        3: "diverged",
+        4: "checkpoint error",
+        5: "hung rank",
+        69: "data unavailable",
+        75: "preempted",
+    }  # the literals and status.json words of the last release
     assert {int(code): code.status for code in ExitCode} == before
     assert (ExitCode.CONFIG, ExitCode.DATA_UNAVAILABLE, ExitCode.PREEMPTED) == (2, 69, 75)
     assert status_of(17) == "failed" and status_of(75) == "preempted"

@@ -29,8 +29,10 @@ def members(path: str) -> dict[str, dict[str, bytes]]:
 def test_layouts_match_img2dataset_and_are_deterministic(tmp_path) -> None:
     reference = next(iter(members(FIXTURE).values()))
     ref_meta = json.loads(reference["json"])
-    for layout, check in (("img2dataset", lambda w, h: (w, h) == (256, 256)),
-                          ("datacomp", lambda w, h: max(w, h) <= 512)):  # fmt: skip
+    for layout, check in (
+        ("img2dataset", lambda w, h: (w, h) == (256, 256)),
+        ("datacomp", lambda w, h: max(w, h) <= 512),
+    ):
         a, b = tmp_path / f"{layout}-a", tmp_path / f"{layout}-b"
         build(str(a), layout, samples=12, shards=2, seed=5, workers=1)
         build(str(b), layout, samples=12, shards=2, seed=5, workers=1)

@@ -33,16 +33,28 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
 
 def _study_run(loss: str, seed: int, r1: list[float]) -> dict:
     arm = {"loss": loss, "batch": 64, "epochs": 20, "seed": seed, "group": "main"}
-    evals = [{"text_to_image_R@1": v, "samples": 500 * (i + 1), "train_seconds": 5.0 * (i + 1) + seed}
-             for i, v in enumerate(r1)]  # fmt: skip
-    return {"id": f"{loss}-b64-e20-s{seed}", "label": f"{loss}@64", "arm": arm, "status": "done",
-            "final": evals[-1], "evals": evals}  # fmt: skip
+    evals = [
+        {"text_to_image_R@1": v, "samples": 500 * (i + 1), "train_seconds": 5.0 * (i + 1) + seed}
+        for i, v in enumerate(r1)
+    ]
+    return {
+        "id": f"{loss}-b64-e20-s{seed}",
+        "label": f"{loss}@64",
+        "arm": arm,
+        "status": "done",
+        "final": evals[-1],
+        "evals": evals,
+    }
 
 
 def test_the_study_figure_is_drawn_by_the_shared_panels(tmp_path: Path, drawn: list) -> None:
     """A small study.json: two arms x two seeds; curves are seed means with a min-max band, the gap is paired."""
-    runs = [_study_run("openclip", 0, [0.02, 0.05]), _study_run("openclip", 1, [0.04, 0.07]),
-            _study_run("fastclip-v3", 0, [0.03, 0.06]), _study_run("fastclip-v3", 1, [0.03, 0.10])]  # fmt: skip
+    runs = [
+        _study_run("openclip", 0, [0.02, 0.05]),
+        _study_run("openclip", 1, [0.04, 0.07]),
+        _study_run("fastclip-v3", 0, [0.03, 0.06]),
+        _study_run("fastclip-v3", 1, [0.03, 0.10]),
+    ]
     fixture = tmp_path / "study.json"
     fixture.write_text(json.dumps({"runs": {r["id"]: r for r in runs}}))
     settings = {"batch": 64, "epochs": 20, "sweep": [20]}

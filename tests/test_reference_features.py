@@ -24,8 +24,9 @@ from train.reference_spec import FEATURES_FILE, FEATURES_META
 def test_features_are_the_centre_crop_embeddings_by_row(tmp_path: Path) -> None:
     keys = write_shards(str(tmp_path / "data"), [4, 3], keys=[5, 0, 6, 2, 1, 4, 3])  # source keys; dense rows 0..6
     save_reference(tmp_path / "ref")
-    loss = LossConfig(reference=f"open_clip:{tmp_path / 'ref'}", reference_model="tiny",
-                      reference_overrides=REF_OVERRIDES)  # fmt: skip
+    loss = LossConfig(
+        reference=f"open_clip:{tmp_path / 'ref'}", reference_model="tiny", reference_overrides=REF_OVERRIDES
+    )
     data = DataConfig(source="webdataset", path=str(tmp_path / "data"), image_size=32)
     meta = write_features(loss, data, tmp_path / "data", batch_size=3)
     assert meta["written"] == 7 and json.loads((tmp_path / "data" / FEATURES_META).read_text())["sha256"]

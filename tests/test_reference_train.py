@@ -94,8 +94,11 @@ def test_reference_is_frozen_unmasked_and_recorded_not_saved(tmp_path: Path) -> 
 )
 def test_bad_reference_values_name_the_key(tmp_path: Path, loss: dict, message: str) -> None:
     save_reference(tmp_path / "ref")
-    raw = {"reference": f"open_clip:{tmp_path / 'ref'}", "reference_model": "tiny",
-           "reference_overrides": REF_OVERRIDES} | loss  # fmt: skip
+    raw = {
+        "reference": f"open_clip:{tmp_path / 'ref'}",
+        "reference_model": "tiny",
+        "reference_overrides": REF_OVERRIDES,
+    } | loss
     cfg = tiny_config(str(tmp_path / "run"))
     cfg.loss = from_dict(LossConfig, {k: v for k, v in (vars(cfg.loss) | raw).items()}, "test")
     cfg.data.webdataset.index = str(tmp_path)
@@ -105,8 +108,10 @@ def test_bad_reference_values_name_the_key(tmp_path: Path, loss: dict, message: 
 
 @pytest.mark.parametrize(
     ("loss", "message"),
-    [({"reference": "open_clip:/no/such/ref"}, "/no/such/ref does not exist"),
-     ({"reference_features": "precomputed"}, "reference_features.npy does not exist")],
+    [
+        ({"reference": "open_clip:/no/such/ref"}, "/no/such/ref does not exist"),
+        ({"reference_features": "precomputed"}, "reference_features.npy does not exist"),
+    ],
 )
 def test_missing_reference_files_are_reported_by_the_dry_run_and_refused_by_training(
     tmp_path: Path, loss: dict, message: str
@@ -137,8 +142,9 @@ def test_epochs_rule_follows_the_formula(epochs: int, tmp_path: Path) -> None:
     assert loss.gamma_decay_epochs == epochs and loss.gamma_min == pytest.approx(gamma_min, rel=1e-15)
     assert epochs_rule_gamma(epochs) == pytest.approx(gamma_min, rel=1e-15)
     gammas = [gamma_for_epoch(e, loss.gamma_schedule, loss.gamma_min, loss.gamma_decay_epochs) for e in range(epochs)]
-    expected = [1.0] + [0.5 * (1 + math.cos(math.pi * e / epochs)) * (1 - gamma_min) + gamma_min
-                        for e in range(1, epochs)]  # fmt: skip
+    expected = [1.0] + [
+        0.5 * (1 + math.cos(math.pi * e / epochs)) * (1 - gamma_min) + gamma_min for e in range(1, epochs)
+    ]
     assert gammas == pytest.approx(expected, rel=1e-15)
     assert gamma_for_epoch(epochs, "epochs_rule", 0.5, epochs) == pytest.approx(gamma_min, rel=1e-15)
 

@@ -20,8 +20,12 @@ from tests.tiny_run import tiny_recipe
 
 pytestmark = pytest.mark.slow  # each job starts python twice (the config check, the status read)
 
-HOSTILE = ("run.name=x;touch PWNED", "run.name=$(touch PWNED2)", "data.path=/data/cc/{000..002}.tar",
-           "run.name=lab run `touch PWNED3` 1")  # fmt: skip
+HOSTILE = (
+    "run.name=x;touch PWNED",
+    "run.name=$(touch PWNED2)",
+    "data.path=/data/cc/{000..002}.tar",
+    "run.name=lab run `touch PWNED3` 1",
+)
 
 
 def _setup(tmp_path: Path, status: dict | None, sleep: float = 0) -> tuple[Path, Path, dict[str, str]]:
@@ -36,17 +40,31 @@ def _setup(tmp_path: Path, status: dict | None, sleep: float = 0) -> tuple[Path,
     )
     (bin_dir / "accelerate").chmod(0o755)
     env = os.environ | {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "REQUEUE_LOG": str(tmp_path / "requeued"),
-        "ARGS_LOG": str(tmp_path / "args"), "FAKE_STATUS": json.dumps(status) if status else "",
-        "FAKE_SLEEP": str(sleep), "RUN_DIR": str(tmp_path / "run"), "SLURM_JOB_ID": "42",
-        "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "GPUS_PER_NODE": "2",
-    }  # fmt: skip
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "REQUEUE_LOG": str(tmp_path / "requeued"),
+        "ARGS_LOG": str(tmp_path / "args"),
+        "FAKE_STATUS": json.dumps(status) if status else "",
+        "FAKE_SLEEP": str(sleep),
+        "RUN_DIR": str(tmp_path / "run"),
+        "SLURM_JOB_ID": "42",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "GPUS_PER_NODE": "2",
+    }
     return recipe, bin_dir, env
 
 
 def _sbatch(recipe: Path, env: dict[str, str], *overrides: str, cwd: Path = REPO) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(REPO / "tools" / "slurm_train.sbatch"), str(recipe), *overrides], cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        ["bash", str(REPO / "tools" / "slurm_train.sbatch"), str(recipe), *overrides],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _status(step: int | None, status: str, code: int) -> dict:
@@ -60,7 +78,12 @@ def test_overrides_reach_the_recipe_as_typed_and_never_run(tmp_path: Path) -> No
     assert job.returncode == 0, out
     args = (tmp_path / "args").read_text().split("\0")[:-1]
     assert args[args.index("--config") :] == [
-        "--config", str(recipe), "checkpoint.resume=latest", *HOSTILE, "logging.project=my lab project"]  # fmt: skip
+        "--config",
+        str(recipe),
+        "checkpoint.resume=latest",
+        *HOSTILE,
+        "logging.project=my lab project",
+    ]
     assert not list(REPO.glob("PWNED*")) and not list(tmp_path.glob("PWNED*"))
     assert args[args.index("--machine_rank") + 1] == "0" and args[args.index("--num_processes") + 1] == "2"
 
@@ -68,16 +91,28 @@ def test_overrides_reach_the_recipe_as_typed_and_never_run(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("status", "last_line", "requeued", "code"),
     [
-        (_status(12, "preempted", 75),
-         "preempted at step 12, saved; requeued job 42, which resumes with checkpoint.resume=latest", True, 0),
-        (_status(7, "data unavailable", 69),
-         "data unavailable at step 7, saved; requeued job 42, which resumes with checkpoint.resume=latest", True, 0),
-        (_status(None, "data unavailable", 69),
-         "data unavailable before the first step, nothing new to save; requeued job 42", True, 0),
+        (
+            _status(12, "preempted", 75),
+            "preempted at step 12, saved; requeued job 42, which resumes with checkpoint.resume=latest",
+            True,
+            0,
+        ),
+        (
+            _status(7, "data unavailable", 69),
+            "data unavailable at step 7, saved; requeued job 42, which resumes with checkpoint.resume=latest",
+            True,
+            0,
+        ),
+        (
+            _status(None, "data unavailable", 69),
+            "data unavailable before the first step, nothing new to save; requeued job 42",
+            True,
+            0,
+        ),
         (_status(3, "config error", 2), "run ended: config_error, exit code 2", False, 2),
         (_status(30, "completed", 0), "run ended: completed, exit code 0", False, 0),
     ],
-)  # fmt: skip
+)
 def test_each_outcome_ends_in_one_line_and_only_transient_ones_are_requeued(
     tmp_path: Path, status: dict, last_line: str, requeued: bool, code: int
 ) -> None:
@@ -109,5 +144,6 @@ def test_a_signal_before_any_status_is_requeued(tmp_path: Path, sig: signal.Sign
     out, _ = job.communicate(timeout=60)
     assert out.strip().splitlines()[-1] == (
         "preempted before the first step: nothing new to save; requeued job 42 (it resumes from the last checkpoint, "
-        "if any)"), out
+        "if any)"
+    ), out
     assert job.returncode == 0 and (tmp_path / "requeued").read_text() == "requeue 42\n"

@@ -21,12 +21,16 @@ GLOBAL_BATCH, STEPS = 8, 3
 def _train(rank: int, world_size: int, out_dir: str, backend: str) -> dict:
     from train.trainer import Trainer
 
-    cfg = tiny_config(out_dir, backend, batch_size=GLOBAL_BATCH // world_size, name="siglip", version=None,
-                      lr_tau=None, rho=8.0)  # fmt: skip
+    cfg = tiny_config(
+        out_dir, backend, batch_size=GLOBAL_BATCH // world_size, name="siglip", version=None, lr_tau=None, rho=8.0
+    )
     trainer = Trainer(cfg, FixedBatches(GLOBAL_BATCH, rank, world_size, STEPS))
     result = trainer.fit()
-    return {"losses": result["losses"], "bias": trainer.temperature.logit_bias.clone(),
-            "scale": trainer.temperature.logit_scale.clone()}  # fmt: skip
+    return {
+        "losses": result["losses"],
+        "bias": trainer.temperature.logit_bias.clone(),
+        "scale": trainer.temperature.logit_scale.clone(),
+    }
 
 
 @pytest.mark.parametrize("backend", ["ddp", "deepspeed:zero3", "fsdp2"])

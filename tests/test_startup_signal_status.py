@@ -28,11 +28,17 @@ time.sleep(60)
 
 pytestmark = pytest.mark.slow  # every test here spawns a rank or a lock holder
 
+
 def _signalled_while_starting(run: Path) -> tuple[int, str]:
     """(exit code, stderr) of a starting rank that gets SIGTERM."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOCAL_RANK": "1"}
-    rank = subprocess.Popen([sys.executable, "-c", STARTING_RANK, str(run)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    rank = subprocess.Popen(
+        [sys.executable, "-c", STARTING_RANK, str(run)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert rank.stdout.readline().strip() == "ready"
     rank.send_signal(signal.SIGTERM)
     _, err = rank.communicate(timeout=30)
@@ -57,10 +63,18 @@ def test_a_signal_while_starting_writes_preempted_when_nothing_else_did(tmp_path
 
 def test_a_signal_while_starting_leaves_another_jobs_run_directory_alone(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom train.faults.run_lock import RunLock\n"
-                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(run)],
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom train.faults.run_lock import RunLock\n"
+            "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         code, err = _signalled_while_starting(run)
@@ -85,7 +99,8 @@ os.kill(os.getpid(), signal.SIGTERM)
     run, recipe = tmp_path / "run", tmp_path / "bad.yaml"
     recipe.write_text("model: {name: no_such_model}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOCAL_RANK": "0"}
-    done = subprocess.run([sys.executable, "-c", script, str(run), str(recipe)], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run), str(recipe)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
     assert read_status(run) is None

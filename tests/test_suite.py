@@ -149,24 +149,60 @@ def _train(rank: int, world_size: int, out_dir: str) -> int:
 
 def test_evaluate_suite_on_a_checkpoint_and_its_open_clip_and_hf_exports(tmp_path: Path, data: SuiteData) -> None:
     assert run_on_ranks(_train, 1, (str(tmp_path / "run"),))[0] == 2
-    command = [sys.executable, str(REPO / "tools" / "evaluate.py"), "--suite", str(data.suite_file), "--data-root",
-               str(data.root), "--cache", str(tmp_path / "cache"), "--batch-size", "64"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "tools" / "evaluate.py"),
+        "--suite",
+        str(data.suite_file),
+        "--data-root",
+        str(data.root),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--batch-size",
+        "64",
+    ]
     latest = str(tmp_path / "run" / "checkpoints" / "latest")
-    out = subprocess.run([*command, "--checkpoint", latest, "--out", str(tmp_path / "out")], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [*command, "--checkpoint", latest, "--out", str(tmp_path / "out")],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "step 2" in out and "over 3 of 3 tasks" in out and "(cached)" not in out
     written = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert sorted(p.name for p in (tmp_path / "out" / "tasks").iterdir()) == ["digits.json", "fashion-mnist.json",
-                                                                              "photos.json"]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out" / "tasks").iterdir()) == [
+        "digits.json",
+        "fashion-mnist.json",
+        "photos.json",
+    ]
     again = subprocess.run([*command, "--checkpoint", latest], cwd=REPO, check=True, capture_output=True, text=True)
     assert again.stdout.count("ok (cached)") == 3
 
     for fmt, says in (("open_clip", "(open_clip)"), ("hf", "(Hugging Face CLIPModel)")):
-        subprocess.run([sys.executable, str(REPO / "tools" / "export.py"), "--checkpoint", latest, "--to", fmt,
-                        "--out", str(tmp_path / fmt)], cwd=REPO, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tools" / "export.py"),
+                "--checkpoint",
+                latest,
+                "--to",
+                fmt,
+                "--out",
+                str(tmp_path / fmt),
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         out_dir = tmp_path / f"{fmt}_out"
-        exported = subprocess.run([*command, "--checkpoint", str(tmp_path / fmt), "--out", str(out_dir)], cwd=REPO,
-                                  check=True, capture_output=True, text=True).stdout  # fmt: skip
+        exported = subprocess.run(
+            [*command, "--checkpoint", str(tmp_path / fmt), "--out", str(out_dir)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         assert says in exported and "over 3 of 3 tasks" in exported
         from_export = json.loads((out_dir / "results.json").read_text())
         for ours, theirs in zip(written["tasks"], from_export["tasks"], strict=True):

@@ -71,8 +71,11 @@ def brute_force(task: str, logits: torch.Tensor, target: np.ndarray, metadata: n
         recall, f1 = _macro(top1, truth)
         return {"acc_avg": sum(hit1) / len(hit1), "recall-macro_all": recall, "F1-macro_all": f1}
     if task == "wilds/fmow":
-        return {"acc_avg": sum(hit1) / len(hit1), "acc_worst_region": min(_by_group(hit1, metadata[:, 0]).values()),
-                "acc_worst_year": min(_by_group(hit1, metadata[:, 1]).values())}  # fmt: skip
+        return {
+            "acc_avg": sum(hit1) / len(hit1),
+            "acc_worst_region": min(_by_group(hit1, metadata[:, 0]).values()),
+            "acc_worst_year": min(_by_group(hit1, metadata[:, 1]).values()),
+        }
     if task == "fairness/dollar_street":
         hit5 = [t in _ranked(r)[:5] for r, t in zip(rows, truth, strict=True)]
         return {"acc_top5_avg": sum(hit5) / len(hit5), "acc_top5_wg": min(_by_group(hit5, metadata[:, 0]).values())}
@@ -136,8 +139,13 @@ def test_winogavil_jaccard_equals_a_brute_force_count() -> None:
 def _evaluable() -> Evaluable:
     torch.manual_seed(0)
     model = create_model("tiny").eval()
-    return Evaluable(model, get_tokenizer(model.config.text.context_length),
-                     eval_transform(model.config.vision.image_size), "tiny".ljust(64, "0"), "tiny")  # fmt: skip
+    return Evaluable(
+        model,
+        get_tokenizer(model.config.text.context_length),
+        eval_transform(model.config.vision.image_size),
+        "tiny".ljust(64, "0"),
+        "tiny",
+    )
 
 
 @torch.no_grad()
@@ -162,8 +170,9 @@ def test_datacomp_suite_scores_the_six_from_local_data(tmp_path: Path, monkeypat
     retrieval_cache(tmp_path, "flickr_1k_test_image_text_retrieval", *_digit_captions(16))
     seen = []  # the logits clip_benchmark's pass returns, per zero-shot task in suite order
     run = zeroshot_classification.run_classification
-    monkeypatch.setattr(zeroshot_classification, "run_classification", lambda *a, **k: seen.append(run(*a, **k))
-                        or seen[-1])  # fmt: skip
+    monkeypatch.setattr(
+        zeroshot_classification, "run_classification", lambda *a, **k: seen.append(run(*a, **k)) or seen[-1]
+    )
     evaluable = _evaluable()
     results = run_suite(datacomp_suite(), str(tmp_path), evaluable, CPU, None, batch_size=32)
     by_task = {r["task"]: r for r in results["tasks"]}
@@ -196,8 +205,9 @@ def test_datacomp_suite_scores_the_six_from_local_data(tmp_path: Path, monkeypat
 def test_metadata_lines_up_with_images_over_workers_and_shards(tmp_path: Path) -> None:
     """Three shards read by two loader workers: the metadata pass follows the images' interleaved order."""
     sets = grouped_sets(tmp_path)
-    suite = Suite("geode", [Task("fairness/geode", "zeroshot", "wds_geode_test", main_metric="acc_wg",
-                                 grouped="geode")])  # fmt: skip
+    suite = Suite(
+        "geode", [Task("fairness/geode", "zeroshot", "wds_geode_test", main_metric="acc_wg", grouped="geode")]
+    )
     evaluable = _evaluable()
     one = run_suite(suite, str(tmp_path), evaluable, CPU, None, batch_size=8)["tasks"][0]
     two = run_suite(suite, str(tmp_path), evaluable, CPU, None, batch_size=8, workers=2)["tasks"][0]

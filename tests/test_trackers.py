@@ -72,8 +72,18 @@ def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         open_trackers(["wandb"], Path("."), "p", "n", {}, {})
 
 
-@pytest.mark.parametrize("uri", ["databricks", "databricks-uc", "uc", "databricks://profile", "http://mlflow:5000",
-                                 "sqlite:///runs/mlflow.db", "postgresql://u@db/mlflow"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "databricks",
+        "databricks-uc",
+        "uc",
+        "databricks://profile",
+        "http://mlflow:5000",
+        "sqlite:///runs/mlflow.db",
+        "postgresql://u@db/mlflow",
+    ],
+)
 def test_mlflow_stores_other_than_files_are_accepted(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)

@@ -35,9 +35,11 @@ def _run(rank: int, world_size: int, out_dir: str, shards: str, backend: str, ki
     first_step = trainer.step
     result = trainer.fit()
     return {
-        "first_step": first_step, "losses": result["losses"], "params": trainer.backend.full_state_dict(),
+        "first_step": first_step,
+        "losses": result["losses"],
+        "params": trainer.backend.full_state_dict(),
         "loss": trainer.loss.state_dict(),
-    }  # fmt: skip
+    }
 
 
 def _loaded(rank: int, world_size: int, out_dir: str, shards: str, backend: str, resume: str):

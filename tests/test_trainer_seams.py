@@ -97,6 +97,8 @@ def test_the_trainer_is_a_checkpoint_part_and_an_older_checkpoint_is_refused(tmp
     (last / "meta.json").write_text(json.dumps(meta | {"nonfinite": saved["nonfinite"]}))
     (last / "trainer.pt").unlink()
     (refused,) = run_on_ranks(_train, 1, (str(out), True))
-    assert refused["refused"] == (f"{last} is in checkpoint format 1; this version reads format 2 (the trainer's "
-                                  "progress in trainer.pt). Resume it with the version that wrote it, or start a "
-                                  "new run")  # fmt: skip
+    assert refused["refused"] == (
+        f"{last} is in checkpoint format 1; this version reads format 2 (the trainer's "
+        "progress in trainer.pt). Resume it with the version that wrote it, or start a "
+        "new run"
+    )

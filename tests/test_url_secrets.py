@@ -39,8 +39,13 @@ def test_a_recipe_with_a_secret_in_a_url_is_one_config_error(key: str, url: str,
 
 def test_a_secret_in_data_sources_is_refused_naming_the_source(tmp_path: Path, capsys) -> None:
     raw = tiny_recipe(str(tmp_path / "run"), "")
-    raw["data"] |= {"path": "", "sources": [{"path": "/data/a", "weight": 1.0},
-                                           {"path": f"s3://b/x?X-Amz-Security-Token={SECRET}", "weight": 1.0}]}
+    raw["data"] |= {
+        "path": "",
+        "sources": [
+            {"path": "/data/a", "weight": 1.0},
+            {"path": f"s3://b/x?X-Amz-Security-Token={SECRET}", "weight": 1.0},
+        ],
+    }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
     assert main(["--config", str(tmp_path / "r.yaml")]) == ExitCode.CONFIG
     err = capsys.readouterr().err
@@ -50,16 +55,29 @@ def test_a_secret_in_data_sources_is_refused_naming_the_source(tmp_path: Path, c
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
-    [["tools/make_shards.py", "manifest", "--shards", f"https://u:{SECRET}@h.example/{{0..1}}.tar"],
-     ["tools/evaluate.py", "--checkpoint", "runs/x/checkpoints/latest", "--zeroshot", f"s3://b/v?token={SECRET}"]],
-)  # fmt: skip
+    [
+        ["tools/make_shards.py", "manifest", "--shards", f"https://u:{SECRET}@h.example/{{0..1}}.tar"],
+        ["tools/evaluate.py", "--checkpoint", "runs/x/checkpoints/latest", "--zeroshot", f"s3://b/v?token={SECRET}"],
+    ],
+)
 def test_the_tools_refuse_a_secret_in_a_url_argument(args: list[str]) -> None:
-    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 2 and " carries " in done.stderr and SECRET not in done.stderr, done.stderr
 
 
 def test_plain_urls_pass() -> None:
-    for url in ("s3://bucket/cc/{000..099}.tar", "https://h.example/a.tar?version=2", "simplecache::s3://b/x.tar",
-                "/data/cc/{0..1}.tar::https://h.example/{2..3}.tar", "hf:laion/CLIP-ViT-B-32"):
+    for url in (
+        "s3://bucket/cc/{000..099}.tar",
+        "https://h.example/a.tar?version=2",
+        "simplecache::s3://b/x.tar",
+        "/data/cc/{0..1}.tar::https://h.example/{2..3}.tar",
+        "hf:laion/CLIP-ViT-B-32",
+    ):
         assert url_secret(url) is None, url

@@ -30,18 +30,38 @@ pytestmark = pytest.mark.slow
 
 def _watcher(run_dir: Path, suite: Path, data_root: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(REPO / "tools" / "evaluate.py"), "--watch", str(run_dir), "--suite", str(suite),
-         "--data-root", str(data_root), "--device", "cpu", "--batch-size", "64", "--poll-s", "0.3"],
-        cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "tools" / "evaluate.py"),
+            "--watch",
+            str(run_dir),
+            "--suite",
+            str(suite),
+            "--data-root",
+            str(data_root),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "64",
+            "--poll-s",
+            "0.3",
+        ],
+        cwd=REPO,
+        env=job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait(predicate, what: str, watcher: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if watcher.poll() is not None:
-            raise AssertionError(f"the watcher ended (exit {watcher.returncode}) before {what}:\n"
-                                 f"{watcher.stdout.read()[-4000:]}")  # fmt: skip
+            raise AssertionError(
+                f"the watcher ended (exit {watcher.returncode}) before {what}:\n{watcher.stdout.read()[-4000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not within {timeout:.0f} s")
         time.sleep(0.2)
@@ -53,8 +73,9 @@ def test_watcher_follows_a_preempted_and_resumed_run(
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the run's MLflow tracker: a file store in the run dir
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = build_suite(tmp_path / "suite", fashion_n=40, digits_n=40)
-    recipe = write_recipe(tmp_path, shards, epochs=3, checkpoint={"every_steps": 2, "keep_last": 100},
-                          logging={"trackers": ["mlflow"]})  # 15 steps  # fmt: skip
+    recipe = write_recipe(
+        tmp_path, shards, epochs=3, checkpoint={"every_steps": 2, "keep_last": 100}, logging={"trackers": ["mlflow"]}
+    )  # 15 steps
     run_dir = tmp_path / "run"
     own = run_dir / WATCH_DIR / RESULTS
 
@@ -100,15 +121,20 @@ def test_watcher_follows_a_preempted_and_resumed_run(
         assert sorted(m.step for m in history) == published, f"{name} in the run's MLflow run, once per checkpoint"
 
     series, mains = read_run(run_dir)
-    assert mains == ["suite/fashion-mnist/acc1", "suite/digits/mean_per_class_recall",
-                     "suite/photos/mean_recall@1", "suite/average"]  # fmt: skip
+    assert mains == [
+        "suite/fashion-mnist/acc1",
+        "suite/digits/mean_per_class_recall",
+        "suite/photos/mean_recall@1",
+        "suite/average",
+    ]
     assert sorted(series["suite/average"]) == published and sorted(series["train/loss"]) == list(range(1, 16))
     png = plot_runs([run_dir], tmp_path / "curves.png")
     assert png.stat().st_size > 10_000
 
     last = load_checkpoint(run_dir / "checkpoints" / "step_00000015")
-    direct = flat_scalars(run_suite(get_suite(str(data.suite_file)), str(data.root), last, torch.device("cpu"),
-                                    None, 64))  # fmt: skip
+    direct = flat_scalars(
+        run_suite(get_suite(str(data.suite_file)), str(data.root), last, torch.device("cpu"), None, 64)
+    )
     logged = next(r for r in suite_rows if r["step"] == 15)
     for key, value in direct.items():
         assert logged[f"suite/{key}"] == pytest.approx(value, abs=1e-9), key

@@ -20,8 +20,17 @@ class FixedBatches:
 
     keys_are_rows = True  # the index is the row
 
-    def __init__(self, global_batch: int, rank: int, world_size: int, steps: int, num_samples: int = 48,
-                 image_size: int = 32, context_length: int = 77, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        global_batch: int,
+        rank: int,
+        world_size: int,
+        steps: int,
+        num_samples: int = 48,
+        image_size: int = 32,
+        context_length: int = 77,
+        seed: int = 0,
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.images = torch.randn(num_samples, 3, image_size, image_size, generator=g)
         self.tokens = torch.randint(1, 49000, (num_samples, context_length), generator=g)

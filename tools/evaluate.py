@@ -33,27 +33,45 @@ from train.evaluator import Evaluator
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a step_* dir, a run's checkpoints/ dir or `latest`; with --suite also "
-                        "an exported open_clip or Hugging Face folder")
+    parser.add_argument(
+        "--checkpoint",
+        help="a step_* dir, a run's checkpoints/ dir or `latest`; with --suite also "
+        "an exported open_clip or Hugging Face folder",
+    )
     parser.add_argument("--suite", default="", help="datacomp | imagenet | a suite file (YAML/JSON)")
-    parser.add_argument("--data-root", default="", help="where the suite's data lies (DataComp's download_evalsets.py "
-                        "folder for datacomp / imagenet; suite-file paths are relative to it)")
+    parser.add_argument(
+        "--data-root",
+        default="",
+        help="where the suite's data lies (DataComp's download_evalsets.py "
+        "folder for datacomp / imagenet; suite-file paths are relative to it)",
+    )
     parser.add_argument("--watch", default="", metavar="RUN_DIR", help="follow a run (needs --suite)")
-    parser.add_argument("--cache", default="", help="result cache (default ~/.cache/fastflip/eval; "
-                        "RUN_DIR/eval_watch/cache with --watch)")
+    parser.add_argument(
+        "--cache",
+        default="",
+        help="result cache (default ~/.cache/fastflip/eval; RUN_DIR/eval_watch/cache with --watch)",
+    )
     parser.add_argument("--device", default="", help="default: cuda if available, else cpu")
     parser.add_argument("--workers", type=int, default=0, help="data loader workers per task")
     parser.add_argument("--amp", action="store_true", help="autocast (clip_benchmark's amp); default float32")
     parser.add_argument("--poll-s", type=float, default=10.0, help="--watch: seconds between looks for checkpoints")
-    parser.add_argument("--zeroshot", default="", help="labelled webdataset shards (json 'label' + manifest classes) "
-                        "or a class-per-folder image tree (ImageNet val)")
+    parser.add_argument(
+        "--zeroshot",
+        default="",
+        help="labelled webdataset shards (json 'label' + manifest classes) "
+        "or a class-per-folder image tree (ImageNet val)",
+    )
     parser.add_argument("--classnames", default="", help="registry name (imagenet, fashion-mnist); default manifest")
     parser.add_argument("--templates", default="", help="registry name; default = classnames' or generic")
-    parser.add_argument("--retrieval", default="", help="caption set: webdataset shards, or a .csv/.tsv file with "
-                        "filepath and title columns")
+    parser.add_argument(
+        "--retrieval",
+        default="",
+        help="caption set: webdataset shards, or a .csv/.tsv file with filepath and title columns",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--out", default="", help="write results JSON here (with --suite: a folder, one JSON per "
-                        "task and results.json)")
+    parser.add_argument(
+        "--out", default="", help="write results JSON here (with --suite: a folder, one JSON per task and results.json)"
+    )
     args = parser.parse_args()
     refuse_argument_secrets(parser, args)  # an index or results file would keep a URL's secret
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -68,9 +86,12 @@ def main() -> int:
     cfg = meta["config"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     eval_cfg = EvalConfig(
-        zeroshot=args.zeroshot, classnames=args.classnames, templates=args.templates, retrieval=args.retrieval,
+        zeroshot=args.zeroshot,
+        classnames=args.classnames,
+        templates=args.templates,
+        retrieval=args.retrieval,
         batch_size=args.batch_size,
-    )  # fmt: skip
+    )
     tokenizer = get_tokenizer(model.config.text.context_length)
     evaluator = Evaluator(eval_cfg, cfg["data"]["image_size"], device, tokenizer)
     if evaluator.prompts_line():

@@ -46,8 +46,14 @@ def export(checkpoint: str | Path, to: str, out: str | Path) -> Path:
     state, meta = consolidated_state_dict(path)
     module, name = FORMATS[to].split(":")
     getattr(importlib.import_module(module), name)(state, checkpoint_model_config(meta), folder)
-    logger.info("exported %s (step %d, model %s) to %s format in %s", path, meta["step"],
-                meta["config"]["model"]["name"], to, folder)  # fmt: skip
+    logger.info(
+        "exported %s (step %d, model %s) to %s format in %s",
+        path,
+        meta["step"],
+        meta["config"]["model"]["name"],
+        to,
+        folder,
+    )
     return folder
 
 
@@ -80,8 +86,10 @@ def _describe(obj: Any, prefix: str = "") -> Iterator[str]:
 def _model_line(section: dict[str, Any]) -> str:
     counts = parameter_counts(get_model_config(section["name"], **section.get("overrides", {})))  # no model built
     visual, text = counts["visual"] / 1e6, counts["text"] / 1e6
-    line = (f"model {section['name']} overrides {section.get('overrides', {})}: {visual + text:.2f}M parameters "
-            f"(visual {visual:.2f}M, text {text:.2f}M)")  # fmt: skip
+    line = (
+        f"model {section['name']} overrides {section.get('overrides', {})}: {visual + text:.2f}M parameters "
+        f"(visual {visual:.2f}M, text {text:.2f}M)"
+    )
     return line + (f", init_from {section['init_from']}" if section.get("init_from") else "")
 
 

@@ -42,8 +42,10 @@ from evaluation.prompts import get_classnames
 from tools.mosaic import Mosaic, distinct_mosaics, random_mosaics, tiled_items
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}  # fmt: skip
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 CAPTION_TEMPLATES = [
     "a photo of {article} {name}.",
     "a black and white picture of {article} {name}.",
@@ -87,10 +89,17 @@ def _finish(out: str, paths: list[str], extra: dict | None, skipped: Counter, wo
     holes = download_holes(paths)  # img2dataset's record of failed downloads beside its shards
     if holes:
         extra = (extra or {}) | {"download_holes": holes_record(holes)}
-    manifest = build_manifest(paths, out, extra, workers=workers, progress=lambda it: tqdm(it, total=len(paths),
-                              desc=f"indexing {out}", unit="shard"))  # fmt: skip
-    print(f"{out}: {manifest['total']} samples in {len(paths)} shards, {manifest['num_samples']} with an image"
-          + (f", skipped while building: {dict(skipped)}" if skipped else ""))  # fmt: skip
+    manifest = build_manifest(
+        paths,
+        out,
+        extra,
+        workers=workers,
+        progress=lambda it: tqdm(it, total=len(paths), desc=f"indexing {out}", unit="shard"),
+    )
+    print(
+        f"{out}: {manifest['total']} samples in {len(paths)} shards, {manifest['num_samples']} with an image"
+        + (f", skipped while building: {dict(skipped)}" if skipped else "")
+    )
     print("\n".join([checks_line(manifest), *holes_lines(holes)]))
     return manifest
 
@@ -105,8 +114,12 @@ def _read_fashion(src: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def fashion_mnist(args) -> None:
     prompts = {name: [caption(t, name) for t in CAPTION_TEMPLATES] for name in FASHION_CLASSES}
-    extra = {"classes": list(FASHION_CLASSES), "templates": CAPTION_TEMPLATES, "class_prompts": prompts,
-             "description": "Fashion-MNIST (28x28 grey PNG); json carries the class label"}  # fmt: skip
+    extra = {
+        "classes": list(FASHION_CLASSES),
+        "templates": CAPTION_TEMPLATES,
+        "class_prompts": prompts,
+        "description": "Fashion-MNIST (28x28 grey PNG); json carries the class label",
+    }
     for split in args.splits.split(","):
         if split not in FASHION_FILES:
             raise SystemExit(f"unknown split {split!r}; choose from {list(FASHION_FILES)}")
@@ -117,8 +130,9 @@ def fashion_mnist(args) -> None:
         with ShardWriter(out, args.shard_size) as w:
             for key in tqdm(range(n), desc=f"fashion-mnist {split}", unit="img"):
                 name = FASHION_CLASSES[int(labels[key])]
-                w.write(key, _png(images[key]), "png", caption(rng.choice(CAPTION_TEMPLATES), name),
-                        label=int(labels[key]))  # fmt: skip
+                w.write(
+                    key, _png(images[key]), "png", caption(rng.choice(CAPTION_TEMPLATES), name), label=int(labels[key])
+                )
         _finish(out, w.paths, extra, Counter())
 
 
@@ -134,8 +148,12 @@ def fashion_mosaic(args) -> None:
         yield "train", random_mosaics(train_images, train_labels, args.train_size, f"{args.seed}/train")
         yield "test", distinct_mosaics(test_images, test_labels, args.test_size, f"{args.seed}/test")
         if args.val_size:
-            yield "val", distinct_mosaics(train_images, train_labels, args.val_size, f"{args.seed}/val",
-                                          exclude=frozenset(used_by_train))  # fmt: skip
+            yield (
+                "val",
+                distinct_mosaics(
+                    train_images, train_labels, args.val_size, f"{args.seed}/val", exclude=frozenset(used_by_train)
+                ),
+            )
 
     test_rows: list[tuple[int, bytes, str]] = []
     for split, mosaics in splits():
@@ -188,8 +206,10 @@ def folder(args) -> None:
     if classes and args.classnames:
         names = list(get_classnames(args.classnames))
         if len(names) != len(classes):
-            raise SystemExit(f"--classnames {args.classnames} names {len(names)} classes, {args.src} has "
-                             f"{len(classes)} class folders")  # fmt: skip
+            raise SystemExit(
+                f"--classnames {args.classnames} names {len(names)} classes, {args.src} has "
+                f"{len(classes)} class folders"
+            )
     skipped: Counter = Counter()
     with ShardWriter(args.out, args.shard_size) as w:
         for key, path in enumerate(tqdm(found, desc="folder", unit="img")):
@@ -240,8 +260,10 @@ def manifest(args) -> None:
         if missing:
             listing = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             if not args.allow_missing:
-                raise SystemExit(f"{len(missing)} of {len(paths)} shards named by {args.shards!r} do not exist: "
-                                 f"{listing}. Fix the pattern or pass --allow-missing")  # fmt: skip
+                raise SystemExit(
+                    f"{len(missing)} of {len(paths)} shards named by {args.shards!r} do not exist: "
+                    f"{listing}. Fix the pattern or pass --allow-missing"
+                )
             print(f"indexing without {len(missing)} missing shards: {listing}")
             paths = [u for u in paths if found[u] is not None]
     if not paths:
@@ -253,9 +275,11 @@ def manifest(args) -> None:
     start = time.perf_counter()
     m = _finish(out, paths, None, Counter(), workers=args.workers)
     elapsed = time.perf_counter() - start
-    print(f"indexed {m['total']} samples in {len(paths)} shards in {elapsed:.1f} s "
-          f"({m['total'] / elapsed:.0f} samples/s, {sum(s['bytes'] for s in m['shards']) / elapsed / 2**20:.1f} MiB/s)"
-          + (f"; problems: {json.dumps(m['problems'])[:2000]}" if m["problems"] else ""))  # fmt: skip
+    print(
+        f"indexed {m['total']} samples in {len(paths)} shards in {elapsed:.1f} s "
+        f"({m['total'] / elapsed:.0f} samples/s, {sum(s['bytes'] for s in m['shards']) / elapsed / 2**20:.1f} MiB/s)"
+        + (f"; problems: {json.dumps(m['problems'])[:2000]}" if m["problems"] else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,16 +294,26 @@ def main(argv: list[str] | None = None) -> None:
     mo.add_argument("--src", default=FASHION_MNIST_DIR)
     mo.add_argument("--train-size", type=int, default=20_000, help="training mosaics (from the train images)")
     mo.add_argument("--test-size", type=int, default=1000, help="retrieval mosaics with distinct captions")
-    mo.add_argument("--val-size", type=int, default=500, help="validation mosaics with distinct captions, from "
-                    "train images no training mosaic uses (0: none)")
+    mo.add_argument(
+        "--val-size",
+        type=int,
+        default=500,
+        help="validation mosaics with distinct captions, from train images no training mosaic uses (0: none)",
+    )
     mo.add_argument("--zeroshot-size", type=int, default=10_000, help="single test items for zero-shot")
     mo.add_argument("--seed", type=int, default=0, help="seed of the item, tuple and wording choices")
     fo = sub.add_parser("folder", help="image folder with same-stem .txt captions")
     fo.add_argument("--src", required=True)
-    fo.add_argument("--labels-from-dirs", action="store_true", help="label = index of the sorted sub-folder name; "
-                    "images without a caption are kept (zero-shot sets)")
-    fo.add_argument("--classnames", default="", help="class names from a registry (imagenet: folders are sorted "
-                    "WordNet ids) instead of the folder names")
+    fo.add_argument(
+        "--labels-from-dirs",
+        action="store_true",
+        help="label = index of the sorted sub-folder name; images without a caption are kept (zero-shot sets)",
+    )
+    fo.add_argument(
+        "--classnames",
+        default="",
+        help="class names from a registry (imagenet: folders are sorted WordNet ids) instead of the folder names",
+    )
     cs = sub.add_parser("csv", help="csv with an image path and a caption column (row number = key)")
     cs.add_argument("--src", required=True)
     cs.add_argument("--image-key", default="filepath")
@@ -290,15 +324,24 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--out", required=True)
         q.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     ma = sub.add_parser("manifest", help="index existing shards (e.g. img2dataset output) and write manifest.json")
-    ma.add_argument("--shards", required=True, help="directory of .tar shards or a brace pattern / glob over one "
-                    "or several directories; local paths or fsspec URLs (s3://, gs://, https://)")
+    ma.add_argument(
+        "--shards",
+        required=True,
+        help="directory of .tar shards or a brace pattern / glob over one "
+        "or several directories; local paths or fsspec URLs (s3://, gs://, https://)",
+    )
     ma.add_argument("--out", default="", help="index directory (local or URL; default: the shards' directory)")
     ma.add_argument("--workers", type=int, default=4, help="shards indexed in parallel")
     ma.add_argument("--allow-missing", action="store_true", help="index the shards that exist, list the others")
     args = p.parse_args(argv)
     refuse_argument_secrets(p, args)  # an index or results file would keep a URL's secret
-    commands = {"fashion-mnist": fashion_mnist, "fashion-mosaic": fashion_mosaic, "folder": folder, "csv": from_csv,
-                "manifest": manifest}  # fmt: skip
+    commands = {
+        "fashion-mnist": fashion_mnist,
+        "fashion-mosaic": fashion_mosaic,
+        "folder": folder,
+        "csv": from_csv,
+        "manifest": manifest,
+    }
     commands[args.cmd](args)
 
 

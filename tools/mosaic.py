@@ -66,8 +66,10 @@ def distinct_mosaics(
     if not 0 < count <= NUM_TUPLES:
         raise ValueError(f"a distinct-caption set holds 1..{NUM_TUPLES} mosaics, got {count}")
     rng = random.Random(seed)
-    by_class = [[i for i in np.flatnonzero(labels == c).tolist() if i not in exclude]
-                for c in range(len(FASHION_MNIST_CLASSNAMES))]  # fmt: skip
+    by_class = [
+        [i for i in np.flatnonzero(labels == c).tolist() if i not in exclude]
+        for c in range(len(FASHION_MNIST_CLASSNAMES))
+    ]
     if empty := [FASHION_MNIST_CLASSNAMES[c] for c, members in enumerate(by_class) if not members]:
         raise ValueError(f"no image left for class(es) {empty} once {len(exclude)} images are excluded")
     for code in rng.sample(range(NUM_TUPLES), count):

@@ -21,8 +21,13 @@ from pathlib import Path
 
 from evaluation.plots import Curve, Panel, draw_panels
 
-TRAIN_PANELS = (("train/loss", "loss"), ("schedule/lr", "learning rate"), ("schedule/tau", "temperature tau"),
-                ("schedule/gamma", "gamma"), ("perf/samples_per_s", "samples/s"))  # fmt: skip
+TRAIN_PANELS = (
+    ("train/loss", "loss"),
+    ("schedule/lr", "learning rate"),
+    ("schedule/tau", "temperature tau"),
+    ("schedule/gamma", "gamma"),
+    ("perf/samples_per_s", "samples/s"),
+)
 IN_LOOP_EVAL = ("eval/zeroshot_top1", "eval/text_to_image_R@1", "eval/image_to_text_R@1")
 
 
@@ -80,8 +85,14 @@ def run_panels(runs: list[tuple[str, dict[str, dict[int, float]], list[str], int
         for name, series, _, gb in runs:
             points = sorted(series.get(key, {}).items())
             if points:
-                panel.curves.append(Curve(name, [s * gb for s, _ in points], [v for _, v in points],
-                                          marker="o" if key.startswith(("suite/", "eval/")) else None))  # fmt: skip
+                panel.curves.append(
+                    Curve(
+                        name,
+                        [s * gb for s, _ in points],
+                        [v for _, v in points],
+                        marker="o" if key.startswith(("suite/", "eval/")) else None,
+                    )
+                )
         panels.append(panel)
     return panels
 

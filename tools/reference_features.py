@@ -44,8 +44,9 @@ def write_features(loss, data_cfg, out_dir: Path, batch_size: int = 256) -> dict
     transform = EvalTransform(model.config.vision.image_size)
     source = open_source(data_cfg)
     rows = int(source.num_samples)
-    table = np.lib.format.open_memmap(out_dir / (FEATURES_FILE + ".tmp.npy"), mode="w+", dtype=np.float16,
-                                      shape=(rows, 2, model.config.embed_dim))  # fmt: skip
+    table = np.lib.format.open_memmap(
+        out_dir / (FEATURES_FILE + ".tmp.npy"), mode="w+", dtype=np.float16, shape=(rows, 2, model.config.embed_dim)
+    )
     skipped: Counter = Counter()
     written, start = 0, time.perf_counter()
 
@@ -71,8 +72,13 @@ def write_features(loss, data_cfg, out_dir: Path, batch_size: int = 256) -> dict
         flush(pixels, captions, keys)
     table.flush()
     (out_dir / (FEATURES_FILE + ".tmp.npy")).replace(out_dir / FEATURES_FILE)
-    meta = encoder.info | {"transform": repr(transform), "rows": rows, "written": written, "skipped": dict(skipped),
-                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    meta = encoder.info | {
+        "transform": repr(transform),
+        "rows": rows,
+        "written": written,
+        "skipped": dict(skipped),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     (out_dir / FEATURES_META).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
@@ -108,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if "://" in str(out_dir):
         raise SystemExit(f"{out_dir}: write the features next to a local index directory")
     meta = write_features(loss, data_cfg, out_dir, args.batch_size)
-    print(f"{out_dir}: {meta['written']} of {meta['rows']} rows encoded by {meta['source']} ({meta['model']}) in "
-          f"{meta['seconds']} s; skipped {meta['skipped'] or 'none'}")  # fmt: skip
+    print(
+        f"{out_dir}: {meta['written']} of {meta['rows']} rows encoded by {meta['source']} ({meta['model']}) in "
+        f"{meta['seconds']} s; skipped {meta['skipped'] or 'none'}"
+    )
     return 0
 
 

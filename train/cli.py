@@ -31,12 +31,15 @@ __all__ = ["exit_process", "main", "parse_args"]
 def parse_args(argv: list[str] | None, description: str, default_config: Path | None = None) -> argparse.Namespace:
     """`default_config`: the recipe run when --config is left out (said on stderr); None makes --config required."""
     codes = "\n".join(f"  {code.value:<3} {code.status}" for code in ExitCode)
-    parser = argparse.ArgumentParser(description=description, epilog=f"exit codes:\n{codes}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, epilog=f"exit codes:\n{codes}", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--config", required=default_config is None, default=None,
+        "--config",
+        required=default_config is None,
+        default=None,
         help="recipe YAML (recipes/configs/*.yaml)" + (f"; default: {default_config}" if default_config else ""),
-    )  # fmt: skip
+    )
     parser.add_argument("--dry-run", action="store_true", help="resolve the recipe and print its plan; no data")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=5e-4")
     args = parser.parse_args(argv)
@@ -56,9 +59,12 @@ def _shown(path: Path) -> str:
 
 
 def main(
-    argv: list[str] | None = None, description: str = "Train a CLIP recipe.", model_family: str = "",
-    flagship: Path | None = None, report: Report | None = None,
-) -> int:  # fmt: skip
+    argv: list[str] | None = None,
+    description: str = "Train a CLIP recipe.",
+    model_family: str = "",
+    flagship: Path | None = None,
+    report: Report | None = None,
+) -> int:
     """Read and check the config (errors name the file and key), then dry-run or train (train.supervise).
 
     `model_family` (e.g. "ViT-L-14") is what a named FastCLIP recipe script trains; another model or a loss
@@ -78,8 +84,10 @@ def main(
             raise ConfigError(f"{args.config}: {err}") from err
     except ConfigError as err:  # every rank prints it: a launcher that stops the job when rank 1 exits first
         return report_failure(err, ExitCode.CONFIG, ExitCode.CONFIG.status, agreed=False)  # would lose rank 0's
-    say(f"recipe {_shown(Path(args.config))} read and checked (run {cfg.run.name}, model {cfg.model.name}, "
-        f"backend {cfg.backend.name}); loading torch and the backend")  # fmt: skip
+    say(
+        f"recipe {_shown(Path(args.config))} read and checked (run {cfg.run.name}, model {cfg.model.name}, "
+        f"backend {cfg.backend.name}); loading torch and the backend"
+    )
     if "LOCAL_RANK" in os.environ and not args.dry_run:  # a job's rank: a signal while it starts is a preemption
         preempt_during_startup(cfg.run.output_dir)
     from train.supervise import supervise  # noqa: PLC0415 (torch, the model and the backends load here)

@@ -237,13 +237,23 @@ class TrainConfig:
     def validate(self) -> None:
         """Each section's own checks (DataConfig runs its own when built: data code builds it directly); the checks
         across sections (model vs data, backend) are train.setup's."""
-        sections = (self.model, self.loss, self.optim, self.flip, self.backend, self.checkpoint,
-                    self.logging, self.eval)  # fmt: skip
+        sections = (
+            self.model,
+            self.loss,
+            self.optim,
+            self.flip,
+            self.backend,
+            self.checkpoint,
+            self.logging,
+            self.eval,
+        )
         for section in sections:
             section.validate()
         if self.data.batch_size % self.optim.accum_steps:
-            raise ValueError(f"data.batch_size {self.data.batch_size} must split evenly into optim.accum_steps "
-                             f"{self.optim.accum_steps} micro-batches")  # fmt: skip
+            raise ValueError(
+                f"data.batch_size {self.data.batch_size} must split evenly into optim.accum_steps "
+                f"{self.optim.accum_steps} micro-batches"
+            )
         if self.epochs < 1 or self.max_steps < 0 or self.dataset_samples < 0:
             raise ValueError("epochs must be >= 1, max_steps >= 0 and dataset_samples >= 0")
         d = self.data

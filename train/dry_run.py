@@ -42,8 +42,11 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
     """The resolved plan as text; `world_size` defaults to the recipe's run.world_size, then WORLD_SIZE, then 1."""
     cfg = run.cfg
     world = world_size or cfg.run.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    source = ("" if world_size or cfg.run.world_size or "WORLD_SIZE" in os.environ
-              else "; run.world_size is not set: the launch decides")  # fmt: skip
+    source = (
+        ""
+        if world_size or cfg.run.world_size or "WORLD_SIZE" in os.environ
+        else "; run.world_size is not set: the launch decides"
+    )
     params, trainable = trainable_counts(cfg.model, run.model_config)
     global_batch = cfg.data.batch_size * world
     lines = [
@@ -52,8 +55,11 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
         f"backend {cfg.backend.name}  precision {cfg.backend.precision}  grad checkpointing "
         f"{cfg.model.grad_checkpointing}",
         f"global batch: {global_batch} = {world} x {cfg.data.batch_size}"
-        + (f" ({cfg.optim.accum_steps} micro-batches of {cfg.data.batch_size // cfg.optim.accum_steps} per rank)"
-           if cfg.optim.accum_steps > 1 else ""),
+        + (
+            f" ({cfg.optim.accum_steps} micro-batches of {cfg.data.batch_size // cfg.optim.accum_steps} per rank)"
+            if cfg.optim.accum_steps > 1
+            else ""
+        ),
         f"loss: {run.loss}",
     ]
     epoch_samples, rows, data_lines = planned_data(cfg.data)
@@ -71,15 +77,18 @@ def dry_run(run: RunSetup, world_size: int | None = None, gpus_per_node: int = 4
         )
         lines += [f"  {m}" for m in plan.milestones()]
     else:
-        lines.append("data: no readable index and dataset_samples not set: steps come from the shard manifest at "
-                     "launch")  # fmt: skip
+        lines.append(
+            "data: no readable index and dataset_samples not set: steps come from the shard manifest at launch"
+        )
     state = run.backend_cls.state_bytes_per_gpu(cfg, run.backend_options, params, world)
     if trainable < params:  # frozen parameters keep their weights but have no gradient or optimizer state
         frozen = run.backend_cls.state_bytes_per_gpu(cfg, run.backend_options, params - trainable, world)
         saved = frozen["grads"] + frozen["optimizer"]
         state = state | {k: state[k] - frozen[k] for k in ("grads", "optimizer")}
-        lines.append(f"trainable: {trainable / 1e6:.2f}M of {params / 1e6:.2f}M parameters (locked towers save "
-                     f"{saved / GIB:.2f} GiB of gradients and optimizer state per GPU)")  # fmt: skip
+        lines.append(
+            f"trainable: {trainable / 1e6:.2f}M of {params / 1e6:.2f}M parameters (locked towers save "
+            f"{saved / GIB:.2f} GiB of gradients and optimizer state per GPU)"
+        )
     else:
         lines.append(f"trainable: all {params / 1e6:.2f}M parameters")
     acts = activation_bytes_per_gpu(cfg, run.model_config)
@@ -111,8 +120,10 @@ def planned_data(data: DataConfig) -> tuple[int, int, list[str]]:
             return 0, 0, [f"data: the index of {spec.path or spec.index} is not readable ({first[:300]})"]
         per_epoch = round(spec.weight * shardset.total)
         epoch, rows = epoch + per_epoch, rows + shardset.num_samples
-        lines.append(f"  source {spec.path or spec.index}: {shardset.total:,} samples in {len(shardset.shards)} "
-                     f"shards" + (f" x weight {spec.weight:g} -> {per_epoch:,} per epoch" if data.sources else ""))
+        lines.append(
+            f"  source {spec.path or spec.index}: {shardset.total:,} samples in {len(shardset.shards)} "
+            f"shards" + (f" x weight {spec.weight:g} -> {per_epoch:,} per epoch" if data.sources else "")
+        )
     return epoch, data.num_samples or rows, lines
 
 
@@ -123,8 +134,10 @@ def reference_bytes_per_gpu(cfg: TrainConfig, loss: LossConfig) -> tuple[float, 
         return 0.0, []
     if loss.reference_features == "precomputed":
         missing = [f"  before training: {line}" for line in missing_reference_files(cfg, loss)]
-        line = (f"reference: precomputed features ({FEATURES_FILE} in the index directory, memory-mapped on the host): "
-                "no GPU memory, no forward pass")  # fmt: skip
+        line = (
+            f"reference: precomputed features ({FEATURES_FILE} in the index directory, memory-mapped on the host): "
+            "no GPU memory, no forward pass"
+        )
         return 0.0, [line, *missing]
     name, overrides = reference_architecture(loss)
     mcfg = get_model_config(name, **overrides)
@@ -135,8 +148,10 @@ def reference_bytes_per_gpu(cfg: TrainConfig, loss: LossConfig) -> tuple[float, 
     tokens, width = max((1 + mcfg.vision.num_patches, mcfg.vision.width), (mcfg.text.context_length, mcfg.text.width))
     transient = micro_batch * tokens * width * 8 * per_value  # one block: residual, qkv, attention out, 4x MLP
     total = params * per_value + transient
-    lines = [f"reference: {name} ({params / 1e6:.2f}M parameters, frozen) replicated on every GPU: weights "
-             f"{params * per_value / GIB:.2f} GiB + forward {transient / GIB:.2f} GiB (no autograd)"]  # fmt: skip
+    lines = [
+        f"reference: {name} ({params / 1e6:.2f}M parameters, frozen) replicated on every GPU: weights "
+        f"{params * per_value / GIB:.2f} GiB + forward {transient / GIB:.2f} GiB (no autograd)"
+    ]
     return total, lines + [f"  before training: {line}" for line in missing_reference_files(cfg, loss)]
 
 
@@ -148,5 +163,7 @@ def _sample_state_line(cfg: TrainConfig, loss: LossConfig, world: int, rows: int
         return []
     columns = 2 + (7 if loss.version == "v2" else 0)  # log_u1, log_u2 (+ v2's taus and their Adam moments)
     per_rank = state_bytes_per_rank(rows, columns, world, loss.state_layout, getattr(torch, loss.state_dtype).itemsize)
-    return [f"per-sample state: {rows:,} dense rows x {columns} columns, {loss.state_layout} {loss.state_dtype}: "
-            f"{per_rank / GIB:.2f} GiB per rank"]
+    return [
+        f"per-sample state: {rows:,} dense rows x {columns} columns, {loss.state_layout} {loss.state_dtype}: "
+        f"{per_rank / GIB:.2f} GiB per rank"
+    ]

@@ -40,9 +40,16 @@ class Evaluator:
     """
 
     def __init__(
-        self, cfg: EvalConfig, image_size: int, device: torch.device, tokenizer: Tokenizer,
-        rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None, total_steps: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        cfg: EvalConfig,
+        image_size: int,
+        device: torch.device,
+        tokenizer: Tokenizer,
+        rank: int = 0,
+        world_size: int = 1,
+        group: dist.ProcessGroup | None = None,
+        total_steps: int = 0,
+    ) -> None:
         self.cfg = cfg
         self.total_steps = total_steps
         self.device = device
@@ -67,8 +74,10 @@ class Evaluator:
         names_from = f"registry {self.cfg.classnames!r}" if self.cfg.classnames else f"the data ({self.cfg.zeroshot})"
         shown = ", ".join(self.classnames[:4]) + (", ..." if len(self.classnames) > 4 else "")
         example, registry = render(self.templates[0], "{c}"), self.cfg.templates or self.cfg.classnames or "generic"
-        return (f"zero-shot: {len(self.classnames)} class names from {names_from} ({shown}); {len(self.templates)} "
-                f"templates from registry {registry!r} ({example!r}, ...)")
+        return (
+            f"zero-shot: {len(self.classnames)} class names from {names_from} ({shown}); {len(self.templates)} "
+            f"templates from registry {registry!r} ({example!r}, ...)"
+        )
 
     @property
     def enabled(self) -> bool:
@@ -83,9 +92,14 @@ class Evaluator:
             raise FileNotFoundError(f"{key}: {path} does not exist (labelled shards or a caption csv)")
         need_caption = key == "eval.retrieval"
         loader = build_eval_loader(
-            path, image_size, self.cfg.batch_size, source=eval_source(path), tokenizer=self.tokenizer,
-            label_key=label_key, need_caption=need_caption,
-        )  # fmt: skip
+            path,
+            image_size,
+            self.cfg.batch_size,
+            source=eval_source(path),
+            tokenizer=self.tokenizer,
+            label_key=label_key,
+            need_caption=need_caption,
+        )
         return loader.shard(rank, world)
 
     def _classnames(self) -> list[str]:
@@ -93,8 +107,10 @@ class Evaluator:
         if self.cfg.classnames:
             registry = list(get_classnames(self.cfg.classnames))
             if names and len(names) != len(registry):
-                raise ValueError(f"eval.zeroshot: {self.cfg.zeroshot} has {len(names)} classes, eval.classnames "
-                                 f"{self.cfg.classnames!r} names {len(registry)}")  # fmt: skip
+                raise ValueError(
+                    f"eval.zeroshot: {self.cfg.zeroshot} has {len(names)} classes, eval.classnames "
+                    f"{self.cfg.classnames!r} names {len(registry)}"
+                )
             return registry
         if not names:
             raise ValueError(
@@ -106,9 +122,16 @@ class Evaluator:
         results: dict[str, Any] = {}
         if self.zeroshot_loader is not None:
             zs = evaluate_zeroshot(
-                model, self.tokenizer, self.classnames, self.templates, self.zeroshot_loader, self.device,
-                batch_size=self.cfg.batch_size, distributed=self.distributed, group=self.group,
-            )  # fmt: skip
+                model,
+                self.tokenizer,
+                self.classnames,
+                self.templates,
+                self.zeroshot_loader,
+                self.device,
+                batch_size=self.cfg.batch_size,
+                distributed=self.distributed,
+                group=self.group,
+            )
             results.update({f"zeroshot_{k}": v for k, v in zs.items()})
         if self.retrieval_loader is not None:
             # Several captions of one image share an `image_id` column (csv / datasets); otherwise (and in

@@ -33,9 +33,15 @@ class MetricsLogger:
     """
 
     def __init__(
-        self, out_dir: Path, enabled: bool, trackers: dict[str, Tracker] | None = None, *, total_steps: int,
-        every_steps: int = 10, resume_step: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        out_dir: Path,
+        enabled: bool,
+        trackers: dict[str, Tracker] | None = None,
+        *,
+        total_steps: int,
+        every_steps: int = 10,
+        resume_step: int = 0,
+    ) -> None:
         """`resume_step`: the step training continues from. What a crashed run logged after it is dropped from
         metrics.jsonl (the trackers do the same: TensorBoard hides it), so no step appears twice. `trackers` get the
         same rows as metrics.jsonl."""
@@ -59,12 +65,15 @@ class MetricsLogger:
         trackers: dict[str, Tracker] = {}
         if is_main:
             if {"wandb", "mlflow"} & set(log.trackers):
-                logger.info("starting the trackers: %s", ", ".join(
-                    f"mlflow ({mlflow_uri(out_dir)})" if t == "mlflow" else t for t in log.trackers))  # fmt: skip
+                logger.info(
+                    "starting the trackers: %s",
+                    ", ".join(f"mlflow ({mlflow_uri(out_dir)})" if t == "mlflow" else t for t in log.trackers),
+                )
             names = [*log.trackers, *(["tensorboard"] if log.tensorboard else [])]
             trackers = open_trackers(names, out_dir, log.project, cfg.run.name, to_dict(cfg), run_ids, resume_step)
-        return cls(out_dir, is_main, trackers, total_steps=total_steps, every_steps=log.every_steps,
-                   resume_step=resume_step)  # fmt: skip
+        return cls(
+            out_dir, is_main, trackers, total_steps=total_steps, every_steps=log.every_steps, resume_step=resume_step
+        )
 
     def due(self, step: int) -> bool:
         """Whether step `step` (just taken) is logged: every `every_steps` steps and the last one, on every rank

@@ -49,8 +49,16 @@ def param_groups(
             layer = layer_id(name, blocks)
             scale = scales[tower] * layer_decay ** (blocks + 1 - layer)
             key = f"{kind}/{tower}/{layer}"
-        group = groups.setdefault(key, {"name": key, "kind": kind, "lr_scale": scale, "params": [],
-                                        "weight_decay": weight_decay if kind == "decay" else 0.0})  # fmt: skip
+        group = groups.setdefault(
+            key,
+            {
+                "name": key,
+                "kind": kind,
+                "lr_scale": scale,
+                "params": [],
+                "weight_decay": weight_decay if kind == "decay" else 0.0,
+            },
+        )
         group["params"].append(param)
     return sorted(groups.values(), key=lambda g: g["kind"] != "decay")  # decay first, as the optimizer state was saved
 

@@ -38,8 +38,11 @@ def switch_loss(raw: dict[str, Any], overrides: list[str], path: str | Path) -> 
     dropped = sorted(k for k in section if k not in KEPT and f"loss.{k}" not in given)
     if new == old or not dropped:
         return raw
-    say(f"loss.name={new} on the command line replaces {path}'s loss {old!r}: its loss keys "
-        f"{', '.join(dropped)} are dropped ({new}'s defaults apply; set any of them on the command line)", once=True)
+    say(
+        f"loss.name={new} on the command line replaces {path}'s loss {old!r}: its loss keys "
+        f"{', '.join(dropped)} are dropped ({new}'s defaults apply; set any of them on the command line)",
+        once=True,
+    )
     return raw | {"loss": {k: v for k, v in section.items() if k not in dropped}}
 
 

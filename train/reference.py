@@ -78,17 +78,27 @@ class ReferenceEncoder:
     autograd (`cpu_index`, the batch's dense rows on the host, is what the precomputed path reads)."""
 
     def __init__(
-        self, model: CLIP, source: str, device: torch.device, dtype: torch.dtype | None,
+        self,
+        model: CLIP,
+        source: str,
+        device: torch.device,
+        dtype: torch.dtype | None,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    ) -> None:  # fmt: skip
+    ) -> None:
         params = sum(p.numel() for p in model.parameters())
-        self.info = {"source": source, "sha256": weights_hash(model.state_dict()), "features": "model",
-                     "model": model.reference_name, "parameters": params}  # fmt: skip
+        self.info = {
+            "source": source,
+            "sha256": weights_hash(model.state_dict()),
+            "features": "model",
+            "model": model.reference_name,
+            "parameters": params,
+        }
         self.model = model.to(device=device, dtype=dtype or torch.float32)
         self._autocast = autocast
 
-    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
-                 chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def __call__(
+        self, images: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, chunks: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of the batch, encoded `chunks` micro-batches at a time (activation memory of one)."""
         outs = []
         with torch.no_grad(), self._autocast():
@@ -108,17 +118,21 @@ class PrecomputedReference:
         self.info = meta | {"features": "precomputed", "file": str(directory / FEATURES_FILE)}
         self.device = device
 
-    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
-                 chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def __call__(
+        self, images: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, chunks: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.asarray(self.table[index.numpy()])  # the batch's CPU index: no device sync
         features = torch.from_numpy(rows.astype(np.float32)).to(self.device, non_blocking=True)
         return features[:, 0], features[:, 1]
 
 
 def build_reference(
-    cfg: TrainConfig, loss: LossConfig, device: torch.device, dtype: torch.dtype | None,
+    cfg: TrainConfig,
+    loss: LossConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
     autocast: Callable[[], contextlib.AbstractContextManager],
-) -> ReferenceEncoder | PrecomputedReference | None:  # fmt: skip
+) -> ReferenceEncoder | PrecomputedReference | None:
     """The run's reference (None without `loss.reference`); a ValueError naming the key when its files are missing."""
     if loss.reference is None:
         return None
@@ -127,8 +141,13 @@ def build_reference(
     if loss.reference_features == "precomputed":
         return PrecomputedReference(features_dir(cfg), device)
     encoder = ReferenceEncoder(load_reference_model(loss), loss.reference, device, dtype, autocast)
-    logger.info("reference model %s (%s, %.1fM parameters, sha256 %s...), frozen, replicated on every rank",
-                loss.reference, encoder.info["model"], encoder.info["parameters"] / 1e6, encoder.info["sha256"][:12])
+    logger.info(
+        "reference model %s (%s, %.1fM parameters, sha256 %s...), frozen, replicated on every rank",
+        loss.reference,
+        encoder.info["model"],
+        encoder.info["parameters"] / 1e6,
+        encoder.info["sha256"][:12],
+    )
     return encoder
 
 
@@ -143,5 +162,7 @@ def check_same_reference(checkpoint: Path, saved: dict[str, Any] | None, current
         return
     for key in ("sha256", "features"):
         if key in saved and key in current and saved[key] != current[key]:
-            raise ValueError(f"{checkpoint} was trained with reference {saved.get('source')} ({key} {saved[key]}), "
-                             f"this run's loss.reference gives {key} {current[key]}: resume with the same reference")
+            raise ValueError(
+                f"{checkpoint} was trained with reference {saved.get('source')} ({key} {saved[key]}), "
+                f"this run's loss.reference gives {key} {current[key]}: resume with the same reference"
+            )

@@ -38,20 +38,25 @@ def resolve_reference(cfg: TrainConfig, loss: LossConfig) -> LossConfig:
         return loss
     source, _, path = loss.reference.partition(":")
     if source == "fastflip" and not (Path(path) / "meta.json").is_file():
-        raise ValueError(f"loss.reference: {path} is not a complete FastFLIP checkpoint (no meta.json); "
-                         "name a step_* directory")  # fmt: skip
+        raise ValueError(
+            f"loss.reference: {path} is not a complete FastFLIP checkpoint (no meta.json); name a step_* directory"
+        )
     name, overrides = reference_architecture(loss)
     try:
         ref = get_model_config(name, **overrides)
     except (KeyError, TypeError) as err:
         raise ValueError(f"loss.reference_model / reference_overrides: {err}") from err
     target = get_model_config(cfg.model.name, **cfg.model.overrides)
-    for field, mine, theirs in (("vision_image_size", target.vision.image_size, ref.vision.image_size),
-                                ("text_context_length", target.text.context_length, ref.text.context_length),
-                                ("text_vocab_size", target.text.vocab_size, ref.text.vocab_size)):  # fmt: skip
+    for field, mine, theirs in (
+        ("vision_image_size", target.vision.image_size, ref.vision.image_size),
+        ("text_context_length", target.text.context_length, ref.text.context_length),
+        ("text_vocab_size", target.text.vocab_size, ref.text.vocab_size),
+    ):
         if mine != theirs:
-            raise ValueError(f"loss.reference: the reference {name} has {field} {theirs}, the target {mine}; it "
-                             f"encodes the target's batch: set loss.reference_overrides.{field}: {mine}")  # fmt: skip
+            raise ValueError(
+                f"loss.reference: the reference {name} has {field} {theirs}, the target {mine}; it "
+                f"encodes the target's batch: set loss.reference_overrides.{field}: {mine}"
+            )
     return loss
 
 
@@ -61,8 +66,13 @@ def missing_reference_files(cfg: TrainConfig, loss: LossConfig) -> list[str]:
         return []
     if loss.reference_features == "precomputed":
         features = features_dir(cfg) / FEATURES_FILE
-        return [] if features.is_file() else [
-            f"loss.reference_features: precomputed, but {features} does not exist; write it with "
-            "python tools/reference_features.py --config RECIPE (or use reference_features: model)"]  # fmt: skip
+        return (
+            []
+            if features.is_file()
+            else [
+                f"loss.reference_features: precomputed, but {features} does not exist; write it with "
+                "python tools/reference_features.py --config RECIPE (or use reference_features: model)"
+            ]
+        )
     source, _, path = loss.reference.partition(":")
     return [] if Path(path).exists() else [f"loss.reference: {path} does not exist (give the {source} model's path)"]

@@ -96,6 +96,13 @@ def phase_plan_for(cfg: TrainConfig, steps_per_epoch: int, global_batch: int) ->
     tuning = math.ceil(cfg.flip.tuning_samples / global_batch)
     o, f = cfg.optim, cfg.flip
     return build_phase_plan(
-        pretrain, f.mask_ratio, o.lr, o.lr_min, o.warmup_steps, tuning, f.tuning_lr, f.tuning_lr_min,
+        pretrain,
+        f.mask_ratio,
+        o.lr,
+        o.lr_min,
+        o.warmup_steps,
+        tuning,
+        f.tuning_lr,
+        f.tuning_lr_min,
         f.tuning_warmup_steps,
-    )  # fmt: skip
+    )

@@ -36,8 +36,9 @@ class RunSetup:
     @property
     def resolved(self) -> dict[str, Any]:
         """meta.json's `resolved` block: the model config, the resolved loss, the backend's options."""
-        return resolved_block(self.cfg.model.name, self.model_config, self.loss, self.cfg.backend.name,
-                              self.backend_options)  # fmt: skip
+        return resolved_block(
+            self.cfg.model.name, self.model_config, self.loss, self.cfg.backend.name, self.backend_options
+        )
 
 
 def resolve(cfg: TrainConfig) -> RunSetup:
@@ -56,8 +57,10 @@ def resolve_validated(cfg: TrainConfig) -> RunSetup:
     except (KeyError, TypeError) as err:
         raise ValueError(f"model.overrides: {err}") from err
     vision = model_config.vision
-    for tower, layers, blocks in (("image", cfg.model.lock_image_unlocked_layers, vision.layers),
-                                  ("text", cfg.model.lock_text_unlocked_layers, model_config.text.layers)):  # fmt: skip
+    for tower, layers, blocks in (
+        ("image", cfg.model.lock_image_unlocked_layers, vision.layers),
+        ("text", cfg.model.lock_text_unlocked_layers, model_config.text.layers),
+    ):
         if layers > blocks:
             raise ValueError(f"model.lock_{tower}_unlocked_layers must lie in [0, {blocks}], got {layers}")
     if cfg.data.image_size != vision.image_size:

@@ -23,8 +23,10 @@ def trainable_counts(section: ModelSection, model_config: CLIPConfig) -> tuple[i
     with torch.device("meta"):
         model = CLIP(model_config)
     params = sum(p.numel() for p in model.parameters())
-    for tower, locked, layers in (("visual", section.lock_image, section.lock_image_unlocked_layers),
-                                  ("text", section.lock_text, section.lock_text_unlocked_layers)):  # fmt: skip
+    for tower, locked, layers in (
+        ("visual", section.lock_image, section.lock_image_unlocked_layers),
+        ("text", section.lock_text, section.lock_text_unlocked_layers),
+    ):
         if locked:
             lock_tower(model, tower, layers, section.lock_norms)
     return params, sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -34,8 +36,10 @@ def frozen_line(section: ModelSection, model_config: CLIPConfig) -> str:
     """'frozen: the image tower except its last 2 blocks and its head; trainable 3.10M of 7.61M parameters'."""
     params, trainable = trainable_counts(section, model_config)
     parts = []
-    for tower, locked, layers in (("image", section.lock_image, section.lock_image_unlocked_layers),
-                                  ("text", section.lock_text, section.lock_text_unlocked_layers)):  # fmt: skip
+    for tower, locked, layers in (
+        ("image", section.lock_image, section.lock_image_unlocked_layers),
+        ("text", section.lock_text, section.lock_text_unlocked_layers),
+    ):
         if locked:
             parts.append(f"the {tower} tower" + (f" except its last {layers} block(s) and its head" if layers else ""))
     if not parts:
@@ -44,8 +48,9 @@ def frozen_line(section: ModelSection, model_config: CLIPConfig) -> str:
     return f"frozen: {' and '.join(parts)}{norms}; trainable {trainable / 1e6:.2f}M of {params / 1e6:.2f}M parameters"
 
 
-def end_summary(result: dict[str, Any], checkpoint: Path | None, section: ModelSection,
-                model_config: CLIPConfig) -> list[str]:  # fmt: skip
+def end_summary(
+    result: dict[str, Any], checkpoint: Path | None, section: ModelSection, model_config: CLIPConfig
+) -> list[str]:
     """The lines a finished run ends with."""
     losses = [v for v in result["losses"] if math.isfinite(v)]
     lines = [f"done: {result['steps']} steps, {result['train_seconds']:.0f} s of training"]
@@ -55,16 +60,19 @@ def end_summary(result: dict[str, Any], checkpoint: Path | None, section: ModelS
         lines.append(f"final loss {losses[-1]:.4f} (mean of the last {len(recent)} steps {mean:.4f})")
     evaluation = result.get("eval") or {}
     if evaluation:
-        lines.append(f"last evaluation (step {result['steps']}): "
-                     + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()))  # fmt: skip
+        lines.append(
+            f"last evaluation (step {result['steps']}): " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items())
+        )
     else:
         lines.append("last evaluation: none (set eval.zeroshot or eval.retrieval, or run tools/evaluate.py)")
     if checkpoint is not None:
         latest = checkpoint.parent / "latest"
         export = checkpoint.parent.parent / "export" / "open_clip"
-        lines += [f"final checkpoint: {checkpoint}",
-                  f"next: python tools/export.py --checkpoint {shlex.quote(str(latest))} --to open_clip "
-                  f"--out {shlex.quote(str(export))}   (or --to hf)"]  # fmt: skip
+        lines += [
+            f"final checkpoint: {checkpoint}",
+            f"next: python tools/export.py --checkpoint {shlex.quote(str(latest))} --to open_clip "
+            f"--out {shlex.quote(str(export))}   (or --to hf)",
+        ]
     lines.append(frozen_line(section, model_config))
     return lines
 

@@ -98,8 +98,9 @@ class _Outcome:
             logger.warning("could not write %s/status.json: %s", self.output_dir, err)
 
 
-def _main(args: argparse.Namespace, cfg: TrainConfig, model_family: str, report: Report | None,
-          outcome: _Outcome) -> int:  # fmt: skip
+def _main(
+    args: argparse.Namespace, cfg: TrainConfig, model_family: str, report: Report | None, outcome: _Outcome
+) -> int:
     setup = setup_for(cfg, args.config)
     if model_family and cfg.model.name != model_family:
         raise ConfigError(
@@ -124,8 +125,10 @@ def _main(args: argparse.Namespace, cfg: TrainConfig, model_family: str, report:
         result = trainer.fit()
         ignore_preemption_after_training()  # the loop has saved; a late signal must not end the teardown
     if result["data_unavailable"]:  # every rank agreed on it; one rank's log line names the data and the error
-        outcome.message = (f"data unavailable at step {result['steps']}: checkpoint saved; the remote data stayed "
-                           "unreachable for data.webdataset.remote_retry_s; resume with checkpoint.resume=latest")
+        outcome.message = (
+            f"data unavailable at step {result['steps']}: checkpoint saved; the remote data stayed "
+            "unreachable for data.webdataset.remote_retry_s; resume with checkpoint.resume=latest"
+        )
         logger.info(outcome.message)
         return ExitCode.DATA_UNAVAILABLE
     saved = trainer.checkpoints.root / checkpoint_name(result["steps"])
@@ -152,6 +155,12 @@ def preempted_line(step: int, saved: Path, args: argparse.Namespace) -> str:
     else:
         launcher = "python"
     kept = [o for o in args.overrides if not o.startswith("checkpoint.resume=")]
-    command = [launcher, shlex.quote(sys.argv[0]), "--config", shlex.quote(args.config), *map(shlex.quote, kept),
-               "checkpoint.resume=latest"]  # fmt: skip
+    command = [
+        launcher,
+        shlex.quote(sys.argv[0]),
+        "--config",
+        shlex.quote(args.config),
+        *map(shlex.quote, kept),
+        "checkpoint.resume=latest",
+    ]
     return f"preempted at step {step}, saved {saved}; resume with: {' '.join(command)}"

@@ -47,16 +47,20 @@ def check_trackers(names: list[str], out_dir: Path) -> None:
     for name in names:
         missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
         if missing:
-            raise ValueError(f"logging.trackers includes {name!r} but {', '.join(missing)} is not installed: "
-                             "pip install 'fastflip[trackers]'")  # fmt: skip
+            raise ValueError(
+                f"logging.trackers includes {name!r} but {', '.join(missing)} is not installed: "
+                "pip install 'fastflip[trackers]'"
+            )
     if "mlflow" in names:
         uri = mlflow_uri(out_dir)
         scheme = urllib.parse.urlparse(uri).scheme  # as MLflow reads it: a one-letter scheme is a Windows drive
         file_store = uri not in NAMED_STORES and (scheme in ("", "file") or len(scheme) == 1)
         if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
-            raise ValueError(f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 refuses; unset it (the run "
-                             f"logs to sqlite:///{out_dir}/{MLFLOW_DB}), point it at sqlite:///PATH.db or a server, "
-                             "or export MLFLOW_ALLOW_FILE_STORE=true")  # fmt: skip
+            raise ValueError(
+                f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 refuses; unset it (the run "
+                f"logs to sqlite:///{out_dir}/{MLFLOW_DB}), point it at sqlite:///PATH.db or a server, "
+                "or export MLFLOW_ALLOW_FILE_STORE=true"
+            )
 
 
 class Tracker(Protocol):
@@ -71,8 +75,10 @@ def _require(name: str) -> Any:
     try:
         return importlib.import_module(_PACKAGES[name])
     except ImportError as err:
-        raise ImportError(f"logging.trackers includes {name!r} but the {_PACKAGES[name]} package is not installed: "
-                          "pip install 'fastflip[trackers]'") from err  # fmt: skip
+        raise ImportError(
+            f"logging.trackers includes {name!r} but the {_PACKAGES[name]} package is not installed: "
+            "pip install 'fastflip[trackers]'"
+        ) from err
 
 
 class TensorBoardTracker:
@@ -100,9 +106,13 @@ class WandbTracker:
     def __init__(self, out_dir: Path, project: str, name: str, config: dict, run_id: str | None) -> None:
         wandb = _require("wandb")
         self.run = wandb.init(
-            project=project, name=name, id=run_id, resume="allow", config=config,
+            project=project,
+            name=name,
+            id=run_id,
+            resume="allow",
+            config=config,
             dir=os.environ.get("WANDB_DIR", str(out_dir)),
-        )  # fmt: skip
+        )
         self.run_id = self.run.id
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -164,9 +174,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def open_trackers(
-    names: list[str], out_dir: Path, project: str, name: str, config: dict, run_ids: dict[str, str],
+    names: list[str],
+    out_dir: Path,
+    project: str,
+    name: str,
+    config: dict,
+    run_ids: dict[str, str],
     resume_step: int = 0,
-) -> dict[str, Tracker]:  # fmt: skip
+) -> dict[str, Tracker]:
     """The trackers named in `names`, resuming `run_ids` (wandb, mlflow) and the step `resume_step`; when one fails
     to start, those already open are closed."""
     classes = {"wandb": WandbTracker, "mlflow": MlflowTracker}

@@ -83,17 +83,26 @@ class Trainer:
         if cfg.run.world_size and cfg.run.world_size != world and self.backend.is_main:
             logger.warning(
                 "recipe %s was written for %d ranks (global batch %d) but runs on %d (global batch %d)",
-                cfg.run.name, cfg.run.world_size, cfg.run.world_size * cfg.data.batch_size, world, self.global_batch,
-            )  # fmt: skip
+                cfg.run.name,
+                cfg.run.world_size,
+                cfg.run.world_size * cfg.data.batch_size,
+                world,
+                self.global_batch,
+            )
         self.plan = phase_plan_for(cfg, self.loader.steps_per_epoch, self.global_batch)
 
         random.seed(cfg.run.seed)  # the global RNGs a checkpoint saves: the same in a resumed and an uninterrupted run
         np.random.seed(cfg.run.seed)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         if self.backend.is_main:
-            logger.info("building the model %s on %d rank(s) (backend %s, %s)%s", cfg.model.name,
-                        self.backend.world_size, cfg.backend.name, cfg.backend.precision,
-                        f", starting from {cfg.model.init_from}" if cfg.model.init_from else "")  # fmt: skip
+            logger.info(
+                "building the model %s on %d rank(s) (backend %s, %s)%s",
+                cfg.model.name,
+                self.backend.world_size,
+                cfg.backend.name,
+                cfg.backend.precision,
+                f", starting from {cfg.model.init_from}" if cfg.model.init_from else "",
+            )
             logger.info("%s", frozen_line(cfg.model, self.model_config))
         self.backend.setup(self._build_model, self._param_groups, self._optimizer)
         self._timeout = cfg.backend.timeout_s  # on every group that exists now (DeepSpeed's too)
@@ -110,8 +119,15 @@ class Trainer:
         parts = checkpoint_parts(
             self.backend, self.loss, repartition_loss_states, self.temperature, self.loader, self.mask_generator, self
         )
-        self.checkpoints = Checkpointer(cfg, parts, self.backend.rank, self.backend.world_size, self.backend.barrier,
-                                        run.resolved, total_steps=self.plan.total_steps)  # fmt: skip
+        self.checkpoints = Checkpointer(
+            cfg,
+            parts,
+            self.backend.rank,
+            self.backend.world_size,
+            self.backend.barrier,
+            run.resolved,
+            total_steps=self.plan.total_steps,
+        )
 
         self.step, self.epoch = 0, 0
         self._tracker_ids: dict[str, str] = {}  # a resumed run continues its tracked runs (load_checkpoint)
@@ -128,9 +144,15 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         total = self.plan.total_steps
         self.evaluator = Evaluator(
-            cfg.eval, cfg.data.image_size, self.backend.device, self.tokenizer, rank, world, self.backend.dp_group,
+            cfg.eval,
+            cfg.data.image_size,
+            self.backend.device,
+            self.tokenizer,
+            rank,
+            world,
+            self.backend.dp_group,
             total_steps=total,
-        )  # fmt: skip
+        )
         self.metrics = MetricsLogger.for_run(cfg, self.backend.is_main, total, self.step, self._tracker_ids)
         self.losses = torch.full((total,), float("nan"), dtype=torch.float64, device=device)
         # train FLOPs per sample of each phase (masked pre-training, unmasked tuning), counted once
@@ -144,8 +166,10 @@ class Trainer:
         for name in ("logit_scale", "logit_bias"):  # trained by self.temperature in fp32, outside the backend
             if hasattr(model, name):
                 getattr(model, name).requires_grad_(False)
-        for tower, locked, layers in (("visual", cfg.lock_image, cfg.lock_image_unlocked_layers),
-                                      ("text", cfg.lock_text, cfg.lock_text_unlocked_layers)):  # fmt: skip
+        for tower, locked, layers in (
+            ("visual", cfg.lock_image, cfg.lock_image_unlocked_layers),
+            ("text", cfg.lock_text, cfg.lock_text_unlocked_layers),
+        ):
             if locked:
                 lock_tower(model, tower, layers, cfg.lock_norms)
         model.set_grad_checkpointing(cfg.grad_checkpointing)
@@ -193,10 +217,14 @@ class Trainer:
         ref = {} if self.reference is None else {"reference": self.reference(images, tokens, batch["index"], accum)}
         if accum > 1:  # forward, loss and backward per micro-batch (train.accumulate)
             out = cached_feature_backward(
-                self._encode, images, tokens, accum,
-                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias, **ref), self.backend.backward,
+                self._encode,
+                images,
+                tokens,
+                accum,
+                lambda e1, e2: self.loss(e1, e2, index, t.logit_scale, t.logit_bias, **ref),
+                self.backend.backward,
                 self.mask_generator,
-            )  # fmt: skip
+            )
         else:
             image_features, text_features = self._encode(images, tokens)
             probe("forward")
@@ -233,9 +261,14 @@ class Trainer:
             logger.info("phase plan: %s", "; ".join(self.plan.milestones()))
             logger.info(
                 "global batch %d (%d ranks x %d), %d steps/epoch, %d steps in all, backend %s, precision %s",
-                self.global_batch, self.backend.world_size, cfg.data.batch_size, self.loader.steps_per_epoch, total,
-                cfg.backend.name, cfg.backend.precision,
-            )  # fmt: skip
+                self.global_batch,
+                self.backend.world_size,
+                cfg.data.batch_size,
+                self.loader.steps_per_epoch,
+                total,
+                cfg.backend.name,
+                cfg.backend.precision,
+            )
         first_step, started = self.step, time.perf_counter()
         self.guard.preemption.install()
         try:
@@ -301,8 +334,12 @@ class Trainer:
         except DataUnavailable as err:
             if self._last_batch is None:  # nothing trained in this job: `latest` is already where to resume
                 raise
-            logger.error("data unavailable on rank %d: %s; saving at the current step, then stopping (this rank "
-                         "repeats its last batch for the few steps the ranks take to agree)", self.backend.rank, err)
+            logger.error(
+                "data unavailable on rank %d: %s; saving at the current step, then stopping (this rank "
+                "repeats its last batch for the few steps the ranks take to agree)",
+                self.backend.rank,
+                err,
+            )
             self.guard.preemption.data_unavailable = str(err)
             self._data_lost = batch = self._last_batch
         self._last_batch = batch
@@ -374,8 +411,9 @@ class Trainer:
         if self.reference is not None:  # its source and hash, never its weights
             about["reference"] = reference_meta(self.reference)
         with self._collectives(f"saving checkpoint {checkpoint_name(self.step)}", self.cfg.backend.timeout_s):
-            about["health"] = self.checkpoints.health(self.losses[: self.step], int(self.guard.in_a_row),
-                                                      self._max_abs_weight())  # fmt: skip
+            about["health"] = self.checkpoints.health(
+                self.losses[: self.step], int(self.guard.in_a_row), self._max_abs_weight()
+            )
             path = self.checkpoints.save(about, self._dataset_facts(), self._weights_finite)
         if self.backend.is_main:
             logger.info("saved checkpoint %s", path)
@@ -400,9 +438,12 @@ class Trainer:
         """Restore the state map after the Checkpointer accepted the checkpoint (train.checkpoint.compat);
         a different world size re-partitions the state."""
         meta = self.checkpoints.check_resumable(
-            path, self._dataset_facts(), self.global_batch, self.backend.resumes_on_other_world_size,
+            path,
+            self._dataset_facts(),
+            self.global_batch,
+            self.backend.resumes_on_other_world_size,
             keys_are_rows=self.loader.keys_are_rows,
-        )  # fmt: skip
+        )
         check_same_reference(path, meta.get("reference"), reference_meta(self.reference))
         saved_world, world = meta["world_size"], self.backend.world_size
         with self._collectives(f"loading checkpoint {path.name}", self.cfg.backend.timeout_s):
@@ -411,12 +452,15 @@ class Trainer:
             logger.warning(
                 "resuming a %d-rank checkpoint on %d ranks: the step counter continues, but the phase plan (steps "
                 "per epoch, LR milestones) is rebuilt for the new global batch and the data stream restarts at "
-                "the next epoch", saved_world, world,
-            )  # fmt: skip
+                "the next epoch",
+                saved_world,
+                world,
+            )
         self.epoch = int(self.loader.state_dict()["epoch"])
         if self.backend.is_main:
-            logger.info("resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch,
-                        saved_world)  # fmt: skip
+            logger.info(
+                "resumed from %s at step %d, epoch %d (saved on %d ranks)", path, self.step, self.epoch, saved_world
+            )
 
 
 __all__ = ["Trainer"]

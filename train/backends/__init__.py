@@ -16,10 +16,12 @@ from train.backends.base import Backend
 # name -> (class, the named settings tests and benchmarks run it with: variant -> backend.options)
 _REGISTRY: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
     "ddp": ("train.backends.ddp:DDPBackend", {"": {}}),
-    "deepspeed": ("train.backends.deepspeed:DeepSpeedBackend",
-                  {f"zero{s}": {"ds_config": f"ds_configs/zero{s}.json"} for s in (1, 2, 3)}),
+    "deepspeed": (
+        "train.backends.deepspeed:DeepSpeedBackend",
+        {f"zero{s}": {"ds_config": f"ds_configs/zero{s}.json"} for s in (1, 2, 3)},
+    ),
     "fsdp2": ("train.backends.fsdp2:FSDP2Backend", {"": {}}),
-}  # fmt: skip
+}
 BACKENDS = tuple(_REGISTRY)
 
 

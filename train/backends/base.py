@@ -79,11 +79,14 @@ class Backend(ABC):
         `hidden_size`: the widest layer, for bucket sizes."""
         cls.parse_options(cfg.backend.options)
         if cfg.backend.precision not in cls.precisions:
-            raise ValueError(f"backend {cls.name} supports precision {' or '.join(cls.precisions)}, "
-                             f"not {cfg.backend.precision!r}")  # fmt: skip
+            raise ValueError(
+                f"backend {cls.name} supports precision {' or '.join(cls.precisions)}, not {cfg.backend.precision!r}"
+            )
         if cfg.optim.name not in cls.optimizers:
-            raise ValueError(f"optim.name {cfg.optim.name!r} is not supported with backend {cls.name}; "
-                             f"use {' or '.join(cls.optimizers)}")  # fmt: skip
+            raise ValueError(
+                f"optim.name {cfg.optim.name!r} is not supported with backend {cls.name}; "
+                f"use {' or '.join(cls.optimizers)}"
+            )
         return {}
 
     @classmethod
@@ -103,8 +106,10 @@ class Backend(ABC):
         lines = []
         precision = env.get("ACCELERATE_MIXED_PRECISION")
         if precision is not None and _ACCELERATE_PRECISION.get(precision, precision) != cfg.backend.precision:
-            lines.append(f"mixed_precision: {precision!r} is ignored; the recipe's backend.precision "
-                         f"{cfg.backend.precision!r} is used")  # fmt: skip
+            lines.append(
+                f"mixed_precision: {precision!r} is ignored; the recipe's backend.precision "
+                f"{cfg.backend.precision!r} is used"
+            )
         for variable, settings in ACCELERATE_TYPES.items():
             if env.get(variable) == "true" and variable not in cls.launcher_types:
                 lines.append(f"{settings} is ignored; the recipe's backend.name {cfg.backend.name!r} is used")
@@ -251,8 +256,9 @@ def select_local_device() -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def adam_state_bytes(params: int, precision: str, weight_shards: int, grad_shards: int, optim_shards: int,
-                     low_precision_weights: bool) -> dict[str, float]:  # fmt: skip
+def adam_state_bytes(
+    params: int, precision: str, weight_shards: int, grad_shards: int, optim_shards: int, low_precision_weights: bool
+) -> dict[str, float]:
     """Weights, gradients and Adam state per GPU, given how many ways each is sharded.
 
     Low-precision weights (DeepSpeed bf16/fp16) keep 2-byte weights and gradients plus an fp32

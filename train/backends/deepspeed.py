@@ -73,7 +73,7 @@ def resolve_ds_config(
         if cfg.get(key, "auto") == "auto":
             cfg[key] = value
         elif cfg[key] != value:
-            raise ValueError(f"{path}: {key} = {cfg[key]!r} contradicts the training config ({value!r}); use \"auto\"")
+            raise ValueError(f'{path}: {key} = {cfg[key]!r} contradicts the training config ({value!r}); use "auto"')
     cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x world size
     for dtype in ("bf16", "fp16"):
         section = cfg.setdefault(dtype, {})
@@ -81,7 +81,7 @@ def resolve_ds_config(
         if section.get("enabled", "auto") == "auto":
             section["enabled"] = wanted
         elif bool(section["enabled"]) != wanted:
-            raise ValueError(f"{path}: {dtype}.enabled contradicts backend.precision = {precision!r}; use \"auto\"")
+            raise ValueError(f'{path}: {dtype}.enabled contradicts backend.precision = {precision!r}; use "auto"')
     buckets = {
         "reduce_bucket_size": hidden * hidden,
         "allgather_bucket_size": hidden * hidden,
@@ -114,8 +114,16 @@ class DeepSpeedBackend(Backend):
         path = cls.parse_options(cfg.backend.options).ds_config
         if not path:
             raise ValueError("backend.options.ds_config must name a DeepSpeed JSON (e.g. ds_configs/zero2.json)")
-        return {"ds_config": resolve_ds_config(path, cfg.data.batch_size, cfg.optim.grad_clip, cfg.backend.precision,
-                                               hidden_size, cfg.optim.accum_steps)}  # fmt: skip
+        return {
+            "ds_config": resolve_ds_config(
+                path,
+                cfg.data.batch_size,
+                cfg.optim.grad_clip,
+                cfg.backend.precision,
+                hidden_size,
+                cfg.optim.accum_steps,
+            )
+        }
 
     @classmethod
     def launcher_conflicts(cls, cfg, env: Mapping[str, str]) -> list[str]:  # noqa: ANN001
@@ -123,17 +131,23 @@ class DeepSpeedBackend(Backend):
         lines = super().launcher_conflicts(cfg, env)
         ours, theirs = cls.parse_options(cfg.backend.options).ds_config, env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
         if theirs and Path(theirs).resolve() != Path(ours).resolve():
-            lines.append(f"deepspeed_config.deepspeed_config_file {theirs!r} is ignored; the recipe's "
-                         f"backend.options.ds_config {ours!r} is used")  # fmt: skip
+            lines.append(
+                f"deepspeed_config.deepspeed_config_file {theirs!r} is ignored; the recipe's "
+                f"backend.options.ds_config {ours!r} is used"
+            )
         return lines
 
     @classmethod
     def state_bytes_per_gpu(cls, cfg, options: dict[str, Any], params: int, world: int) -> dict[str, float]:  # noqa: ANN001, E501
         stage = options["ds_config"]["zero_optimization"]["stage"]
         return adam_state_bytes(
-            params, cfg.backend.precision, world if stage == 3 else 1, world if stage >= 2 else 1, world,
+            params,
+            cfg.backend.precision,
+            world if stage == 3 else 1,
+            world if stage >= 2 else 1,
+            world,
             low_precision_weights=True,
-        )  # fmt: skip
+        )
 
     @staticmethod
     def consolidate(directory: Path, empty_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,8 +163,16 @@ class DeepSpeedBackend(Backend):
         if "RANK" not in os.environ and not torch.distributed.is_initialized():
             # One process started without torchrun's variables (`accelerate launch --num_processes 1`,
             # `python recipe.py`): give DeepSpeed the 1-rank group it needs, as torchrun would.
-            os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})  # fmt: skip
+            os.environ.update(
+                {
+                    "RANK": "0",
+                    "LOCAL_RANK": "0",
+                    "WORLD_SIZE": "1",
+                    "LOCAL_WORLD_SIZE": "1",
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(free_port()),
+                }
+            )
         # accelerate picks its distributed type from the launcher's environment; make it DeepSpeed even
         # when launched like the other backends (`accelerate launch --multi_gpu`, ACCELERATE_USE_CPU=1).
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"

@@ -103,9 +103,7 @@ class FSDP2Backend(Backend):
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         dcp_load(state, directory / "dcp")  # neither its .metadata nor its bytes items can run code
-        set_state_dict(
-            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
-        )
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
     def local_shards(self) -> list[torch.Tensor]:
         return [p.to_local() if isinstance(p, DTensor) else p for p in self.raw_model.parameters()]

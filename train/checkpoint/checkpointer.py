@@ -44,9 +44,15 @@ class Checkpointer:
     """
 
     def __init__(
-        self, cfg: TrainConfig, parts: dict[str, Part], rank: int, world_size: int, barrier: Callable[[], None],
-        resolved: dict[str, Any] | None = None, total_steps: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        cfg: TrainConfig,
+        parts: dict[str, Part],
+        rank: int,
+        world_size: int,
+        barrier: Callable[[], None],
+        resolved: dict[str, Any] | None = None,
+        total_steps: int = 0,
+    ) -> None:
         self.cfg = cfg
         self.resolved = resolved
         self.total_steps = total_steps
@@ -95,8 +101,10 @@ class Checkpointer:
         elif None not in (recent_loss, ref_loss) and recent_loss > c.healthy_loss_factor * ref_loss:
             reason = f"recent loss {recent_loss:.4g} left its range (> {c.healthy_loss_factor:g} x {ref_loss:.4g})"
         elif None not in (max_abs_weight, ref_weight) and max_abs_weight > c.healthy_weight_factor * ref_weight:
-            reason = (f"largest |weight| {max_abs_weight:.4g} jumped past {c.healthy_weight_factor:g} x "
-                      f"{ref_weight:.4g} (the last healthy checkpoint's, {healthy.name})")  # fmt: skip
+            reason = (
+                f"largest |weight| {max_abs_weight:.4g} jumped past {c.healthy_weight_factor:g} x "
+                f"{ref_weight:.4g} (the last healthy checkpoint's, {healthy.name})"
+            )
         else:
             reason = ""
         return {"healthy": not reason, "recent_loss": recent_loss, "max_abs_weight": max_abs_weight, "reason": reason}
@@ -111,13 +119,17 @@ class Checkpointer:
     def save(self, progress: dict[str, Any], dataset: dict[str, Any], weights_finite: Callable[[], bool]) -> Path:
         """Write every part, then meta.json; `progress` (step, epoch, phase, health, tracked runs) describes the
         checkpoint to people and tools, the parts hold the state (the trainer's own progress included)."""
-        meta = progress | {
-            "format": FORMAT,
-            "world_size": self.world_size,
-            "backend": self.cfg.backend.name,
-            "config": to_dict(self.cfg),
-            "dataset": dataset,
-        } | ({} if self.resolved is None else {RESOLVED: self.resolved})
+        meta = (
+            progress
+            | {
+                "format": FORMAT,
+                "world_size": self.world_size,
+                "backend": self.cfg.backend.name,
+                "config": to_dict(self.cfg),
+                "dataset": dataset,
+            }
+            | ({} if self.resolved is None else {RESOLVED: self.resolved})
+        )
         return self.writer.save(
             progress["step"], lambda directory: save_parts(self.parts, directory, self.rank), meta, weights_finite
         )
@@ -146,10 +158,12 @@ class Checkpointer:
         if "dataset" in meta:  # facts measured from the data (older checkpoints lack them)
             facts = dict(meta["dataset"])
             if "rows" not in facts and not keys_are_rows:  # per-sample state indexed by source key
-                raise ConfigError(f"{path} indexes its per-sample state by source key (max key + 1 rows); this "
-                                  "data's index gives dense rows 0..N-1 that differ from those keys, so the saved "
-                                  "state would belong to other samples. Start a new run, or resume it with the "
-                                  "version that wrote it")  # fmt: skip
+                raise ConfigError(
+                    f"{path} indexes its per-sample state by source key (max key + 1 rows); this "
+                    "data's index gives dense rows 0..N-1 that differ from those keys, so the saved "
+                    "state would belong to other samples. Start a new run, or resume it with the "
+                    "version that wrote it"
+                )
             saved, current = saved | {"dataset": facts | {"rows": "dense"}}, current | {"dataset": dataset}
         allowed = list(self.cfg.checkpoint.allow_changes)
         if meta["world_size"] * saved["data"]["batch_size"] == global_batch:  # another world size, same global
@@ -158,8 +172,10 @@ class Checkpointer:
         if changes and self.rank == 0:
             logger.info("config changes since %s:\n  %s", path.name, "\n  ".join(changes))
         if meta["world_size"] != self.world_size and not resumes_elsewhere:
-            raise ConfigError(f"{path}: backend {self.cfg.backend.name} cannot resume a {meta['world_size']}-rank "
-                              f"checkpoint on {self.world_size} ranks")  # fmt: skip
+            raise ConfigError(
+                f"{path}: backend {self.cfg.backend.name} cannot resume a {meta['world_size']}-rank "
+                f"checkpoint on {self.world_size} ranks"
+            )
         return meta
 
     def load(self, path: Path, saved_world: int) -> None:
@@ -169,8 +185,9 @@ class Checkpointer:
             load_parts(self.parts, path, self.rank, saved_world, self.world_size)
         except CheckpointException as err:  # torch.distributed.checkpoint: each rank's traceback; keep the cause
             cause = [line for line in str(err).splitlines() if line.strip()][-1]
-            raise CheckpointDamaged(f"{path} could not be loaded on rank {self.rank} ({cause}); resume from an "
-                                    "earlier step_* directory") from None  # fmt: skip
+            raise CheckpointDamaged(
+                f"{path} could not be loaded on rank {self.rank} ({cause}); resume from an earlier step_* directory"
+            ) from None
         except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
             if is_timeout(err):  # a silent rank, not a bad file: train.faults.timeouts.watch names it
                 raise

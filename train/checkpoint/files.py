@@ -155,8 +155,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for root in (p, p / "checkpoints"):
         if root.is_dir() and (found := resolve_resume(root, LATEST)) is not None:
             return found
-    raise FileNotFoundError(f"{path}: no checkpoint there; give a step_* directory, a run's checkpoints/ directory, "
-                            f"its {LATEST!r} or the run directory")
+    raise FileNotFoundError(
+        f"{path}: no checkpoint there; give a step_* directory, a run's checkpoints/ directory, "
+        f"its {LATEST!r} or the run directory"
+    )
 
 
 def resolve_resume_on_main(root: Path, resume: str | None) -> Path | None:

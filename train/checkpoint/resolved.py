@@ -37,8 +37,9 @@ def model_config_for(name: str, overrides: dict[str, Any], tau: TauSpec) -> CLIP
     return get_model_config(name, **(overrides | init))
 
 
-def resolved_block(model_name: str, model_config: CLIPConfig, loss: LossConfig, backend: str,
-                   backend_options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def resolved_block(
+    model_name: str, model_config: CLIPConfig, loss: LossConfig, backend: str, backend_options: dict[str, Any]
+) -> dict[str, Any]:
     """The block as plain JSON (a copy: nothing that later mutates the backend's options changes it)."""
     block = {
         "model": {"name": model_name, "config": to_dict(model_config)},
@@ -63,7 +64,9 @@ def _derived_model_config(config: dict[str, Any]) -> CLIPConfig:
     try:
         loss = from_dict(LossConfig, config["loss"], "meta.json config.loss").resolved()
     except ValueError as err:  # ConfigError too
-        raise ConfigError(f"this checkpoint has no `{RESOLVED}` block (written before it was saved) and its saved loss "
-                          f"config no longer resolves ({err}); load it with the version that wrote it") from err
+        raise ConfigError(
+            f"this checkpoint has no `{RESOLVED}` block (written before it was saved) and its saved loss "
+            f"config no longer resolves ({err}); load it with the version that wrote it"
+        ) from err
     model = config["model"]
     return model_config_for(model["name"], dict(model.get("overrides", {})), tau_spec(loss))

@@ -25,10 +25,15 @@ class ExitCode(IntEnum):
 
 
 _STATUS = {
-    ExitCode.COMPLETED: "completed", ExitCode.ERROR: "failed", ExitCode.CONFIG: "config error",
-    ExitCode.DIVERGED: "diverged", ExitCode.CHECKPOINT: "checkpoint error", ExitCode.HUNG: "hung rank",
-    ExitCode.DATA_UNAVAILABLE: "data unavailable", ExitCode.PREEMPTED: "preempted",
-}  # fmt: skip
+    ExitCode.COMPLETED: "completed",
+    ExitCode.ERROR: "failed",
+    ExitCode.CONFIG: "config error",
+    ExitCode.DIVERGED: "diverged",
+    ExitCode.CHECKPOINT: "checkpoint error",
+    ExitCode.HUNG: "hung rank",
+    ExitCode.DATA_UNAVAILABLE: "data unavailable",
+    ExitCode.PREEMPTED: "preempted",
+}
 
 
 def status_of(code: int) -> str:

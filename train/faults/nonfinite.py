@@ -38,7 +38,6 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(checks.all())
 
 
-
 class StepGuard:
     """The once-per-step agreement between ranks, without waiting for the device.
 
@@ -87,8 +86,13 @@ class StepGuard:
         self.in_a_row = torch.where(skip > 0, self.in_a_row + 1, torch.zeros_like(self.in_a_row))
         self.total = self.total + skip
         norm = torch.full_like(loss.double(), math.nan) if grad_norm is None else torch.as_tensor(grad_norm)
-        values = torch.stack([loss.detach().double().reshape(()), norm.to(loss.device).double().reshape(()),
-                              torch.full_like(loss.double(), lr)])  # fmt: skip
+        values = torch.stack(
+            [
+                loss.detach().double().reshape(()),
+                norm.to(loss.device).double().reshape(()),
+                torch.full_like(loss.double(), lr),
+            ]
+        )
         first = (self.in_a_row >= self.limit) & (self.limit_hit[0] == 0)
         self.limit_hit = torch.where(first, torch.cat([torch.full_like(values[:1], step), values]), self.limit_hit)
         self._queue(torch.cat([self._flags.double(), self.limit_hit]))

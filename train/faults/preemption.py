@@ -78,8 +78,10 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
 
 
 _startup: list[str] = []  # the run directory while the start-up handler is installed
-STARTUP_MESSAGE = ("preempted during start-up, before training began: nothing new to save; requeue with "
-                   "checkpoint.resume=latest (it resumes from the last checkpoint, if any)")  # fmt: skip
+STARTUP_MESSAGE = (
+    "preempted during start-up, before training began: nothing new to save; requeue with "
+    "checkpoint.resume=latest (it resumes from the last checkpoint, if any)"
+)
 
 
 def preempt_during_startup(output_dir: str) -> None:
@@ -88,6 +90,7 @@ def preempt_during_startup(output_dir: str) -> None:
     with ExitCode.PREEMPTED, so a batch script can requeue a job stopped while its ranks start. Main thread only.
     It never replaces a status.json (a rank that failed in setup wrote the real outcome, and the launcher then
     signals the others) nor writes into a directory whose lock another job holds."""
+
     def stop(signum: int, frame: FrameType | None) -> None:
         if not _startup:  # restored after training failed (PreemptionFlag.restore): the signal's default action
             signal.signal(signum, signal.SIG_DFL)

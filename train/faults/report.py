@@ -43,6 +43,10 @@ def record_for_launcher(err: BaseException) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    record = {"message": {"message": f"{type(err).__name__}: {err}", "extraInfo": {
-        "py_callstack": traceback.format_exc(), "timestamp": str(int(time.time()))}}}  # fmt: skip
+    record = {
+        "message": {
+            "message": f"{type(err).__name__}: {err}",
+            "extraInfo": {"py_callstack": traceback.format_exc(), "timestamp": str(int(time.time()))},
+        }
+    }
     Path(path).write_text(json.dumps(record))

@@ -25,7 +25,6 @@ from train.faults.rank_sync import from_main
 logger = logging.getLogger("fastflip")
 
 
-
 class RunDirectoryLocked(ConfigError):
     """Another live job holds the run directory."""
 

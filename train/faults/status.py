@@ -20,8 +20,9 @@ from train.faults.exit_codes import status_of
 STATUS_FILE = "status.json"
 
 
-def write_status(output_dir: str | Path, exit_code: int, message: str, step: int | None,
-                 replace: bool = True) -> Path | None:  # fmt: skip
+def write_status(
+    output_dir: str | Path, exit_code: int, message: str, step: int | None, replace: bool = True
+) -> Path | None:
     """Write the outcome atomically (a reader never sees half a file; ranks writing the same outcome race safely).
     With `replace=False` an existing status.json is kept (and None returned): a guess such as "preempted during
     start-up" never hides the real outcome another rank wrote (tools/slurm_train.sbatch deletes the file before
@@ -29,9 +30,13 @@ def write_status(output_dir: str | Path, exit_code: int, message: str, step: int
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     record = {
-        "status": status_of(exit_code), "exit_code": int(exit_code), "step": step, "message": message,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
-    }  # fmt: skip
+        "status": status_of(exit_code),
+        "exit_code": int(exit_code),
+        "step": step,
+        "message": message,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+    }
     if not replace:
         try:
             fd = os.open(directory / STATUS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

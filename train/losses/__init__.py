@@ -30,10 +30,17 @@ if TYPE_CHECKING:
 
 # The rest (torch) loads on first use.
 _ON_FIRST_USE = {
-    "ContrastiveLoss": "base", "LossOutput": "base", "build_loss": "build", "repartition_loss_states": "build",
-    "FastCLIPLoss": "fastclip", "OpenCLIPLoss": "openclip", "SigLIPLoss": "siglip",
-    "GlobalTemperature": "temperature", "TauSpec": "temperature", "tau_spec": "temperature",
-}  # fmt: skip
+    "ContrastiveLoss": "base",
+    "LossOutput": "base",
+    "build_loss": "build",
+    "repartition_loss_states": "build",
+    "FastCLIPLoss": "fastclip",
+    "OpenCLIPLoss": "openclip",
+    "SigLIPLoss": "siglip",
+    "GlobalTemperature": "temperature",
+    "TauSpec": "temperature",
+    "tau_spec": "temperature",
+}
 
 
 def __getattr__(name: str) -> Any:

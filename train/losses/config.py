@@ -140,16 +140,17 @@ class LossConfig:
         if self.lr_tau_schedule is not None:
             _choice("lr_tau_schedule", self.lr_tau_schedule, LR_TAU_SCHEDULES)
         if self.name in _MINI_BATCH and self.version is not None:
-            raise ValueError(f"loss.version: {self.name} has no version (FastCLIP only); "
-                             "set loss.version=null")
+            raise ValueError(f"loss.version: {self.name} has no version (FastCLIP only); set loss.version=null")
         if self.name in _ALIASES:
             version, schedule = _ALIASES[self.name]
             if self.version not in (None, version):
-                raise ValueError(f"loss.version: {self.name} is FastCLIP {version}, got {self.version!r}; "
-                                 "set loss.version=null")
+                raise ValueError(
+                    f"loss.version: {self.name} is FastCLIP {version}, got {self.version!r}; set loss.version=null"
+                )
             if self.gamma_schedule not in (None, schedule):
-                raise ValueError(f"loss.gamma_schedule: {self.name} uses a {schedule} gamma; "
-                                 "set loss.gamma_schedule=null")
+                raise ValueError(
+                    f"loss.gamma_schedule: {self.name} uses a {schedule} gamma; set loss.gamma_schedule=null"
+                )
         if not self.eps > 0:
             raise ValueError(f"loss.eps must be > 0, got {self.eps}")
         if not 0 < self.tau_min <= self.tau_max:
@@ -183,12 +184,16 @@ class LossConfig:
                 raise ValueError("loss.distill_weight: distillation needs a reference model (set loss.reference)")
             return
         if self.name in _MINI_BATCH:
-            raise ValueError(f"loss.reference: model steering (DRRho) needs a FastCLIP loss, not {self.name!r}; "
-                             "set loss.name: fastclip or remove loss.reference")  # fmt: skip
+            raise ValueError(
+                f"loss.reference: model steering (DRRho) needs a FastCLIP loss, not {self.name!r}; "
+                "set loss.name: fastclip or remove loss.reference"
+            )
         source, sep, path = self.reference.partition(":")
         if not sep or source not in REFERENCE_SOURCES or not path:
-            raise ValueError(f"loss.reference must be 'open_clip:PATH', 'hf:PATH' or 'fastflip:CHECKPOINT_DIR', "
-                             f"got {self.reference!r}")  # fmt: skip
+            raise ValueError(
+                f"loss.reference must be 'open_clip:PATH', 'hf:PATH' or 'fastflip:CHECKPOINT_DIR', "
+                f"got {self.reference!r}"
+            )
         if source != "fastflip" and not self.reference_model:
             raise ValueError(f"loss.reference_model: name the architecture of {self.reference!r} (e.g. ViT-B-32)")
         if source == "fastflip" and self.reference_model:

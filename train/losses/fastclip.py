@@ -86,8 +86,10 @@ class FastCLIPLoss(ContrastiveLoss):
     def __init__(self, cfg: LossConfig, num_samples: int, group: Group = None) -> None:
         """`cfg`: resolved (LossConfig.resolved(); build_loss and train.setup hand it so), never resolved here."""
         if cfg.name != "fastclip" or not cfg.is_resolved:
-            raise ValueError(f"FastCLIPLoss needs a resolved fastclip config (LossConfig.resolved()), got name "
-                             f"{cfg.name!r}, version {cfg.version!r}")  # fmt: skip
+            raise ValueError(
+                f"FastCLIPLoss needs a resolved fastclip config (LossConfig.resolved()), got name "
+                f"{cfg.name!r}, version {cfg.version!r}"
+            )
         self.cfg = cfg
         self.version = cfg.version
         columns = {"log_u1": -math.inf, "log_u2": -math.inf}
@@ -116,15 +118,21 @@ class FastCLIPLoss(ContrastiveLoss):
         """`reference`: the frozen reference model's local features (r1, r2) [B, d_ref], required exactly when
         the config names `loss.reference`."""
         if (reference is None) != (self.cfg.reference is None):
-            raise ValueError("FastCLIPLoss: reference features are needed exactly when loss.reference is set "
-                             f"(loss.reference is {self.cfg.reference!r})")  # fmt: skip
+            raise ValueError(
+                "FastCLIPLoss: reference features are needed exactly when loss.reference is set "
+                f"(loss.reference is {self.cfg.reference!r})"
+            )
         with torch.autocast(image_features.device.type, enabled=False):
             return self._step(image_features, text_features, index, logit_scale, reference)
 
     def _step(
-        self, img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, logit_scale: torch.Tensor,
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        index: torch.Tensor,
+        logit_scale: torch.Tensor,
         reference: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> LossOutput:  # fmt: skip
+    ) -> LossOutput:
         cfg, col = self.cfg, self.state.col
         dtype = torch.promote_types(img.dtype, torch.float32)
         e1, e2 = img.to(dtype), txt.to(dtype)
@@ -165,9 +173,18 @@ class FastCLIPLoss(ContrastiveLoss):
         distill = cfg.distill_weight > 0
         if distill:
             student = ls.detach().exp()
-            extra = torch.cat([extra, distill_rows(student * sim12.detach(), student * sim21.detach(),
-                                                   cfg.distill_logit_scale * rsim12, cfg.distill_logit_scale * rsim21)],
-                              dim=1)  # fmt: skip
+            extra = torch.cat(
+                [
+                    extra,
+                    distill_rows(
+                        student * sim12.detach(),
+                        student * sim21.detach(),
+                        cfg.distill_logit_scale * rsim12,
+                        cfg.distill_logit_scale * rsim21,
+                    ),
+                ],
+                dim=1,
+            )
         post = self.state.update(keys, rows, extra)  # [G, T + E]: updated rows + extras of every anchor
         xcol = self._extra_col
 
@@ -195,8 +212,14 @@ class FastCLIPLoss(ContrastiveLoss):
         surrogate = total / (2 * batch * (n - 1))
         if distill:
             lse = [xcol(name) for name in _DISTILL_EXTRAS[:4]]
-            kd = distill_surrogate(ls.exp(), cfg.distill_logit_scale, (sim12, sim21), (rsim12, rsim21),
-                                   post[offset : offset + batch, lse], post[:, lse])  # fmt: skip
+            kd = distill_surrogate(
+                ls.exp(),
+                cfg.distill_logit_scale,
+                (sim12, sim21),
+                (rsim12, rsim21),
+                post[offset : offset + batch, lse],
+                post[:, lse],
+            )
             surrogate = surrogate + cfg.distill_weight / 2 * kd
         if self.version == "v3":
             tau = torch.exp(-ls)
@@ -221,8 +244,16 @@ class FastCLIPLoss(ContrastiveLoss):
         for side, diff, lu in (("1", diff1, lu1), ("2", diff2, lu2)):
             grad = individual_tau_grad(diff, anchors, log_eps_plus(lu, cfg.eps), cfg.rho)
             tau, m, v, count = per_sample_adam(
-                old[:, col("tau" + side)], old[:, col("m" + side)], old[:, col("v" + side)], old[:, col("count")],
-                grad, cfg.lr_tau, cfg.tau_betas, cfg.tau_adam_eps, (cfg.tau_min, cfg.tau_max), cfg.tau_grad_clamp,
+                old[:, col("tau" + side)],
+                old[:, col("m" + side)],
+                old[:, col("v" + side)],
+                old[:, col("count")],
+                grad,
+                cfg.lr_tau,
+                cfg.tau_betas,
+                cfg.tau_adam_eps,
+                (cfg.tau_min, cfg.tau_max),
+                cfg.tau_grad_clamp,
             )
             new[:, col("tau" + side)], new[:, col("m" + side)], new[:, col("v" + side)] = tau, m, v
             new[:, col("count")] = count
@@ -264,8 +295,11 @@ class FastCLIPLoss(ContrastiveLoss):
         tracked = ["log_u1", "log_u2"] + (["tau1", "tau2"] if self.version == "v2" else [])
         for name in tracked:
             column = post[:, col(name)]
-            stats |= {f"state/{name}_mean": column.mean(), f"state/{name}_min": column.min(),
-                      f"state/{name}_max": column.max()}  # fmt: skip
+            stats |= {
+                f"state/{name}_mean": column.mean(),
+                f"state/{name}_min": column.min(),
+                f"state/{name}_max": column.max(),
+            }
         return value, stats
 
     def state_dict(self) -> dict[str, Any]:
@@ -279,7 +313,8 @@ class FastCLIPLoss(ContrastiveLoss):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != "fastclip" or state.get("version") != self.version:
-            raise ValueError(f"loss state is for {state.get('name')} {state.get('version')}, "
-                             f"this run uses fastclip {self.version}")
+            raise ValueError(
+                f"loss state is for {state.get('name')} {state.get('version')}, this run uses fastclip {self.version}"
+            )
         self.state.load_state_dict(state["sample_state"])
         self.epoch, self.gamma = state["epoch"], state["gamma"]

@@ -136,8 +136,10 @@ class SampleState:
         if index.numel() % self.world_size:
             raise ValueError(f"{index.numel()} gathered keys do not split evenly over {self.world_size} ranks")
         if not index.is_cuda and bool(((index < 0) | (index >= self.num_samples)).any()):  # CUDA: no sync
-            raise ValueError(f"sample keys must lie in [0, {self.num_samples}); got min {int(index.min())} "
-                             f"max {int(index.max())} (is num_samples the size of the key space?)")
+            raise ValueError(
+                f"sample keys must lie in [0, {self.num_samples}); got min {int(index.min())} "
+                f"max {int(index.max())} (is num_samples the size of the key space?)"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's shard (a copy) with the metadata `repartition_shards` needs."""
@@ -198,14 +200,16 @@ def repartition_shards(
     out = []
     for rank in range(world_size):
         start, stop = shard_bounds(num_samples, world_size, rank) if layout == "sharded" else (0, num_samples)
-        out.append({
-            "layout": layout,
-            "num_samples": num_samples,
-            "world_size": world_size,
-            "rank": rank,
-            "start": start,
-            "stop": stop,
-            "columns": list(shards[0]["columns"]),
-            "table": table[start:stop].clone(),
-        })
+        out.append(
+            {
+                "layout": layout,
+                "num_samples": num_samples,
+                "world_size": world_size,
+                "rank": rank,
+                "start": start,
+                "stop": stop,
+                "columns": list(shards[0]["columns"]),
+                "table": table[start:stop].clone(),
+            }
+        )
     return out

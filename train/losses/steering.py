@@ -61,8 +61,9 @@ def distill_surrogate(
     batch = sims[0].shape[0]
     s_det = scale.detach()
     total = sims[0].new_zeros(())
-    for side, (sim, rsim, other, rother) in enumerate(((sims[0], ref_sims[0], sims[1], ref_sims[1]),
-                                                       (sims[1], ref_sims[1], sims[0], ref_sims[0]))):  # fmt: skip
+    for side, (sim, rsim, other, rother) in enumerate(
+        ((sims[0], ref_sims[0], sims[1], ref_sims[1]), (sims[1], ref_sims[1], sims[0], ref_sims[0]))
+    ):
         lq, lp = lse_local[:, 2 * side], lse_local[:, 2 * side + 1]
         lq_all, lp_all = lse_all[:, 2 * side], lse_all[:, 2 * side + 1]
         z = scale * sim  # local anchors x all columns: autograd into the anchors and S

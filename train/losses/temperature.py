@@ -126,8 +126,9 @@ class GlobalTemperature:
             return
         params = self._params()
         if any(p.grad is None for p in params):
-            raise RuntimeError("the temperature got no gradient: pass GlobalTemperature.logit_scale (and "
-                               "logit_bias) to the loss")  # fmt: skip
+            raise RuntimeError(
+                "the temperature got no gradient: pass GlobalTemperature.logit_scale (and logit_bias) to the loss"
+            )
         grad = all_reduce_mean(torch.cat([p.grad for p in params]), self.group)  # one collective for both
         keep = None if skip is None else skip.reshape(1) > 0
         beta1, beta2 = self.betas
