@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.suite_fixtures import _add, _png
+
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEMPLATES = ("a photo of the number {c}.", "a drawing of {c}.")
 WINOGAVIL_SIZES = (5, 6, 10, 12, 5, 10, 12, 6, 10, 12)
@@ -40,18 +42,6 @@ def digits(n: int, classes: int) -> tuple[list[Image.Image], np.ndarray]:
     return images, data.target[keep].astype(np.int64)
 
 
-def _bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def grouped_wds(
     out: Path, images: list[Image.Image], labels: np.ndarray, metadata: np.ndarray, shards: int = 1
 ) -> GroupedSet:
@@ -63,7 +53,7 @@ def grouped_wds(
             for i in part:
                 buf = io.BytesIO()
                 np.save(buf, metadata[i])
-                _add(tar, f"s{i:06d}.png", _bytes(images[i]))
+                _add(tar, f"s{i:06d}.png", _png(images[i]))
                 _add(tar, f"s{i:06d}.cls", str(int(labels[i])).encode())
                 _add(tar, f"s{i:06d}.npy", buf.getvalue())
     (out / "test" / "nshards.txt").write_text(f"{shards}\n")
@@ -145,7 +135,7 @@ def retrieval_cache(data_root: Path, name: str, images: list[Image.Image], capti
 
     schema = pa.schema([("image", _image_type()), ("caption", pa.list_(pa.string())), ("filename", pa.string())])
     rows = [
-        {"image": {"bytes": _bytes(im), "path": None}, "caption": caps, "filename": f"{i}.png"}
+        {"image": {"bytes": _png(im), "path": None}, "caption": caps, "filename": f"{i}.png"}
         for i, (im, caps) in enumerate(zip(images, captions, strict=True))
     ]
     return _write_arrow(_cache_folder(data_root, name), name, rows, schema)
@@ -166,7 +156,7 @@ def winogavil_cache(data_root: Path, instances: list[WinoInstance]) -> Path:
                 image.save(files / f"{name}.png")
                 stored.append({"bytes": None, "path": str(files / f"{name}.png")})
             else:
-                stored.append({"bytes": _bytes(image), "path": None})
+                stored.append({"bytes": _png(image), "path": None})
         rows.append(
             {
                 "ID": n,
