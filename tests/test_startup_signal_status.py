@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.ranks import REPO
+from tests.tiny_run import tiny_recipe
 from train.faults.status import read_status, write_status
 
 # A rank still starting: the start-up handler is installed; it says so, then waits for the launcher's signal.
@@ -86,18 +88,21 @@ def test_a_signal_while_starting_leaves_another_jobs_run_directory_alone(tmp_pat
 
 
 def test_supervise_ends_the_startup_handler_when_setup_fails(tmp_path: Path) -> None:
-    """After supervise caught this rank's own error, a signal takes its default action (no 'preempted')."""
+    """After supervise caught this rank's own error (a check across sections, after train.cli read the recipe), a
+    signal takes its default action (no 'preempted')."""
     script = """
 import os, signal, sys
 from train.cli import parse_args
+from train.config import read_config
 from train.faults.preemption import preempt_during_startup
 from train.supervise import supervise
 preempt_during_startup(sys.argv[1])
-supervise(parse_args(["--config", sys.argv[2]], ""))
+args = parse_args(["--config", sys.argv[2]], "")
+assert supervise(args, read_config(args.config, args.overrides)) == 2
 os.kill(os.getpid(), signal.SIGTERM)
 """
     run, recipe = tmp_path / "run", tmp_path / "bad.yaml"
-    recipe.write_text("model: {name: no_such_model}\n")
+    recipe.write_text(yaml.safe_dump(tiny_recipe(str(run), data={"image_size": 64})))  # the tiny model takes 32 px
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOCAL_RANK": "0"}
     done = subprocess.run(
         [sys.executable, "-c", script, str(run), str(recipe)], env=env, capture_output=True, text=True, timeout=120
