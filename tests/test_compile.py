@@ -44,6 +44,7 @@ def test_compiled_steps_equal_eager_steps_with_one_graph_per_mask_ratio(tmp_path
     assert eager["graphs"] == 0
 
 
+@pytest.mark.slow  # torch.compile: seconds, make test only
 def test_compile_blocks_keeps_the_state_dict_keys() -> None:
     from model import create_model
 

@@ -102,6 +102,7 @@ def vit_b32() -> CLIP:
     return create_model("ViT-B-32")
 
 
+@pytest.mark.slow  # a full ViT-B/32 through both libraries: seconds, make test only
 def test_vit_b32_key_mapping_round_trips_through_both_libraries(vit_b32: CLIP) -> None:
     """ours -> library model (strict load) -> its state dict -> ours is bitwise the original."""
     ours, cfg = vit_b32.state_dict(), vit_b32.config
@@ -118,6 +119,7 @@ def test_vit_b32_key_mapping_round_trips_through_both_libraries(vit_b32: CLIP) -
     assert torch.equal(torch.cat([q, k, v]), ours["text.blocks.3.attn.qkv.weight"])
 
 
+@pytest.mark.slow  # exports and loads three libraries' models: seconds, make test only
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_embeddings_agree_on_real_inputs(variant: str, exported: Callable) -> None:
     """HF is compared on the images its processor crops like OpenAI (all but odd-margin photos, see below)."""

@@ -127,6 +127,7 @@ def test_a_patch_that_does_not_divide_the_image_is_refused_naming_the_sizes_that
         get_model_config(name)
 
 
+@pytest.mark.slow  # builds every named model: seconds, make test only
 def test_parameter_counts_without_the_model_code_match_the_model() -> None:
     for name in MODEL_CONFIGS:
         for cfg in (get_model_config(name), get_model_config(name, init_logit_bias=-10.0, quick_gelu=True)):

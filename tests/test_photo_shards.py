@@ -9,6 +9,7 @@ import json
 import os
 import tarfile
 
+import pytest
 from PIL import Image
 
 from benchmarks.photo_shards import build
@@ -26,6 +27,7 @@ def members(path: str) -> dict[str, dict[str, bytes]]:
     return out
 
 
+@pytest.mark.slow  # builds two shard sets: seconds, make test only
 def test_layouts_match_img2dataset_and_are_deterministic(tmp_path) -> None:
     reference = next(iter(members(FIXTURE).values()))
     ref_meta = json.loads(reference["json"])
