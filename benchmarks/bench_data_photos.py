@@ -4,8 +4,9 @@ For each shard set (benchmarks/photo_shards.py: img2dataset's 256 px border layo
 pipeline runs in its own process pinned to one core (os.sched_setaffinity; its loader worker inherits it), then with
 one worker per core unpinned ("all cores"). Pipelines, interleaved per repeat (medians reported):
 
-- `decode:<decoder>`: read the tars in order and decode every JPEG at full size (PIL, simplejpeg, torchvision's
-  libjpeg-turbo); `decode_floor` is the fastest. `decode:pil_draft` decodes at the largest DCT scale (1/2, 1/4,
+- `decode:<decoder>`: read the tars in order and decode every JPEG at full size (PIL, simplejpeg into a fresh
+  array, simplejpeg into one buffer reused across images, torchvision's libjpeg-turbo); `decode_floor` is the
+  fastest. `decode:pil_draft` decodes at the largest DCT scale (1/2, 1/4,
   1/8) that keeps the crop at least the target size: a candidate, not a full decode;
 - `ours`: the real train loader (build_train_loader: crop box, tokenization, batching, uint8 to the trainer) in the
   path a GPU run takes by default (`data.resize: auto` = device: the worker decodes, the device resizes);
@@ -40,7 +41,7 @@ from benchmarks.cpu_time import cpu_seconds, per_cpu_s, with_children
 REPO = Path(__file__).resolve().parents[1]
 MODEL_RATES = {"0.0": 2069.0, "0.5": 3170.0, "0.75": 4204.0}  # ViT-B/16 model step on one H200, samples/s
 GOALS = {"ours_over_floor": 0.8, "ours_over_open_clip": 2.0, "cores_per_gpu_0.75": {"256": 6.0, "512": 10.0}}
-DECODERS = ("pil", "simplejpeg", "torchvision", "pil_draft")
+DECODERS = ("pil", "simplejpeg", "simplejpeg_reused", "torchvision", "pil_draft")
 OURS = {
     "ours": {"resize": "device"},
     "ours_host": {"resize": "host"},
@@ -78,6 +79,18 @@ def decoder(name: str, size: int):
 
         def decode(data: bytes):
             return simplejpeg.decode_jpeg(data, "RGB")
+    elif name == "simplejpeg_reused":  # into one buffer kept across images: no fresh pages to fault in
+        import numpy as np
+        import simplejpeg
+
+        buffer = np.empty(0, dtype=np.uint8)
+
+        def decode(data: bytes):
+            nonlocal buffer
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            if len(buffer) < height * width * 3:
+                buffer = np.empty(height * width * 3, dtype=np.uint8)
+            return simplejpeg.decode_jpeg(data, "RGB", buffer=buffer[: height * width * 3])
     elif name == "torchvision":
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -102,6 +115,7 @@ def run_decode(spec: dict) -> dict:
 
 
 def run_ours(spec: dict) -> dict:
+    from data.batch_buffer import give_back
     from data.config import DataConfig
     from data.loader import build_train_loader
 
@@ -118,9 +132,13 @@ def run_ours(spec: dict) -> dict:
     for _ in range(spec["warmup"]):
         next(batches)
     pids = with_children(os.getpid())
-    start, cpu0, n = time.perf_counter(), cpu_seconds(pids), 0
+    start, cpu0, n, previous = time.perf_counter(), cpu_seconds(pids), 0, None
     for _ in range(spec["batches"]):
-        n += len(next(batches)["index"])
+        batch = next(batches)
+        n += len(batch["index"])
+        if previous is not None:
+            give_back(previous)  # as the trainer does once the next batch is in (Trainer.next_batch)
+        previous = batch
     wall, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu0
     loader.close()
     return {"samples_per_s": n / wall, "samples_per_cpu_s": per_cpu_s(n, cpu)}
@@ -188,25 +206,50 @@ def run_candidates(spec: dict) -> dict:
         "mean_abs_levels": float(diff.mean()),
         "max_abs_levels": int(diff.max()),
     }
-    out |= handoff(data[: spec["batch_size"]], boxes, reference)
+    out |= handoff(data[: spec["batch_size"]], reference)
     return out
 
 
-def handoff(data: list[bytes], boxes: list, crops) -> dict:
-    """ms per image to put a batch into shared memory, as a worker hands it to the trainer: final 224 px crops
-    (the host path) or whole decoded images (resize: device). Fresh shared-memory pages cost what they cost."""
-    import numpy as np
-    from PIL import Image
+def handoff(data: list[bytes], crops) -> dict:
+    """ms per image to decode a batch (simplejpeg) into what a worker hands the trainer, in shared memory:
+    `handoff_pooled`: into a pooled buffer the consumer gives back (the loader's way, data.batch_buffer);
+    `handoff_fresh`: into a fresh buffer each batch (a consumer that keeps its batches);
+    `handoff_copied`: into per-image arrays, then copied into a new tensor moved to shared memory (before the pool);
+    `handoff_crops`: the host path's final crops (already resized) into fresh shared memory, decode not included."""
+    import simplejpeg
+    import torch
 
-    from data.device_transforms import DecodedCrop
+    from data.batch_buffer import Arena, BufferPool, give_back
     from data.transforms import stack_pixels
 
-    decoded = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in data]
+    def into_arena(pool: BufferPool, back: bool):
+        def run():
+            arena = Arena(pool, len(data))
+            for d in data:
+                h, w, _, _ = simplejpeg.decode_jpeg_header(d)
+                simplejpeg.decode_jpeg(d, "RGB", buffer=arena.slot(h * w * 3))
+                arena.commit(h * w * 3)
+            if back:
+                give_back({"decoded": arena.take()})
+
+        return run
+
+    def copied():
+        arrays = [simplejpeg.decode_jpeg(d, "RGB") for d in data]
+        flat = torch.empty(sum(a.size for a in arrays), dtype=torch.uint8).share_memory_()
+        view, at = flat.numpy(), 0
+        for a in arrays:
+            view[at : at + a.size] = a.reshape(-1)
+            at += a.size
+
     out = {}
     for name, fn in (
+        ("handoff_pooled", into_arena(BufferPool(True, 4), True)),
+        ("handoff_fresh", into_arena(BufferPool(True, 4), False)),
+        ("handoff_copied", copied),
         ("handoff_crops", lambda: stack_pixels(list(crops[: len(data)]), shared=True)),
-        ("handoff_decoded", lambda: DecodedCrop.stack(list(zip(decoded, boxes, strict=False)), True)),
     ):
+        fn()  # the pool's first buffer is made here, as a worker makes it in its first batch
         start = time.process_time()
         for _ in range(3):
             fn()

@@ -138,8 +138,10 @@ CANDIDATE = {
     "pil_bilinear": "Pillow bilinear in the worker",
     "pil_draft_bicubic": "Pillow `draft` (DCT downscale) + bicubic",
     "device_resize_on_a_cpu_core": "the batched device resize, run on one CPU core",
-    "handoff_crops": "handing a resized crop to the trainer (shared memory)",
-    "handoff_decoded": "handing a whole decoded image to the trainer (shared memory)",
+    "handoff_pooled": "decode into a pooled shared buffer the trainer gives back (ours)",
+    "handoff_fresh": "decode into a fresh shared buffer per batch",
+    "handoff_copied": "decode into an array, then copy into new shared memory (before)",
+    "handoff_crops": "hand a resized crop over in fresh shared memory (host path; no decode)",
 }
 
 

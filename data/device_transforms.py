@@ -21,9 +21,11 @@ import random
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 
+from data.batch_buffer import Arena, BufferPool, empty_uint8
 from data.device_resize import crop_resize
-from data.image_limits import check_image_size
+from data.image_limits import check_image_size, check_size
 from data.transforms import normalize_pixels, random_resized_crop_box
 from data.types import Batch
 
@@ -52,49 +54,100 @@ def _ends_whole(data: bytes) -> bool:
     return data.rstrip(b"\0")[-2:] == b"\xff\xd9"
 
 
-def decode_rgb(data: bytes, img: Image.Image) -> np.ndarray:
-    """uint8 [H, W, 3] of `data`, opened as `img`: libjpeg-turbo (simplejpeg) for whole RGB/grey JPEGs, the same
-    pixels as Pillow's; Pillow for everything else."""
-    if img.format == "JPEG" and img.mode in ("RGB", "L") and _ends_whole(data) and simplejpeg is not None:
-        try:
-            return simplejpeg.decode_jpeg(data, "RGB")
-        except ValueError:
-            pass  # Pillow reads it or rejects it the same way, below
-    return _rgb(img)
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a grey or colour (YCbCr/RGB) JPEG from its header (libjpeg-turbo, 20x cheaper than
+    Pillow's parser); None for anything else (CMYK, other formats, unreadable headers): Pillow opens those."""
+    if simplejpeg is None or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (height, width) if colorspace in ("Gray", "YCbCr", "RGB") else None
 
 
 class DecodedCrop(_Crop):
-    """`data.resize: device`: per sample (uint8 [H, W, 3] image, box); batches via `stack`.
+    """`data.resize: device`: the worker decodes each image into its batch's buffer and ships it with its box.
 
     Draws the box at the point TrainTransform does (after the header for RGB/grey images, after decoding for other
-    modes), so an image that fails to decode consumes the stream alike and later boxes stay equal."""
+    modes), so an image that fails to decode consumes the stream alike and later boxes stay equal. `batch(n)` gives
+    the builder of one batch; its samples go to its `stack`."""
 
-    def pixels(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        return _rgb(img), self.box(img.width, img.height, rng)
+    def __init__(
+        self, size: int, scale: tuple[float, float] = (0.9, 1.0), ratio=(3 / 4, 4 / 3), pool_size: int = 4
+    ) -> None:
+        super().__init__(size, scale, ratio)
+        self.pool_size = pool_size  # see BufferPool: the loader's prefetch_factor + 2
+        self.largest = 0  # bytes of the largest batch built here: the next batch's room
+        self._pool: BufferPool | None = None  # made in the process that fills it (a loader worker, or this one)
 
-    def encoded(self, data: bytes, rng: random.Random) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_pool": None}
+
+    def batch(self, expected: int) -> _DecodedBatch:
+        if self._pool is None:
+            self._pool = BufferPool(get_worker_info() is not None, self.pool_size)
+        return _DecodedBatch(self, Arena(self._pool, expected, self.largest))
+
+
+class _DecodedBatch:
+    """One batch of DecodedCrop: each image is decoded straight into the batch's Arena (libjpeg-turbo through
+    simplejpeg for whole RGB/grey JPEGs, the same pixels as Pillow's; Pillow for everything else).
+    A sample is ((h, w), box)."""
+
+    def __init__(self, crop: DecodedCrop, arena: Arena) -> None:
+        self.crop, self.arena = crop, arena
+
+    def pixels(self, img: Image.Image, rng: random.Random) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        rgb = _rgb(img)
+        return self._keep(rgb), self.crop.box(img.width, img.height, rng)
+
+    def encoded(self, data: bytes, rng: random.Random) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        size = jpeg_size(data)
+        if size is None:
+            return self._opened(data, rng)
+        height, width = size
+        check_size(width, height)
+        box = self.crop.box(width, height, rng)
+        n = height * width * 3
+        if _ends_whole(data):
+            try:
+                simplejpeg.decode_jpeg(data, "RGB", buffer=self.arena.slot(n))
+                self.arena.commit(n)
+                return size, box
+            except ValueError:
+                pass  # Pillow reads it or rejects it the same way, below
+        with Image.open(io.BytesIO(data)) as img:
+            return self._keep(_rgb(img)), box
+
+    def _opened(self, data: bytes, rng: random.Random) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             check_image_size(img)
             if img.mode not in ("L", "RGB"):
                 return self.pixels(img, rng)
-            box = self.box(img.width, img.height, rng)
-            return decode_rgb(data, img), box
+            box = self.crop.box(img.width, img.height, rng)
+            return self._keep(_rgb(img)), box
 
-    @staticmethod
-    def stack(items: list, shared: bool) -> dict[str, torch.Tensor]:
+    def _keep(self, rgb: np.ndarray) -> tuple[int, int]:
+        self.arena.slot(rgb.size)[:] = rgb.reshape(-1)
+        self.arena.commit(rgb.size)
+        return rgb.shape[:2]
+
+    def stack(self, items: list, shared: bool) -> dict[str, torch.Tensor]:
         """{"decoded": uint8 [sum of h*w*3] (the images back to back, unpadded: the device pads), "boxes": int64
-        [B, 4], "sizes": int64 [B, 2] (h, w)}."""
-        flat = _flat([a for a, _ in items], shared)
-        sizes = torch.tensor([a.shape[:2] for a, _ in items], dtype=torch.int64)
-        return {"decoded": flat, "boxes": torch.tensor([b for _, b in items], dtype=torch.int64), "sizes": sizes}
+        [B, 4], "sizes": int64 [B, 2] (h, w)}. `shared` was decided when the arena was made."""
+        self.crop.largest = max(self.crop.largest, self.arena.used)
+        return {
+            "decoded": self.arena.take(),
+            "boxes": torch.tensor([b for _, b in items], dtype=torch.int64),
+            "sizes": torch.tensor([s for s, _ in items], dtype=torch.int64),
+        }
 
 
 def _flat(arrays: list, shared: bool) -> torch.Tensor:
     """uint8 arrays or bytes back to back in one (shared-memory) tensor."""
     total = sum(len(a) if isinstance(a, bytes) else a.size for a in arrays)
-    flat = torch.empty(total, dtype=torch.uint8)
-    if shared:
-        flat.share_memory_()
+    flat = empty_uint8((total,), shared)
     view, at = flat.numpy(), 0
     for a in arrays:
         a = np.frombuffer(a, dtype=np.uint8) if isinstance(a, bytes) else a.reshape(-1)
@@ -104,12 +157,20 @@ def _flat(arrays: list, shared: bool) -> torch.Tensor:
 
 
 class EncodedCrop(_Crop):
-    """`data.decode: device`: per sample (JPEG bytes, box, (h, w)); other formats are decoded here (uint8 array)."""
+    """`data.decode: device`: per sample (JPEG bytes, box, (h, w)); other formats are decoded here (uint8 array).
+    Keeps no per-batch state: `batch(n)` is itself."""
+
+    def batch(self, expected: int) -> EncodedCrop:
+        return self
 
     def pixels(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, tuple, tuple[int, int]]:
         return _rgb(img), self.box(img.width, img.height, rng), (img.height, img.width)
 
     def encoded(self, data: bytes, rng: random.Random) -> tuple[bytes | np.ndarray, tuple, tuple[int, int]]:
+        size = jpeg_size(data) if _ends_whole(data) else None  # a truncated JPEG is opened (and refused) below
+        if size is not None:
+            check_size(size[1], size[0])
+            return data, self.box(size[1], size[0], rng), size
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             check_image_size(img)
             if img.mode not in ("L", "RGB"):  # decoded here, before the box (as TrainTransform does)
@@ -129,18 +190,18 @@ class EncodedCrop(_Crop):
         return {
             "jpeg": _flat(blobs, shared),
             "jpeg_ends": torch.from_numpy(ends.astype(np.int64)),
-            "other": [torch.from_numpy(np.ascontiguousarray(p)) for p, _, _ in items if not isinstance(p, bytes)],
+            "other": [torch.from_numpy(np.array(p)) for p, _, _ in items if not isinstance(p, bytes)],  # writable
             "boxes": torch.tensor([b for _, b, _ in items], dtype=torch.int64),
             "sizes": torch.tensor([s for _, _, s in items], dtype=torch.int64),
         }
 
 
-def train_crop(resize: str, decode: str, size: int, scale: tuple[float, float]):
+def train_crop(resize: str, decode: str, size: int, scale: tuple[float, float], prefetch_factor: int = 2):
     """The worker-side transform for (data.resize, data.decode); None = the host path (TrainTransform).
     An unresolved "auto" (no trainer device known: benchmarks, tools) is the host path."""
     if decode == "device":
         return EncodedCrop(size, scale)
-    return DecodedCrop(size, scale) if resize == "device" else None
+    return DecodedCrop(size, scale, pool_size=prefetch_factor + 2) if resize == "device" else None
 
 
 def resolve_resize(cfg, device: torch.device):

@@ -12,5 +12,10 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 
 def check_image_size(img: Image.Image) -> None:
     """SkipSample("image_too_large") when the opened (header-only) `img` has more than MAX_IMAGE_PIXELS pixels."""
-    if img.width * img.height > MAX_IMAGE_PIXELS:
+    check_size(img.width, img.height)
+
+
+def check_size(width: int, height: int) -> None:
+    """SkipSample("image_too_large") for an image of more than MAX_IMAGE_PIXELS pixels."""
+    if width * height > MAX_IMAGE_PIXELS:
         raise SkipSample("image_too_large")

@@ -58,9 +58,8 @@ class _TrainBatches(Dataset):
     ) -> None:
         self.source, self.cfg, self.rank, self.world_size = source, cfg, rank, world_size
         self.tokenizer, self.num_samples = tokenizer, num_samples
-        device_crop = train_crop(cfg.resize, cfg.decode, cfg.image_size, cfg.train_crop_scale)
-        self.transform = device_crop or TrainTransform(cfg.image_size, cfg.train_crop_scale)
-        self.stack = device_crop.stack if device_crop is not None else None
+        self.device_crop = train_crop(cfg.resize, cfg.decode, cfg.image_size, cfg.train_crop_scale, cfg.prefetch_factor)
+        self.transform = TrainTransform(cfg.image_size, cfg.train_crop_scale)
         self._plans: OrderedDict[int, Plan] = OrderedDict()
 
     def plan(self, epoch: int) -> Plan:
@@ -88,12 +87,13 @@ class _TrainBatches(Dataset):
         self.source.prefetch(np.unique(shards))
         rng = random.Random(f"{self.cfg.seed}/{epoch}/{self.world_size}/{self.rank}/{b}")
         counts: Counter = Counter()
+        transform = self.transform if self.device_crop is None else self.device_crop.batch(len(shards))
         pixels, captions, keys = [], [], []
         for j in range(len(shards)):
             s, i = int(shards[j]), int(locs[j])
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
-                    raw, px = load_sample(self.source, s, i, self.transform, rng, self.num_samples)
+                    raw, px = load_sample(self.source, s, i, transform, rng, self.num_samples)
                     break
                 except SkipSample as e:
                     counts[e.reason] += 1
@@ -103,7 +103,8 @@ class _TrainBatches(Dataset):
             pixels.append(px)
             captions.append(raw.caption)
             keys.append(raw.key)
-        return collate(pixels, captions, keys, self.tokenizer, counts, stack=self.stack)
+        stack = None if self.device_crop is None else transform.stack
+        return collate(pixels, captions, keys, self.tokenizer, counts, stack=stack)
 
     def __len__(self) -> int:
         return self.plan(0).steps

@@ -1,4 +1,5 @@
-"""CLIP BPE tokenizer (open_clip's SimpleTokenizer; its vocab ships inside the wheel).
+"""CLIP BPE tokenizer (open_clip's SimpleTokenizer's ids; its vocab ships inside the wheel; data.fast_bpe's Rust BPE
+for plain captions).
 
 transformers' `CLIPTokenizer.from_pretrained` offline silently returns a broken tokenizer,
 so it is never used here. open_clip's tokenizer module is loaded on its own: `import open_clip`
@@ -14,7 +15,10 @@ import sys
 from functools import lru_cache
 from types import ModuleType
 
+import numpy as np
 import torch
+
+from data.fast_bpe import plain_clean, rust_bpe
 
 CONTEXT_LENGTH = 77
 SOT_TOKEN = 49406
@@ -38,18 +42,18 @@ def bound_caption(text: str, context_length: int) -> str:
 
 
 class Tokenizer:
-    """Texts -> int64 [N, context_length]: SOT, BPE ids, EOT (kept last on truncation), zero padding.
+    """Texts -> int64 [N, context_length]: SOT, BPE ids, EOT (kept last on truncation), zero padding: open_clip's
+    ids. Plain captions (data.fast_bpe) are encoded by a Rust BPE, the rest by open_clip's SimpleTokenizer.
 
     Pickles without the BPE tables (a loader worker started by spawn or forkserver loads its own). The
     ids of the first CACHED_CAPTIONS distinct captions are kept: a caption seen again (a template
-    dataset, the next epoch of a small one) costs a lookup instead of ftfy + regex + BPE, which is most of
-    a loader worker's time on small images.
+    dataset, the next epoch of a small one) costs a lookup instead of cleaning and BPE.
     """
 
     def __init__(self, context_length: int = CONTEXT_LENGTH) -> None:
         self.context_length = context_length
-        self._cache: dict[str, torch.Tensor] = {}
-        _simple_tokenizer()  # parse the BPE merges now, not in the first batch
+        self._cache: dict[str, np.ndarray] = {}
+        rust_bpe(_simple_tokenizer())  # parse the BPE merges now, not in the first batch
 
     @property
     def vocab_size(self) -> int:
@@ -60,14 +64,29 @@ class Tokenizer:
         found = {t: self._cache[t] for t in texts if t in self._cache}
         missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
-            bounded = [bound_caption(t, self.context_length) for t in missing]
-            new = dict(zip(missing, _simple_tokenizer()(bounded, context_length=self.context_length), strict=True))
+            new = dict(
+                zip(missing, self._encode([bound_caption(t, self.context_length) for t in missing]), strict=True)
+            )
             found |= new
             room = CACHED_CAPTIONS - len(self._cache)
             self._cache.update(list(new.items())[: max(room, 0)])
         if not texts:
             return torch.zeros(0, self.context_length, dtype=torch.long)
-        return torch.stack([found[t] for t in texts])
+        return torch.from_numpy(np.stack([found[t] for t in texts]))
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """int64 [N, context_length] of bounded texts."""
+        simple, out = _simple_tokenizer(), np.zeros((len(texts), self.context_length), dtype=np.int64)
+        fast, cleaned = rust_bpe(simple), [plain_clean(t) for t in texts]
+        plain = [i for i, c in enumerate(cleaned) if c is not None and fast is not None]
+        encoded = fast.encode_batch_fast([cleaned[i] for i in plain]) if plain else []
+        ids = dict(zip(plain, (e.ids for e in encoded), strict=True))
+        keep = self.context_length - 2
+        for i, text in enumerate(texts):
+            row = ids[i] if i in ids else simple.encode(text)
+            n = min(len(row), keep)
+            out[i, 0], out[i, 1 : n + 1], out[i, n + 1] = SOT_TOKEN, row[:n], EOT_TOKEN
+        return out
 
 
 def _open_clip_tokenizer_module() -> ModuleType:

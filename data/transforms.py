@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.batch_buffer import empty_uint8
 from model.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 # normalised = pixel * _SCALE[c] + _OFFSET[c]  ==  (pixel / 255 - mean[c]) / std[c]
@@ -151,9 +152,7 @@ def stack_pixels(arrays: list[np.ndarray], shared: bool = False) -> torch.Tensor
     """
     grey = all(a.ndim == 2 for a in arrays)
     h, w = arrays[0].shape[:2]
-    out = torch.empty((len(arrays), h, w) if grey else (len(arrays), h, w, 3), dtype=torch.uint8)
-    if shared:
-        out.share_memory_()
+    out = empty_uint8((len(arrays), h, w) if grey else (len(arrays), h, w, 3), shared)
     view = out.numpy()
     for i, a in enumerate(arrays):
         view[i] = a if grey or a.ndim == 3 else a[..., None]

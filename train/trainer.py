@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+from data.batch_buffer import give_back
 from data.device_transforms import device_images, resolve_resize
 from data.loader import build_train_loader
 from data.retry import DataUnavailable
@@ -324,7 +325,9 @@ class Trainer:
             yield
 
     def next_batch(self) -> Batch:
-        """The stream's next batch, epoch after epoch (data.types.batches: the loss learns each epoch as it starts)."""
+        """The stream's next batch, epoch after epoch (data.types.batches: the loss learns each epoch as it starts).
+        The batch before it goes back to the loader's buffer pool (data.batch_buffer): its step made its own copy
+        in `inputs`. The last one is kept whole, to repeat if the data becomes unavailable."""
         if self._data_lost is not None:
             return self._data_lost
         if self._batches is None:
@@ -342,6 +345,8 @@ class Trainer:
             )
             self.guard.preemption.data_unavailable = str(err)
             self._data_lost = batch = self._last_batch
+        if self._last_batch is not None and batch is not self._last_batch:
+            give_back(self._last_batch)
         self._last_batch = batch
         return batch
 

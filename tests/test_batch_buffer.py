@@ -1,0 +1,117 @@
+"""data.batch_buffer: a loader worker decodes into pooled buffers and writes one again only after the consumer gave
+it back; what a consumer holds is never overwritten, and training with the pool equals training without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.photo_shards import build
+from data.batch_buffer import HEADER, Arena, BufferPool, give_back
+from data.config import DataConfig
+from data.device_transforms import device_pixels
+from data.loader import build_train_loader
+from tests.ranks import run_on_ranks
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> str:
+    """DataComp-layout photo shards (sizes vary, so arenas grow and buffers of several sizes are pooled)."""
+    path = str(tmp_path_factory.mktemp("photos") / "datacomp")
+    build(path, "datacomp", samples=48, shards=2, seed=5, workers=1)
+    return path
+
+
+def _bytes(buffer: torch.Tensor) -> bytes:
+    return buffer.numpy().tobytes()
+
+
+def test_arena_moves_when_outgrown_and_keeps_what_was_written() -> None:
+    arena = Arena(BufferPool(shared=False, size=4), expected=2)
+    arena.slot(10)[:] = range(10)
+    arena.commit(10)
+    arena.slot(5)[:] = 99  # written, not committed: a failed decode
+    arena.slot(100)[:] = 7  # outgrows the first buffer (room for 2 x 10 bytes, x ROOM)
+    arena.commit(100)
+    assert _bytes(arena.take()) == bytes(range(10)) + bytes([7] * 100)
+    assert arena.take().storage_offset() == HEADER
+
+
+def test_pool_reuses_only_given_back_buffers_and_forgets_the_oldest_when_all_are_out() -> None:
+    pool = BufferPool(shared=False, size=2)
+    first, second = pool.acquire(100), pool.acquire(100)
+    assert first.data_ptr() != second.data_ptr()
+    give_back({"decoded": first[HEADER : HEADER + 5], "tokens": torch.zeros(3)})
+    assert pool.acquire(50).data_ptr() == first.data_ptr()  # given back and large enough
+    second[HEADER:] = 3
+    third = pool.acquire(100)  # both out: `first` (oldest) is forgotten, a new one made
+    assert third.data_ptr() not in (first.data_ptr(), second.data_ptr()) and len(pool.buffers) == 2
+    assert bool((second[HEADER:] == 3).all())  # never handed out again while out
+
+
+def test_give_back_leaves_other_tensors_alone() -> None:
+    plain = torch.full((HEADER + 8,), 1, dtype=torch.uint8)
+    give_back({"decoded": plain[HEADER:], "pixels": plain})
+    assert bool((plain == 1).all())
+
+
+def _pixels(batch: dict) -> torch.Tensor:
+    return device_pixels(batch, "cpu", 32)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_held_batches_stay_whole_while_given_back_ones_are_reused(photos, workers) -> None:
+    """The consumer keeps every third batch and gives the others back after the next one arrives (as the trainer
+    does); two epochs. Every batch equals the same batch from a loader whose consumer gives nothing back."""
+    cfg = DataConfig(path=photos, batch_size=8, workers=workers, image_size=32, resize="device", prefetch_factor=1)
+    reference, kept = [], build_train_loader(cfg)
+    for epoch in range(2):
+        kept.set_epoch(epoch)
+        reference += [_pixels(b) for b in kept]
+    kept.close()
+    loader = build_train_loader(cfg)
+    held, seen, previous = [], [], None
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for n, batch in enumerate(loader):
+            seen.append(_pixels(batch))
+            if previous is not None:
+                give_back(previous)
+            previous = None if n % 3 == 0 else batch
+            if n % 3 == 0:
+                held.append((len(seen) - 1, batch))
+    loader.close()
+    assert len(seen) == len(reference) >= 6
+    for a, b in zip(seen, reference, strict=True):
+        assert torch.equal(a, b)
+    for i, batch in held:
+        assert torch.equal(_pixels(batch), reference[i])
+
+
+def test_in_process_pool_reuses_given_back_buffers(photos) -> None:
+    cfg = DataConfig(path=photos, batch_size=8, workers=0, image_size=32, resize="device")
+    pointers = []
+    for batch in build_train_loader(cfg):
+        pointers.append(batch["decoded"].untyped_storage().data_ptr())
+        give_back(batch)
+    assert len(pointers) >= 4 and len(set(pointers)) < len(pointers)
+
+
+def _train(rank: int, world_size: int, out_dir: str, photos: str, pooled: bool) -> list[float]:
+    import train.trainer
+    from tests.tiny_run import tiny_config
+
+    if not pooled:
+        train.trainer.give_back = lambda batch: None
+    cfg = tiny_config(out_dir)
+    cfg.data = DataConfig(path=photos, batch_size=8, workers=1, image_size=32, resize="device", prefetch_factor=1)
+    cfg.epochs, cfg.max_steps = 2, 10
+    return train.trainer.Trainer(cfg).fit()["losses"]
+
+
+def test_training_with_the_pool_equals_training_without(photos, tmp_path) -> None:
+    """A tiny run fed by one loader worker with `data.resize: device`: the trainer gives each batch back after the
+    next one arrives; the same run with give_back switched off has the same losses, bit for bit."""
+    (pooled,) = run_on_ranks(_train, 1, (str(tmp_path / "pooled"), photos, True))
+    (fresh,) = run_on_ranks(_train, 1, (str(tmp_path / "fresh"), photos, False))
+    assert len(pooled) == 10 and pooled == fresh
