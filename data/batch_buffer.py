@@ -110,6 +110,23 @@ class Arena:
             return torch.empty(0, dtype=torch.uint8)
         return self._buffer[HEADER : HEADER + self.used]
 
+    def take_with(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`take()` and copies of `tensors` placed after the filled part (8-byte aligned), as views of the same buffer:
+        the batch crosses to the trainer as one shared-memory segment (each separate small tensor would make one)."""
+        filled, nbytes = self.used, [t.numel() * t.element_size() for t in tensors.values()]
+        start = -(-filled // 8) * 8
+        extra = start - filled + sum(-(-n // 8) * 8 for n in nbytes)
+        self.slot(extra)  # room for them (the buffer may move here, never after)
+        views, at = {}, start
+        for (name, tensor), n in zip(tensors.items(), nbytes, strict=True):
+            view = self._buffer[HEADER + at : HEADER + at + n].view(tensor.dtype).view(tensor.shape)
+            views[name] = view.copy_(tensor)
+            at += -(-n // 8) * 8
+        self.used = filled
+        pixels = self.take()
+        self.used = at
+        return pixels, views
+
     def _move(self, capacity: int) -> None:
         buffer = self.pool.acquire(capacity)
         view = buffer.numpy()[HEADER:]

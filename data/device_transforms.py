@@ -136,12 +136,20 @@ class _DecodedBatch:
     def stack(self, items: list, shared: bool) -> dict[str, torch.Tensor]:
         """{"decoded": uint8 [sum of h*w*3] (the images back to back, unpadded: the device pads), "boxes": int64
         [B, 4], "sizes": int64 [B, 2] (h, w)}. `shared` was decided when the arena was made."""
-        self.crop.largest = max(self.crop.largest, self.arena.used)
         return {
             "decoded": self.arena.take(),
             "boxes": torch.tensor([b for _, b in items], dtype=torch.int64),
             "sizes": torch.tensor([s for s, _ in items], dtype=torch.int64),
         }
+
+    def pack(self, batch: dict) -> dict:
+        """`batch` (from `stack` and collate) with its tensors moved into the arena after the images: one buffer."""
+        if "decoded" not in batch:  # no image in the batch
+            return batch
+        small = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "decoded"}
+        decoded, views = self.arena.take_with(small)
+        self.crop.largest = max(self.crop.largest, self.arena.used)
+        return batch | views | {"decoded": decoded}
 
 
 def _flat(arrays: list, shared: bool) -> torch.Tensor:
@@ -162,6 +170,10 @@ class EncodedCrop(_Crop):
 
     def batch(self, expected: int) -> EncodedCrop:
         return self
+
+    @staticmethod
+    def pack(batch: dict) -> dict:
+        return batch
 
     def pixels(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, tuple, tuple[int, int]]:
         return _rgb(img), self.box(img.width, img.height, rng), (img.height, img.width)

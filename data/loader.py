@@ -103,8 +103,9 @@ class _TrainBatches(Dataset):
             pixels.append(px)
             captions.append(raw.caption)
             keys.append(raw.key)
-        stack = None if self.device_crop is None else transform.stack
-        return collate(pixels, captions, keys, self.tokenizer, counts, stack=stack)
+        if self.device_crop is None:
+            return collate(pixels, captions, keys, self.tokenizer, counts)
+        return transform.pack(collate(pixels, captions, keys, self.tokenizer, counts, stack=transform.stack))
 
     def __len__(self) -> int:
         return self.plan(0).steps

@@ -55,8 +55,13 @@ def test_give_back_leaves_other_tensors_alone() -> None:
     assert bool((plain == 1).all())
 
 
-def _pixels(batch: dict) -> torch.Tensor:
-    return device_pixels(batch, "cpu", 32)
+def _pixels(batch: dict) -> list[torch.Tensor]:
+    """What the trainer reads of a batch, copied out."""
+    return [device_pixels(batch, "cpu", 32), *(batch[k].clone() for k in ("tokens", "index", "boxes", "sizes"))]
+
+
+def _equal(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -83,9 +88,17 @@ def test_held_batches_stay_whole_while_given_back_ones_are_reused(photos, worker
     loader.close()
     assert len(seen) == len(reference) >= 6
     for a, b in zip(seen, reference, strict=True):
-        assert torch.equal(a, b)
+        assert _equal(a, b)
     for i, batch in held:
-        assert torch.equal(_pixels(batch), reference[i])
+        assert _equal(_pixels(batch), reference[i])
+
+
+def test_a_batch_crosses_as_one_buffer(photos) -> None:
+    """Tokens, index, boxes and sizes are views of the images' pooled buffer (one shared-memory segment)."""
+    batch = next(iter(build_train_loader(DataConfig(path=photos, batch_size=8, workers=0, resize="device"))))
+    storages = {v.untyped_storage().data_ptr() for v in batch.values() if isinstance(v, torch.Tensor)}
+    assert len(storages) == 1 and batch["decoded"].storage_offset() == HEADER
+    assert batch["tokens"].dtype == torch.int64 and batch["tokens"].shape == (8, 77)
 
 
 def test_in_process_pool_reuses_given_back_buffers(photos) -> None:
