@@ -89,13 +89,13 @@ def data_photos(d: dict) -> Rows:
 
     masks = " / ".join(f"{float(m):g}" for m in cores[sizes[0]]["ours"])
     last = list(cores[sizes[0]]["ours"])[-1]
-    decoders = ("decode:pil", "decode:torchvision", "decode:simplejpeg", "decode:pil_draft")
+    decoders = ("decode:pil", "decode:torchvision", "decode:simplejpeg", "decode:simplejpeg_reused", "decode:pil_draft")
     return [
         ["per core, samples per CPU-second", *(f"{s} px" for s in sizes)],
         ["decode floor: tar read + fastest full decode", *each(lambda s: _n(core[s]["decode_floor"]))],
         [
-            "decode: PIL / torchvision / simplejpeg / PIL `draft`",
-            *each(lambda s: " / ".join(_n(core[s][k]) for k in decoders)),
+            "decode: PIL / torchvision / simplejpeg / simplejpeg into a reused buffer / PIL `draft`",
+            *each(lambda s: " / ".join(_n(core[s][k]) if k in core[s] else "-" for k in decoders)),
         ],
         [
             "**ours**, the GPU default (`data.resize: auto`): worker decodes, device resizes",
