@@ -31,6 +31,7 @@ from evaluation.cache import ResultCache
 from evaluation.models import checkpoint_identity, load_checkpoint
 from evaluation.suite import Suite
 from evaluation.suite_runner import flat_scalars, run_suite
+from train.faults.status import STATUS_FILE, read_status
 from train.trackers import mlflow_name, mlflow_uri
 
 logger = logging.getLogger(__name__)
@@ -108,13 +109,12 @@ class Watcher:
 
     def run_ended(self) -> bool:
         """status.json says the run ended (not preempted) after its newest checkpoint was written."""
-        status_file = self.run / "status.json"
         try:
-            status = json.loads(status_file.read_text())
-            written = status_file.stat().st_mtime
-        except (FileNotFoundError, ValueError):
+            written = (self.run / STATUS_FILE).stat().st_mtime
+            status = read_status(self.run)
+        except (FileNotFoundError, ValueError):  # not written yet, or being written
             return False
-        if status.get("status") == "preempted" or self._job_alive_here():
+        if status is None or status.get("status") == "preempted" or self._job_alive_here():
             return False
         metas = [p.stat().st_mtime for p in self.run.glob("checkpoints/step_*/meta.json")]
         return not metas or written >= max(metas)
@@ -226,7 +226,7 @@ class Watcher:
                 for checkpoint in self.pending():
                     evaluated += self.evaluate(checkpoint) is not None
                 if ended and not self.pending():
-                    status = json.loads((self.run / "status.json").read_text())
+                    status = read_status(self.run) or {}
                     logger.info(
                         "run ended (%s at step %s); %d checkpoints evaluated by this watcher",
                         status.get("status"),

@@ -9,7 +9,7 @@ import torch
 
 from train.losses import LossConfig, build_loss, repartition_loss_states, tau_spec
 from train.losses.gamma import gamma_for_epoch
-from train.losses.temperature import GlobalTemperature, per_sample_adam, step_thresh_lr
+from train.losses.temperature import GlobalTemperature, per_sample_adam, step_thresh_ratio
 
 
 def test_gamma_schedules() -> None:
@@ -22,6 +22,10 @@ def test_gamma_schedules() -> None:
     assert gamma_for_epoch(1, "constant", 0.8, 10) == 0.8
     with pytest.raises(ValueError, match="gamma_schedule"):
         gamma_for_epoch(1, "linear", 0.8, 10)
+
+
+def step_thresh_lr(base_lr: float, tau: float) -> float:
+    return base_lr * float(step_thresh_ratio(torch.tensor([tau], dtype=torch.float64)))
 
 
 def test_step_thresh_lr_is_re_evaluated_each_step() -> None:

@@ -56,9 +56,6 @@ class PhasePlan:
         phase = self.phase_at(step)
         return warmup_cosine(step - phase.start, phase.steps, phase.lr, phase.lr_min, phase.warmup_steps)
 
-    def mask_ratio_at(self, step: int) -> float:
-        return self.phase_at(step).mask_ratio
-
     def milestones(self) -> list[str]:
         return [
             f"{p.name}: steps {p.start}-{p.end} ({p.steps}), mask {p.mask_ratio}, lr {p.lr:g} -> {p.lr_min:g}, "

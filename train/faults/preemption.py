@@ -36,10 +36,6 @@ class PreemptionFlag:
         self._previous: dict[int, object] = {}
 
     @property
-    def requested(self) -> bool:
-        return self.signal is not None or self.data_unavailable is not None
-
-    @property
     def code(self) -> float:
         """What the ranks agree on (MAX over ranks): 0 train on, 1 a preemption signal, 2 data unavailable."""
         return 2.0 if self.data_unavailable is not None else 1.0 if self.signal is not None else 0.0

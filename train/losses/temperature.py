@@ -60,11 +60,6 @@ def step_thresh_ratio(tau: torch.Tensor, steps: tuple[tuple[float, float], ...] 
     return ratio
 
 
-def step_thresh_lr(base_lr: float, tau: float, steps: tuple[tuple[float, float], ...] = STEP_THRESH) -> float:
-    """`step_thresh_ratio` for a host float (planning, tests)."""
-    return base_lr * float(step_thresh_ratio(torch.tensor([tau], dtype=torch.float64), steps))
-
-
 @dataclass(frozen=True)
 class TauSpec:
     """How the global temperature is treated for a loss (see the module table)."""
