@@ -96,7 +96,7 @@ class Arena:
 
     def slot(self, n: int) -> np.ndarray:
         if self._buffer is None:
-            self._move(self.reserve or n * self.expected)
+            self._move(max(self.reserve or n * self.expected, n))
         elif self.used + n > len(self._view):
             self._move(int(GROWTH * (self.used + n)))
         return self._view[self.used : self.used + n]

@@ -99,6 +99,10 @@ class _DecodedBatch:
         self.crop, self.arena = crop, arena
 
     def pixels(self, img: Image.Image, rng: random.Random) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """An opened image; the box is drawn where TrainTransform draws it (before decoding L/RGB, after others)."""
+        if img.mode in ("L", "RGB"):
+            box = self.crop.box(img.width, img.height, rng)
+            return self._keep(_rgb(img)), box
         rgb = _rgb(img)
         return self._keep(rgb), self.crop.box(img.width, img.height, rng)
 
@@ -123,10 +127,7 @@ class _DecodedBatch:
     def _opened(self, data: bytes, rng: random.Random) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             check_image_size(img)
-            if img.mode not in ("L", "RGB"):
-                return self.pixels(img, rng)
-            box = self.crop.box(img.width, img.height, rng)
-            return self._keep(_rgb(img)), box
+            return self.pixels(img, rng)
 
     def _keep(self, rgb: np.ndarray) -> tuple[int, int]:
         self.arena.slot(rgb.size)[:] = rgb.reshape(-1)
@@ -176,7 +177,12 @@ class EncodedCrop(_Crop):
         return batch
 
     def pixels(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, tuple, tuple[int, int]]:
-        return _rgb(img), self.box(img.width, img.height, rng), (img.height, img.width)
+        """An opened image; the box is drawn where TrainTransform draws it (before decoding L/RGB, after others)."""
+        if img.mode in ("L", "RGB"):
+            box = self.box(img.width, img.height, rng)
+            return _rgb(img), box, (img.height, img.width)
+        rgb = _rgb(img)
+        return rgb, self.box(img.width, img.height, rng), (img.height, img.width)
 
     def encoded(self, data: bytes, rng: random.Random) -> tuple[bytes | np.ndarray, tuple, tuple[int, int]]:
         size = jpeg_size(data) if _ends_whole(data) else None  # a truncated JPEG is opened (and refused) below

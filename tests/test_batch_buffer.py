@@ -3,14 +3,20 @@ it back; what a consumer holds is never overwritten, and training with the pool 
 
 from __future__ import annotations
 
+import io
+import random
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks.photo_shards import build
 from data.batch_buffer import HEADER, Arena, BufferPool, give_back
 from data.config import DataConfig
-from data.device_transforms import device_pixels
+from data.device_transforms import DecodedCrop, EncodedCrop, device_pixels
 from data.loader import build_train_loader
+from data.transforms import TrainTransform
 from tests.ranks import run_on_ranks
 
 
@@ -35,6 +41,51 @@ def test_arena_moves_when_outgrown_and_keeps_what_was_written() -> None:
     arena.commit(100)
     assert _bytes(arena.take()) == bytes(range(10)) + bytes([7] * 100)
     assert arena.take().storage_offset() == HEADER
+
+
+def test_the_first_slot_of_a_batch_fits_an_image_larger_than_any_batch_before() -> None:
+    arena = Arena(BufferPool(shared=False, size=4), expected=2, reserve=100)  # the largest batch so far: 100 bytes
+    assert len(arena.slot(1000)) == 1000
+
+
+def _png(size: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)).convert(mode).save(
+        buffer, format="PNG" if mode != "CMYK" else "JPEG"
+    )
+    return buffer.getvalue()
+
+
+def test_a_large_pillow_image_opening_a_later_batch_is_kept_not_skipped() -> None:
+    """After a batch of small images, a batch starts with a PNG and a CMYK JPEG bigger than that whole batch: both
+    decode (through Pillow) into the arena with the host path's pixels."""
+    crop = DecodedCrop(16)
+    first = crop.batch(2)
+    for _ in range(2):
+        first.encoded(_png(8), random.Random(0))
+    first.pack(first.stack([((8, 8), (0, 0, 8, 8))] * 2, False) | {"tokens": torch.zeros(2, 4)})
+    assert 0 < crop.largest < 64 * 64 * 3
+    second = crop.batch(2)
+    for data in (_png(64), _png(64, "CMYK")):
+        (h, w), _ = second.encoded(data, random.Random(0))
+        assert (h, w) == (64, 64)
+    expected = np.concatenate(
+        [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")).reshape(-1) for d in (_png(64), _png(64, "CMYK"))]
+    )
+    assert np.array_equal(second.arena.take().numpy(), expected)
+
+
+def test_an_opened_image_that_fails_to_decode_draws_the_box_where_the_host_path_does() -> None:
+    """A lazily opened, truncated PNG (a source that yields PIL images): both paths skip it, and the random stream is
+    left in the same state, so every later box of the batch is the same."""
+    truncated = _png(32)[:-200]
+    states = []
+    for transform in (TrainTransform(16), DecodedCrop(16).batch(1), EncodedCrop(16)):
+        rng = random.Random(7)
+        with pytest.raises(OSError), Image.open(io.BytesIO(truncated)) as img:
+            transform.pixels(img, rng)
+        states.append(rng.random())
+    assert states[0] == states[1] == states[2]
 
 
 def test_pool_reuses_only_given_back_buffers_and_forgets_the_oldest_when_all_are_out() -> None:
@@ -75,11 +126,12 @@ def test_held_batches_stay_whole_while_given_back_ones_are_reused(photos, worker
         reference += [_pixels(b) for b in kept]
     kept.close()
     loader = build_train_loader(cfg)
-    held, seen, previous = [], [], None
+    held, seen, pointers, previous = [], [], [], None
     for epoch in range(2):
         loader.set_epoch(epoch)
         for n, batch in enumerate(loader):
             seen.append(_pixels(batch))
+            pointers.append(batch["decoded"].untyped_storage().data_ptr())
             if previous is not None:
                 give_back(previous)
             previous = None if n % 3 == 0 else batch
@@ -87,6 +139,8 @@ def test_held_batches_stay_whole_while_given_back_ones_are_reused(photos, worker
                 held.append((len(seen) - 1, batch))
     loader.close()
     assert len(seen) == len(reference) >= 6
+    if workers == 0:  # given-back buffers were written again (with a worker, the pool lives in its process)
+        assert len(set(pointers)) < len(pointers)
     for a, b in zip(seen, reference, strict=True):
         assert _equal(a, b)
     for i, batch in held:
