@@ -6,8 +6,8 @@ and does the target beat its reference (weak to strong)?
   python studies/study_drrho.py --jobs 2       # build the data, run (or resume) every arm, write the report
 
 Same tiny CLIP, data, budget (2500 training mosaics, batch 64, 20 epochs) and protocol as `studies/study.py`, except
-that the candidate settings train on 1 seed (CHOICE_SEEDS; 2 did not fit the session's CPU budget) and are scored on
-the 500 validation mosaics only; the chosen setting then trains on 5 seeds and is evaluated on the test mosaics once.
+that the candidate settings train on 2 seeds (CHOICE_SEEDS, as the main study) and are scored on the 500 validation
+mosaics only; the chosen setting then trains on 5 seeds and is evaluated on the test mosaics once.
 
 - The reference: OpenCLIP on the same tiny architecture, trained on 2500 OTHER mosaics, built from the Fashion-MNIST
   train images that neither the target's training mosaics nor its validation mosaics use (so it never saw an
@@ -66,7 +66,7 @@ DRRHO_LOSSES = {
 }
 CANDIDATES = ("drrho-authors", "drrho-v3")
 REFERENCE_SEED = 100
-CHOICE_SEEDS = 1  # validation seeds per candidate (the main study's 2 did not fit this session's CPU budget)
+CHOICE_SEEDS = 2  # validation seeds per candidate, as the main study (studies/study.py: choice_seeds)
 STALE_S = 600  # an arm directory whose train.log has not moved for this long was interrupted: it runs again
 RESULTS = "study_drrho.json"
 
@@ -327,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     patch_configs(s, work)
     ref, rest = plan(s)[:1], plan(s)[1:]
     fastclip_rule = [a for a in rest if a.loss == "fastclip-v3-rule"]
-    # the reference first (beside the first gamma-rule arm), then everything that needs it
+    # the reference first (beside the first gamma-rule arm), then everything that needs it; retrained from its seed
+    # when steered arms remain but its checkpoint is not in this work directory (a fresh clone of the results)
+    steered = pending([a for a in rest if a.loss.startswith("drrho")], study)
+    if steered and not (work / ref[0].id / "checkpoints").is_dir() and ref[0].id in study.runs:
+        previous = study.runs.pop(ref[0].id)
+        logger.info("reference checkpoint missing from %s: retraining it (was %s)", work, previous.get("final"))
+    else:
+        previous = None
     if pending(ref, study):
         run_all(
             pending(ref, study) + pending(fastclip_rule, study)[:1],
@@ -339,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             args.jobs,
             RESULTS,
         )
+        if previous is not None:  # the same seed and code: the retrained reference should score what it did
+            study.runs[ref[0].id]["previous_final"] = previous.get("final")
+            study.save(out / RESULTS)
     chosen = run_choice_then_final(s, study, work, out, args.timeout, args.jobs, frozenset(args.skip))
     (out / "study_drrho_chosen.json").write_text(json.dumps({"chosen": chosen, "settings": asdict(s)}, indent=1))
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from studies.study_drrho import CANDIDATES  # noqa: E402
+from studies.study_drrho import CANDIDATES, CHOICE_SEEDS  # noqa: E402
 
 METRIC, ZEROSHOT = "text_to_image_R@1", "zeroshot_top1"
 # (row label, arm id prefix, results file): the arms on the test mosaics, seeds pooled
@@ -96,7 +96,7 @@ def report(out: Path) -> str:
         )
     lines += [
         "",
-        "Validation (500 mosaics, seed 0 only; choice only, never test):",
+        f"Validation (500 mosaics, mean ± std over {CHOICE_SEEDS} seeds; choice only, never test):",
         "",
         "| candidate | val text→image R@1 |",
         "|---|---:|",
