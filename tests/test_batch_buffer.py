@@ -115,7 +115,7 @@ def _equal(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_held_batches_stay_whole_while_given_back_ones_are_reused(photos, workers) -> None:
     """The consumer keeps every third batch and gives the others back after the next one arrives (as the trainer
     does); two epochs. Every batch equals the same batch from a loader whose consumer gives nothing back."""
@@ -176,6 +176,7 @@ def _train(rank: int, world_size: int, out_dir: str, photos: str, pooled: bool) 
     return train.trainer.Trainer(cfg).fit()["losses"]
 
 
+@pytest.mark.slow
 def test_training_with_the_pool_equals_training_without(photos, tmp_path) -> None:
     """A tiny run fed by one loader worker with `data.resize: device`: the trainer gives each batch back after the
     next one arrives; the same run with give_back switched off has the same losses, bit for bit."""
