@@ -122,10 +122,8 @@ class Arena:
             view = self._buffer[HEADER + at : HEADER + at + n].view(tensor.dtype).view(tensor.shape)
             views[name] = view.copy_(tensor)
             at += -(-n // 8) * 8
-        self.used = filled
-        pixels = self.take()
         self.used = at
-        return pixels, views
+        return self._buffer[HEADER : HEADER + filled], views
 
     def _move(self, capacity: int) -> None:
         buffer = self.pool.acquire(capacity)
